@@ -1,0 +1,159 @@
+"""The ``TrialStore`` interface: the trial graph, its indexes, the checkpoint index and meta.
+
+Layer 2: imports only the data model. Two implementations honour it, checked by one contract
+suite (``tests/contract``): ``InMemoryTrialStore`` (simulations, unit tests) and
+``LmdbTrialStore`` (everything real).
+
+Contracts every implementation keeps:
+
+* **Single writer.** One controller writes; readers (CLI ``status``) may read concurrently
+  from other processes (LMDB) and always see a committed snapshot.
+* **Immutable records.** Returned ``Trial`` objects are frozen and never aliased by later
+  writes; a change is a new record written by ``transition`` (compare-and-set).
+* **Derived indexes are the store's job.** ``children``, ``generation``, status, the
+  uninitiated-initiator set, per-status counts and the checkpoint index are kept consistent
+  with the records inside the same write; callers never maintain them.
+* **Batches are atomic.** Writes inside ``with store.batch():`` commit together (one fsync for
+  LMDB) or, if the block raises, not at all. Reads inside the batch see its writes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from pbt_actors.errors import TrialNotFound
+from pbt_actors.model import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
+
+TRIAL_ID_COUNTER = "next_trial_id"
+
+
+class TrialStore(ABC):
+    """Persistent trial graph. Thread-safety: one thread writes; see module docstring."""
+
+    # --- meta -------------------------------------------------------------------------------
+    @abstractmethod
+    def get_meta(self, key: str) -> Any:
+        """The value stored under ``key`` in ``meta``, or None."""
+
+    @abstractmethod
+    def put_meta(self, key: str, value: Any) -> None:
+        """Store plain data (msgpack-able) under ``key``."""
+
+    @abstractmethod
+    def incr_counter(self, name: str, delta: int = 1) -> int:
+        """Add ``delta`` to a named counter and return the new value (starts at 0)."""
+
+    @abstractmethod
+    def counter(self, name: str) -> int:
+        """Current value of a named counter (0 if never incremented)."""
+
+    # --- trials -----------------------------------------------------------------------------
+    @abstractmethod
+    def create_trial(self, spec: TrialSpec, now: float) -> Trial:
+        """Create a PENDING trial with the next dense id (1, 2, ...) and return it."""
+
+    @abstractmethod
+    def find_trial(self, trial_id: int) -> Trial | None:
+        """The trial, or None."""
+
+    @abstractmethod
+    def transition(self, trial_id: int, expected_status: TrialStatus, expected_attempt: int,
+                   new: Trial) -> bool:
+        """Replace the record iff its current status and attempt are the expected ones.
+
+        Returns:
+            True if applied; False if the record changed meanwhile (or does not exist).
+        Raises:
+            ValueError: ``new.id`` differs from ``trial_id``.
+        """
+
+    @abstractmethod
+    def ids_with_status(self, status: TrialStatus) -> list[int]:
+        """Ids in ascending order. O(matching ids), never a scan of all trials."""
+
+    @abstractmethod
+    def first_with_status(self, status: TrialStatus) -> int | None:
+        """The smallest id with ``status`` (the FIFO head of the queue), or None."""
+
+    @abstractmethod
+    def count(self, status: TrialStatus | None = None) -> int:
+        """Number of trials (with ``status``). O(1)."""
+
+    @abstractmethod
+    def children(self, trial_id: int) -> list[int]:
+        """Trials that warm-start from ``trial_id``, ascending."""
+
+    @abstractmethod
+    def generation(self, generation: int) -> list[int]:
+        """Trial ids of one generation, ascending."""
+
+    @abstractmethod
+    def max_generation(self) -> int:
+        """The highest generation with a trial, or -1 for an empty store."""
+
+    @abstractmethod
+    def uninitiated(self) -> list[int]:
+        """COMPLETED trials that have not reproduced yet (``initiated`` is False), ascending."""
+
+    @abstractmethod
+    def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
+        """All trials by ascending id (for verify, export and reports, not for decisions)."""
+
+    # --- checkpoint index --------------------------------------------------------------------
+    @abstractmethod
+    def checkpoint(self, trial_id: int) -> CheckpointRef | None:
+        """The checkpoint a trial produced, if indexed."""
+
+    @abstractmethod
+    def delete_checkpoint(self, trial_id: int) -> None:
+        """Drop a checkpoint from the index (after garbage collection removed the file)."""
+
+    @abstractmethod
+    def checkpoint_ids(self) -> list[int]:
+        """Trial ids with an indexed checkpoint, ascending."""
+
+    # --- transactions ----------------------------------------------------------------------------
+    @abstractmethod
+    def batch(self) -> AbstractContextManager[None]:
+        """Group writes into one atomic commit. Nested batches join the outer one."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources; further calls are errors."""
+
+    # --- conveniences built on the primitives ---------------------------------------------------
+    def get_trial(self, trial_id: int) -> Trial:
+        """The trial.
+
+        Raises:
+            TrialNotFound: no such id.
+        """
+        trial = self.find_trial(trial_id)
+        if trial is None:
+            raise TrialNotFound(trial_id)
+        return trial
+
+    def record_measurement(self, trial_id: int, attempt: int, measurement: Measurement) -> bool:
+        """Append an intermediate measurement to a RUNNING trial's current attempt."""
+        trial = self.find_trial(trial_id)
+        if trial is None or trial.status is not TrialStatus.RUNNING or trial.attempt != attempt:
+            return False
+        new = trial.evolve(measurements=(*trial.measurements, measurement))
+        return self.transition(trial_id, TrialStatus.RUNNING, attempt, new)
+
+    def trials(self, ids: list[int]) -> list[Trial]:
+        return [self.get_trial(i) for i in ids]
+
+    def __enter__(self) -> TrialStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def status_counter(status: TrialStatus) -> str:
+    """Name of the per-status counter the stores keep in ``meta``."""
+    return f"status:{status.value}"
