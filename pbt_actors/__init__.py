@@ -32,7 +32,10 @@ _EXPORTS: dict[str, str] = {
     "ControllerCore": "pbt_actors.core",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Categorical", "CheckpointRef", "ControllerCore", "Discrete", "EarlyStop", "Experiment", "Fixed",
+    "Float", "Int", "Measurement", "Metric", "Objective", "SearchSpace", "Trial", "TrialStatus",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,12 @@ class StoreError(PbtError):
     process that opened it; the message says what to do."""
 
 
+class StoreRetry(StoreError):
+    """A write batch was rolled back because the store had to grow (LMDB map full). Nothing
+    was written; the caller re-runs the whole batch, which is safe because the controller's
+    handling is a deterministic function of the stored state."""
+
+
 class SchemaVersionError(StoreError):
     """The store was written by a newer pbt_actors. Upgrade rather than risk corrupting it."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pbt_actors.errors import SchemaError
@@ -22,7 +22,7 @@ from pbt_actors.errors import SchemaError
 SCHEMA_VERSION = 1
 
 
-class TrialStatus(str, Enum):
+class TrialStatus(StrEnum):
     """Life cycle: PENDING → RUNNING → COMPLETED | STOPPED | FAILED (RUNNING → PENDING on loss).
 
     Values are stored on disk: never renumber or remove one.
@@ -43,7 +43,7 @@ class TrialStatus(str, Enum):
         return self in (TrialStatus.PENDING, TrialStatus.RUNNING)
 
 
-class OriginKind(str, Enum):
+class OriginKind(StrEnum):
     """Why a trial exists. Stored on disk: never remove a value."""
 
     SEED = "seed"  # sampled from the prior (or given by the user), generation 0
@@ -171,6 +171,8 @@ class Trial:
     measurements: tuple[Measurement, ...] = ()
     final: Mapping[str, float] | None = None
     checkpoint: CheckpointRef | None = None
+    resume: CheckpointRef | None = None
+    """A checkpoint saved by a gracefully preempted attempt; the retry continues from it."""
     completed_attempt: int | None = None
     initiated: bool = False
     created_at: float = 0.0
@@ -215,6 +217,7 @@ class Trial:
             "measurements": [m.to_dict() for m in self.measurements],
             "final": dict(self.final) if self.final is not None else None,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "resume": self.resume.to_dict() if self.resume else None,
             "completed_attempt": self.completed_attempt,
             "initiated": self.initiated,
             "created_at": self.created_at,
@@ -259,6 +262,7 @@ class Trial:
             measurements=tuple(Measurement.from_dict(m) for m in measurements),
             final=metrics_from(d["final"], "trial.final") if d.get("final") is not None else None,
             checkpoint=CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") is not None else None,
+            resume=CheckpointRef.from_dict(d["resume"]) if d.get("resume") is not None else None,
             completed_attempt=_opt_int(d.get("completed_attempt"), "trial.completed_attempt"),
             initiated=bool(d.get("initiated", False)),
             created_at=_float(d.get("created_at", 0.0), "trial.created_at"),

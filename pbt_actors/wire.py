@@ -21,7 +21,8 @@ DEFAULT_MAX_DEPTH = 32
 def pack(obj: Any) -> bytes:
     """Serialise plain data (dicts, lists, str, bytes, numbers, bool, None)."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"cannot encode {type(obj).__name__}: {exc}") from exc
 

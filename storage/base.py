@@ -24,8 +24,15 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from pbt_actors.errors import TrialNotFound
-from pbt_actors.model import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
+from pbt_actors.errors import SchemaError, TrialNotFound
+from pbt_actors.model import (
+    CheckpointRef,
+    Measurement,
+    Trial,
+    TrialSpec,
+    TrialStatus,
+    hparams_from,
+)
 
 TRIAL_ID_COUNTER = "next_trial_id"
 
@@ -33,14 +40,21 @@ TRIAL_ID_COUNTER = "next_trial_id"
 class TrialStore(ABC):
     """Persistent trial graph. Thread-safety: one thread writes; see module docstring."""
 
-    # --- meta -------------------------------------------------------------------------------
+    # --- meta ---------------------------------------------------------------------------------
     @abstractmethod
     def get_meta(self, key: str) -> Any:
         """The value stored under ``key`` in ``meta``, or None."""
 
     @abstractmethod
     def put_meta(self, key: str, value: Any) -> None:
-        """Store plain data (msgpack-able) under ``key``."""
+        """Store plain data (msgpack-able) under ``key``.
+
+        ``get_meta`` returns what a msgpack round trip gives (tuples come back as lists), in
+        every implementation. Keys ``schema_version`` and ``counter:*`` are the store's own.
+
+        Raises:
+            WireError: ``value`` is not msgpack-able; nothing is written.
+        """
 
     @abstractmethod
     def incr_counter(self, name: str, delta: int = 1) -> int:
@@ -50,10 +64,14 @@ class TrialStore(ABC):
     def counter(self, name: str) -> int:
         """Current value of a named counter (0 if never incremented)."""
 
-    # --- trials -----------------------------------------------------------------------------
+    # --- trials -------------------------------------------------------------------------------
     @abstractmethod
     def create_trial(self, spec: TrialSpec, now: float) -> Trial:
-        """Create a PENDING trial with the next dense id (1, 2, ...) and return it."""
+        """Create a PENDING trial with the next dense id (1, 2, ...) and return it.
+
+        Raises:
+            ValueError: the spec cannot be indexed (see ``check_spec``); nothing is written.
+        """
 
     @abstractmethod
     def find_trial(self, trial_id: int) -> Trial | None:
@@ -67,7 +85,10 @@ class TrialStore(ABC):
         Returns:
             True if applied; False if the record changed meanwhile (or does not exist).
         Raises:
-            ValueError: ``new.id`` differs from ``trial_id``.
+            ValueError: ``new.id`` differs from ``trial_id``; or the swap would apply but
+                ``new`` changes ``generation`` or ``parent_id`` (the generation and children
+                indexes are written once, at creation, so such a change would leave them
+                stale). Nothing is written then.
         """
 
     @abstractmethod
@@ -102,7 +123,7 @@ class TrialStore(ABC):
     def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
         """All trials by ascending id (for verify, export and reports, not for decisions)."""
 
-    # --- checkpoint index --------------------------------------------------------------------
+    # --- checkpoint index ---------------------------------------------------------------------
     @abstractmethod
     def checkpoint(self, trial_id: int) -> CheckpointRef | None:
         """The checkpoint a trial produced, if indexed."""
@@ -115,7 +136,7 @@ class TrialStore(ABC):
     def checkpoint_ids(self) -> list[int]:
         """Trial ids with an indexed checkpoint, ascending."""
 
-    # --- transactions ----------------------------------------------------------------------------
+    # --- transactions -------------------------------------------------------------------------
     @abstractmethod
     def batch(self) -> AbstractContextManager[None]:
         """Group writes into one atomic commit. Nested batches join the outer one."""
@@ -124,7 +145,7 @@ class TrialStore(ABC):
     def close(self) -> None:
         """Release resources; further calls are errors."""
 
-    # --- conveniences built on the primitives ---------------------------------------------------
+    # --- conveniences built on the primitives -------------------------------------------------
     def get_trial(self, trial_id: int) -> Trial:
         """The trial.
 
@@ -157,3 +178,43 @@ class TrialStore(ABC):
 def status_counter(status: TrialStatus) -> str:
     """Name of the per-status counter the stores keep in ``meta``."""
     return f"status:{status.value}"
+
+
+MAX_GENERATION = (1 << 32) - 1  # generations are 4-byte keys on disk (storage.schema)
+MAX_TRIAL_ID = (1 << 64) - 1  # ids are 8-byte keys on disk
+
+
+def _is_index_int(value: object, top: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+
+
+def check_spec(spec: TrialSpec) -> None:
+    """Refuse a spec that could not be indexed or read back, before anything is written.
+
+    Generation and parent ids become LMDB keys; hyperparameters must pass the strict reader
+    (``hparams_from``) or the stored record would be unreadable forever (e.g. a numpy int).
+    Every store checks the same limits, not only LMDB, so that a policy bug fails identically
+    in simulation and for real.
+
+    Raises:
+        ValueError: the spec breaks one of those limits (a bug in its producer).
+    """
+    try:
+        hparams_from(spec.hparams, "spec.hparams")
+    except SchemaError as exc:
+        raise ValueError(str(exc)) from None
+    if not _is_index_int(spec.generation, MAX_GENERATION):
+        raise ValueError(f"generation {spec.generation!r} must be an integer in "
+                         f"[0, {MAX_GENERATION}]")
+    for what, value in (("parent_id", spec.parent_id), ("crossover_id", spec.crossover_id)):
+        if value is not None and not _is_index_int(value, MAX_TRIAL_ID):
+            raise ValueError(f"{what} {value!r} must be None or a non-negative trial id")
+
+
+def check_transition(current: Trial, new: Trial) -> None:
+    """Refuse a record that changes what the creation-time indexes were built from."""
+    if new.generation != current.generation or new.parent_id != current.parent_id:
+        raise ValueError(
+            f"trial {current.id}: a transition cannot change generation "
+            f"({current.generation} -> {new.generation}) or parent_id "
+            f"({current.parent_id} -> {new.parent_id}); create a new trial instead")

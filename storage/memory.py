@@ -12,8 +12,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pbt_actors import wire
 from pbt_actors.model import CheckpointRef, Trial, TrialSpec, TrialStatus
-from storage.base import TRIAL_ID_COUNTER, TrialStore, status_counter
+from storage.base import (
+    TRIAL_ID_COUNTER,
+    TrialStore,
+    check_spec,
+    check_transition,
+    status_counter,
+)
 
 
 class InMemoryTrialStore(TrialStore):
@@ -31,7 +38,7 @@ class InMemoryTrialStore(TrialStore):
         self._depth = 0
         self._closed = False
 
-    # --- undo log ---------------------------------------------------------------------------
+    # --- undo log -----------------------------------------------------------------------------
     def _remember(self, undo: Callable[[], None]) -> None:
         if self._undo is not None:
             self._undo.append(undo)
@@ -79,14 +86,15 @@ class InMemoryTrialStore(TrialStore):
         finally:
             self._undo, self._depth = None, 0
 
-    # --- meta -----------------------------------------------------------------------------------
+    # --- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         self._check_open()
         return copy.deepcopy(self._meta.get(key))
 
     def put_meta(self, key: str, value: Any) -> None:
         self._check_open()
-        self._set_item(self._meta, key, copy.deepcopy(value))
+        # A msgpack round trip, as on disk: same refusals, and tuples come back as lists.
+        self._set_item(self._meta, key, wire.unpack(wire.pack(value)))
 
     def incr_counter(self, name: str, delta: int = 1) -> int:
         self._check_open()
@@ -99,9 +107,10 @@ class InMemoryTrialStore(TrialStore):
         self._check_open()
         return int(self._meta.get(f"counter:{name}", 0))
 
-    # --- trials ------------------------------------------------------------------------------------
+    # --- trials -------------------------------------------------------------------------------
     def create_trial(self, spec: TrialSpec, now: float) -> Trial:
         self._check_open()
+        check_spec(spec)
         trial_id = self.incr_counter(TRIAL_ID_COUNTER)
         trial = Trial.from_spec(trial_id, spec, now)
         self._write(None, trial)
@@ -117,8 +126,10 @@ class InMemoryTrialStore(TrialStore):
         if new.id != trial_id:
             raise ValueError(f"record id {new.id} does not match trial id {trial_id}")
         current = self._trials.get(trial_id)
-        if current is None or current.status is not expected_status or current.attempt != expected_attempt:
+        if (current is None or current.status is not expected_status
+                or current.attempt != expected_attempt):
             return False
+        check_transition(current, new)
         self._write(current, new)
         return True
 
@@ -181,7 +192,7 @@ class InMemoryTrialStore(TrialStore):
             if trial is not None:
                 yield trial
 
-    # --- checkpoints ----------------------------------------------------------------------------
+    # --- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, trial_id: int) -> CheckpointRef | None:
         self._check_open()
         return self._checkpoints.get(trial_id)

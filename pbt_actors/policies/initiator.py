@@ -1,0 +1,113 @@
+"""Initiator-based evolution (Li et al., KDD 2019), as DESIGN §4 reads it.
+
+Every completed trial becomes an *initiator* exactly once. It draws an opponent uniformly
+from the completed trials of its last ``opponent_window`` generations (never itself); the
+better of the two (ties: the initiator) is the *winner*, whose checkpoint the child
+warm-starts from and whose hyperparameters it copies, optionally crossed over with the
+loser's, then mutated. In budget mode an initiator of generation g reproduces only once
+generation g has ``population`` completed members (or nothing of it is still running), so a
+few workers emulate a large population; meanwhile workers run the other pending trials.
+"""
+
+from __future__ import annotations
+
+from pbt_actors.model import Origin, OriginKind, Trial, TrialStatus
+from pbt_actors.policies.base import (
+    Decision,
+    Event,
+    Idle,
+    Policy,
+    PopulationView,
+    Retire,
+    RngFactory,
+    Spawn,
+    TrialCompleted,
+    TrialEnded,
+)
+
+
+class InitiatorPolicy(Policy):
+    """The paper's asynchronous binary tournament."""
+
+    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
+        if isinstance(event, TrialCompleted):
+            if not self.experiment.budget_mode:
+                return [self.reproduce(view, event.trial, rngs)]
+            return self._reproduce_ready(view, event.trial.generation, rngs)
+        if isinstance(event, TrialEnded):
+            replacement = self.replace(view, event.trial, rngs)
+            if replacement is not None:
+                return [replacement]
+            if self.experiment.budget_mode:
+                return self._reproduce_ready(view, event.trial.generation, rngs)
+            return []
+        if isinstance(event, Idle):
+            waiting = view.uninitiated()
+            if self.experiment.budget_mode:
+                ready = {g for g in {t.generation for t in waiting} if self.generation_ready(view, g)}
+                waiting = [t for t in waiting if t.generation in ready]
+            return [self.reproduce(view, t, rngs) for t in waiting]
+        raise TypeError(f"unknown event {event!r}")
+
+    # --- budget mode ---------------------------------------------------------------------------
+    def generation_ready(self, view: PopulationView, generation: int) -> bool:
+        """Budget mode's gate: ``population`` completed members, or (when failures thinned it)
+        no active trial left in this or any earlier generation that could still add one."""
+        members = view.generation(generation)
+        completed = sum(1 for t in members if t.status is TrialStatus.COMPLETED)
+        if completed >= self.experiment.population:
+            return True
+        return all(t.generation > generation for t in view.active())
+
+    def _reproduce_ready(self, view: PopulationView, generation: int, rngs: RngFactory) -> list[Decision]:
+        if not self.generation_ready(view, generation):
+            return []
+        waiting = [t for t in view.generation(generation)
+                   if t.status is TrialStatus.COMPLETED and not t.initiated]
+        return [self.reproduce(view, t, rngs) for t in waiting]
+
+    # --- the tournament --------------------------------------------------------------------------
+    def reproduce(self, view: PopulationView, initiator: Trial, rngs: RngFactory,
+                  exclude_parent: int | None = None, replaces: int | None = None) -> Decision:
+        """One reproduction of ``initiator``; with ``replaces``, a stand-in for a lost child.
+
+        ``exclude_parent`` removes a trial from the candidates *as a parent* (its checkpoint
+        or hyperparameters just produced a FAILED/STOPPED child).
+        """
+        rng = rngs(replaces if replaces is not None else initiator.id,
+                   "replace" if replaces is not None else "reproduce")
+        candidates = [t for t in self.window(view, initiator.generation)
+                      if t.id not in (initiator.id, exclude_parent)]
+        opponent = candidates[int(rng.integers(len(candidates)))] if candidates else None
+        initiator_usable = initiator.id != exclude_parent
+        if opponent is None:
+            if not initiator_usable:
+                return Retire(initiator.id, "no usable parent left for a replacement")
+            winner, loser = initiator, None
+        elif not initiator_usable or self.better(opponent, initiator):
+            winner, loser = opponent, initiator
+        else:
+            winner, loser = initiator, opponent
+        hparams = dict(winner.hparams)
+        crossover_id = None
+        if loser is not None and self.experiment.crossover_prob > 0 and rng.random() < self.experiment.crossover_prob:
+            hparams = self.space.crossover(hparams, loser.hparams, rng)
+            crossover_id = loser.id
+        hparams = self.space.mutate(hparams, rng, self.experiment.resample_prob)
+        kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TOURNAMENT
+        origin = Origin(kind, initiator=initiator.id, opponent=opponent.id if opponent else None,
+                        winner=winner.id, replaces=replaces)
+        spec = self.child_spec(winner, hparams, initiator.generation + 1, origin, crossover_id)
+        if spec is None:
+            return Retire(initiator.id, f"lineage reached max_steps ({self.experiment.max_steps})")
+        return Spawn(spec, initiator_id=None if replaces is not None else initiator.id)
+
+    def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
+        """Refill the slot of a FAILED/STOPPED trial so that evolution does not thin out."""
+        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
+            return None
+        if trial.origin.initiator is None:
+            return self.reseed(trial, rngs)
+        decision = self.reproduce(view, view.trial(trial.origin.initiator), rngs,
+                                  exclude_parent=trial.parent_id, replaces=trial.id)
+        return decision if isinstance(decision, Spawn) else None

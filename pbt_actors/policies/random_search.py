@@ -1,0 +1,53 @@
+"""The no-exploit baseline: every lineage keeps its sampled hyperparameters to the end.
+
+It runs through the same trial machinery as PBT (short trials, checkpoints, retries), so a
+comparison against it measures exactly what exploit/explore adds at equal compute.
+"""
+
+from __future__ import annotations
+
+from pbt_actors.model import Origin, OriginKind, Trial
+from pbt_actors.policies.base import (
+    Decision,
+    Event,
+    Idle,
+    Policy,
+    PopulationView,
+    Retire,
+    RngFactory,
+    Spawn,
+    TrialCompleted,
+    TrialEnded,
+)
+
+
+class RandomPolicy(Policy):
+    """Continue each lineage unchanged; a failed seed is resampled, a failed child retried."""
+
+    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
+        if isinstance(event, TrialCompleted):
+            return [self.continue_(event.trial)]
+        if isinstance(event, TrialEnded):
+            replacement = self.replace(view, event.trial, rngs)
+            return [replacement] if replacement is not None else []
+        if isinstance(event, Idle):
+            return [self.continue_(t) for t in view.uninitiated()]
+        raise TypeError(f"unknown event {event!r}")
+
+    def continue_(self, trial: Trial) -> Decision:
+        origin = Origin(OriginKind.CONTINUE, initiator=trial.id, winner=trial.id)
+        spec = self.child_spec(trial, dict(trial.hparams), trial.generation + 1, origin)
+        if spec is None:
+            return Retire(trial.id, f"lineage reached max_steps ({self.experiment.max_steps})")
+        return Spawn(spec, initiator_id=trial.id)
+
+    def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
+        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
+            return None
+        if trial.parent_id is None:
+            return self.reseed(trial, rngs)
+        parent = view.trial(trial.parent_id)
+        origin = Origin(OriginKind.REPLACEMENT, initiator=trial.origin.initiator, winner=parent.id,
+                        replaces=trial.id)
+        spec = self.child_spec(parent, dict(trial.hparams), trial.generation, origin)
+        return Spawn(spec) if spec is not None else None

@@ -1,0 +1,600 @@
+"""``LmdbTrialStore``: the trial graph in one LMDB environment per store folder.
+
+Layer 2. Key layout and codecs live in ``storage.schema``; this module adds transactions,
+map growth, the schema-version check and read-only opening.
+
+Transactions
+    ``batch()`` opens ONE write transaction and holds it on the store until the block ends;
+    every read and write the batch's thread makes meanwhile goes through it (so reads see the
+    batch's own writes) and the block commits once (one fsync) or, if it raises, aborts.
+    Nested ``batch()`` calls join the outer one. Outside a batch each write op is its own
+    write transaction and each read a short read transaction, so a reader never pins old
+    pages for long (long readers make LMDB's file grow).
+
+Map growth
+    LMDB needs a map size up front. We start with a large one (sparse on 64-bit: no cost), and
+    on ``lmdb.MapFullError`` abort, double the map (``env.set_mapsize``) and try again:
+
+    * a single op outside a batch is simply replayed: it reads its inputs inside its own
+      transaction, so the replay is exact;
+    * inside a batch the caller's logic cannot be replayed from here. The batch transaction is
+      aborted, the map grown, and ``StoreFullRetry`` raised; every later op of that batch raises
+      it too and so does leaving the block, so nothing half-done can commit. The controller
+      core catches it (as ``pbt_actors.errors.StoreRetry``) and re-runs the whole batch, which
+      is safe because its handling is a deterministic function of the stored state.
+
+    Readers in other processes get ``lmdb.MapResizedError`` when they begin a transaction
+    after the writer grew the map; they adopt the new size (``set_mapsize(0)``) and retry.
+    ``set_mapsize`` is only legal with no transaction active in the process, so an in-process
+    gate makes resizes wait for running short reads and holds new reads back meanwhile.
+
+Concurrency
+    One writer: the controller. ``readonly=True`` opens the environment read-only with
+    locking, so a CLI in another process reads committed snapshots while the writer works.
+    Within one process other threads may read concurrently; they never use the batch's
+    transaction (LMDB write transactions are bound to their thread). Never carry an open
+    store across ``fork``; LMDB also refuses to open the same folder twice in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import lmdb
+
+from pbt_actors.errors import SchemaVersionError, StoreError, StoreRetry
+from pbt_actors.model import CheckpointRef, Trial, TrialSpec, TrialStatus
+from storage import schema
+from storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
+
+T = TypeVar("T")
+
+# Doubling from even 64 KiB reaches the 64-bit address-space limit long before this many tries;
+# the bound only turns a pathological loop (e.g. one value larger than any map) into an error.
+MAX_GROWTHS: Final = 48
+# Bounded so a reader racing a fast-growing writer reports rather than spins forever.
+MAX_RESIZE_RETRIES: Final = 16
+# Trials decoded per read transaction in ``iter_trials``: keeps read transactions short.
+ITER_CHUNK: Final = 256
+
+
+class StoreFullRetry(StoreRetry):
+    """The LMDB map filled up inside ``batch()``.
+
+    Raised after the batch's transaction was aborted (nothing of it was written) and the map
+    was grown. Re-run the whole batch; the next attempt has twice the room.
+    """
+
+
+@dataclass
+class _Batch:
+    """The write transaction a ``batch()`` holds, and the thread that may use it."""
+
+    txn: lmdb.Transaction
+    thread: int
+    depth: int = 1
+    doomed: bool = False  # aborted after MapFullError: every later use raises StoreFullRetry
+
+
+class LmdbTrialStore(TrialStore):
+    """The real ``TrialStore``: one LMDB environment per folder, see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 map_size: int = 1 << 30, sync: bool = True) -> None:
+        """Open (or, unless ``readonly``, create) the store in folder ``path``.
+
+        Args:
+            map_size: initial LMDB map size; grown by doubling whenever it fills.
+            sync: fsync on every commit. ``False`` trades the last commits on power loss
+                for speed (tests, simulations).
+        Raises:
+            StoreError: the folder cannot be created or written, holds no store (readonly),
+                or is already open in this process.
+            SchemaVersionError: the store was written by a newer pbt-actors.
+        """
+        self._path = Path(path)
+        self._readonly = readonly
+        self._closed = False
+        self._batch: _Batch | None = None
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+        self._env = self._open_env(map_size, sync)
+        try:
+            self._dbs = self._open_dbs()
+        except BaseException:
+            self._env.close()
+            self._closed = True
+            raise
+        self._meta = self._dbs[schema.DB_META]
+        self._trials = self._dbs[schema.DB_TRIALS]
+        self._children = self._dbs[schema.DB_CHILDREN]
+        self._generations = self._dbs[schema.DB_GENERATIONS]
+        self._status = self._dbs[schema.DB_STATUS]
+        self._uninitiated = self._dbs[schema.DB_UNINITIATED]
+        self._checkpoints = self._dbs[schema.DB_CHECKPOINTS]
+
+    # --- opening ------------------------------------------------------------------------------
+    def _open_env(self, map_size: int, sync: bool) -> lmdb.Environment:
+        path = self._path
+        if self._readonly:
+            if not (path / "data.mdb").is_file():
+                raise StoreError(f"no pbt-actors store at {path} (no data.mdb); check --store")
+        else:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store folder {path}: {exc.strerror or exc}; "
+                                 f"choose a writable location") from exc
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise StoreError(f"the store folder {path} is not writable; fix its permissions "
+                                 f"or choose another location")
+        try:
+            return lmdb.open(
+                str(path), map_size=map_size, subdir=True, readonly=self._readonly, lock=True,
+                max_dbs=schema.MAX_DBS, sync=sync, metasync=sync,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc} (is it open elsewhere in "
+                             f"this process, or not an LMDB store?)") from exc
+
+    def _open_dbs(self) -> dict[bytes, Any]:
+        """Open the named databases and check (or, for a new store, write) the schema version."""
+        if self._readonly:
+            try:
+                dbs = {name: self._env.open_db(name, create=False) for name in schema.ALL_DBS}
+            except lmdb.NotFoundError:
+                raise StoreError(f"no pbt-actors store at {self._path} (LMDB environment "
+                                 f"without our databases)") from None
+            except lmdb.Error as exc:
+                raise StoreError(f"cannot read the store at {self._path}: {exc}") from exc
+            version = self._read(lambda txn: txn.get(
+                schema.meta_key(schema.SCHEMA_VERSION_KEY), db=dbs[schema.DB_META]))
+            if version is None:
+                raise StoreError(f"no pbt-actors store at {self._path} (no schema version)")
+            self._check_version(version)
+            return dbs
+
+        def init(txn: lmdb.Transaction) -> dict[bytes, Any]:
+            # meta first, and the version checked before anything else is created, so a newer
+            # store is refused without this build writing a byte into it.
+            meta = self._env.open_db(schema.DB_META, txn=txn, create=True)
+            key = schema.meta_key(schema.SCHEMA_VERSION_KEY)
+            raw = txn.get(key, db=meta)
+            if raw is None:
+                txn.put(key, schema.encode_meta(schema.STORE_SCHEMA_VERSION), db=meta)
+            else:
+                self._check_version(raw)
+            dbs = {schema.DB_META: meta}
+            for name in schema.ALL_DBS[1:]:
+                dbs[name] = self._env.open_db(name, txn=txn, create=True)
+            return dbs
+
+        return self._run_write(init)
+
+    def _check_version(self, raw: bytes) -> None:
+        version = schema.decode_meta(schema.SCHEMA_VERSION_KEY, raw)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise StoreError(f"the store at {self._path} has an invalid schema version "
+                             f"{version!r}; it is damaged or not a pbt-actors store")
+        if version > schema.STORE_SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the store at {self._path} has storage schema v{version}, written by a newer "
+                f"pbt-actors; this build reads up to v{schema.STORE_SCHEMA_VERSION}. Upgrade "
+                f"pbt-actors to open it (never let an older build write to it).")
+
+    # --- transaction plumbing -----------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("store is closed")
+
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise StoreError(f"the store at {self._path} is opened read-only; only the "
+                             f"controller writes to it")
+
+    def _own_batch(self) -> _Batch | None:
+        """The batch of the calling thread, if any (other threads never use its txn)."""
+        batch = self._batch
+        if batch is not None and batch.thread == threading.get_ident():
+            return batch
+        return None
+
+    def _doomed(self) -> StoreFullRetry:
+        return StoreFullRetry(f"the store at {self._path} was full; its map has grown to "
+                              f"{self._env.info()['map_size']} bytes and this batch was rolled "
+                              f"back: re-run the whole batch")
+
+    @contextmanager
+    def _reader_slot(self) -> Iterator[None]:
+        """Count a short read transaction so that ``_set_mapsize`` can wait for it."""
+        with self._gate:
+            while self._resizing:
+                self._gate.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._readers -= 1
+                if not self._readers:
+                    self._gate.notify_all()
+
+    def _set_mapsize(self, size: int) -> None:
+        """Resize the map (0: adopt another process's size) once no read txn is active."""
+        with self._gate:
+            while self._resizing:
+                self._gate.wait()
+            self._resizing = True
+            try:
+                while self._readers:
+                    self._gate.wait()
+                self._env.set_mapsize(size)
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    def _grow(self) -> None:
+        self._set_mapsize(int(self._env.info()["map_size"]) * 2)
+
+    def _begin_write(self) -> lmdb.Transaction:
+        for _ in range(MAX_RESIZE_RETRIES):
+            try:
+                return self._env.begin(write=True)
+            except lmdb.MapResizedError:  # a previous writer process grew the map
+                self._set_mapsize(0)
+            except lmdb.Error as exc:
+                raise StoreError(f"cannot begin a write on {self._path}: {exc}") from exc
+        raise StoreError(f"the map of {self._path} keeps being resized by another process")
+
+    @staticmethod
+    def _abort(txn: lmdb.Transaction) -> None:
+        with suppress(lmdb.Error):  # already invalid (failed commit, closed env): no-op
+            txn.abort()
+
+    def _run_write(self, op: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``op`` in its own write txn and commit; on a full map grow and replay it."""
+        for _ in range(MAX_GROWTHS):
+            txn = self._begin_write()
+            try:
+                result = op(txn)
+                txn.commit()
+            except lmdb.MapFullError:
+                self._abort(txn)
+                self._grow()
+                continue
+            except lmdb.Error as exc:
+                self._abort(txn)
+                raise StoreError(f"write to {self._path} failed: {exc}") from exc
+            except BaseException:
+                self._abort(txn)
+                raise
+            return result
+        raise StoreError(f"a write to {self._path} did not fit after {MAX_GROWTHS} map growths")
+
+    def _write(self, op: Callable[[lmdb.Transaction], T]) -> T:
+        """Run a write op: inside the calling thread's batch, or as its own transaction."""
+        self._check_open()
+        self._check_writable()
+        batch = self._own_batch()
+        if batch is None:
+            return self._run_write(op)
+        if batch.doomed:
+            raise self._doomed()
+        try:
+            return op(batch.txn)
+        except lmdb.MapFullError:
+            # The caller's logic cannot be replayed from here: roll back, grow, tell it to.
+            self._abort(batch.txn)
+            batch.doomed = True
+            self._grow()
+            raise self._doomed() from None
+        except lmdb.Error as exc:
+            raise StoreError(f"write to {self._path} failed: {exc}") from exc
+
+    def _read(self, op: Callable[[lmdb.Transaction], T]) -> T:
+        """Run a read op: inside the calling thread's batch (seeing its writes) or in a short
+        read transaction of its own."""
+        self._check_open()
+        batch = self._own_batch()
+        if batch is not None:
+            if batch.doomed:
+                raise self._doomed()
+            try:
+                return op(batch.txn)
+            except lmdb.Error as exc:
+                raise StoreError(f"read from {self._path} failed: {exc}") from exc
+        for _ in range(MAX_RESIZE_RETRIES):
+            with self._reader_slot():
+                try:
+                    txn = self._env.begin(write=False)
+                except lmdb.MapResizedError:  # the writer grew the map: adopt it and retry
+                    txn = None
+                except lmdb.Error as exc:
+                    raise StoreError(f"cannot read {self._path}: {exc}") from exc
+                if txn is not None:
+                    try:
+                        return op(txn)
+                    except lmdb.Error as exc:
+                        raise StoreError(f"read from {self._path} failed: {exc}") from exc
+                    finally:
+                        txn.abort()
+            self._set_mapsize(0)  # outside the reader slot: it waits for readers to finish
+        raise StoreError(f"the map of {self._path} keeps being resized by the writer")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction for the whole block; see the module docstring.
+
+        Raises:
+            StoreFullRetry: the map filled up; nothing of the batch was written and the map
+                has grown. Re-run the whole batch.
+        """
+        self._check_open()
+        self._check_writable()
+        own = self._own_batch()
+        if own is not None:
+            own.depth += 1
+            try:
+                yield
+            finally:
+                own.depth -= 1
+            return
+        if self._batch is not None:
+            raise RuntimeError("another thread holds a batch on this store; it has one writer")
+        batch = _Batch(self._begin_write(), threading.get_ident())
+        self._batch = batch
+        try:
+            yield
+        except BaseException:
+            self._batch = None
+            if not batch.doomed and not self._closed:
+                self._abort(batch.txn)
+            raise
+        self._batch = None
+        if self._closed:
+            raise RuntimeError("store was closed inside a batch; the batch was rolled back")
+        if batch.doomed:
+            raise self._doomed()
+        try:
+            batch.txn.commit()
+        except lmdb.MapFullError:  # commit can allocate pages too (free list)
+            self._abort(batch.txn)
+            self._grow()
+            raise self._doomed() from None
+        except lmdb.Error as exc:
+            self._abort(batch.txn)
+            raise StoreError(f"commit to {self._path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Abort any open batch and close the environment. Idempotent."""
+        if self._closed:
+            return
+        batch, self._batch = self._batch, None
+        if batch is not None and not batch.doomed:
+            self._abort(batch.txn)
+        self._closed = True
+        self._env.close()
+
+    # --- small txn-level helpers --------------------------------------------------------------
+    @staticmethod
+    def _scan(txn: lmdb.Transaction, db: Any, prefix: bytes = b"") -> Iterator[bytes]:
+        """Keys of ``db`` starting with ``prefix``, ascending."""
+        cursor = txn.cursor(db=db)
+        if not cursor.set_range(prefix):
+            return
+        for key in cursor.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _get_counter(self, txn: lmdb.Transaction, name: str) -> int:
+        return schema.decode_counter(name, txn.get(schema.counter_key(name), db=self._meta))
+
+    def _incr(self, txn: lmdb.Transaction, name: str, delta: int) -> int:
+        value = self._get_counter(txn, name) + delta
+        txn.put(schema.counter_key(name), schema.encode_meta(value), db=self._meta)
+        return value
+
+    def _get_trial(self, txn: lmdb.Transaction, trial_id: int) -> Trial | None:
+        raw = txn.get(schema.encode_id(trial_id), db=self._trials)
+        return None if raw is None else schema.decode_trial(trial_id, raw)
+
+    def _put_trial(self, txn: lmdb.Transaction, old: Trial | None, new: Trial) -> None:
+        """Write a record and every derived index, exactly as ``InMemoryTrialStore._write``."""
+        key = schema.encode_id(new.id)
+        txn.put(key, schema.encode_trial(new), db=self._trials)
+        if old is None:
+            txn.put(schema.generation_key(new.generation, new.id), b"", db=self._generations)
+            if new.parent_id is not None:
+                txn.put(schema.children_key(new.parent_id, new.id), b"", db=self._children)
+        if old is None or old.status is not new.status:
+            if old is not None:
+                txn.delete(schema.status_key(old.status, new.id), db=self._status)
+                self._incr(txn, status_counter(old.status), -1)
+            txn.put(schema.status_key(new.status, new.id), b"", db=self._status)
+            self._incr(txn, status_counter(new.status), 1)
+        if new.status is TrialStatus.COMPLETED and not new.initiated:
+            txn.put(key, b"", db=self._uninitiated)
+        else:
+            txn.delete(key, db=self._uninitiated)
+        if new.checkpoint is not None and (old is None or old.checkpoint != new.checkpoint):
+            txn.put(key, schema.encode_checkpoint(new.checkpoint), db=self._checkpoints)
+
+    @staticmethod
+    def _valid_id(trial_id: int) -> bool:
+        """Ids outside the key range cannot be stored, so queries for them find nothing."""
+        return isinstance(trial_id, int) and 0 <= trial_id <= schema.MAX_ID
+
+    # --- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        raw = self._read(lambda txn: txn.get(schema.meta_key(key), db=self._meta))
+        return None if raw is None else schema.decode_meta(key, raw)
+
+    def put_meta(self, key: str, value: Any) -> None:
+        data = schema.encode_meta(value)  # fail on non-msgpack data before opening a txn
+        self._write(lambda txn: txn.put(schema.meta_key(key), data, db=self._meta))
+
+    def incr_counter(self, name: str, delta: int = 1) -> int:
+        return self._write(lambda txn: self._incr(txn, name, delta))
+
+    def counter(self, name: str) -> int:
+        return self._read(lambda txn: self._get_counter(txn, name))
+
+    # --- trials -------------------------------------------------------------------------------
+    def create_trial(self, spec: TrialSpec, now: float) -> Trial:
+        check_spec(spec)
+
+        def op(txn: lmdb.Transaction) -> Trial:
+            trial = Trial.from_spec(self._get_counter(txn, TRIAL_ID_COUNTER) + 1, spec, now)
+            self._put_trial(txn, None, trial)  # encodes before its first put
+            txn.put(schema.counter_key(TRIAL_ID_COUNTER), schema.encode_meta(trial.id),
+                    db=self._meta)
+            return trial
+
+        return self._write(op)
+
+    def find_trial(self, trial_id: int) -> Trial | None:
+        if not self._valid_id(trial_id):
+            self._check_open()
+            return None
+        return self._read(lambda txn: self._get_trial(txn, trial_id))
+
+    def transition(self, trial_id: int, expected_status: TrialStatus, expected_attempt: int,
+                   new: Trial) -> bool:
+        self._check_open()
+        if new.id != trial_id:
+            raise ValueError(f"record id {new.id} does not match trial id {trial_id}")
+        if not self._valid_id(trial_id):
+            self._check_writable()
+            return False
+
+        def op(txn: lmdb.Transaction) -> bool:
+            current = self._get_trial(txn, trial_id)
+            if (current is None or current.status is not expected_status
+                    or current.attempt != expected_attempt):
+                return False
+            check_transition(current, new)
+            self._put_trial(txn, current, new)
+            return True
+
+        return self._write(op)
+
+    def ids_with_status(self, status: TrialStatus) -> list[int]:
+        prefix = schema.status_prefix(status)
+        return self._read(lambda txn: [schema.decode_status_key(k)[1]
+                                       for k in self._scan(txn, self._status, prefix)])
+
+    def first_with_status(self, status: TrialStatus) -> int | None:
+        prefix = schema.status_prefix(status)
+        return self._read(lambda txn: next(
+            (schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)),
+            None))
+
+    def count(self, status: TrialStatus | None = None) -> int:
+        if status is None:
+            return self._read(lambda txn: int(txn.stat(self._trials)["entries"]))
+        return self.counter(status_counter(status))
+
+    def children(self, trial_id: int) -> list[int]:
+        if not self._valid_id(trial_id):
+            self._check_open()
+            return []
+        prefix = schema.children_prefix(trial_id)
+        return self._read(lambda txn: [schema.decode_children_key(k)[1]
+                                       for k in self._scan(txn, self._children, prefix)])
+
+    def generation(self, generation: int) -> list[int]:
+        if not (isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION):
+            self._check_open()
+            return []
+        prefix = schema.generation_prefix(generation)
+        return self._read(lambda txn: [schema.decode_generation_key(k)[1]
+                                       for k in self._scan(txn, self._generations, prefix)])
+
+    def max_generation(self) -> int:
+        def op(txn: lmdb.Transaction) -> int:
+            cursor = txn.cursor(db=self._generations)
+            return schema.decode_generation_key(cursor.key())[0] if cursor.last() else -1
+
+        return self._read(op)
+
+    def uninitiated(self) -> list[int]:
+        return self._read(lambda txn: [schema.decode_id(k)
+                                       for k in self._scan(txn, self._uninitiated)])
+
+    def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
+        """Trials by ascending id up to the highest id at the first ``next()``, as the
+        in-memory store. Reads ``ITER_CHUNK`` records per short read transaction, so a slow
+        consumer never holds a reader open (that would grow the file)."""
+        self._check_open()
+        limit: int | None = None
+        next_id = max(start_id, 0)
+        while True:
+            limit, trials = self._read(partial(self._trial_chunk, first=next_id, limit=limit))
+            yield from trials
+            if len(trials) < ITER_CHUNK:
+                return
+            next_id = trials[-1].id + 1
+
+    def _trial_chunk(self, txn: lmdb.Transaction, first: int,
+                     limit: int | None) -> tuple[int, list[Trial]]:
+        """Up to ``ITER_CHUNK`` trials with ``first <= id <= limit`` (limit: the id counter,
+        read in the first chunk's transaction)."""
+        top = self._get_counter(txn, TRIAL_ID_COUNTER) if limit is None else limit
+        out: list[Trial] = []
+        cursor = txn.cursor(db=self._trials)
+        if first > top or not cursor.set_range(schema.encode_id(first)):
+            return top, out
+        for key, value in cursor.iternext(keys=True, values=True):
+            trial_id = schema.decode_id(key)
+            if trial_id > top or len(out) == ITER_CHUNK:
+                break
+            out.append(schema.decode_trial(trial_id, value))
+        return top, out
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def checkpoint(self, trial_id: int) -> CheckpointRef | None:
+        if not self._valid_id(trial_id):
+            self._check_open()
+            return None
+        raw = self._read(lambda txn: txn.get(schema.encode_id(trial_id), db=self._checkpoints))
+        return None if raw is None else schema.decode_checkpoint(trial_id, raw)
+
+    def delete_checkpoint(self, trial_id: int) -> None:
+        if not self._valid_id(trial_id):
+            self._check_open()
+            self._check_writable()
+            return
+        self._write(lambda txn: txn.delete(schema.encode_id(trial_id), db=self._checkpoints))
+
+    def checkpoint_ids(self) -> list[int]:
+        return self._read(lambda txn: [schema.decode_id(k)
+                                       for k in self._scan(txn, self._checkpoints)])
+
+    # --- introspection ------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def map_size(self) -> int:
+        """The current LMDB map size in bytes (grows by doubling)."""
+        self._check_open()
+        return int(self._env.info()["map_size"])
+
+    def __repr__(self) -> str:
+        mode = ", readonly=True" if self._readonly else ""
+        state = " (closed)" if self._closed else ""
+        return f"LmdbTrialStore({str(self._path)!r}{mode}){state}"

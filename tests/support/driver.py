@@ -1,0 +1,99 @@
+"""Drive a ControllerCore by hand, message by message, with a fake clock: no threads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pbt_actors.core import ControllerCore
+from pbt_actors.model import CheckpointRef, Trial
+from storage.base import TrialStore
+from transport.messages import (
+    Fail,
+    Heartbeat,
+    Reply,
+    Report,
+    RequestTrial,
+    TrialAssignment,
+)
+
+
+def fake_checkpoint(trial_id: int, attempt: int, step: int) -> CheckpointRef:
+    data = f"{trial_id}:{attempt}:{step}".encode()
+    return CheckpointRef(f"t{trial_id}/a{attempt}.ckpt", len(data), hashlib.sha256(data).hexdigest(), step)
+
+
+@dataclass
+class Driver:
+    core: ControllerCore
+    now: float = 0.0
+
+    @property
+    def store(self) -> TrialStore:
+        return self.core.store
+
+    def request(self, worker: str) -> Reply:
+        return self.core.handle(RequestTrial(worker), self.now)
+
+    def lease(self, worker: str) -> TrialAssignment:
+        reply = self.request(worker)
+        assert isinstance(reply, TrialAssignment), reply
+        return reply
+
+    def report(self, worker: str, spec: TrialAssignment, value: float, metric: str = "score") -> Reply:
+        return self.core.handle(
+            Report(worker, spec.trial_id, spec.attempt, {metric: value},
+                   checkpoint=fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)), self.now)
+
+    def heartbeat(self, worker: str, spec: TrialAssignment, step: int, metrics=None) -> Reply:
+        return self.core.handle(Heartbeat(worker, spec.trial_id, spec.attempt, step, metrics), self.now)
+
+    def fail(self, worker: str, spec: TrialAssignment, error: str = "boom", retryable: bool = True) -> Reply:
+        return self.core.handle(Fail(worker, spec.trial_id, spec.attempt, error, retryable), self.now)
+
+    def trial(self, trial_id: int) -> Trial:
+        return self.store.get_trial(trial_id)
+
+
+def graph(store: TrialStore) -> list[dict]:
+    """The trial graph minus wall-clock noise, for determinism comparisons."""
+    return [t.to_dict() for t in store.iter_trials()]
+
+
+def random_run(core: ControllerCore, choose, workers: int = 3, duplicate_prob: float = 0.0,
+               score=None, on_step=None, max_steps: int = 5000) -> None:
+    """Run to the end with completion order picked by ``choose(n) -> index`` (hypothesis or rng).
+
+    ``score(spec)`` gives the reported metric (default: a deterministic hash of the hparams
+    plus progress); with ``duplicate_prob`` a report is sometimes delivered twice.
+    """
+    from transport.messages import Done, Wait
+
+    driver = Driver(core)
+    running: list[tuple[str, TrialAssignment]] = []
+    idle = [f"w{i}" for i in range(workers)]
+    score = score or (lambda spec: sum(float(v) for v in spec.hparams.values()
+                                       if isinstance(v, int | float)) + spec.end_step / 100)
+    for _ in range(max_steps):
+        driver.now += 1.0
+        progressed = False
+        while idle:
+            reply = driver.request(idle[0])
+            if isinstance(reply, TrialAssignment):
+                running.append((idle.pop(0), reply))
+                progressed = True
+            elif isinstance(reply, Done | Wait):
+                break
+        if not running:
+            assert core.finished, "nothing running, nothing pending, yet not finished"
+            return
+        worker, spec = running.pop(choose(len(running)))
+        driver.report(worker, spec, score(spec))
+        if duplicate_prob and choose(1000) < duplicate_prob * 1000:
+            driver.report(worker, spec, score(spec))
+        idle.append(worker)
+        if on_step is not None:
+            on_step(driver)
+        progressed = True
+        assert progressed
+    raise AssertionError("run did not finish")

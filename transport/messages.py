@@ -1,0 +1,333 @@
+"""The protocol's message types (DESIGN §5), typed and validated.
+
+Layer 2: imports only the data model. ``docs/protocol.md`` describes the same types and
+``PROTOCOL_VERSION``; a test checks that the two agree.
+
+Each message is a frozen dataclass with a wire ``TYPE`` tag, ``to_body()`` (plain data) and a
+``from_body()`` that validates a body received from the network and raises ``SchemaError``
+with a precise reason. The codec (``transport/codec.py``) wraps bodies in the envelope
+``{"v": PROTOCOL_VERSION, "t": TYPE, "id": request id, "b": body}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeAlias
+
+from pbt_actors.errors import SchemaError
+from pbt_actors.model import (
+    CheckpointRef,
+    Measurement,
+    _float,
+    _int,
+    _mapping,
+    _opt_int,
+    _str,
+    hparams_from,
+    metrics_from,
+)
+
+PROTOCOL_VERSION = 1
+MAX_WORKER_ID_LEN = 256
+MAX_ERROR_TEXT = 64 * 1024
+MAX_MEASUREMENTS = 100_000
+
+
+def _worker_id(value: Any) -> str:
+    text = _str(value, "worker")
+    if not text or len(text) > MAX_WORKER_ID_LEN:
+        raise SchemaError(f"worker id must be 1..{MAX_WORKER_ID_LEN} characters")
+    return text
+
+
+def _positive(value: Any, what: str) -> int:
+    number = _int(value, what)
+    if number < 1:
+        raise SchemaError(f"{what} must be >= 1")
+    return number
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SchemaError(f"{what} must be a boolean")
+    return value
+
+
+# --- worker → controller -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hello:
+    """A worker introduces itself (and learns the protocol is compatible from the ``ack``)."""
+
+    TYPE: ClassVar[str] = "hello"
+    worker: str
+    host: str = ""
+    pid: int = 0
+    device: str = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker, "host": self.host, "pid": self.pid, "device": self.device}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Hello:
+        return cls(_worker_id(b.get("worker")), _str(b.get("host", ""), "host"),
+                   _int(b.get("pid", 0), "pid"), _str(b.get("device", ""), "device"))
+
+
+@dataclass(frozen=True)
+class RequestTrial:
+    """An idle worker asks for work; answered by ``trial``, ``wait`` or ``done``."""
+
+    TYPE: ClassVar[str] = "request_trial"
+    worker: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> RequestTrial:
+        return cls(_worker_id(b.get("worker")))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Renews a lease; may carry an intermediate measurement. Answered ``ack`` or ``stop``."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    worker: str
+    trial_id: int
+    attempt: int
+    step: int
+    metrics: Mapping[str, float] | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
+                "step": self.step, "metrics": dict(self.metrics) if self.metrics is not None else None}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
+        metrics = b.get("metrics")
+        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
+                   _positive(b.get("attempt"), "attempt"), _int(b.get("step"), "step"),
+                   metrics_from(metrics, "metrics") if metrics is not None else None)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A finished trial: its measurements, final metrics and checkpoint. Idempotent by
+    ``(trial_id, attempt)``; the worker resends it until it gets ``ack`` (or ``stop``)."""
+
+    TYPE: ClassVar[str] = "report"
+    worker: str
+    trial_id: int
+    attempt: int
+    final: Mapping[str, float]
+    measurements: tuple[Measurement, ...] = ()
+    checkpoint: CheckpointRef | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
+                "final": dict(self.final), "measurements": [m.to_dict() for m in self.measurements],
+                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Report:
+        raw = b.get("measurements", [])
+        if not isinstance(raw, list) or len(raw) > MAX_MEASUREMENTS:
+            raise SchemaError(f"measurements must be a list of at most {MAX_MEASUREMENTS}")
+        ckpt = b.get("checkpoint")
+        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
+                   _positive(b.get("attempt"), "attempt"), metrics_from(b.get("final"), "final"),
+                   tuple(Measurement.from_dict(m) for m in raw),
+                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None)
+
+
+@dataclass(frozen=True)
+class Fail:
+    """A trial's attempt failed. ``retryable`` False means "this spec can never work" (e.g.
+    the parent checkpoint is corrupt). ``resume`` is a checkpoint saved before a graceful
+    preemption: the retry continues from it instead of from the parent."""
+
+    TYPE: ClassVar[str] = "fail"
+    worker: str
+    trial_id: int
+    attempt: int
+    error: str
+    retryable: bool = True
+    resume: CheckpointRef | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
+                "error": self.error, "retryable": self.retryable,
+                "resume": self.resume.to_dict() if self.resume else None}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Fail:
+        resume = b.get("resume")
+        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
+                   _positive(b.get("attempt"), "attempt"), _str(b.get("error"), "error")[:MAX_ERROR_TEXT],
+                   _bool(b.get("retryable", True), "retryable"),
+                   CheckpointRef.from_dict(resume) if resume is not None else None)
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """From a supervisor: that worker process died; re-queue its trial now, not at expiry."""
+
+    TYPE: ClassVar[str] = "worker_lost"
+    worker: str
+    reason: str = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return {"worker": self.worker, "reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> WorkerLost:
+        return cls(_worker_id(b.get("worker")), _str(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT])
+
+
+# --- controller → worker --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialAssignment:
+    """``trial``: run this. Carries everything a black-box worker needs, including the parent's
+    checkpoint reference (verified by sha256 before loading)."""
+
+    TYPE: ClassVar[str] = "trial"
+    trial_id: int
+    attempt: int
+    generation: int
+    hparams: Mapping[str, Any]
+    start_step: int
+    end_step: int
+    parent_id: int | None
+    parent_checkpoint: CheckpointRef | None
+    heartbeat_s: float
+    experiment: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "attempt": self.attempt, "generation": self.generation,
+                "hparams": dict(self.hparams), "start_step": self.start_step, "end_step": self.end_step,
+                "parent_id": self.parent_id,
+                "parent_checkpoint": self.parent_checkpoint.to_dict() if self.parent_checkpoint else None,
+                "heartbeat_s": self.heartbeat_s, "experiment": self.experiment}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> TrialAssignment:
+        ckpt = b.get("parent_checkpoint")
+        return cls(_positive(b.get("trial_id"), "trial_id"), _positive(b.get("attempt"), "attempt"),
+                   _int(b.get("generation"), "generation"), hparams_from(b.get("hparams"), "hparams"),
+                   _int(b.get("start_step"), "start_step"), _int(b.get("end_step"), "end_step"),
+                   _opt_int(b.get("parent_id"), "parent_id"),
+                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
+                   _float(b.get("heartbeat_s"), "heartbeat_s"), _str(b.get("experiment"), "experiment"))
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to run yet (e.g. budget mode waits for a generation); ask again later."""
+
+    TYPE: ClassVar[str] = "wait"
+    retry_after_s: float
+
+    def to_body(self) -> dict[str, Any]:
+        return {"retry_after_s": self.retry_after_s}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Wait:
+        return cls(_float(b.get("retry_after_s"), "retry_after_s"))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The request was applied (and is durable: acks are sent after the store commits)."""
+
+    TYPE: ClassVar[str] = "ack"
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Ack:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop working on ``trial_id`` (early-stopped, completed elsewhere, or expired)."""
+
+    TYPE: ClassVar[str] = "stop"
+    trial_id: int
+    reason: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Stop:
+        return cls(_positive(b.get("trial_id"), "trial_id"), _str(b.get("reason"), "reason"))
+
+
+@dataclass(frozen=True)
+class Done:
+    """The experiment has ended; the worker may exit."""
+
+    TYPE: ClassVar[str] = "done"
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Done:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Error:
+    """The request was rejected; ``code`` is machine-readable (see ``ERROR_CODES``)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Error:
+        return cls(_str(b.get("code"), "code"), _str(b.get("message"), "message")[:MAX_ERROR_TEXT])
+
+
+ERROR_CODES = (
+    "malformed",  # undecodable bytes or a body that fails its schema
+    "version",  # envelope protocol version not supported
+    "unknown_type",  # a type tag this controller does not know
+    "unknown_trial",  # trial id not in the store
+    "bad_attempt",  # attempt number from the future
+    "not_leaseholder",  # the sender does not hold the trial's lease (forged worker id)
+    "internal",  # the controller failed to handle it; the request may be retried
+)
+
+Request: TypeAlias = Hello | RequestTrial | Heartbeat | Report | Fail | WorkerLost
+Reply: TypeAlias = TrialAssignment | Wait | Ack | Stop | Done | Error
+Message: TypeAlias = Request | Reply
+
+REQUEST_TYPES: dict[str, type[Any]] = {
+    cls.TYPE: cls for cls in (Hello, RequestTrial, Heartbeat, Report, Fail, WorkerLost)
+}
+REPLY_TYPES: dict[str, type[Any]] = {
+    cls.TYPE: cls for cls in (TrialAssignment, Wait, Ack, Stop, Done, Error)
+}
+MESSAGE_TYPES: dict[str, type[Any]] = {**REQUEST_TYPES, **REPLY_TYPES}
+
+
+def message_from_body(type_tag: str, body: Any) -> Message:
+    """Validate ``body`` as a message of ``type_tag``.
+
+    Raises:
+        SchemaError: unknown tag or a body that does not fit.
+    """
+    cls = MESSAGE_TYPES.get(type_tag)
+    if cls is None:
+        raise SchemaError(f"unknown message type {type_tag!r}")
+    result: Message = cls.from_body(_mapping(body, f"{type_tag} body"))
+    return result
