@@ -11,7 +11,7 @@ __all__ = ["InMemoryTrialStore", "LmdbTrialStore", "TrialStore"]
 
 def __getattr__(name: str) -> object:
     if name == "LmdbTrialStore":  # lazy: importing lmdb is only needed for the real store
-        from storage.lmdb_store import LmdbTrialStore  # noqa: PLC0415
+        from storage.lmdb_store import LmdbTrialStore
 
         return LmdbTrialStore
     raise AttributeError(name)

@@ -63,6 +63,8 @@ MAX_GROWTHS: Final = 48
 MAX_RESIZE_RETRIES: Final = 16
 # Trials decoded per read transaction in ``iter_trials``: keeps read transactions short.
 ITER_CHUNK: Final = 256
+# Decoded records kept by id (see ``_get_trial``): about the active population and then some.
+DECODE_CACHE: Final = 4096
 
 
 class StoreFullRetry(StoreRetry):
@@ -91,7 +93,8 @@ class LmdbTrialStore(TrialStore):
         """Open (or, unless ``readonly``, create) the store in folder ``path``.
 
         Args:
-            map_size: initial LMDB map size; grown by doubling whenever it fills.
+            map_size: initial LMDB map size; grown by doubling whenever it fills. Ignored
+                when ``readonly``: a reader adopts the writer's size and follows it.
             sync: fsync on every commit. ``False`` trades the last commits on power loss
                 for speed (tests, simulations).
         Raises:
@@ -106,6 +109,11 @@ class LmdbTrialStore(TrialStore):
         self._gate = threading.Condition()
         self._readers = 0
         self._resizing = False
+        # id -> (stored bytes, record). Strict decoding costs ~100 us a record and the
+        # controller reads a trial, then compare-and-sets it (reading it again): the cache
+        # makes the second read a bytes comparison. It is validated against the bytes the
+        # current transaction sees, so it can never serve a stale or rolled-back record.
+        self._decoded: dict[int, tuple[bytes, Trial]] = {}
         self._env = self._open_env(map_size, sync)
         try:
             self._dbs = self._open_dbs()
@@ -138,7 +146,9 @@ class LmdbTrialStore(TrialStore):
                                  f"or choose another location")
         try:
             return lmdb.open(
-                str(path), map_size=map_size, subdir=True, readonly=self._readonly, lock=True,
+                # A reader maps what the writer has (0: the size recorded in the file) and
+                # follows its growth through MapResizedError; see ``_read``.
+                str(path), map_size=0 if self._readonly else map_size, subdir=True, readonly=self._readonly, lock=True,
                 max_dbs=schema.MAX_DBS, sync=sync, metasync=sync,
             )
         except lmdb.Error as exc:
@@ -179,7 +189,7 @@ class LmdbTrialStore(TrialStore):
 
         return self._run_write(init)
 
-    def _check_version(self, raw: bytes) -> None:
+    def _check_version(self, raw: schema.Buf) -> None:
         version = schema.decode_meta(schema.SCHEMA_VERSION_KEY, raw)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise StoreError(f"the store at {self._path} has an invalid schema version "
@@ -341,6 +351,8 @@ class LmdbTrialStore(TrialStore):
         self._check_writable()
         own = self._own_batch()
         if own is not None:
+            if own.doomed:
+                raise self._doomed()
             own.depth += 1
             try:
                 yield
@@ -390,7 +402,8 @@ class LmdbTrialStore(TrialStore):
         cursor = txn.cursor(db=db)
         if not cursor.set_range(prefix):
             return
-        for key in cursor.iternext(keys=True, values=False):
+        for raw in cursor.iternext(keys=True, values=False):
+            key = bytes(raw)  # no copy: txns here use buffers=False, so raw is bytes already
             if not key.startswith(prefix):
                 return
             yield key
@@ -405,12 +418,31 @@ class LmdbTrialStore(TrialStore):
 
     def _get_trial(self, txn: lmdb.Transaction, trial_id: int) -> Trial | None:
         raw = txn.get(schema.encode_id(trial_id), db=self._trials)
-        return None if raw is None else schema.decode_trial(trial_id, raw)
+        return None if raw is None else self._decode_trial(trial_id, bytes(raw))
+
+    def _decode_trial(self, trial_id: int, raw: bytes) -> Trial:
+        """Decode, or reuse the record decoded (or written) from these very bytes."""
+        cached = self._decoded.get(trial_id)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        trial = schema.decode_trial(trial_id, raw)
+        self._remember(trial_id, raw, trial)
+        return trial
+
+    def _remember(self, trial_id: int, raw: bytes, trial: Trial) -> None:
+        cache = self._decoded
+        if len(cache) >= DECODE_CACHE and trial_id not in cache:
+            cache.pop(next(iter(cache)), None)  # oldest first: insertion order
+        cache[trial_id] = (raw, trial)
 
     def _put_trial(self, txn: lmdb.Transaction, old: Trial | None, new: Trial) -> None:
         """Write a record and every derived index, exactly as ``InMemoryTrialStore._write``."""
         key = schema.encode_id(new.id)
-        txn.put(key, schema.encode_trial(new), db=self._trials)
+        data = schema.encode_trial(new)
+        txn.put(key, data, db=self._trials)
+        # Records are frozen, so handing ``new`` back on a later read is what the in-memory
+        # store does too. Should this txn abort, the bytes on disk differ and it goes unused.
+        self._remember(new.id, data, new)
         if old is None:
             txn.put(schema.generation_key(new.generation, new.id), b"", db=self._generations)
             if new.parent_id is not None:
@@ -557,7 +589,7 @@ class LmdbTrialStore(TrialStore):
             trial_id = schema.decode_id(key)
             if trial_id > top or len(out) == ITER_CHUNK:
                 break
-            out.append(schema.decode_trial(trial_id, value))
+            out.append(self._decode_trial(trial_id, bytes(value)))
         return top, out
 
     # --- checkpoints --------------------------------------------------------------------------

@@ -25,11 +25,14 @@ independent of ``pbt_actors.model.SCHEMA_VERSION``, which versions the record di
 from __future__ import annotations
 
 import struct
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from pbt_actors import wire
 from pbt_actors.errors import SchemaError
 from pbt_actors.model import CheckpointRef, Trial, TrialStatus
+
+# What py-lmdb hands back: bytes, or memoryview when a txn is opened with buffers=True.
+Buf: TypeAlias = bytes | memoryview
 
 # Bump when a key shape, a database or a status code changes; older builds refuse newer stores.
 STORE_SCHEMA_VERSION: Final = 1
@@ -91,7 +94,7 @@ def encode_id(trial_id: int) -> bytes:
     return _ID.pack(trial_id)
 
 
-def decode_id(key: bytes) -> int:
+def decode_id(key: Buf) -> int:
     return int(_ID.unpack(key)[0])
 
 
@@ -107,7 +110,7 @@ def generation_key(generation: int, trial_id: int) -> bytes:
     return _GEN_ID.pack(generation, trial_id)
 
 
-def decode_generation_key(key: bytes) -> tuple[int, int]:
+def decode_generation_key(key: Buf) -> tuple[int, int]:
     """``(generation, trial_id)``."""
     generation, trial_id = _GEN_ID.unpack(key)
     return int(generation), int(trial_id)
@@ -123,7 +126,7 @@ def children_key(parent_id: int, child_id: int) -> bytes:
     return _PAIR.pack(parent_id, child_id)
 
 
-def decode_children_key(key: bytes) -> tuple[int, int]:
+def decode_children_key(key: Buf) -> tuple[int, int]:
     """``(parent_id, child_id)``."""
     parent, child = _PAIR.unpack(key)
     return int(parent), int(child)
@@ -147,7 +150,7 @@ def status_key(status: TrialStatus, trial_id: int) -> bytes:
     return _STATUS_ID.pack(status_code(status), trial_id)
 
 
-def decode_status_key(key: bytes) -> tuple[TrialStatus, int]:
+def decode_status_key(key: Buf) -> tuple[TrialStatus, int]:
     """``(status, trial_id)``."""
     code, trial_id = _STATUS_ID.unpack(key)
     try:
@@ -170,14 +173,14 @@ def encode_trial(trial: Trial) -> bytes:
     return wire.pack(trial.to_dict())
 
 
-def decode_trial(trial_id: int, data: bytes) -> Trial:
+def decode_trial(trial_id: int, data: Buf) -> Trial:
     """Decode a ``trials`` value, checking it really is the record of ``trial_id``.
 
     Raises:
         SchemaError: the bytes are not a valid trial record (message names the id).
     """
     try:
-        trial = Trial.from_dict(wire.unpack(data))
+        trial = Trial.from_dict(wire.unpack(bytes(data)))
     except SchemaError as exc:
         raise SchemaError(f"trial {trial_id}: corrupt record in the store: {exc}") from exc
     except Exception as exc:  # from_dict validates, but a damaged disk can surprise it
@@ -192,10 +195,10 @@ def encode_checkpoint(ref: CheckpointRef) -> bytes:
     return wire.pack(ref.to_dict())
 
 
-def decode_checkpoint(trial_id: int, data: bytes) -> CheckpointRef:
+def decode_checkpoint(trial_id: int, data: Buf) -> CheckpointRef:
     """Raises: SchemaError naming the trial whose checkpoint entry is damaged."""
     try:
-        return CheckpointRef.from_dict(wire.unpack(data))
+        return CheckpointRef.from_dict(wire.unpack(bytes(data)))
     except SchemaError as exc:
         raise SchemaError(f"trial {trial_id}: corrupt checkpoint index entry: {exc}") from exc
     except Exception as exc:
@@ -207,15 +210,15 @@ def encode_meta(value: Any) -> bytes:
     return wire.pack(value)
 
 
-def decode_meta(name: str, data: bytes) -> Any:
+def decode_meta(name: str, data: Buf) -> Any:
     """Raises: SchemaError naming the meta key whose value is damaged."""
     try:
-        return wire.unpack(data)
+        return wire.unpack(bytes(data))
     except SchemaError as exc:
         raise SchemaError(f"meta {name!r}: corrupt value in the store: {exc}") from exc
 
 
-def decode_counter(name: str, data: bytes | None) -> int:
+def decode_counter(name: str, data: Buf | None) -> int:
     if data is None:
         return 0
     value = decode_meta(COUNTER_PREFIX + name, data)

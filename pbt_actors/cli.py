@@ -1,0 +1,380 @@
+"""``pbt-actors``: run, controller, worker, status (and the internal worker-process).
+
+Layer 5. ``run`` is the embedded default: controller in this process, N local worker
+processes under a host supervisor, LMDB store in ``./pbt-runs/<experiment>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pbt_actors.errors import PbtError
+
+log = logging.getLogger("pbt_actors.cli")
+
+
+# --- summaries ---------------------------------------------------------------------------------
+def store_summary(store: Any, experiment: Any) -> dict[str, Any]:
+    """A JSON-ready summary of a store: counts, best trial, progress."""
+    from pbt_actors.core import META_FINISHED_AT, best_completed
+    from pbt_actors.model import TrialStatus
+
+    best = best_completed(store, experiment)
+    counts = {s.value: store.count(s) for s in TrialStatus}
+    return {
+        "experiment": experiment.name,
+        "policy": experiment.policy,
+        "trials": store.count(),
+        "by_status": counts,
+        "finished": store.get_meta(META_FINISHED_AT) is not None
+        or (counts["pending"] == 0 and counts["running"] == 0 and store.count() > 0 and not store.uninitiated()),
+        "best": None if best is None else {
+            "trial_id": best.id, "generation": best.generation, "final": dict(best.final or {}),
+            "hparams": dict(best.hparams), "end_step": best.end_step,
+        },
+        "max_generation": store.max_generation(),
+    }
+
+
+def _print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | None = None) -> None:
+    best = summary["best"]
+    counts = summary["by_status"]
+    print()
+    print(f"experiment   {summary['experiment']}  (policy {summary['policy']})")
+    print(f"store        {store_dir}")
+    print(f"trials       {summary['trials']}  " + "  ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if elapsed_s is not None:
+        print(f"wall time    {elapsed_s:.1f}s")
+    if best is None:
+        print("best         (no completed trial yet)")
+        return
+    metrics = "  ".join(f"{k}={v:.4g}" for k, v in best["final"].items())
+    print(f"best         trial {best['trial_id']} (generation {best['generation']}, step {best['end_step']})  {metrics}")
+    width = max(len(k) for k in best["hparams"]) if best["hparams"] else 0
+    for key, value in best["hparams"].items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+
+
+class Progress:
+    """One status line, redrawn in place on a terminal, printed every few seconds otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, budget: str, best: str, busy: int, workers: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last < 5:
+            return
+        self.last = now
+        line = f"trials {done}/{budget}  best {best}  workers busy {busy}/{workers}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def _budget(experiment: Any) -> str:
+    if experiment.max_trials:
+        return str(experiment.max_trials)
+    per_lineage = -(-experiment.max_steps // experiment.steps_per_trial)
+    return f"~{experiment.population * per_lineage}"
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from pbt_actors.controller import Controller
+    from pbt_actors.launch import load_experiment_file, worker_specs
+    from pbt_actors.supervisor import HostSupervisor
+
+    experiment, _ = load_experiment_file(args.experiment)
+    if args.seed is not None:
+        from dataclasses import replace
+
+        experiment = replace(experiment, seed=args.seed)
+    store_dir = Path(args.store or Path("pbt-runs") / experiment.name).resolve()
+    if args.policy:
+        from dataclasses import replace
+
+        experiment = replace(experiment, policy=args.policy)
+    previous = _read_summary(store_dir)
+    if previous is not None and previous["finished"]:
+        if args.json:
+            print(json.dumps({**previous, "store": str(store_dir), "resumed": False, "already_finished": True}))
+        else:
+            print(f"the store {store_dir} holds a finished run of {experiment.name!r}; nothing to do "
+                  f"(use --store to start another)")
+            _print_summary(previous, str(store_dir))
+        return 0
+    started = time.monotonic()
+    handle = Controller.start(experiment, store_dir, args.bind)
+    checkpoint_root = str(Path(args.checkpoint_root or store_dir / "checkpoints").resolve())
+    specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
+                         log_dir=str(store_dir / "logs"))
+    supervisor = HostSupervisor(specs, controller=handle.endpoint)
+    progress = Progress(not args.json and not args.quiet)
+    interrupted = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not interrupted:
+            status = handle.status()
+            best = "-" if status.best is None else _fmt_metrics(status.best.final)
+            progress.update(status.by_status["completed"], _budget(experiment), best, len(status.running_workers),
+                            len(specs))
+            if status.finished or supervisor.wait(0.5):
+                break
+    finally:
+        progress.close()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        supervisor.wait(10)
+        supervisor.stop()
+        handle.stop()
+    summary = _read_summary(store_dir) or {}
+    children = supervisor_failures = None
+    try:
+        children = supervisor.status()
+    except Exception:  # the actor is stopped: its last state is not needed for the summary
+        children = None
+    if children:
+        supervisor_failures = [c for c in children if c.state == "gave_up"]
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({**summary, "store": str(store_dir), "wall_time_s": round(elapsed, 3),
+                          "interrupted": interrupted}))
+    else:
+        _print_summary(summary, str(store_dir), elapsed)
+        if interrupted:
+            print("interrupted: run `pbt-actors run` again with the same store to resume")
+        if supervisor_failures:
+            for child in supervisor_failures:
+                print(f"worker {child.id} gave up: {child.reason}")
+    return 130 if interrupted else 0
+
+
+def _fmt_metrics(final: Any) -> str:
+    if not final:
+        return "-"
+    return " ".join(f"{k}={v:.4g}" for k, v in final.items())
+
+
+def _read_summary(store_dir: Path) -> dict[str, Any] | None:
+    if not (store_dir / "data.mdb").exists():
+        return None
+    from pbt_actors.core import META_EXPERIMENT
+    from pbt_actors.experiment import Experiment
+    from storage.lmdb_store import LmdbTrialStore
+
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        raw = store.get_meta(META_EXPERIMENT)
+        if raw is None:
+            return None
+        return store_summary(store, Experiment.from_dict(raw))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store_dir = Path(args.store).resolve()
+    summary = _read_summary(store_dir)
+    if summary is None:
+        print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**summary, "store": str(store_dir)}))
+    else:
+        _print_summary(summary, str(store_dir))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pbt_actors.verify import verify_store
+    from storage.lmdb_store import LmdbTrialStore
+
+    store_dir = Path(args.store).resolve()
+    if not (store_dir / "data.mdb").exists():
+        print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
+        return 2
+    root = Path(args.checkpoint_root) if args.checkpoint_root else store_dir / "checkpoints"
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        report = verify_store(store, root if root.exists() else None)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(f"{report.trials} trials, {report.checkpoints_checked} checkpoints checked: "
+              + ("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)"))
+        for problem in report.problems:
+            print(f"  - {problem}")
+    return 0 if report.ok else 1
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from pbt_actors.controller import Controller
+    from pbt_actors.launch import load_experiment_file
+
+    experiment, _ = load_experiment_file(args.experiment)
+    store_dir = Path(args.store).resolve()
+    handle = Controller.start(experiment, store_dir, args.bind)
+    print(f"controller for {experiment.name!r} listening on {handle.endpoint} (store {store_dir})", flush=True)
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop:
+            if handle.wait(0.5):
+                break
+        # keep answering until every worker we know has heard `done` (or the linger ends)
+        linger_until = time.monotonic() + args.linger
+        while not stop and time.monotonic() < linger_until and handle.peers_not_done():
+            handle.bridge.stop_event.wait(0.1)
+    finally:
+        handle.stop()
+    summary = _read_summary(store_dir) or {}
+    if args.json:
+        print(json.dumps({**summary, "store": str(store_dir)}))
+    else:
+        _print_summary(summary, str(store_dir))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pbt_actors.launch import load_experiment_file, worker_specs
+    from pbt_actors.supervisor import HostSupervisor
+
+    load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
+                         args.workers, prefix=args.host_id)
+    supervisor = HostSupervisor(specs, controller=args.connect)
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop and not supervisor.wait(0.5):
+            pass
+        failures = [c for c in supervisor.status() if c.state == "gave_up"]
+    finally:
+        supervisor.stop()
+    for child in failures:
+        print(f"worker {child.id} gave up: {child.reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_worker_process(args: argparse.Namespace) -> int:
+    from pbt_actors.launch import EXIT_DONE, EXIT_PREEMPTED, load_experiment_file
+    from pbt_actors.worker import WorkerClient
+
+    _, train = load_experiment_file(args.experiment)
+    client = WorkerClient(args.connect, train, args.checkpoint_root, worker_id=args.worker_id)
+    client.install_sigterm_handler()
+    try:
+        client.hello()
+        client.run()
+    finally:
+        client.close()
+    return EXIT_PREEMPTED if client.preempt.is_set() else EXIT_DONE
+
+
+# --- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbt-actors", description="Population Based Training as asynchronous trials.")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="controller + local workers on this host (the embedded default)")
+    run.add_argument("experiment")
+    run.add_argument("--workers", type=int, default=None, help="worker processes (default: one per GPU, or CPUs)")
+    run.add_argument("--devices", default="all", help="all | cpu | 0,1,...")
+    run.add_argument("--store", default=None, help="store folder (default ./pbt-runs/<experiment>)")
+    run.add_argument("--checkpoint-root", default=None, help="checkpoint folder (default <store>/checkpoints)")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--policy", choices=["initiator", "truncation", "random"], default=None)
+    run.add_argument("--bind", default="tcp://127.0.0.1:0")
+    run.add_argument("--json", action="store_true", help="print one final JSON object")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
+    ctl.add_argument("experiment")
+    ctl.add_argument("--store", required=True)
+    ctl.add_argument("--bind", required=True, help="e.g. tcp://0.0.0.0:5555")
+    ctl.add_argument("--linger", type=float, default=30.0,
+                     help="at most this many seconds to keep serving `done` to workers after the end")
+    ctl.add_argument("--json", action="store_true")
+    ctl.set_defaults(func=cmd_controller)
+
+    wrk = sub.add_parser("worker", help="this host's workers, connecting to a controller")
+    wrk.add_argument("experiment")
+    wrk.add_argument("--connect", required=True)
+    wrk.add_argument("--devices", default="all")
+    wrk.add_argument("--workers", type=int, default=None)
+    wrk.add_argument("--checkpoint-root", required=True, help="shared folder all hosts see")
+    wrk.add_argument("--host-id", default=None, help="prefix of worker ids (default: hostname)")
+    wrk.set_defaults(func=cmd_worker)
+
+    status = sub.add_parser("status", help="read a live or finished store without disturbing it")
+    status.add_argument("--store", required=True)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
+    ver.add_argument("--store", required=True)
+    ver.add_argument("--checkpoint-root", default=None, help="default <store>/checkpoints")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=cmd_verify)
+
+    proc = sub.add_parser("worker-process", help=argparse.SUPPRESS)
+    proc.add_argument("experiment")
+    proc.add_argument("--connect", required=True)
+    proc.add_argument("--worker-id", required=True)
+    proc.add_argument("--checkpoint-root", required=True)
+    proc.set_defaults(func=cmd_worker_process)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except PbtError as exc:
+        print(f"pbt-actors: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

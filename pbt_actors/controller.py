@@ -1,0 +1,264 @@
+"""The controller shell: a pykka actor around ``ControllerCore`` and a ZeroMQ bridge thread.
+
+Layer 4. ``ControllerActor`` serialises all access to the core (and so to the LMDB write
+transaction, which must stay on one thread: the actor's). The **bridge** thread owns the
+ROUTER socket: it drains up to a few hundred requests per poll, hands them to the actor as
+*one* batch (one LMDB commit, one fsync), and sends the replies only after that commit, so
+every ``ack`` a worker sees is durable. A periodic tick expires leases.
+
+``Controller.start(...)`` is the embedding API: it returns a ``ControllerHandle`` with the
+bound endpoint, ``wait(timeout)`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from pbt_actors.core import ControllerCore, best_completed
+from pbt_actors.experiment import Experiment
+from pbt_actors.model import Trial, TrialStatus
+from storage.base import TrialStore
+from transport.endpoints import ControllerEndpoint
+from transport.messages import Done, Error, Message, Reply, WorkerLost
+from transport.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """A consistent summary of the run, read on the actor's thread."""
+
+    total: int
+    by_status: dict[str, int]
+    best: Trial | None
+    running_workers: list[str]
+    finished: bool
+
+
+class ControllerActor(pykka.ThreadingActor):
+    """Serialises the core. The store is opened in ``on_start`` (LMDB: on this thread)."""
+
+    def __init__(self, open_store: Callable[[], TrialStore], experiment: Experiment | None,
+                 clock: Callable[[], float] = time.time, startup_errors: list[BaseException] | None = None) -> None:
+        super().__init__()
+        self.open_store = open_store
+        self.experiment = experiment
+        self.clock = clock
+        self.core: ControllerCore | None = None
+        self.startup_errors = startup_errors if startup_errors is not None else []
+
+    def on_start(self) -> None:
+        try:
+            store = self.open_store()
+            try:
+                self.core = ControllerCore(store, self.experiment, now=self.clock())
+            except BaseException:
+                store.close()
+                raise
+        except BaseException as exc:  # pykka runs neither on_failure nor on_stop for this
+            self.startup_errors.append(exc)
+            raise
+
+    def on_stop(self) -> None:
+        if self.core is not None:
+            self.core.store.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        log.error("controller actor died: %s", exception_value)
+        if self.core is not None:
+            self.core.store.close()
+
+    def on_receive(self, message: Any) -> Any:
+        assert self.core is not None
+        if isinstance(message, _HandleBatch):
+            return self.core.handle_batch(message.messages, self.clock())
+        if isinstance(message, _Tick):
+            return self.core.tick(self.clock())
+        if isinstance(message, _Status):
+            return self._status()
+        raise TypeError(f"ControllerActor got an unknown message {message!r}")
+
+    def _status(self) -> StatusSnapshot:
+        assert self.core is not None
+        store = self.core.store
+        running = [t.lease.worker for t in store.trials(store.ids_with_status(TrialStatus.RUNNING)) if t.lease]
+        return StatusSnapshot(
+            total=store.count(), by_status={s.value: store.count(s) for s in TrialStatus},
+            best=best_completed(store, self.core.experiment), running_workers=sorted(running),
+            finished=self.core.finished,
+        )
+
+
+@dataclass(frozen=True)
+class _HandleBatch:
+    messages: list[Message]
+
+
+@dataclass(frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class _Status:
+    pass
+
+
+class _Bridge(threading.Thread):
+    """Owns the ROUTER socket (created on this thread) and pumps requests to the actor."""
+
+    def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any]) -> None:
+        super().__init__(name="pbt-controller-bridge", daemon=True)
+        self.actor = actor
+        self.bind = bind
+        self.endpoint_options = endpoint_options
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.address: str | None = None
+        self.startup_error: BaseException | None = None
+        self.bad_input = RateLimitedLog(log)
+        self.peers_seen: set[str] = set()
+        self.peers_done: set[str] = set()
+
+    def run(self) -> None:
+        try:
+            endpoint = ControllerEndpoint(self.bind, **self.endpoint_options)
+        except BaseException as exc:
+            self.startup_error = exc
+            self.ready.set()
+            return
+        self.address = endpoint.endpoint
+        self.ready.set()
+        next_tick = time.monotonic() + TICK_S
+        try:
+            while not self.stop_event.is_set():
+                incoming = endpoint.recv_batch(POLL_S)
+                if incoming:
+                    self._serve(endpoint, incoming)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    try:
+                        self.actor.ask(_Tick(), timeout=30)
+                    except pykka.ActorDeadError:
+                        log.error("controller actor is gone; bridge stops")
+                        return
+        finally:
+            endpoint.close()
+
+    def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any]) -> None:
+        batch: list[tuple[bytes, int, Message]] = []
+        for item in incoming:
+            if item.error is not None:
+                self.bad_input.warning(item.error.code, "rejected input from %r: %s", item.identity[:64], item.error)
+                if item.request_id is not None:
+                    endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
+                continue
+            message = item.message
+            sender = item.identity.decode("utf-8", "replace")
+            claimed = getattr(message, "worker", None)
+            if claimed is not None and claimed != sender and not isinstance(message, WorkerLost):
+                self.bad_input.warning("forged", "worker id %r sent by peer %r", claimed, sender)
+                endpoint.send(item.identity, item.request_id, Error("not_leaseholder",
+                                                                    f"body worker {claimed!r} is not the sender"))
+                continue
+            if isinstance(message, WorkerLost):
+                self.peers_seen.discard(message.worker)
+            else:
+                self.peers_seen.add(sender)
+            batch.append((item.identity, item.request_id, message))
+        if not batch:
+            return
+        try:
+            replies: list[Reply] = self.actor.ask(_HandleBatch([m for _, _, m in batch]), timeout=60)
+        except Exception as exc:  # the actor is the one that must never die of input
+            log.exception("controller failed a batch of %d requests", len(batch))
+            replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
+        for (identity, request_id, _), reply in zip(batch, replies, strict=True):
+            endpoint.send(identity, request_id, reply)
+            if isinstance(reply, Done):
+                self.peers_done.add(identity.decode("utf-8", "replace"))
+
+
+class ControllerHandle:
+    """A running controller embedded in this process."""
+
+    def __init__(self, actor: pykka.ActorRef[ControllerActor], bridge: _Bridge) -> None:
+        self.actor = actor
+        self.bridge = bridge
+
+    @property
+    def endpoint(self) -> str:
+        assert self.bridge.address is not None
+        return self.bridge.address
+
+    def peers_not_done(self) -> set[str]:
+        """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
+        return set(self.bridge.peers_seen) - set(self.bridge.peers_done)
+
+    def status(self, timeout_s: float = 30) -> StatusSnapshot:
+        snapshot: StatusSnapshot = self.actor.ask(_Status(), timeout=timeout_s)
+        return snapshot
+
+    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> bool:
+        """Block until the experiment has finished (True) or the timeout passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            if self.status().finished:
+                return True
+            self.bridge.stop_event.wait(poll_s)
+        return False
+
+    def stop(self) -> None:
+        self.bridge.stop_event.set()
+        self.bridge.join(timeout=10)
+        if self.actor.is_alive():
+            self.actor.stop(timeout=30)
+
+
+class Controller:
+    """Embedding API: ``Controller.start(experiment, store_dir, bind)``."""
+
+    @staticmethod
+    def start(experiment: Experiment | None, store: str | Path | Callable[[], TrialStore],
+              bind: str = "tcp://127.0.0.1:0", *, endpoint_options: dict[str, Any] | None = None,
+              clock: Callable[[], float] = time.time) -> ControllerHandle:
+        """Open (or resume) the store, start the actor and the bridge, return a handle.
+
+        ``store`` is a folder (an LMDB store is created or resumed there) or a factory
+        returning any ``TrialStore`` (called on the actor's thread).
+        """
+        if callable(store):
+            open_store = store
+        else:
+            path = Path(store)
+
+            def open_store() -> TrialStore:
+                from storage.lmdb_store import LmdbTrialStore
+
+                return LmdbTrialStore(path)
+
+        errors: list[BaseException] = []
+        actor = ControllerActor.start(open_store, experiment, clock, errors)
+        try:
+            actor.ask(_Status(), timeout=60)
+        except pykka.ActorDeadError:
+            raise errors[0] if errors else RuntimeError("controller failed to start (see log)") from None
+        bridge = _Bridge(actor, bind, dict(endpoint_options or {}))
+        bridge.start()
+        bridge.ready.wait(30)
+        if bridge.startup_error is not None:
+            actor.stop()
+            raise bridge.startup_error
+        return ControllerHandle(actor, bridge)

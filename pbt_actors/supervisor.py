@@ -1,0 +1,227 @@
+"""HostSupervisorActor: one worker process per device slot, restarted when it dies.
+
+Layer 4. Each child is a real OS process (so a CUDA crash, an OOM kill or a SIGKILL takes
+out one slot, never the supervisor), built afresh from its ``ChildSpec`` on every restart.
+A watcher thread polls the processes and tells the actor about exits; the actor applies the
+pure ``RestartTracker`` rules, tells the controller ``worker_lost`` at once (so the trial is
+re-queued now, not at lease expiry) and schedules the restart after its backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from pbt_actors.supervision import Backoff, ChildSpec, Intensity, Restart, RestartTracker
+from transport.endpoints import RequestTimeout, WorkerEndpoint
+from transport.messages import WorkerLost
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.05
+
+
+@dataclass
+class ChildState:
+    """What the supervisor knows of one slot (returned by ``status``)."""
+
+    spec: ChildSpec
+    tracker: RestartTracker
+    process: Any = None
+    started_at: float = 0.0
+    state: str = "starting"  # running | waiting | exited | gave_up
+    starts: int = 0
+    last_exit: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    id: str
+    state: str
+    pid: int | None
+    starts: int
+    last_exit: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Exited:
+    child_id: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class _StartChild:
+    child_id: str
+
+
+@dataclass(frozen=True)
+class _Status:
+    pass
+
+
+@dataclass
+class _Watch:
+    """Processes the watcher thread polls (child id -> process), guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    processes: dict[str, Any] = field(default_factory=dict)
+
+
+class HostSupervisorActor(pykka.ThreadingActor):
+    """Starts, watches and restarts worker processes; reports lost workers to the controller."""
+
+    def __init__(self, children: Sequence[ChildSpec], *, controller: str | None = None,
+                 intensity: Intensity | None = None, backoff: Backoff | None = None,
+                 endpoint_options: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.children = {spec.id: ChildState(spec, RestartTracker(intensity or Intensity(), backoff or Backoff()))
+                         for spec in children}
+        self.controller = controller
+        self.endpoint_options = dict(endpoint_options or {})
+        self.endpoint: WorkerEndpoint | None = None
+        self.watch = _Watch()
+        self.watch_stop = threading.Event()
+        self.all_done = threading.Event()
+        self.timers: list[threading.Timer] = []
+
+    def on_start(self) -> None:
+        if self.controller is not None:
+            identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
+            self.endpoint = WorkerEndpoint(self.controller, identity, **self.endpoint_options)
+        threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
+        for child_id in self.children:
+            self._start(child_id)
+
+    def on_stop(self) -> None:
+        self.watch_stop.set()
+        for timer in self.timers:
+            timer.cancel()
+        for child in self.children.values():
+            _terminate(child.process)
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        log.error("host supervisor died: %s; terminating its workers", exception_value)
+        self.on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Exited):
+            self._on_exit(message.child_id, message.exit_code)
+        elif isinstance(message, _StartChild):
+            self._start(message.child_id)
+        elif isinstance(message, _Status):
+            return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason)
+                    for c in self.children.values()]
+        else:
+            raise TypeError(f"HostSupervisorActor got an unknown message {message!r}")
+        return None
+
+    # --- life cycle of one child ------------------------------------------------------------
+    def _start(self, child_id: str) -> None:
+        child = self.children[child_id]
+        if child.state in ("gave_up", "exited") and child.starts:
+            return
+        try:
+            child.process = child.spec.factory()
+        except Exception as exc:
+            log.exception("could not start worker %s", child_id)
+            self._on_exit(child_id, None, reason=f"start failed: {exc}")
+            return
+        child.started_at, child.state = time.monotonic(), "running"
+        child.starts += 1
+        with self.watch.lock:
+            self.watch.processes[child_id] = child.process
+        log.info("worker %s started (pid %s, start #%d)", child_id, child.process.pid, child.starts)
+
+    def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
+        child = self.children[child_id]
+        child.last_exit = exit_code
+        if exit_code != 0:
+            self._tell_controller_lost(child_id, reason or f"process exited with code {exit_code}")
+        decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic())
+        if decision.restart:
+            child.state, child.reason = "waiting", f"restarting in {decision.delay_s:.2f}s after {decision.reason}"
+            log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
+            timer = threading.Timer(decision.delay_s, self._tell_start, args=(child_id,))
+            timer.daemon = True
+            self.timers.append(timer)
+            timer.start()
+        elif decision.give_up:
+            child.state, child.reason = "gave_up", decision.reason
+            log.error("GIVING UP on worker %s: %s", child_id, decision.reason)
+        else:
+            child.state, child.reason = "exited", decision.reason
+        if all(c.state in ("exited", "gave_up") for c in self.children.values()):
+            self.all_done.set()
+
+    def _tell_start(self, child_id: str) -> None:
+        try:
+            self.actor_ref.tell(_StartChild(child_id))
+        except pykka.ActorDeadError:
+            pass
+
+    def _tell_controller_lost(self, child_id: str, reason: str) -> None:
+        if self.endpoint is None:
+            return
+        try:
+            self.endpoint.request(WorkerLost(child_id, reason), timeout_s=2.0, retries=2)
+        except RequestTimeout:
+            log.warning("controller did not hear that %s was lost; the lease will expire instead", child_id)
+
+    def _watch_loop(self) -> None:
+        while not self.watch_stop.wait(WATCH_INTERVAL_S):
+            with self.watch.lock:
+                exited = [(cid, p.poll()) for cid, p in self.watch.processes.items() if p.poll() is not None]
+                for cid, _ in exited:
+                    del self.watch.processes[cid]
+            for cid, code in exited:
+                try:
+                    self.actor_ref.tell(_Exited(cid, code))
+                except pykka.ActorDeadError:
+                    return
+
+
+class HostSupervisor:
+    """Handle for a running ``HostSupervisorActor``."""
+
+    def __init__(self, children: Sequence[ChildSpec], **options: Any) -> None:
+        self.ref = HostSupervisorActor.start(children, **options)
+        self._done: threading.Event = self.ref.proxy().all_done.get()
+
+    def status(self) -> list[ChildInfo]:
+        info: list[ChildInfo] = self.ref.ask(_Status(), timeout=10)
+        return info
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once every child exited for good (done, or given up)."""
+        return self._done.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.ref.is_alive():
+            self.ref.stop(timeout=30)
+
+
+def _terminate(process: Any, grace_s: float = 5.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+__all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart"]

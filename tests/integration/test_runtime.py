@@ -1,0 +1,135 @@
+"""The real system: controller and worker processes over ZeroMQ, LMDB store, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pbt_actors.controller import Controller
+from pbt_actors.launch import load_experiment_file
+from pbt_actors.model import TrialStatus
+from pbt_actors.worker import WorkerClient
+from storage.lmdb_store import LmdbTrialStore
+from tests.support.runs import REPO, TOY, assert_complete_lineage, cli, wait_for_line
+
+
+@pytest.mark.timeout(180)
+def test_one_controller_and_two_worker_hosts_on_tcp_run_the_toy_to_completion(tmp_path: Path) -> None:
+    store_dir, ckpt = tmp_path / "store", tmp_path / "ckpt"
+    controller = cli("controller", str(TOY), "--store", str(store_dir), "--bind", "tcp://127.0.0.1:0",
+                     "--linger", "30")
+    try:
+        line = wait_for_line(controller, "listening on")
+        endpoint = line.split("listening on ")[1].split()[0]
+        slow = {"TOY_STEP_SLEEP_S": "0.1"}  # trials of ~0.5 s, so that both hosts get work
+        hosts = [cli("worker", str(TOY), "--connect", endpoint, "--devices", "cpu", "--workers", "2",
+                     "--checkpoint-root", str(ckpt), "--host-id", f"host{i}", env=slow) for i in range(2)]
+        for host in hosts:
+            out, _ = host.communicate(timeout=150)
+            assert host.returncode == 0, out
+        out, _ = controller.communicate(timeout=60)
+        assert controller.returncode == 0, out
+    finally:
+        for proc in [controller, *locals().get("hosts", [])]:
+            if proc.poll() is None:
+                proc.kill()
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        assert_complete_lineage(store, ckpt)
+        workers = {t.worker.split("-w")[0] for t in store.iter_trials()}
+        assert workers == {"host0", "host1"}  # both hosts did work
+
+
+@pytest.mark.timeout(180)
+def test_pbt_actors_run_gives_the_same_invariants_and_a_json_summary(tmp_path: Path) -> None:
+    store_dir = tmp_path / "run"
+    proc = cli("run", str(TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), "--json")
+    out, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["finished"] and summary["best"]["final"]["Q"] > 0.5
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        assert_complete_lineage(store, store_dir / "checkpoints")
+        assert summary["trials"] == store.count()
+    again = cli("run", str(TOY), "--store", str(store_dir))
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0 and "finished run" in out
+    status = cli("status", "--store", str(store_dir), "--json")
+    out, _ = status.communicate(timeout=60)
+    assert json.loads(out)["trials"] == summary["trials"]
+
+
+@pytest.mark.timeout(180)
+def test_a_sigkilled_worker_is_restarted_and_its_trial_requeued_before_lease_expiry(tmp_path: Path) -> None:
+    store_dir = tmp_path / "run"
+    env = {"TOY_LEASE_S": "3600", "TOY_STEP_SLEEP_S": "0.4", "TOY_MAX_STEPS": "10"}  # expiry would take an hour
+    proc = cli("run", str(TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), "--json", env=env)
+    killed = _kill_one_running_worker(store_dir)
+    out, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 0, out
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        assert_complete_lineage(store, store_dir / "checkpoints")
+        victim = store.get_trial(killed)
+        assert victim.attempt >= 2 and victim.completed_attempt >= 2
+        assert victim.history[0][0] == 1  # the killed attempt is on record
+        # re-queued by the supervisor's worker_lost (a lease of an hour never expired)
+        assert "lost: process exited with code -9" in (victim.error or ""), victim.error
+
+
+def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
+    """Wait until some trial is RUNNING with progress, SIGKILL its worker process; return the trial id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (store_dir / "data.mdb").exists():
+            with LmdbTrialStore(store_dir, readonly=True) as store:
+                running = store.trials(store.ids_with_status(TrialStatus.RUNNING))
+                # a trial lasts ~2 s: kill one that started within the last second, mid-trial
+                candidates = [t for t in running if t.lease and t.started_at is not None
+                              and 0.2 < time.time() - t.started_at < 1.0]
+                if candidates:
+                    trial = candidates[0]
+                    pid = _pid_of_worker(trial.lease.worker)
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        return trial.id
+        time.sleep(0.05)
+    raise AssertionError("no running trial to kill")
+
+
+def _pid_of_worker(worker_id: str) -> int | None:
+    out = subprocess.run(["pgrep", "-f", "--", f"--worker-id {worker_id}"], capture_output=True, text=True, check=False)
+    pids = [int(p) for p in out.stdout.split()]
+    return pids[0] if pids else None
+
+
+@pytest.mark.timeout(120)
+def test_embedded_controller_and_host_driven_worker_clients(tmp_path: Path) -> None:
+    experiment, train = load_experiment_file(TOY)
+    handle = Controller.start(experiment, tmp_path / "store", "tcp://127.0.0.1:0")
+    ckpt = tmp_path / "ckpt"
+    try:
+        clients = [WorkerClient(handle.endpoint, train, str(ckpt), worker_id=f"embedded-{i}") for i in range(2)]
+
+        def host_loop(client: WorkerClient) -> None:
+            while client.run_one():  # the host program drives the loop itself
+                pass
+
+        threads = [threading.Thread(target=host_loop, args=(c,), daemon=True) for c in clients]
+        for thread in threads:
+            thread.start()
+        assert handle.wait(timeout_s=90)
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sum(c.trials_run for c in clients) == handle.status().total
+        for client in clients:
+            client.close()
+    finally:
+        handle.stop()
+    with LmdbTrialStore(tmp_path / "store", readonly=True) as store:
+        assert_complete_lineage(store, ckpt)

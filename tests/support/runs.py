@@ -1,0 +1,73 @@
+"""Helpers for tests that run real processes: the CLI, stores, lineage checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pbt_actors.checkpoints import load_checkpoint
+from pbt_actors.model import TrialStatus
+from pbt_actors.verify import verify_store
+from storage.base import TrialStore
+
+REPO = Path(__file__).resolve().parents[2]
+TOY = REPO / "tests" / "integration" / "experiments" / "toy_lineage.py"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "pbt_actors.cli", *args], env=full_env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+def kill_all_started() -> None:
+    """Kill every process group a test started (worker processes included), even on failure."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before printing {needle!r}")
+    raise AssertionError(f"no {needle!r} within {timeout_s}s")
+
+
+def assert_complete_lineage(store: TrialStore, checkpoint_root: Path) -> None:
+    """Every trial completed once, children after and from their parents' checkpoints."""
+    report = verify_store(store, checkpoint_root, finished=True)
+    assert report.ok, report.problems
+    trials = list(store.iter_trials())
+    assert trials and all(t.status is TrialStatus.COMPLETED for t in trials), \
+        [(t.id, t.status.value, t.error) for t in trials if t.status is not TrialStatus.COMPLETED]
+    assert report.checkpoints_checked == len(trials)
+    for trial in trials:
+        state = load_checkpoint(checkpoint_root, trial.checkpoint)
+        assert state["trial"] == trial.id
+        if trial.parent_id is None:
+            assert state["parent_sha256"] is None
+        else:
+            assert state["parent_sha256"] == store.checkpoint(trial.parent_id).sha256, trial.id
