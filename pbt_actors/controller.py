@@ -129,6 +129,10 @@ class _Bridge(threading.Thread):
         self.address: str | None = None
         self.startup_error: BaseException | None = None
         self.bad_input = RateLimitedLog(log)
+        self.last_reply: dict[bytes, tuple[int, Reply]] = {}
+        """Per peer, its last request id and our reply: a resend of the same request (its reply
+        was lost or late) gets the same answer instead of being handled twice (zguide's
+        idempotent-service pattern). In memory only: after a restart, re-handling is safe."""
         self.peers_seen: set[str] = set()
         self.peers_done: set[str] = set()
 
@@ -166,6 +170,10 @@ class _Bridge(threading.Thread):
                     endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
                 continue
             message = item.message
+            cached = self.last_reply.get(item.identity)
+            if cached is not None and cached[0] == item.request_id:
+                endpoint.send(item.identity, item.request_id, cached[1])
+                continue
             sender = item.identity.decode("utf-8", "replace")
             claimed = getattr(message, "worker", None)
             if claimed is not None and claimed != sender and not isinstance(message, WorkerLost):
@@ -187,6 +195,7 @@ class _Bridge(threading.Thread):
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
         for (identity, request_id, _), reply in zip(batch, replies, strict=True):
             endpoint.send(identity, request_id, reply)
+            self.last_reply[identity] = (request_id, reply)
             if isinstance(reply, Done):
                 self.peers_done.add(identity.decode("utf-8", "replace"))
 

@@ -140,7 +140,9 @@ class ControllerCore:
                             continue
                         try:
                             replies.append(self._dispatch(message, now))
-                        except (SchemaError, TrialNotFound) as exc:
+                        except TrialNotFound as exc:
+                            replies.append(Error("unknown_trial", str(exc)))
+                        except SchemaError as exc:
                             replies.append(Error("malformed", str(exc)))
                         except StoreRetry:
                             raise
@@ -249,7 +251,9 @@ class ControllerCore:
             return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
         measurements = trial.measurements
         if msg.metrics is not None:
-            measurements = (*measurements, Measurement(msg.step, dict(msg.metrics)))
+            new = Measurement(msg.step, dict(msg.metrics))
+            if not measurements or measurements[-1] != new:  # a resent heartbeat records once
+                measurements = (*measurements, new)
         renewed = trial.evolve(lease=Lease(msg.worker, now + self.experiment.lease_s),
                                measurements=measurements)
         self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, renewed)

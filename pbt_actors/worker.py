@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 TrainFn = Callable[[TrialContext], Any]
 HEARTBEAT_TIMEOUT_S = 2.0
+PREEMPT_GRACE_S = 20.0
 
 
 @dataclass
@@ -171,8 +172,23 @@ class WorkerClient:
         result: Message = future.get()
         return result
 
-    def hello(self) -> Message:
-        return self._request(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device))
+    def _request_patiently(self, message: Message, give_up_after_preempt_s: float | None) -> Message | None:
+        """Resend until answered. Rounds of a few resends each, so that a preemption (SIGTERM)
+        is noticed: then keep trying ``give_up_after_preempt_s`` longer (a report is worth the
+        grace period), or stop at once (None) for a request that can simply be dropped."""
+        preempted_at: float | None = None
+        while True:
+            try:
+                return self._request(message, retries=2)
+            except RequestTimeout:
+                log.info("controller silent for a %s; still trying", message.TYPE)
+            if self.preempt.is_set():
+                preempted_at = preempted_at or time.monotonic()
+                if give_up_after_preempt_s is None or time.monotonic() - preempted_at > give_up_after_preempt_s:
+                    return None
+
+    def hello(self) -> Message | None:
+        return self._request_patiently(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), None)
 
     def _tick(self) -> None:
         last = time.monotonic()
@@ -187,7 +203,9 @@ class WorkerClient:
     # --- the trial loop --------------------------------------------------------------------------
     def run_one(self) -> bool:
         """Ask for one trial and run it. Returns False when the experiment is done."""
-        reply = self._request(RequestTrial(self.worker_id))
+        reply = self._request_patiently(RequestTrial(self.worker_id), give_up_after_preempt_s=None)
+        if reply is None:
+            return False
         if self.last_report_sent_at is not None:
             self.idle_gaps_s.append(time.perf_counter() - self.last_report_sent_at)
             self.last_report_sent_at = None
@@ -249,8 +267,13 @@ class WorkerClient:
         self.trials_run += 1
 
     def _deliver(self, message: Message) -> None:
-        """Send a report/fail until acknowledged (forever: the controller may be restarting)."""
-        reply = self._request(message, retries=None)
+        """Send a report/fail until acknowledged: forever while healthy (the controller may be
+        restarting), for a grace period once preempted."""
+        reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
+        if reply is None:
+            log.error("preempted before the controller acknowledged %s for a trial; it will be re-run",
+                      message.TYPE)
+            return
         self.last_report_sent_at = time.perf_counter()
         if isinstance(reply, Error):
             log.warning("controller rejected %s for trial: %s %s", message.TYPE, reply.code, reply.message)

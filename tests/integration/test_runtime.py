@@ -94,7 +94,7 @@ def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
                               and 0.2 < time.time() - t.started_at < 1.0]
                 if candidates:
                     trial = candidates[0]
-                    pid = _pid_of_worker(trial.lease.worker)
+                    pid = _pid_of_worker(trial.lease.worker, store_dir / "checkpoints")
                     if pid is not None:
                         os.kill(pid, signal.SIGKILL)
                         return trial.id
@@ -102,8 +102,9 @@ def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
     raise AssertionError("no running trial to kill")
 
 
-def _pid_of_worker(worker_id: str) -> int | None:
-    out = subprocess.run(["pgrep", "-f", "--", f"--worker-id {worker_id}"], capture_output=True, text=True, check=False)
+def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
+    pattern = f"--worker-id {worker_id} --checkpoint-root {checkpoint_root}"  # this run's process only
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True, check=False)
     pids = [int(p) for p in out.stdout.split()]
     return pids[0] if pids else None
 

@@ -68,6 +68,8 @@ def test_heartbeat_renews_the_lease_and_records_measurements() -> None:
     assert d.trial(1).lease.deadline == pytest.approx(18.0)
     assert d.core.tick(12.0) == []
     assert d.trial(1).measurements[-1].metrics == {"score": 0.3}
+    d.heartbeat("w0", spec, 5, {"score": 0.3})  # resent by the worker's endpoint
+    assert len(d.trial(1).measurements) == 1
 
 
 def test_lease_expiry_requeues_with_the_next_attempt_and_the_same_spec() -> None:
@@ -125,7 +127,7 @@ def test_unknown_trial_and_future_attempt_get_errors_not_exceptions() -> None:
     d = driver()
     spec = d.lease("w0")
     unknown = d.core.handle(Report("w0", 999, 1, {"score": 1.0}), d.now)
-    assert isinstance(unknown, Error) and unknown.code == "malformed" and "999" in unknown.message
+    assert isinstance(unknown, Error) and unknown.code == "unknown_trial" and "999" in unknown.message
     future = d.core.handle(Heartbeat("w0", spec.trial_id, 5, 1), d.now)
     assert isinstance(future, Error) and future.code == "bad_attempt"
     assert isinstance(d.core.handle(Hello("w0"), d.now), Ack)
