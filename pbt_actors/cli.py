@@ -58,7 +58,8 @@ def _print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | N
         print("best         (no completed trial yet)")
         return
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in best["final"].items())
-    print(f"best         trial {best['trial_id']} (generation {best['generation']}, step {best['end_step']})  {metrics}")
+    where = f"(generation {best['generation']}, step {best['end_step']})"
+    print(f"best         trial {best['trial_id']} {where}  {metrics}")
     width = max(len(k) for k in best["hparams"]) if best["hparams"] else 0
     for key, value in best["hparams"].items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)

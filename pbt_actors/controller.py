@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -189,7 +189,7 @@ class _Bridge(threading.Thread):
         if not batch:
             return
         try:
-            replies: list[Reply] = self.actor.ask(_HandleBatch([m for _, _, m in batch]), timeout=60)
+            replies = cast(list[Reply], self.actor.ask(_HandleBatch([m for _, _, m in batch]), timeout=60))
         except Exception as exc:  # the actor is the one that must never die of input
             log.exception("controller failed a batch of %d requests", len(batch))
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
@@ -217,7 +217,7 @@ class ControllerHandle:
         return set(self.bridge.peers_seen) - set(self.bridge.peers_done)
 
     def status(self, timeout_s: float = 30) -> StatusSnapshot:
-        snapshot: StatusSnapshot = self.actor.ask(_Status(), timeout=timeout_s)
+        snapshot = cast(StatusSnapshot, self.actor.ask(_Status(), timeout=timeout_s))
         return snapshot
 
     def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> bool:

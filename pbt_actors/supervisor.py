@@ -9,6 +9,7 @@ re-queued now, not at lease expiry) and schedules the restart after its backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -167,10 +168,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
             self.all_done.set()
 
     def _tell_start(self, child_id: str) -> None:
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(_StartChild(child_id))
-        except pykka.ActorDeadError:
-            pass
 
     def _tell_controller_lost(self, child_id: str, reason: str) -> None:
         if self.endpoint is None:
@@ -201,7 +200,7 @@ class HostSupervisor:
         self._done: threading.Event = self.ref.proxy().all_done.get()
 
     def status(self) -> list[ChildInfo]:
-        info: list[ChildInfo] = self.ref.ask(_Status(), timeout=10)
+        info = cast(list[ChildInfo], self.ref.ask(_Status(), timeout=10))
         return info
 
     def wait(self, timeout_s: float | None = None) -> bool:

@@ -112,7 +112,8 @@ class WorkerActor(pykka.ThreadingActor):
             self.progress.fresh = False
         if spec is None or self.endpoint is None:
             return
-        message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, dict(metrics) if fresh and metrics else None)
+        payload = dict(metrics) if fresh and metrics else None
+        message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, payload)
         try:
             reply = self.endpoint.request(message, timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
         except RequestTimeout:

@@ -247,6 +247,8 @@ class LmdbTrialStore(TrialStore):
                 while self._readers:
                     self._gate.wait()
                 self._env.set_mapsize(size)
+            except lmdb.Error as exc:  # e.g. a second writer thread holds a txn: one writer!
+                raise StoreError(f"cannot resize the map of {self._path}: {exc}") from exc
             finally:
                 self._resizing = False
                 self._gate.notify_all()

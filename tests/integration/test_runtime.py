@@ -17,7 +17,7 @@ from pbt_actors.launch import load_experiment_file
 from pbt_actors.model import TrialStatus
 from pbt_actors.worker import WorkerClient
 from storage.lmdb_store import LmdbTrialStore
-from tests.support.runs import REPO, TOY, assert_complete_lineage, cli, wait_for_line
+from tests.support.runs import TOY, assert_complete_lineage, cli, wait_for_line
 
 
 @pytest.mark.timeout(180)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,14 +35,10 @@ def kill_all_started() -> None:
     """Kill every process group a test started (worker processes included), even on failure."""
     while _STARTED:
         proc = _STARTED.pop()
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float = 60) -> str:
