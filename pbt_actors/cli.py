@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.errors import PbtError
+from pbt_actors.errors import ConfigError, PbtError
 
 log = logging.getLogger("pbt_actors.cli")
 
@@ -98,6 +99,61 @@ def _budget(experiment: Any) -> str:
         return str(experiment.max_trials)
     per_lineage = -(-experiment.max_steps // experiment.steps_per_trial)
     return f"~{experiment.population * per_lineage}"
+
+
+# --- security (CURVE) --------------------------------------------------------------------------------
+def is_loopback(address: str) -> bool:
+    """ipc/inproc, or tcp on 127.x / ::1 / localhost: nothing leaves this machine."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """Endpoint options and a started authenticator (or None) for ``--curve-secret``/
+    ``--authorized-keys``; refuses a non-loopback bind without them unless ``--insecure``."""
+    secret, keys = getattr(args, "curve_secret", None), getattr(args, "authorized_keys", None)
+    if bool(secret) != bool(keys):
+        raise ConfigError("CURVE needs both --curve-secret (the controller's key) and --authorized-keys (a folder)")
+    if not secret:
+        if not is_loopback(args.bind):
+            if not getattr(args, "insecure", False):
+                raise ConfigError(f"refusing to bind {args.bind} without encryption: give --curve-secret and "
+                                  f"--authorized-keys (see `pbt-actors keys generate`), or --insecure")
+            print(f"WARNING: {args.bind} is reachable from the network and NOT encrypted or authenticated "
+                  f"(--insecure)", file=sys.stderr)
+        return {}, None
+    import zmq
+
+    from transport.security import load_keypair, start_authenticator
+
+    public, private = load_keypair(secret)
+    authenticator = start_authenticator(zmq.Context.instance(), keys)
+    return {"curve_secret_key": private, "curve_public_key": public}, authenticator
+
+
+def worker_security(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Endpoint options for this process and the arguments that pass them to worker processes."""
+    server, secret = getattr(args, "curve_server_key", None), getattr(args, "curve_secret", None)
+    if not server and not secret:
+        return {}, []
+    if not (server and secret):
+        raise ConfigError("CURVE needs both --curve-server-key (the controller's public key) and --curve-secret")
+    from transport.security import load_keypair, load_public_key
+
+    options = {"curve_server_key": load_public_key(server), "curve_keypair": load_keypair(secret)}
+    return options, ["--curve-server-key", str(Path(server).resolve()), "--curve-secret", str(Path(secret).resolve())]
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from transport.security import generate_keypair
+
+    public, secret = generate_keypair(args.dir, args.name)
+    print(f"public key  {public}   (give it to the other side: controller → workers' --curve-server-key;\n"
+          f"                       worker → the controller's --authorized-keys folder)")
+    print(f"secret key  {secret}   (keep it on this host: --curve-secret)")
+    return 0
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -237,7 +293,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     experiment, _ = load_experiment_file(args.experiment)
     store_dir = Path(args.store).resolve()
-    handle = Controller.start(experiment, store_dir, args.bind)
+    options, authenticator = controller_security(args)
+    try:
+        handle = Controller.start(experiment, store_dir, args.bind, endpoint_options=options)
+    except BaseException:
+        if authenticator is not None:
+            authenticator.stop()
+        raise
     print(f"controller for {experiment.name!r} listening on {handle.endpoint} (store {store_dir})", flush=True)
     stop = False
 
@@ -257,6 +319,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
             handle.bridge.stop_event.wait(0.1)
     finally:
         handle.stop()
+        if authenticator is not None:
+            authenticator.stop()
     summary = _read_summary(store_dir) or {}
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir)}))
@@ -270,9 +334,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.supervisor import HostSupervisor
 
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    options, extra = worker_security(args)
     specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
-                         args.workers, prefix=args.host_id)
-    supervisor = HostSupervisor(specs, controller=args.connect)
+                         args.workers, prefix=args.host_id, extra_args=extra)
+    supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options)
     stop = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -297,7 +362,9 @@ def cmd_worker_process(args: argparse.Namespace) -> int:
     from pbt_actors.worker import WorkerClient
 
     _, train = load_experiment_file(args.experiment)
-    client = WorkerClient(args.connect, train, args.checkpoint_root, worker_id=args.worker_id)
+    options, _ = worker_security(args)
+    client = WorkerClient(args.connect, train, args.checkpoint_root, worker_id=args.worker_id,
+                          endpoint_options=options)
     client.install_sigterm_handler()
     try:
         client.hello()
@@ -333,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
     ctl.add_argument("--json", action="store_true")
+    ctl.add_argument("--curve-secret", default=None, help="the controller's secret key file (CURVE)")
+    ctl.add_argument("--authorized-keys", default=None, help="folder of workers' public keys allowed in")
+    ctl.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
     ctl.set_defaults(func=cmd_controller)
 
     wrk = sub.add_parser("worker", help="this host's workers, connecting to a controller")
@@ -342,7 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--workers", type=int, default=None)
     wrk.add_argument("--checkpoint-root", required=True, help="shared folder all hosts see")
     wrk.add_argument("--host-id", default=None, help="prefix of worker ids (default: hostname)")
+    wrk.add_argument("--curve-server-key", default=None, help="the controller's public key file (CURVE)")
+    wrk.add_argument("--curve-secret", default=None, help="this host's secret key file (CURVE)")
     wrk.set_defaults(func=cmd_worker)
+
+    keys = sub.add_parser("keys", help="CURVE key pairs for authenticated, encrypted links")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
+    gen.add_argument("--dir", required=True)
+    gen.add_argument("--name", default=socket.gethostname())
+    gen.set_defaults(func=cmd_keys)
 
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
     status.add_argument("--store", required=True)
@@ -360,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--connect", required=True)
     proc.add_argument("--worker-id", required=True)
     proc.add_argument("--checkpoint-root", required=True)
+    proc.add_argument("--curve-server-key", default=None)
+    proc.add_argument("--curve-secret", default=None)
     proc.set_defaults(func=cmd_worker_process)
     return parser
 

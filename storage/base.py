@@ -112,6 +112,11 @@ class TrialStore(ABC):
         """Trial ids of one generation, ascending."""
 
     @abstractmethod
+    def completed_in_generation(self, generation: int) -> list[int]:
+        """COMPLETED trial ids of one generation, ascending: the opponent pool, read without
+        decoding a single record (the policy then reads only the opponent it draws)."""
+
+    @abstractmethod
     def max_generation(self) -> int:
         """The highest generation with a trial, or -1 for an empty store."""
 

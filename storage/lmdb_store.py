@@ -128,6 +128,7 @@ class LmdbTrialStore(TrialStore):
         self._status = self._dbs[schema.DB_STATUS]
         self._uninitiated = self._dbs[schema.DB_UNINITIATED]
         self._checkpoints = self._dbs[schema.DB_CHECKPOINTS]
+        self._completed = self._dbs[schema.DB_COMPLETED]
 
     # --- opening ------------------------------------------------------------------------------
     def _open_env(self, map_size: int, sync: bool) -> lmdb.Environment:
@@ -453,8 +454,12 @@ class LmdbTrialStore(TrialStore):
             if old is not None:
                 txn.delete(schema.status_key(old.status, new.id), db=self._status)
                 self._incr(txn, status_counter(old.status), -1)
+                if old.status is TrialStatus.COMPLETED:
+                    txn.delete(schema.generation_key(old.generation, new.id), db=self._completed)
             txn.put(schema.status_key(new.status, new.id), b"", db=self._status)
             self._incr(txn, status_counter(new.status), 1)
+            if new.status is TrialStatus.COMPLETED:
+                txn.put(schema.generation_key(new.generation, new.id), b"", db=self._completed)
         if new.status is TrialStatus.COMPLETED and not new.initiated:
             txn.put(key, b"", db=self._uninitiated)
         else:
@@ -552,6 +557,14 @@ class LmdbTrialStore(TrialStore):
         prefix = schema.generation_prefix(generation)
         return self._read(lambda txn: [schema.decode_generation_key(k)[1]
                                        for k in self._scan(txn, self._generations, prefix)])
+
+    def completed_in_generation(self, generation: int) -> list[int]:
+        if not (isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION):
+            self._check_open()
+            return []
+        prefix = schema.generation_prefix(generation)
+        return self._read(lambda txn: [schema.decode_generation_key(k)[1]
+                                       for k in self._scan(txn, self._completed, prefix)])
 
     def max_generation(self) -> int:
         def op(txn: lmdb.Transaction) -> int:

@@ -32,6 +32,7 @@ class InMemoryTrialStore(TrialStore):
         self._by_status: dict[TrialStatus, set[int]] = {s: set() for s in TrialStatus}
         self._children: dict[int, set[int]] = {}
         self._generations: dict[int, set[int]] = {}
+        self._completed: dict[int, set[int]] = {}
         self._uninitiated: set[int] = set()
         self._checkpoints: dict[int, CheckpointRef] = {}
         self._undo: list[Callable[[], None]] | None = None
@@ -144,8 +145,12 @@ class InMemoryTrialStore(TrialStore):
             if old is not None:
                 self._set_discard(self._by_status[old.status], new.id)
                 self.incr_counter(status_counter(old.status), -1)
+                if old.status is TrialStatus.COMPLETED:
+                    self._set_discard(self._completed.setdefault(new.generation, set()), new.id)
             self._set_add(self._by_status[new.status], new.id)
             self.incr_counter(status_counter(new.status), 1)
+            if new.status is TrialStatus.COMPLETED:
+                self._set_add(self._completed.setdefault(new.generation, set()), new.id)
         if new.status is TrialStatus.COMPLETED and not new.initiated:
             self._set_add(self._uninitiated, new.id)
         else:
@@ -175,6 +180,10 @@ class InMemoryTrialStore(TrialStore):
     def generation(self, generation: int) -> list[int]:
         self._check_open()
         return sorted(self._generations.get(generation, ()))
+
+    def completed_in_generation(self, generation: int) -> list[int]:
+        self._check_open()
+        return sorted(self._completed.get(generation, ()))
 
     def max_generation(self) -> int:
         self._check_open()

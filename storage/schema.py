@@ -45,9 +45,10 @@ DB_GENERATIONS: Final = b"generations"  # generation(4) | id(8) -> b""
 DB_STATUS: Final = b"status"  # status code(1) | id(8) -> b""
 DB_UNINITIATED: Final = b"uninitiated"  # id(8) -> b""
 DB_CHECKPOINTS: Final = b"checkpoints"  # id(8) -> pack(checkpoint.to_dict())
+DB_COMPLETED: Final = b"completed"  # generation(4) | id(8) -> b"" for COMPLETED trials (opponent pools)
 
 ALL_DBS: Final = (DB_META, DB_TRIALS, DB_CHILDREN, DB_GENERATIONS, DB_STATUS, DB_UNINITIATED,
-                  DB_CHECKPOINTS)
+                  DB_CHECKPOINTS, DB_COMPLETED)
 # Headroom over len(ALL_DBS) so a later schema can add databases without a max_dbs change.
 MAX_DBS: Final = 16
 

@@ -90,12 +90,17 @@ class PopulationView:
     def generation(self, generation: int) -> list[Trial]:
         return self._store.trials(self._store.generation(generation)) if generation >= 0 else []
 
+    def completed_ids_in(self, first_generation: int, last_generation: int) -> list[int]:
+        """Ids of COMPLETED trials of generations ``[first, last]``, ascending. O(result), and
+        no record is decoded: a tournament then reads only the opponent it draws."""
+        out: list[int] = []
+        for g in range(max(0, first_generation), last_generation + 1):
+            out.extend(self._store.completed_in_generation(g))
+        return sorted(out)
+
     def completed_in(self, first_generation: int, last_generation: int) -> list[Trial]:
         """COMPLETED trials of generations ``[first, last]``, by ascending id."""
-        out: list[Trial] = []
-        for g in range(max(0, first_generation), last_generation + 1):
-            out.extend(t for t in self.generation(g) if t.status is TrialStatus.COMPLETED)
-        return sorted(out, key=lambda t: t.id)
+        return self._store.trials(self.completed_ids_in(first_generation, last_generation))
 
     def children(self, trial_id: int) -> list[Trial]:
         """Trials warm-started from ``trial_id``."""
@@ -176,6 +181,9 @@ class Policy(ABC):
     def window(self, view: PopulationView, generation: int) -> list[Trial]:
         """Completed trials of the last ``opponent_window`` generations up to ``generation``."""
         return view.completed_in(generation - self.experiment.opponent_window + 1, generation)
+
+    def window_ids(self, view: PopulationView, generation: int) -> list[int]:
+        return view.completed_ids_in(generation - self.experiment.opponent_window + 1, generation)
 
     def better(self, a: Trial, b: Trial) -> bool:
         """Strictly better by the objective (ties and incomparable pairs are not better)."""

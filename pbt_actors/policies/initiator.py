@@ -11,7 +11,7 @@ few workers emulate a large population; meanwhile workers run the other pending 
 
 from __future__ import annotations
 
-from pbt_actors.model import Origin, OriginKind, Trial, TrialStatus
+from pbt_actors.model import Origin, OriginKind, Trial
 from pbt_actors.policies.base import (
     Decision,
     Event,
@@ -53,17 +53,14 @@ class InitiatorPolicy(Policy):
     def generation_ready(self, view: PopulationView, generation: int) -> bool:
         """Budget mode's gate: ``population`` completed members, or (when failures thinned it)
         no active trial left in this or any earlier generation that could still add one."""
-        members = view.generation(generation)
-        completed = sum(1 for t in members if t.status is TrialStatus.COMPLETED)
-        if completed >= self.experiment.population:
+        if len(view.completed_ids_in(generation, generation)) >= self.experiment.population:
             return True
         return all(t.generation > generation for t in view.active())
 
     def _reproduce_ready(self, view: PopulationView, generation: int, rngs: RngFactory) -> list[Decision]:
         if not self.generation_ready(view, generation):
             return []
-        waiting = [t for t in view.generation(generation)
-                   if t.status is TrialStatus.COMPLETED and not t.initiated]
+        waiting = [t for t in view.completed_in(generation, generation) if not t.initiated]
         return [self.reproduce(view, t, rngs) for t in waiting]
 
     # --- the tournament --------------------------------------------------------------------------
@@ -76,9 +73,8 @@ class InitiatorPolicy(Policy):
         """
         rng = rngs(replaces if replaces is not None else initiator.id,
                    "replace" if replaces is not None else "reproduce")
-        candidates = [t for t in self.window(view, initiator.generation)
-                      if t.id not in (initiator.id, exclude_parent)]
-        opponent = candidates[int(rng.integers(len(candidates)))] if candidates else None
+        candidates = [i for i in self.window_ids(view, initiator.generation) if i not in (initiator.id, exclude_parent)]
+        opponent = view.trial(candidates[int(rng.integers(len(candidates)))]) if candidates else None
         initiator_usable = initiator.id != exclude_parent
         if opponent is None:
             if not initiator_usable:

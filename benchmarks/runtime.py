@@ -1,0 +1,256 @@
+"""Runtime benchmark: controller throughput, worker idle gap, digits wall time vs floor.
+
+    python benchmarks/runtime.py [--seconds 3] [--skip-digits] [--json]
+
+(a) controller cycles/s (request_trial → trial → report → ack, no-op training) with 1..8
+    worker processes, next to a raw pyzmq ROUTER/DEALER msgpack echo measured in the same run.
+    Every acknowledged report is durable in LMDB (fsync'd commits, batched per poll cycle).
+(b) the worker's idle gap between trials (report acknowledged → next ``train`` entered),
+    p50/p99, with ``WorkerClient`` and a no-op ``train`` (no checkpoint I/O).
+(c) ``examples/digits.py`` under ``pbt-actors run`` next to the compute floor: the same
+    trials' training run back to back in one process with no framework, divided by the number
+    of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+# --- (a) raw echo baseline ------------------------------------------------------------------------
+def _echo_server(address: str, ready: threading.Event, stop: threading.Event) -> None:
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    address_holder.append(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    import msgpack
+
+    while not stop.is_set():
+        if poller.poll(50):
+            while True:
+                try:
+                    ident, payload = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = msgpack.unpackb(payload)
+                sock.send_multipart([ident, msgpack.packb({"v": 1, "t": "ack", "id": msg["id"], "b": {}})])
+    sock.close()
+
+
+address_holder: list[str] = []
+
+
+def _echo_client(address: str, seconds: float, counter: mp.Value) -> None:  # type: ignore[valid-type]
+    import msgpack
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(address)
+    body = {"worker": "w", "trial_id": 1, "attempt": 1, "final": {"score": 0.5}, "measurements": []}
+    done, deadline, rid = 0, time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        for kind in ("request_trial", "report"):
+            rid += 1
+            sock.send(msgpack.packb({"v": 1, "t": kind, "id": rid, "b": body}))
+            msgpack.unpackb(sock.recv())
+        done += 1
+    with counter.get_lock():
+        counter.value += done
+    sock.close()
+
+
+def raw_echo_cycles(workers: int, seconds: float) -> float:
+    stop, ready = threading.Event(), threading.Event()
+    address_holder.clear()
+    server = threading.Thread(target=_echo_server, args=("", ready, stop), daemon=True)
+    server.start()
+    ready.wait(10)
+    counter = mp.Value("l", 0)
+    procs = [mp.Process(target=_echo_client, args=(address_holder[0], seconds, counter)) for _ in range(workers)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    elapsed = time.monotonic() - started
+    stop.set()
+    server.join(5)
+    return counter.value / max(elapsed, 1e-9)
+
+
+# --- (a) controller cycles --------------------------------------------------------------------------
+def _controller_client(address: str, name: str, seconds: float, counter: mp.Value) -> None:  # type: ignore[valid-type]
+    from transport.endpoints import WorkerEndpoint
+    from transport.messages import Report, RequestTrial, TrialAssignment
+
+    endpoint = WorkerEndpoint(address, name)
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reply = endpoint.request(RequestTrial(name), timeout_s=10)
+        if not isinstance(reply, TrialAssignment):
+            continue
+        endpoint.request(Report(name, reply.trial_id, reply.attempt, {"score": 0.5}), timeout_s=10)
+        done += 1
+    with counter.get_lock():
+        counter.value += done
+    endpoint.close()
+
+
+def controller_cycles(workers: int, seconds: float) -> tuple[float, int]:
+    from pbt_actors.controller import Controller
+    from pbt_actors.experiment import Experiment
+    from pbt_actors.space import Float
+    from storage.lmdb_store import LmdbTrialStore
+
+    experiment = Experiment(name="bench", space={"x": Float(0.0, 1.0)}, objective="score", population=64,
+                            steps_per_trial=1, max_steps=10**9, lease_s=600)
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = Controller.start(experiment, tmp, "tcp://127.0.0.1:0")
+        counter = mp.Value("l", 0)
+        procs = [mp.Process(target=_controller_client, args=(handle.endpoint, f"bench-{i}", seconds, counter))
+                 for i in range(workers)]
+        started = time.monotonic()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        elapsed = time.monotonic() - started
+        handle.stop()
+        with LmdbTrialStore(tmp, readonly=True) as store:
+            from pbt_actors.model import TrialStatus
+
+            durable = store.count(TrialStatus.COMPLETED)
+    return counter.value / max(elapsed, 1e-9), durable - counter.value
+
+
+# --- (b) idle gap ---------------------------------------------------------------------------------------
+def idle_gaps(trials: int = 400) -> list[float]:
+    from pbt_actors.controller import Controller
+    from pbt_actors.experiment import Experiment
+    from pbt_actors.space import Float
+    from pbt_actors.worker import WorkerClient
+
+    experiment = Experiment(name="gap", space={"x": Float(0.0, 1.0)}, objective="score", population=8,
+                            steps_per_trial=1, max_steps=10**9, max_trials=trials, lease_s=600)
+    entered: list[float] = []
+
+    def train(ctx):  # noqa: ANN001, ANN202 - the user's signature
+        entered.append(time.perf_counter())
+        return {"score": float(ctx.hparams["x"])}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = Controller.start(experiment, Path(tmp) / "store", "tcp://127.0.0.1:0")
+        client = WorkerClient(handle.endpoint, train, tmp, worker_id="gap-0")
+        acked: list[float] = []
+        original = client._deliver
+
+        def deliver(message):  # noqa: ANN001, ANN202
+            original(message)
+            acked.append(time.perf_counter())
+
+        client._deliver = deliver  # type: ignore[method-assign]
+        client.run()
+        client.close()
+        handle.stop()
+    return [entered[i + 1] - acked[i] for i in range(min(len(acked), len(entered) - 1))]
+
+
+# --- (c) digits ---------------------------------------------------------------------------------------------
+def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
+    from pbt_actors.context import TrialContext
+    from pbt_actors.launch import load_experiment_file
+    from storage.lmdb_store import LmdbTrialStore
+
+    example = REPO / "examples" / "digits.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        store_dir = Path(tmp) / "store"
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "pbt_actors.cli", "run", str(example), "--workers",
+                               str(workers), "--devices", "cpu", "--store", str(store_dir), "--json"],
+                              capture_output=True, text=True, check=True, cwd=REPO)
+        wall = time.monotonic() - started
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import torch, sklearn.datasets, pbt_actors.worker"], check=True)
+        startup = time.monotonic() - t0
+        # the floor: every trial's training again, back to back, in this process, no framework
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
+        _, train = load_experiment_file(example)
+        with LmdbTrialStore(store_dir, readonly=True) as store:
+            trials = list(store.iter_trials())
+            compute = 0.0
+            for trial in trials:
+                parent = store.checkpoint(trial.parent_id) if trial.parent_id else None
+                ctx = TrialContext(trial.id, 1, trial.generation, dict(trial.hparams), trial.start_step,
+                                   trial.end_step, str(store_dir / "checkpoints"), parent, "cpu",
+                                   experiment=summary["experiment"])
+                t = time.perf_counter()
+                train(ctx)
+                compute += time.perf_counter() - t
+    floor = compute / workers
+    return {"wall_s": wall, "compute_s": compute, "floor_s": floor, "startup_s": startup,
+            "ratio_to_floor_plus_startup": wall / (floor + startup), "trials": len(trials)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, object] = {"cycles": []}
+    rows = []
+    for n in [int(w) for w in args.workers.split(",")]:
+        raw = raw_echo_cycles(n, args.seconds)
+        ours, extra = controller_cycles(n, args.seconds)
+        rows.append((n, raw, ours, ours / raw))
+        results["cycles"].append({"workers": n, "raw_echo_cycles_s": raw, "controller_cycles_s": ours,  # type: ignore[attr-defined]
+                                  "ratio": ours / raw, "durable_minus_acked": extra})
+    gaps = sorted(idle_gaps())
+    p50, p99 = statistics.median(gaps), gaps[int(0.99 * (len(gaps) - 1))]
+    results["idle_gap_ms"] = {"p50": p50 * 1e3, "p99": p99 * 1e3, "samples": len(gaps)}
+    if not args.skip_digits:
+        results["digits"] = digits_wall_vs_floor()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print("(a) request_trial → trial → report → ack cycles/s (no-op training; acks durable in LMDB)")
+    print(f"{'workers':>8} {'raw echo':>10} {'controller':>11} {'ratio':>7}")
+    for n, raw, ours, ratio in rows:
+        print(f"{n:>8} {raw:>10.0f} {ours:>11.0f} {ratio:>7.1%}")
+    print(f"\n(b) worker idle gap (report acked → next train entered): p50 {p50 * 1e3:.2f} ms, "
+          f"p99 {p99 * 1e3:.2f} ms over {len(gaps)} trials")
+    if "digits" in results:
+        d = results["digits"]
+        assert isinstance(d, dict)
+        print(f"\n(c) examples/digits.py: wall {d['wall_s']:.1f}s for {d['trials']} trials; compute floor "
+              f"{d['floor_s']:.1f}s (= {d['compute_s']:.1f}s / 2 workers) + start-up {d['startup_s']:.1f}s; "
+              f"ratio {d['ratio_to_floor_plus_startup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
