@@ -130,9 +130,12 @@ class ControllerCore:
         others. A ``StoreRetry`` (the store had to grow) re-runs the batch transparently.
         """
         poisoned: dict[int, Reply] = {}
+        # Only results must survive a power cut before their ack; a lost lease or heartbeat
+        # merely re-queues work, so batches without one skip the fsync.
+        durable = any(isinstance(m, Report | Fail | WorkerLost) for m in messages)
         for _ in range(MAX_BATCH_RETRIES + len(messages)):
             try:
-                with self.store.batch():
+                with self.store.batch(durable=durable):
                     replies = []
                     for index, message in enumerate(messages):
                         if index in poisoned:

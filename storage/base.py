@@ -143,8 +143,11 @@ class TrialStore(ABC):
 
     # --- transactions -------------------------------------------------------------------------
     @abstractmethod
-    def batch(self) -> AbstractContextManager[None]:
-        """Group writes into one atomic commit. Nested batches join the outer one."""
+    def batch(self, durable: bool = True) -> AbstractContextManager[None]:
+        """Group writes into one atomic commit. Nested batches join the outer one.
+
+        ``durable=False`` allows the store to skip flushing this commit to disk (it still
+        commits atomically); the controller uses it for batches that acknowledge no result."""
 
     @abstractmethod
     def close(self) -> None:

@@ -95,8 +95,13 @@ class LmdbTrialStore(TrialStore):
         Args:
             map_size: initial LMDB map size; grown by doubling whenever it fills. Ignored
                 when ``readonly``: a reader adopts the writer's size and follows it.
-            sync: fsync on every commit. ``False`` trades the last commits on power loss
-                for speed (tests, simulations).
+            sync: make commits durable. With ``True`` (the default) every commit outside a
+                batch, and every ``batch(durable=True)``, is flushed to disk (fdatasync) before
+                it returns; ``batch(durable=False)`` commits without the flush (leases,
+                heartbeats: losing them on power loss only re-queues work), and the next
+                durable commit flushes it too. LMDB without WRITEMAP keeps atomicity and
+                consistency for the unflushed commits on a write-order preserving file
+                system. ``False`` never flushes (tests, simulations).
         Raises:
             StoreError: the folder cannot be created or written, holds no store (readonly),
                 or is already open in this process.
@@ -114,7 +119,8 @@ class LmdbTrialStore(TrialStore):
         # makes the second read a bytes comparison. It is validated against the bytes the
         # current transaction sees, so it can never serve a stale or rolled-back record.
         self._decoded: dict[int, tuple[bytes, Trial]] = {}
-        self._env = self._open_env(map_size, sync)
+        self._sync = sync and not readonly
+        self._env = self._open_env(map_size)
         try:
             self._dbs = self._open_dbs()
         except BaseException:
@@ -131,7 +137,7 @@ class LmdbTrialStore(TrialStore):
         self._completed = self._dbs[schema.DB_COMPLETED]
 
     # --- opening ------------------------------------------------------------------------------
-    def _open_env(self, map_size: int, sync: bool) -> lmdb.Environment:
+    def _open_env(self, map_size: int) -> lmdb.Environment:
         path = self._path
         if self._readonly:
             if not (path / "data.mdb").is_file():
@@ -150,7 +156,8 @@ class LmdbTrialStore(TrialStore):
                 # A reader maps what the writer has (0: the size recorded in the file) and
                 # follows its growth through MapResizedError; see ``_read``.
                 str(path), map_size=0 if self._readonly else map_size, subdir=True, readonly=self._readonly, lock=True,
-                max_dbs=schema.MAX_DBS, sync=sync, metasync=sync,
+                # we flush explicitly (``_flush``) so that a batch can choose to skip it
+                max_dbs=schema.MAX_DBS, sync=False, metasync=False,
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {path}: {exc} (is it open elsewhere in "
@@ -279,6 +286,7 @@ class LmdbTrialStore(TrialStore):
             try:
                 result = op(txn)
                 txn.commit()
+                self._flush(True)
             except lmdb.MapFullError:
                 self._abort(txn)
                 self._grow()
@@ -342,9 +350,19 @@ class LmdbTrialStore(TrialStore):
             self._set_mapsize(0)  # outside the reader slot: it waits for readers to finish
         raise StoreError(f"the map of {self._path} keeps being resized by the writer")
 
+    def _flush(self, durable: bool) -> None:
+        """fdatasync what was committed, when this store promises durability."""
+        if durable and self._sync:
+            try:
+                self._env.sync(True)
+            except lmdb.Error as exc:
+                raise StoreError(f"flushing {self._path} to disk failed: {exc}") from exc
+
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, durable: bool = True) -> Iterator[None]:
         """One write transaction for the whole block; see the module docstring.
+
+        ``durable=False`` skips the disk flush at commit (see ``sync`` in ``__init__``).
 
         Raises:
             StoreFullRetry: the map filled up; nothing of the batch was written and the map
@@ -380,6 +398,7 @@ class LmdbTrialStore(TrialStore):
             raise self._doomed()
         try:
             batch.txn.commit()
+            self._flush(durable)
         except lmdb.MapFullError:  # commit can allocate pages too (free list)
             self._abort(batch.txn)
             self._grow()

@@ -68,7 +68,7 @@ class InMemoryTrialStore(TrialStore):
             self._remember(lambda: target.add(value))
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, durable: bool = True) -> Iterator[None]:
         self._check_open()
         if self._depth:
             self._depth += 1
