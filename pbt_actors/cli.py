@@ -208,17 +208,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-        supervisor.wait(10)
-        supervisor.stop()
+        if not interrupted:
+            supervisor.wait(10)  # let idle workers hear `done` and exit on their own
+        try:
+            children = supervisor.status()
+        except Exception:  # the supervisor actor died: it logged why
+            children = []
+        supervisor.stop()  # SIGTERM: a worker mid-trial hands back a resume checkpoint if it can
         handle.stop()
     summary = _read_summary(store_dir) or {}
-    children = supervisor_failures = None
-    try:
-        children = supervisor.status()
-    except Exception:  # the actor is stopped: its last state is not needed for the summary
-        children = None
-    if children:
-        supervisor_failures = [c for c in children if c.state == "gave_up"]
+    supervisor_failures = [c for c in children if c.state == "gave_up"]
     elapsed = time.monotonic() - started
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir), "wall_time_s": round(elapsed, 3),

@@ -134,3 +134,34 @@ def test_embedded_controller_and_host_driven_worker_clients(tmp_path: Path) -> N
         handle.stop()
     with LmdbTrialStore(tmp_path / "store", readonly=True) as store:
         assert_complete_lineage(store, ckpt)
+
+
+@pytest.mark.timeout(180)
+def test_an_interrupted_run_resumes_on_the_same_store(tmp_path: Path) -> None:
+    store_dir = tmp_path / "run"
+    env = {"TOY_STEP_SLEEP_S": "0.05"}
+    first = cli("run", str(TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (store_dir / "data.mdb").exists():
+            try:
+                with LmdbTrialStore(store_dir, readonly=True) as store:
+                    if store.count(TrialStatus.COMPLETED) >= 6:
+                        break
+            except Exception:  # the writer may not have committed its first transaction yet
+                pass
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 130 and "resume" in out, out
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        done_before = store.count(TrialStatus.COMPLETED)
+        assert 6 <= done_before < store.count() or store.count(TrialStatus.PENDING) > 0
+    second = cli("run", str(TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), "--json", env=env)
+    out, _ = second.communicate(timeout=150)
+    assert second.returncode == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["finished"]
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        assert_complete_lineage(store, store_dir / "checkpoints")
+        assert store.count(TrialStatus.COMPLETED) > done_before
