@@ -129,7 +129,7 @@ def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from transport.security import load_keypair, start_authenticator
 
     public, private = load_keypair(secret)
-    authenticator = start_authenticator(zmq.Context.instance(), keys)
+    authenticator = start_authenticator(zmq.Context.instance(), str(keys))
     return {"curve_secret_key": private, "curve_public_key": public}, authenticator
 
 
