@@ -253,6 +253,10 @@ def _read_summary(store_dir: Path) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        from pbt_actors.lineage_cli import watch_status
+
+        return watch_status(args.store, args.interval, args.json)
     store_dir = Path(args.store).resolve()
     summary = _read_summary(store_dir)
     if summary is None:
@@ -425,7 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
     status.add_argument("--store", required=True)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="a live table that refreshes until the run ends")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     status.set_defaults(func=cmd_status)
+
+    from pbt_actors.lineage_cli import add_lineage_parsers
+
+    add_lineage_parsers(sub)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
     ver.add_argument("--store", required=True)
