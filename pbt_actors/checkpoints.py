@@ -54,12 +54,22 @@ def _decode(data: bytes, where: str) -> Any:
         raise CheckpointError(f"checkpoint {where} could not be loaded safely: {exc}") from exc
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be *written* (disk full, folder not writable, I/O error).
+
+    Unlike a damaged checkpoint that cannot be *read* (which no retry of the same trial can
+    fix), this says nothing about the trial: the worker reports it as a retryable failure, so
+    the trial is re-queued (up to ``max_attempts``) and may succeed once space is freed or on
+    another host. Nothing is left behind: no temp file, no file under the final name.
+    """
+
+
 def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any, step: int) -> CheckpointRef:
     """Write ``state`` atomically under ``root/relative_uri`` and describe it.
 
     Raises:
-        CheckpointError: the disk is full or the folder is not writable; no file is left
-            behind under the final name.
+        CheckpointWriteError: the disk is full or the folder is not writable; no file is left
+            behind (neither the temp file nor one under the final name).
     """
     data = _encode(state)
     target = Path(root) / relative_uri
@@ -81,7 +91,7 @@ def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any,
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+        raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
     return CheckpointRef(relative_uri, len(data), hashlib.sha256(data).hexdigest(), step)
 
 

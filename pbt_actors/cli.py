@@ -160,7 +160,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.controller import Controller
     from pbt_actors.launch import load_experiment_file, worker_specs
-    from pbt_actors.supervisor import HostSupervisor
+    from pbt_actors.supervisor import HostSupervisor, host_state_path
 
     experiment, _ = load_experiment_file(args.experiment)
     if args.seed is not None:
@@ -186,7 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     checkpoint_root = str(Path(args.checkpoint_root or store_dir / "checkpoints").resolve())
     specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
                          log_dir=str(store_dir / "logs"))
-    supervisor = HostSupervisor(specs, controller=handle.endpoint)
+    host = socket.gethostname()
+    supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
+                                state_path=host_state_path(checkpoint_root, host))
     progress = Progress(not args.json and not args.quiet)
     interrupted = False
 
@@ -229,7 +231,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if supervisor_failures:
             for child in supervisor_failures:
                 print(f"worker {child.id} gave up: {child.reason}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 0 if summary.get("finished") else 1
 
 
 def _fmt_metrics(final: Any) -> str:
@@ -257,15 +261,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         from pbt_actors.lineage_cli import watch_status
 
         return watch_status(args.store, args.interval, args.json)
+    from pbt_actors.supervisor import describe_host_states, read_host_states
+
     store_dir = Path(args.store).resolve()
     summary = _read_summary(store_dir)
     if summary is None:
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
+    hosts = read_host_states(Path(args.checkpoint_root) if args.checkpoint_root else store_dir / "checkpoints")
     if args.json:
-        print(json.dumps({**summary, "store": str(store_dir)}))
+        print(json.dumps({**summary, "store": str(store_dir), "hosts": hosts}))
     else:
         _print_summary(summary, str(store_dir))
+        for line in describe_host_states(hosts):
+            print(line)
     return 0
 
 
@@ -334,13 +343,15 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.launch import load_experiment_file, worker_specs
-    from pbt_actors.supervisor import HostSupervisor
+    from pbt_actors.supervisor import HostSupervisor, host_state_path
 
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)
     specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
                          args.workers, prefix=args.host_id, extra_args=extra)
-    supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options)
+    host = args.host_id or socket.gethostname()
+    supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
+                                state_path=host_state_path(args.checkpoint_root, host))
     stop = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -428,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
     status.add_argument("--store", required=True)
+    status.add_argument("--checkpoint-root", default=None,
+                        help="where the hosts publish their workers' state (default <store>/checkpoints)")
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", action="store_true", help="a live table that refreshes until the run ends")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")

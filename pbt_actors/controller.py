@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 POLL_S = 0.05
+REPLY_CACHE_PEERS = 4096
+"""Peers whose last reply is cached (least recently used first out): bounded, so that a flood
+from ever new identities cannot grow the controller's memory without limit."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class ControllerActor(pykka.ThreadingActor):
         self.startup_errors = startup_errors if startup_errors is not None else []
 
     def on_start(self) -> None:
+        # A failure here (unwritable store folder, another experiment's store, ...) is the
+        # user's to fix, not a crash: it is kept and raised to whoever asks first (the
+        # ``Controller.start`` caller, who then stops this actor), instead of letting pykka
+        # log it as an unhandled actor exception with a traceback.
         try:
             store = self.open_store()
             try:
@@ -67,6 +75,8 @@ class ControllerActor(pykka.ThreadingActor):
             except BaseException:
                 store.close()
                 raise
+        except Exception as exc:
+            self.startup_errors.append(exc)
         except BaseException as exc:  # pykka runs neither on_failure nor on_stop for this
             self.startup_errors.append(exc)
             raise
@@ -81,7 +91,8 @@ class ControllerActor(pykka.ThreadingActor):
             self.core.store.close()
 
     def on_receive(self, message: Any) -> Any:
-        assert self.core is not None
+        if self.core is None:
+            raise self.startup_errors[-1] if self.startup_errors else RuntimeError("controller has no store")
         if isinstance(message, _HandleBatch):
             return self.core.handle_batch(message.messages, self.clock())
         if isinstance(message, _Tick):
@@ -129,11 +140,15 @@ class _Bridge(threading.Thread):
         self.address: str | None = None
         self.startup_error: BaseException | None = None
         self.bad_input = RateLimitedLog(log)
-        self.last_reply: dict[bytes, tuple[int, Reply]] = {}
+        """One log line per kind of rejected input (the error code) per window, however many."""
+        self.last_reply: OrderedDict[bytes, tuple[int, Reply]] = OrderedDict()
         """Per peer, its last request id and our reply: a resend of the same request (its reply
         was lost or late) gets the same answer instead of being handled twice (zguide's
-        idempotent-service pattern). In memory only: after a restart, re-handling is safe."""
+        idempotent-service pattern). In memory only: after a restart, re-handling is safe.
+        At most ``REPLY_CACHE_PEERS`` peers (LRU)."""
         self.peers_seen: set[str] = set()
+        """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
+        peer that only ever sent rejected input is nobody's worker and is not waited for)."""
         self.peers_done: set[str] = set()
 
     def run(self) -> None:
@@ -164,8 +179,7 @@ class _Bridge(threading.Thread):
     def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any]) -> None:
         batch: list[tuple[bytes, int, Message]] = []
         for item in incoming:
-            if item.error is not None:
-                self.bad_input.warning(item.error.code, "rejected input from %r: %s", item.identity[:64], item.error)
+            if item.error is not None:  # the endpoint has logged it (once per kind per window)
                 if item.request_id is not None:
                     endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
                 continue
@@ -177,14 +191,13 @@ class _Bridge(threading.Thread):
             sender = item.identity.decode("utf-8", "replace")
             claimed = getattr(message, "worker", None)
             if claimed is not None and claimed != sender and not isinstance(message, WorkerLost):
-                self.bad_input.warning("forged", "worker id %r sent by peer %r", claimed, sender)
+                self.bad_input.warning("not_leaseholder", "rejected %s from %r: not_leaseholder: it claims to be "
+                                       "worker %r", getattr(message, "TYPE", "?"), sender[:64], claimed[:64])
                 endpoint.send(item.identity, item.request_id, Error("not_leaseholder",
                                                                     f"body worker {claimed!r} is not the sender"))
                 continue
             if isinstance(message, WorkerLost):
                 self.peers_seen.discard(message.worker)
-            else:
-                self.peers_seen.add(sender)
             batch.append((item.identity, item.request_id, message))
         if not batch:
             return
@@ -193,11 +206,20 @@ class _Bridge(threading.Thread):
         except Exception as exc:  # the actor is the one that must never die of input
             log.exception("controller failed a batch of %d requests", len(batch))
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
-        for (identity, request_id, _), reply in zip(batch, replies, strict=True):
+        for (identity, request_id, message), reply in zip(batch, replies, strict=True):
             endpoint.send(identity, request_id, reply)
             self.last_reply[identity] = (request_id, reply)
+            self.last_reply.move_to_end(identity)
+            if len(self.last_reply) > REPLY_CACHE_PEERS:
+                self.last_reply.popitem(last=False)
+            sender = identity.decode("utf-8", "replace")
+            if isinstance(reply, Error):
+                self.bad_input.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
+                                       sender[:64], reply.code, reply.message[:200])
+            elif not isinstance(message, WorkerLost):
+                self.peers_seen.add(sender)
             if isinstance(reply, Done):
-                self.peers_done.add(identity.decode("utf-8", "replace"))
+                self.peers_done.add(sender)
 
 
 class ControllerHandle:
@@ -264,6 +286,10 @@ class Controller:
             actor.ask(_Status(), timeout=60)
         except pykka.ActorDeadError:
             raise errors[0] if errors else RuntimeError("controller failed to start (see log)") from None
+        except BaseException:  # the store could not be opened: its error, and no actor left behind
+            if actor.is_alive():
+                actor.stop(timeout=30)
+            raise
         bridge = _Bridge(actor, bind, dict(endpoint_options or {}))
         bridge.start()
         bridge.ready.wait(30)

@@ -5,19 +5,28 @@ out one slot, never the supervisor), built afresh from its ``ChildSpec`` on ever
 A watcher thread polls the processes and tells the actor about exits; the actor applies the
 pure ``RestartTracker`` rules, tells the controller ``worker_lost`` at once (so the trial is
 re-queued now, not at lease expiry) and schedules the restart after its backoff.
+
+With ``state_path`` the actor also writes its children's state (running, waiting to restart,
+exited, gave up, and why) to a small JSON file, atomically (temp file + rename), on every
+change. Another process (``pbt-actors status``) reads it with ``read_host_states``; the
+convention is one file per host under ``<checkpoint root>/.pbt-hosts/`` (``host_state_path``),
+because the checkpoint root is the one folder that every host and the controller share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import pykka
@@ -29,6 +38,8 @@ from transport.messages import WorkerLost
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.05
+HOST_STATE_DIR = ".pbt-hosts"
+HOST_STATE_VERSION = 1
 
 
 @dataclass
@@ -43,6 +54,7 @@ class ChildState:
     starts: int = 0
     last_exit: int | None = None
     reason: str = ""
+    since: float = field(default_factory=time.time)  # wall clock of the last state change
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class ChildInfo:
     starts: int
     last_exit: int | None
     reason: str
+    since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,12 @@ class HostSupervisorActor(pykka.ThreadingActor):
 
     def __init__(self, children: Sequence[ChildSpec], *, controller: str | None = None,
                  intensity: Intensity | None = None, backoff: Backoff | None = None,
-                 endpoint_options: Mapping[str, Any] | None = None) -> None:
+                 endpoint_options: Mapping[str, Any] | None = None, state_path: str | os.PathLike[str] | None = None,
+                 host: str | None = None) -> None:
         super().__init__()
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.host = host or socket.gethostname()
+        self.state_write_failed = False
         self.children = {spec.id: ChildState(spec, RestartTracker(intensity or Intensity(), backoff or Backoff()))
                          for spec in children}
         self.controller = controller
@@ -103,6 +120,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
         threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
         for child_id in self.children:
             self._start(child_id)
+        self._write_state()
 
     def on_stop(self) -> None:
         self.watch_stop.set()
@@ -112,6 +130,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
             _terminate(child.process)
         if self.endpoint is not None:
             self.endpoint.close()
+        self._write_state(stopped=True)
 
     def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
         log.error("host supervisor died: %s; terminating its workers", exception_value)
@@ -123,11 +142,27 @@ class HostSupervisorActor(pykka.ThreadingActor):
         elif isinstance(message, _StartChild):
             self._start(message.child_id)
         elif isinstance(message, _Status):
-            return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason)
-                    for c in self.children.values()]
+            return self._infos()
         else:
             raise TypeError(f"HostSupervisorActor got an unknown message {message!r}")
         return None
+
+    def _infos(self) -> list[ChildInfo]:
+        return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason,
+                          c.since) for c in self.children.values()]
+
+    def _write_state(self, *, stopped: bool = False) -> None:
+        """Publish the children's state to ``state_path`` (atomically; never raises)."""
+        if self.state_path is None:
+            return
+        state = {"v": HOST_STATE_VERSION, "host": self.host, "pid": os.getpid(), "updated_at": time.time(),
+                 "stopped": stopped, "children": [asdict(info) for info in self._infos()]}
+        try:
+            _write_json_atomically(self.state_path, state)
+        except OSError as exc:
+            if not self.state_write_failed:  # once: a full or read-only disk must not flood the log
+                log.warning("cannot write the host state file %s: %s", self.state_path, exc)
+            self.state_write_failed = True
 
     # --- life cycle of one child ------------------------------------------------------------
     def _start(self, child_id: str) -> None:
@@ -140,11 +175,12 @@ class HostSupervisorActor(pykka.ThreadingActor):
             log.exception("could not start worker %s", child_id)
             self._on_exit(child_id, None, reason=f"start failed: {exc}")
             return
-        child.started_at, child.state = time.monotonic(), "running"
+        child.started_at, child.state, child.since = time.monotonic(), "running", time.time()
         child.starts += 1
         with self.watch.lock:
             self.watch.processes[child_id] = child.process
         log.info("worker %s started (pid %s, start #%d)", child_id, child.process.pid, child.starts)
+        self._write_state()
 
     def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
         child = self.children[child_id]
@@ -164,6 +200,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
             log.error("GIVING UP on worker %s: %s", child_id, decision.reason)
         else:
             child.state, child.reason = "exited", decision.reason
+        child.since = time.time()
+        self._write_state()
         if all(c.state in ("exited", "gave_up") for c in self.children.values()):
             self.all_done.set()
 
@@ -212,6 +250,57 @@ class HostSupervisor:
             self.ref.stop(timeout=30)
 
 
+# --- the host state files that `pbt-actors status` shows ------------------------------------------
+def host_state_path(checkpoint_root: str | os.PathLike[str], host: str) -> Path:
+    """Where the supervisor of ``host`` publishes its children's state (see the module doc)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "host"
+    return Path(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
+
+
+def read_host_states(checkpoint_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every host state file under ``checkpoint_root``, by host name; unreadable ones skipped."""
+    folder = Path(checkpoint_root) / HOST_STATE_DIR
+    states = []
+    for path in sorted(folder.glob("supervisor-*.json")) if folder.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("children"), list):
+            states.append(state)
+    return sorted(states, key=lambda s: str(s.get("host")))
+
+
+def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None = None) -> list[str]:
+    """Human lines for ``status``: one per worker slot, with the reason when it is not running."""
+    now = time.time() if now is None else now
+    lines = []
+    for state in states:
+        age = max(0.0, now - float(state.get("updated_at", now)))
+        stopped = " (supervisor stopped)" if state.get("stopped") else ""
+        lines.append(f"host {state.get('host')}  supervisor pid {state.get('pid')}  updated {age:.0f}s ago{stopped}")
+        for child in state["children"]:
+            line = f"  worker {child.get('id')}  {child.get('state')}  starts {child.get('starts')}"
+            if child.get("last_exit") is not None:
+                line += f"  last exit {child.get('last_exit')}"
+            if child.get("state") != "running" and child.get("reason"):
+                line += f": {child.get('reason')}"
+            lines.append(line)
+    return lines
+
+
+def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _terminate(process: Any, grace_s: float = 5.0) -> None:
     if process is None or process.poll() is not None:
         return
@@ -223,4 +312,5 @@ def _terminate(process: Any, grace_s: float = 5.0) -> None:
         process.wait(5)
 
 
-__all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart"]
+__all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart",
+           "describe_host_states", "host_state_path", "read_host_states"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbt_actors.checkpoints import verify_file
+from pbt_actors.core import META_FINISHED_AT
 from pbt_actors.model import OriginKind, Trial, TrialStatus
 from storage.base import TrialStore
 
@@ -32,7 +33,8 @@ class VerifyReport:
 
 def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *,
                  finished: bool | None = None) -> VerifyReport:
-    """Check every invariant; ``finished=None`` infers it (nothing active)."""
+    """Check every invariant; ``finished=None`` infers it: nothing active, or the controller
+    recorded the end of the run (then an active trial is an orphan, left behind)."""
     report = VerifyReport()
     trials: dict[int, Trial] = {}
     for trial in store.iter_trials():
@@ -47,7 +49,8 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
             problems.append(f"status index says {store.count(status)} {status.value}, records say "
                             f"{counts.get(status, 0)}")
     active = counts.get(TrialStatus.PENDING, 0) + counts.get(TrialStatus.RUNNING, 0)
-    is_finished = (active == 0) if finished is None else finished
+    ended = store.get_meta(META_FINISHED_AT) is not None
+    is_finished = (active == 0 or ended) if finished is None else finished
     initiated_children: Counter[int] = Counter()
     for trial in trials.values():
         tag = f"trial {trial.id}"
@@ -58,6 +61,13 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
                 problems.append(f"{tag} completed but never reproduced (initiator logic stalled)")
         if is_finished and trial.status is TrialStatus.RUNNING:
             problems.append(f"{tag} is orphaned RUNNING after the run ended")
+        if is_finished and trial.status is TrialStatus.PENDING:
+            problems.append(f"{tag} was left PENDING after the run ended")
+        attempts = [h[0] for h in trial.history]
+        if len(set(attempts)) != len(attempts):
+            problems.append(f"{tag} has an attempt on record twice: {attempts}")
+        if trial.completed_attempt is not None and not 1 <= trial.completed_attempt <= trial.attempt:
+            problems.append(f"{tag} completed by attempt {trial.completed_attempt} of {trial.attempt}")
         if trial.status is TrialStatus.RUNNING and trial.lease is None:
             problems.append(f"{tag} is RUNNING without a lease")
         if trial.parent_id is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pykka
 
+from pbt_actors.checkpoints import CheckpointWriteError
 from pbt_actors.context import TrialContext, default_device
 from pbt_actors.errors import CheckpointError, PbtError
 from transport.endpoints import RequestTimeout, WorkerEndpoint
@@ -62,6 +63,9 @@ class _Progress:
     metrics: Mapping[str, float] | None = None
     fresh: bool = False
     ctx: TrialContext | None = None
+    heartbeat_queued: bool = False
+    """A heartbeat is told and not yet started: the ticker tells no other (while the controller
+    is unreachable each heartbeat waits its timeout, and unbounded tells would pile up)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class WorkerActor(pykka.ThreadingActor):
             spec, ctx = self.progress.spec, self.progress.ctx
             step, metrics, fresh = self.progress.step, self.progress.metrics, self.progress.fresh
             self.progress.fresh = False
+            self.progress.heartbeat_queued = False
         if spec is None or self.endpoint is None:
             return
         payload = dict(metrics) if fresh and metrics else None
@@ -196,6 +201,10 @@ class WorkerClient:
         while not self._ticker_stop.wait(0.05):
             if time.monotonic() - last >= self._heartbeat_s:
                 last = time.monotonic()
+                with self.progress.lock:
+                    if self.progress.heartbeat_queued:
+                        continue  # the last one has not even started: the controller is slow or gone
+                    self.progress.heartbeat_queued = True
                 try:
                     self.actor.tell(_Call("heartbeat", ()))
                 except pykka.ActorDeadError:
@@ -248,7 +257,9 @@ class WorkerClient:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 self._clear()
                 raise
-            retryable = not isinstance(exc, CheckpointError)
+            # a parent checkpoint that cannot be read fails this spec for good (the policy picks
+            # another parent); one that cannot be written (disk full) is worth a retry
+            retryable = not isinstance(exc, CheckpointError) or isinstance(exc, CheckpointWriteError)
             text = "".join(traceback.format_exception(exc))[-8000:]
             log.warning("trial %d attempt %d failed: %s", spec.trial_id, spec.attempt, exc)
             outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, text, retryable)

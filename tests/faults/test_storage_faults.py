@@ -1,0 +1,133 @@
+"""Issue 4, item 10: storage faults. The LMDB map grows under load while other processes read
+the store; a store folder that cannot be written is refused with a clear error and nothing
+half-written; a checkpoint disk that fills up fails the checkpoint writes with a clear error,
+leaves no partial file behind, and the trials are retried once there is room again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pbt_actors.checkpoints import verify_file
+from pbt_actors.controller import Controller
+from pbt_actors.launch import load_experiment_file
+from pbt_actors.model import TrialStatus
+from storage.lmdb_store import LmdbTrialStore
+from tests.faults.harness import EXPERIMENTS, env_with, start, start_host, trials, verify_cli, wait_until
+from tests.support.runs import REPO, TOY, assert_complete_lineage
+
+DISK_FULL = EXPERIMENTS / "disk_full.py"
+TINY_MAP = 64 * 1024
+
+
+@pytest.mark.timeout(300)
+def test_the_lmdb_map_grows_under_load_while_other_processes_read(tmp_path: Path) -> None:
+    store, ckpt = tmp_path / "store", tmp_path / "ckpt"
+    experiment, _ = load_experiment_file(TOY)
+    experiment = replace(experiment, max_steps=150)  # some 120 trials, hammered by four workers
+
+    def open_store() -> LmdbTrialStore:
+        return LmdbTrialStore(store, map_size=TINY_MAP)
+
+    handle = Controller.start(experiment, open_store, "tcp://127.0.0.1:0")
+    try:
+        host = start_host(TOY, handle.endpoint, ckpt, "load", 4, env=env_with(TOY_STEP_SLEEP_S=0))
+        reads = 0
+        while not handle.status().finished:  # `status` in other processes all along
+            status = start("status", "--store", str(store), "--json")
+            assert status.wait(60) == 0, status.output()
+            assert json.loads(status.output())["trials"] >= 4
+            reads += 1
+            assert reads < 400, "the run did not finish"
+        assert host.wait(120) == 0, host.output()
+    finally:
+        handle.stop()
+    assert not [t.name for t in threading.enumerate() if t.name == "pbt-controller-bridge"]
+    with LmdbTrialStore(store, readonly=True) as s:
+        assert s.map_size >= 8 * TINY_MAP, s.map_size  # grown (doubling) at least three times
+        assert_complete_lineage(s, ckpt)
+        assert s.count() >= 100
+    assert reads >= 3
+    assert verify_cli(store, ckpt)["ok"]
+
+
+def _read_only_folder(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` cannot be written, even by root."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return []
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    probe = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(folder)]
+    if shutil.which("unshare") is None or subprocess.run([*probe, "true"], capture_output=True,
+                                                         check=False, timeout=30).returncode != 0:
+        pytest.skip("running as root without the right to make a read-only bind mount")
+    return probe
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["read-only folder", "path through a file"])
+def test_a_store_folder_that_cannot_be_written_is_refused_clearly(tmp_path: Path, case: str) -> None:
+    if case == "read-only folder":
+        store = tmp_path / "readonly"
+        prefix = _read_only_folder(store)
+        expected = f"the store folder {store} is not writable"
+    else:
+        (tmp_path / "a-file").write_text("not a folder")
+        store, prefix = tmp_path / "a-file" / "store", []
+        expected = f"cannot create the store folder {store}"
+    argv = [*prefix, sys.executable, "-m", "pbt_actors.cli", "controller", str(TOY), "--store", str(store),
+            "--bind", "tcp://127.0.0.1:0"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=90, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("pbt-actors: ")  # one clear line, not a crash
+    if store.is_dir():
+        assert not list(store.iterdir())  # nothing half-written
+
+
+@pytest.mark.timeout(240)
+def test_a_full_checkpoint_disk_fails_cleanly_and_the_trials_are_retried(tmp_path: Path) -> None:
+    store, flag = tmp_path / "run", tmp_path / "disk-is-full"
+    ckpt = store / "checkpoints"
+    flag.touch()
+    env = env_with(DISK_FULL_FLAG=flag, FAULT_STEP_SLEEP_S=0.1, FAULT_MAX_ATTEMPTS=30, FAULT_MAX_STEPS=20)
+    run = start("run", str(DISK_FULL), "--workers", "2", "--devices", "cpu", "--store", str(store), "--json",
+                env=env)
+
+    def failed_writes() -> list[int] | None:
+        hit = [t.id for t in trials(store) if "cannot write checkpoint" in (t.error or "")]
+        return hit if len(hit) >= 2 else None
+
+    wait_until(failed_writes, 90, "two trials whose checkpoint write failed")
+    # while the disk is full: no partial checkpoint anywhere, and no trial completed without one
+    with LmdbTrialStore(store, readonly=True) as s:
+        full = list(s.iter_trials())
+    assert not [t for t in full if t.status is TrialStatus.COMPLETED]
+    flag.unlink()  # space is freed
+    assert run.wait(180) == 0, run.output()
+
+    with LmdbTrialStore(store, readonly=True) as s:
+        everything = list(s.iter_trials())
+    assert all(t.status is TrialStatus.COMPLETED for t in everything), [(t.id, t.status) for t in everything]
+    retried = [t for t in everything if "cannot write checkpoint" in (t.error or "")]
+    assert len(retried) >= 2
+    for trial in retried:
+        assert trial.completed_attempt is not None and trial.completed_attempt > 1
+        assert "CheckpointWriteError: cannot write checkpoint" in (trial.error or "")
+        assert "File too large" in (trial.error or "")  # the OS's own words
+    # no temp file and no torso: every file on the disk is a complete, referenced checkpoint
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    referenced = {ckpt / t.checkpoint.uri: t.checkpoint for t in everything if t.checkpoint is not None}
+    assert set(files) == set(referenced), sorted(set(files) ^ set(referenced))
+    assert all(verify_file(ckpt, ref) is None for ref in referenced.values())
+    assert verify_cli(store, ckpt)["ok"]
+
