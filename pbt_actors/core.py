@@ -170,7 +170,7 @@ class ControllerCore:
                         trial = self.store.get_trial(trial_id)
                         if trial.lease is not None and trial.lease.deadline < now:
                             self._release(trial, now, f"lease expired (worker {trial.lease.worker} "
-                                                      f"silent for {self.experiment.lease_s:g}s)")
+                                                      f"silent for {self.experiment.lease_s:g}s)", lost=True)
                             released.append(trial_id)
                 return released
             except StoreRetry:
@@ -197,7 +197,7 @@ class ControllerCore:
             return self._fail(message, now)
         if isinstance(message, WorkerLost):
             for trial in self._leased_to(message.worker):
-                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "))
+                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "), lost=True)
             return Ack()
         if isinstance(message, Hello):
             return Ack()
@@ -205,7 +205,7 @@ class ControllerCore:
 
     def _request_trial(self, msg: RequestTrial, now: float) -> Reply:
         for stale in self._leased_to(msg.worker):
-            self._release(stale, now, f"worker {msg.worker} asked for new work while holding it")
+            self._release(stale, now, f"worker {msg.worker} asked for new work while holding it", lost=True)
         if self.finished:
             return Done()
         trial_id = self.store.first_with_status(TrialStatus.PENDING)
@@ -305,24 +305,34 @@ class ControllerCore:
         assert trial.lease is not None
         if trial.lease.worker != msg.worker:
             return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
-        self._release(trial, now, msg.error, retryable=msg.retryable, resume=msg)
+        self._release(trial, now, msg.error, retryable=msg.retryable, resume=msg, lost=msg.preempted)
         return Ack()
 
     # --- state changes ------------------------------------------------------------------------------
     def _release(self, trial: Trial, now: float, error: str, *, retryable: bool = True,
-                 resume: Fail | None = None) -> None:
-        """Take a RUNNING trial back: re-queue with ``attempt + 1`` or, past the limit, FAIL."""
+                 resume: Fail | None = None, lost: bool = False) -> None:
+        """Take a RUNNING trial back: re-queue with ``attempt + 1`` or, past a limit, FAIL.
+
+        A *loss* (``lost``: the machine's fault) counts against ``max_losses``, a failure of
+        the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4.
+        """
         worker = trial.lease.worker if trial.lease else (trial.worker or "?")
         history = (*trial.history, (trial.attempt, worker, trial.started_at or now, now))
         resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
-        if retryable and trial.attempt < self.experiment.max_attempts:
+        losses = trial.losses + (1 if lost else 0)
+        failures = trial.attempt - losses
+        if lost:
+            again = losses < self.experiment.max_losses
+        else:
+            again = retryable and failures < self.experiment.max_attempts
+        if again:
             queued = trial.evolve(status=TrialStatus.PENDING, attempt=trial.attempt + 1, lease=None,
-                                  error=error, history=history, resume=resume_ref)
+                                  error=error, history=history, resume=resume_ref, losses=losses)
             self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, queued)
             log.info("trial %d re-queued as attempt %d: %s", trial.id, queued.attempt, error)
             return
         failed = trial.evolve(status=TrialStatus.FAILED, lease=None, error=error, ended_at=now,
-                              history=history)
+                              history=history, losses=losses)
         self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, failed)
         log.warning("trial %d FAILED after %d attempt(s): %s", trial.id, trial.attempt, error)
         self._decide(TrialEnded(failed), now)

@@ -66,7 +66,10 @@ class Experiment:
         crossover_prob: chance that a child crosses over with the tournament's loser.
         resample_prob: per-parameter chance of resampling from the prior instead of perturbing.
         truncation_quantile: bottom/top fraction for the truncation policy.
-        max_attempts: a trial that fails or is lost this many times becomes FAILED.
+        max_attempts: a trial whose own attempts fail (an exception in ``train``) this many
+            times becomes FAILED.
+        max_losses: ... or one that is lost this many times (lease expiry, worker process
+            died, preemption): generous, because that is the machine's fault, not the trial's.
         max_replacements: how many times a FAILED/STOPPED trial's slot is refilled.
         lease_s: a RUNNING trial with no heartbeat for this long returns to the queue.
         heartbeat_s: how often workers heartbeat (a third of the lease by default).
@@ -89,6 +92,7 @@ class Experiment:
     truncation_quantile: float = 0.2
     early_stop: EarlyStop | None = None
     max_attempts: int = 3
+    max_losses: int = 10
     max_replacements: int = 2
     lease_s: float = 60.0
     heartbeat_s: float | None = None
@@ -120,6 +124,7 @@ class Experiment:
             (0 <= self.resample_prob <= 1, "resample_prob must be in [0, 1]"),
             (0 < self.truncation_quantile <= 0.5, "truncation_quantile must be in (0, 0.5]"),
             (self.max_attempts >= 1, "max_attempts must be >= 1"),
+            (self.max_losses >= 1, "max_losses must be >= 1"),
             (self.max_replacements >= 0, "max_replacements must be >= 0"),
             (self.lease_s > 0, "lease_s must be > 0"),
             (len(self.initial) <= self.population, "more initial configurations than population"),
@@ -166,6 +171,7 @@ class Experiment:
             "truncation_quantile": self.truncation_quantile,
             "early_stop": self.early_stop.to_dict() if self.early_stop else None,
             "max_attempts": self.max_attempts,
+            "max_losses": self.max_losses,
             "max_replacements": self.max_replacements,
             "lease_s": self.lease_s,
             "heartbeat_s": self.heartbeat_s,
@@ -188,6 +194,6 @@ class Experiment:
     def decision_fields(self) -> dict[str, Any]:
         """The settings that change decisions; a resumed store must agree on all of them."""
         d = self.to_dict()
-        for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "max_attempts"):
+        for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "max_attempts", "max_losses"):
             d.pop(volatile)
         return d

@@ -174,6 +174,8 @@ class Trial:
     resume: CheckpointRef | None = None
     """A checkpoint saved by a gracefully preempted attempt; the retry continues from it."""
     completed_attempt: int | None = None
+    losses: int = 0
+    """Attempts lost to the machine (expiry, worker lost, preemption), not to the trial."""
     initiated: bool = False
     created_at: float = 0.0
     started_at: float | None = None
@@ -219,6 +221,7 @@ class Trial:
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
             "resume": self.resume.to_dict() if self.resume else None,
             "completed_attempt": self.completed_attempt,
+            "losses": self.losses,
             "initiated": self.initiated,
             "created_at": self.created_at,
             "started_at": self.started_at,
@@ -264,6 +267,7 @@ class Trial:
             checkpoint=CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") is not None else None,
             resume=CheckpointRef.from_dict(d["resume"]) if d.get("resume") is not None else None,
             completed_attempt=_opt_int(d.get("completed_attempt"), "trial.completed_attempt"),
+            losses=_int(d.get("losses", 0), "trial.losses"),
             initiated=bool(d.get("initiated", False)),
             created_at=_float(d.get("created_at", 0.0), "trial.created_at"),
             started_at=_opt_float(d.get("started_at"), "trial.started_at"),

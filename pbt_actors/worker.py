@@ -266,7 +266,8 @@ class WorkerClient:
         else:
             if ctx.preempted and (ctx.saved is None or ctx.saved.step < spec.end_step):
                 resume = ctx.saved if ctx.saved is not None and ctx.saved.step > spec.start_step else None
-                outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, "preempted (SIGTERM)", True, resume)
+                outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, "preempted (SIGTERM)", True, resume,
+                               preempted=True)
             elif ctx.stop_event.is_set():
                 self._clear()
                 self.trials_run += 1

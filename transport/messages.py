@@ -155,11 +155,13 @@ class Fail:
     error: str
     retryable: bool = True
     resume: CheckpointRef | None = None
+    preempted: bool = False
+    """The worker was told to go (SIGTERM): a loss, not a failure of the trial."""
 
     def to_body(self) -> dict[str, Any]:
         return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
                 "error": self.error, "retryable": self.retryable,
-                "resume": self.resume.to_dict() if self.resume else None}
+                "resume": self.resume.to_dict() if self.resume else None, "preempted": self.preempted}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Fail:
@@ -167,7 +169,8 @@ class Fail:
         return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
                    _positive(b.get("attempt"), "attempt"), _str(b.get("error"), "error")[:MAX_ERROR_TEXT],
                    _bool(b.get("retryable", True), "retryable"),
-                   CheckpointRef.from_dict(resume) if resume is not None else None)
+                   CheckpointRef.from_dict(resume) if resume is not None else None,
+                   _bool(b.get("preempted", False), "preempted"))
 
 
 @dataclass(frozen=True)

@@ -261,3 +261,27 @@ def test_same_seed_and_events_give_an_identical_trial_graph(policy: str) -> None
         graphs.append(graph(store))
     assert graphs[0] == graphs[1]
     assert graphs[0] != graphs[2]
+
+
+def test_losses_have_their_own_budget_so_preemption_storms_do_not_fail_trials() -> None:
+    d = driver(max_attempts=2, max_losses=4)
+    for attempt in (1, 2, 3):  # three leases lost: more than max_attempts, fewer than max_losses
+        spec = d.lease("w0")
+        assert spec.attempt == attempt
+        d.core.handle(WorkerLost("w0", "SIGKILL"), d.now)
+    trial = d.trial(1)
+    assert trial.status is TrialStatus.PENDING and trial.losses == 3
+    spec = d.lease("w0")
+    assert isinstance(d.fail("w0", spec, "ValueError"), Ack)  # first real failure: retried
+    assert d.trial(1).status is TrialStatus.PENDING
+    spec = d.lease("w0")
+    d.fail("w0", spec, "ValueError")  # second real failure: max_attempts=2 reached
+    assert d.trial(1).status is TrialStatus.FAILED and d.trial(1).losses == 3
+
+
+def test_a_trial_that_keeps_killing_its_worker_still_ends_at_max_losses() -> None:
+    d = driver(max_losses=3)
+    for _ in range(3):
+        d.lease("w0")
+        d.core.handle(WorkerLost("w0", "segfault"), d.now)
+    assert d.trial(1).status is TrialStatus.FAILED and d.trial(1).losses == 3
