@@ -154,7 +154,7 @@ def idle_gaps(trials: int = 400) -> list[float]:
                             steps_per_trial=1, max_steps=10**9, max_trials=trials, lease_s=600)
     entered: list[float] = []
 
-    def train(ctx):  # noqa: ANN001, ANN202 - the user's signature
+    def train(ctx):
         entered.append(time.perf_counter())
         return {"score": float(ctx.hparams["x"])}
 
@@ -164,7 +164,7 @@ def idle_gaps(trials: int = 400) -> list[float]:
         acked: list[float] = []
         original = client._deliver
 
-        def deliver(message):  # noqa: ANN001, ANN202
+        def deliver(message):
             original(message)
             acked.append(time.perf_counter())
 

@@ -447,8 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     from pbt_actors.lineage_cli import add_lineage_parsers
+    from pbt_actors.sim.cli import add_sim_parser
 
     add_lineage_parsers(sub)
+    add_sim_parser(sub)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
     ver.add_argument("--store", required=True)

@@ -36,6 +36,7 @@ run on any Python.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from abc import ABC, abstractmethod
@@ -112,6 +113,14 @@ class SimObjective(ABC):
         return None
 
     # --- the experiment ----------------------------------------------------------------------------
+    def with_schedule(self, max_steps: int | None = None, steps_per_trial: int | None = None) -> SimObjective:
+        """The same problem trained for another number of steps (None: unchanged)."""
+        changes = {k: v for k, v in (("max_steps", max_steps), ("steps_per_trial", steps_per_trial)) if v is not None}
+        if not changes:
+            return self
+        result: SimObjective = dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return result
+
     def experiment(self, policy: str, population: int, seed: int, **overrides: Any) -> Experiment:
         """An ``Experiment`` for this problem; ``overrides`` are Experiment fields."""
         initial = self.initial()[:population]
@@ -133,7 +142,7 @@ class ToyQuadratic(SimObjective):
     """Jaderberg et al.'s toy: Q(θ) = 1.2 − |θ|², ascended on the surrogate weighted by h."""
 
     name: str = "toy"
-    description: str = "Jaderberg's toy quadratic Q = 1.2 - |θ|², surrogate weights h (max Q, optimum 1.2)"
+    description: str = "Jaderberg's toy quadratic Q = 1.2 - (θ0² + θ1²), surrogate weights h (max Q, optimum 1.2)"
     metric: str = "Q"
     goal: Goal = "max"
     noise: float = 0.0
