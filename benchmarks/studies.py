@@ -194,13 +194,13 @@ def findings_d(results: list[list[Row]]) -> list[str]:
             per = lost / preempted / 60 if preempted else 0.0
             runs = len(row.runs)
             out.append(
-                f"**{objective}, {rate:g} preemptions per worker-hour**: "
+                f"**{objective}, preemption rate {rate:g} per busy worker-hour**: "
                 + compare(objective, row, base, f"{rate:g}/h", "no preemption")
                 + f". Per run: {preempted / runs:.1f} trials lost, compute wasted (compute minus the work of "
                   f"completing attempts) {wasted / runs / 3600:.3f} worker-h against work in flight at the "
                   f"preemptions {lost / runs / 3600:.3f} worker-h (ratio {wasted / lost if lost else 1:.3f}: "
                   f"nothing else was redone); {per:.1f} min lost per preemption"
-                + (f"; {failed} trial(s) across the {runs} runs FAILED after max_attempts preemptions and "
+                + (f"; {failed} trial(s) across the {runs} runs FAILED after max_losses preemptions and "
                    f"were replaced" if failed else "")
                 + ".")
     mean_trial_min = SimConfig().trial_s / 60 * math.exp(0.2 ** 2 / 2)
@@ -308,9 +308,10 @@ CAVEATS = """## Caveats
 - "Equal compute" counts trials (each is `steps_per_trial` steps); with the default cap PBT
   policies that need more trials to bring a lineage to `max_steps` are cut short, which is the
   honest comparison but means their best trial may end before the last step.
-- Preemptions count as attempts (DESIGN §5: lease expiry and `worker_lost` re-queue with
-  `attempt + 1`), so at high rates a trial can FAIL after `max_attempts` preemptions and be
-  replaced: the tables show when that happened.
+- Preemptions are *losses* to the controller: each re-queues the trial with `attempt + 1`
+  and counts against `max_losses` (default 10), not against `max_attempts` (failures of the
+  trial's own code). A trial lost `max_losses` times would FAIL and be replaced; the findings
+  say when that happened.
 """
 
 

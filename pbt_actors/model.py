@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -195,8 +195,19 @@ class Trial:
         )
 
     def evolve(self, **changes: Any) -> Trial:
-        """A copy with ``changes`` (records are frozen; this is how transitions are built)."""
-        return replace(self, **changes)
+        """A copy with ``changes`` (records are frozen; this is how transitions are built).
+
+        ``dataclasses.replace`` re-runs ``__init__`` (~9 µs); a record is rewritten several times
+        per trial, so this copies the instance dict instead (~1 µs). Trial has no
+        ``__post_init__``, so nothing is skipped; unknown names still raise.
+        """
+        unknown = changes.keys() - _TRIAL_FIELDS
+        if unknown:
+            raise TypeError(f"Trial has no field(s) {sorted(unknown)}")
+        new = object.__new__(Trial)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
 
     @property
     def steps(self) -> int:
@@ -277,6 +288,9 @@ class Trial:
             worker=_opt_str(d.get("worker"), "trial.worker"),
             history=tuple(history),
         )
+
+
+_TRIAL_FIELDS = frozenset(f.name for f in fields(Trial))
 
 
 # --- strict field readers: the schema's teeth ------------------------------------------------

@@ -26,7 +26,11 @@ the clock:
   - *silent* (the rest): the whole host vanished. Nobody tells the controller; the lease
     expires (``tick``) and a fresh worker with a new id joins after ``restart_s``;
   - *graceful* (probability ``graceful``, taken first): SIGTERM with notice — the worker
-    saves a checkpoint and sends ``Fail(retryable, resume=...)``; the retry continues from it.
+    saves a checkpoint and sends ``Fail(retryable, resume=..., preempted=True)``; the retry
+    continues from it.
+
+  All three are *losses* to the core (they count against ``max_losses``, not
+  ``max_attempts``).
 
 * **Churn** — workers join and leave over time: an explicit ``schedule`` of
   ``(time_s, delta)`` and/or Poisson arrivals (``join_per_hour``) and departures
@@ -165,6 +169,7 @@ class SimResult:
     """Trial attempts destroyed by a preemption (each re-queued by the core)."""
     leases_expired: int
     virtual_s: float
+    """Virtual time until the controller first answered ``done`` (or the run stopped)."""
     workers_seen: int
     events: int
     wall_s: float
@@ -251,7 +256,9 @@ class Simulation:
         self._seq = 0
         self._workers: list[_Worker] = []
         self._live = 0
+        self._arrivals_pending = 0  # JOIN/SCHEDULE events in the heap: workers that may still come
         self._finished_seen = False
+        self._finished_at: float | None = None
         self._initial = objective.initial_state()
         self._tick_s = cfg.tick_s if cfg.tick_s is not None else experiment.lease_s / 4
         self._heartbeat_s = experiment.heartbeat_interval_s
@@ -294,8 +301,10 @@ class Simulation:
             self._add_worker(0.0)
         for index, (at, _delta) in enumerate(cfg.schedule):
             self._push(float(at), _SCHEDULE, index)
+            self._arrivals_pending += 1
         if cfg.join_per_hour > 0:
             self._push(_exponential(self._rng_cluster, cfg.join_per_hour / 3600.0), _JOIN)
+            self._arrivals_pending += 1
         self._push(self._tick_s, _TICK)
         heap = self._heap
         pop = heapq.heappop
@@ -307,6 +316,8 @@ class Simulation:
             self.now = at
             self.events += 1
             handlers[kind](worker, token)
+            if self._live == 0 and self._arrivals_pending == 0:
+                break  # no worker left and none to come: nothing more can happen
             if limit is not None and self.events >= limit:
                 break
         return self.summarize(time.perf_counter() - started)
@@ -328,7 +339,8 @@ class Simulation:
         elif isinstance(reply, Wait):
             self._push(self.now + reply.retry_after_s, _REQUEST, worker.index)
         elif isinstance(reply, Done):
-            self._finished_seen = True
+            if not self._finished_seen:
+                self._finished_seen, self._finished_at = True, self.now
             self._retire(worker)
         else:
             self.errors.append(f"{self.now:.1f}s {worker.name} request_trial -> {reply!r}")
@@ -454,7 +466,7 @@ class Simulation:
             self.steps_trained += done_steps
             self.trials_lost += 1
             reply = self.core.handle(Fail(worker.name, spec.trial_id, spec.attempt, "preempted (graceful)",
-                                          True, resume=ckpt), self.now)
+                                          True, resume=ckpt, preempted=True), self.now)
             if not isinstance(reply, Ack):
                 self.errors.append(f"{self.now:.1f}s {worker.name} fail -> {reply!r}")
             self._push(self.now + cfg.restart_s, _REQUEST, index)
@@ -484,11 +496,13 @@ class Simulation:
 
     def _on_join(self, _index: int, _token: int) -> None:
         cfg = self.config
+        self._arrivals_pending -= 1
         if self._finished_seen:
             return
         if cfg.max_workers is None or self._live < cfg.max_workers:
             self._add_worker(self.now)
         self._push(self.now + _exponential(self._rng_cluster, cfg.join_per_hour / 3600.0), _JOIN)
+        self._arrivals_pending += 1
 
     def _on_leave(self, index: int, _token: int) -> None:
         worker = self._workers[index]
@@ -505,6 +519,7 @@ class Simulation:
             self._retire(worker)
 
     def _on_schedule(self, index: int, _token: int) -> None:
+        self._arrivals_pending -= 1
         _, delta = self.config.schedule[index]
         if delta > 0:
             for _ in range(delta):
@@ -555,7 +570,8 @@ class Simulation:
             best_step=best_step, hypervolume=hypervolume,
             compute_s=self.compute_s, useful_s=self.useful_s, lost_s=self.lost_s,
             steps_trained=self.steps_trained, lost_steps=self.lost_steps, preemptions=self.preemptions,
-            trials_lost=self.trials_lost, leases_expired=self.leases_expired, virtual_s=self.now,
+            trials_lost=self.trials_lost, leases_expired=self.leases_expired,
+            virtual_s=self._finished_at if self._finished_at is not None else self.now,
             workers_seen=len(self._workers), events=self.events, wall_s=wall_s, errors=list(self.errors),
         )
 

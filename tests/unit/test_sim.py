@@ -127,6 +127,7 @@ def test_preempted_work_is_requeued_by_the_core_and_is_all_the_compute_lost() ->
     assert all(t.status is TrialStatus.COMPLETED for t in trials)
     retried = [t for t in trials if t.completed_attempt and t.completed_attempt > 1]
     assert retried and all(t.history[0][0] == 1 for t in retried)
+    assert all(t.losses == t.completed_attempt - 1 for t in retried)  # losses, not failures, to the core
     # nothing else was run twice: the waste is exactly the work in flight at the preemptions
     assert result.wasted_s == pytest.approx(result.lost_s, rel=1e-9, abs=1e-6)
     assert result.lost_s < result.trials_lost * max(3 * sim.config.trial_s, 1)
@@ -145,6 +146,7 @@ def test_silent_losses_wait_for_lease_expiry_and_graceful_ones_resume() -> None:
     resumed = [t for t in gsim.store.iter_trials() if t.resume is not None]
     assert graceful.finished and resumed
     assert all(t.resume.step > t.start_step for t in resumed)
+    assert all(t.losses >= 1 for t in resumed)  # a graceful preemption is a loss too (Fail.preempted)
     assert graceful.lost_s < 0.2 * result.lost_s  # a saved checkpoint keeps most of the work
     assert verify_store(gsim.store, None).ok
 
@@ -171,6 +173,13 @@ def test_workers_join_and_drain_on_a_schedule() -> None:
     assert ran == {"sim-w0", "sim-w1", "sim-w2", "sim-w3"}
     late = [t for t in sim.store.iter_trials() if t.started_at is not None and t.started_at > 5000.0]
     assert late and {t.worker for t in late} <= {"sim-w0", "sim-w1"}  # w3, w2 drained and left
+    assert verify_store(sim.store, None).ok
+    # Poisson churn: workers come and go; the run ends when the controller says done, not at the
+    # last scheduled departure (mean worker lifetime here: 100 virtual hours)
+    churn = replace(SMALL, workers=2, join_per_hour=2.0, leave_per_worker_hour=0.01, max_workers=6)
+    result, sim = simulate(small_curve(), policy="truncation", population=4, seed=2, config=churn)
+    assert result.finished and 2 < result.workers_seen <= 8
+    assert result.virtual_s < 24 * 3600 and sim.now - result.virtual_s < 3600
     assert verify_store(sim.store, None).ok
 
 
