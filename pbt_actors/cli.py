@@ -82,7 +82,8 @@ class Progress:
         if not self.tty and now - self.last < 5:
             return
         self.last = now
-        line = f"trials {done}/{budget}  best {best}  workers busy {busy}/{workers}"
+        shown = f"{done}/{budget}" if not budget.startswith("~") or done < int(budget[1:]) else str(done)
+        line = f"trials {shown}  best {best}  workers busy {busy}/{workers}"
         if self.tty:
             sys.stderr.write("\r\033[K" + line)
         else:
