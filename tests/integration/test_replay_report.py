@@ -324,10 +324,7 @@ def test_watch_refreshes_a_live_store_with_running_trials(live_store: Path) -> N
 # --- digits: a real network, seeded, on CPU ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if not DIGITS.exists():
-        pytest.skip("examples/digits.py is not in this checkout")
-    pytest.importorskip("torch")
-    pytest.importorskip("sklearn")
+    assert DIGITS.exists(), "examples/digits.py is the README's main job and must exist"
     experiment, train = load_experiment_file(DIGITS)
     # ~15 s on two CPU cores; 50+ trials over 7 generations, so exploitation certainly happens
     population = min(experiment.population, 8)
