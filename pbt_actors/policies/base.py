@@ -150,9 +150,38 @@ class Policy(ABC):
             spawns.append(Spawn(spec))
         return spawns
 
-    @abstractmethod
     def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
-        """Decisions following ``event``; must be a deterministic function of its inputs."""
+        """Decisions following ``event``; a deterministic function of its inputs.
+
+        One dispatch for every policy; each policy says what a completion means
+        (``on_completed``) and how a lost slot is refilled (``replace``).
+        """
+        if isinstance(event, TrialCompleted):
+            return self.on_completed(view, event.trial, rngs)
+        if isinstance(event, TrialEnded):
+            return self.on_ended(view, event.trial, rngs)
+        if isinstance(event, Idle):
+            return self.on_idle(view, rngs)
+        raise TypeError(f"unknown event {event!r}")
+
+    @abstractmethod
+    def on_completed(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        """What follows a completion (the view already shows ``trial`` COMPLETED)."""
+
+    @abstractmethod
+    def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
+        """A stand-in for a FAILED/STOPPED trial, or None when its slot cannot be refilled."""
+
+    def on_ended(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        """Refill the slot of a FAILED/STOPPED trial, at most ``max_replacements`` deep."""
+        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
+            return []
+        replacement = self.replace(view, trial, rngs)
+        return [replacement] if replacement is not None else []
+
+    def on_idle(self, view: PopulationView, rngs: RngFactory) -> list[Decision]:
+        """Nothing is pending: handle every completed trial that has not reproduced yet."""
+        return [d for t in view.uninitiated() for d in self.on_completed(view, t, rngs)]
 
     # --- shared building blocks ----------------------------------------------------------------
     def child_spec(self, parent: Trial, hparams: dict[str, object], generation: int, origin: Origin,

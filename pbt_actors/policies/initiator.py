@@ -12,42 +12,29 @@ few workers emulate a large population; meanwhile workers run the other pending 
 from __future__ import annotations
 
 from pbt_actors.model import Origin, OriginKind, Trial
-from pbt_actors.policies.base import (
-    Decision,
-    Event,
-    Idle,
-    Policy,
-    PopulationView,
-    Retire,
-    RngFactory,
-    Spawn,
-    TrialCompleted,
-    TrialEnded,
-)
+from pbt_actors.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 
 
 class InitiatorPolicy(Policy):
     """The paper's asynchronous binary tournament."""
 
-    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
-        if isinstance(event, TrialCompleted):
-            if not self.experiment.budget_mode:
-                return [self.reproduce(view, event.trial, rngs)]
-            return self._reproduce_ready(view, event.trial.generation, rngs)
-        if isinstance(event, TrialEnded):
-            replacement = self.replace(view, event.trial, rngs)
-            if replacement is not None:
-                return [replacement]
-            if self.experiment.budget_mode:
-                return self._reproduce_ready(view, event.trial.generation, rngs)
-            return []
-        if isinstance(event, Idle):
-            waiting = view.uninitiated()
-            if self.experiment.budget_mode:
-                ready = {g for g in {t.generation for t in waiting} if self.generation_ready(view, g)}
-                waiting = [t for t in waiting if t.generation in ready]
-            return [self.reproduce(view, t, rngs) for t in waiting]
-        raise TypeError(f"unknown event {event!r}")
+    def on_completed(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        if not self.experiment.budget_mode:
+            return [self.reproduce(view, trial, rngs)]
+        return self._reproduce_ready(view, trial.generation, rngs)
+
+    def on_ended(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        refill = super().on_ended(view, trial, rngs)
+        if refill or not self.experiment.budget_mode:
+            return refill
+        return self._reproduce_ready(view, trial.generation, rngs)  # the loss may complete its generation
+
+    def on_idle(self, view: PopulationView, rngs: RngFactory) -> list[Decision]:
+        waiting = view.uninitiated()
+        if self.experiment.budget_mode:
+            ready = {g for g in {t.generation for t in waiting} if self.generation_ready(view, g)}
+            waiting = [t for t in waiting if t.generation in ready]
+        return [self.reproduce(view, t, rngs) for t in waiting]
 
     # --- budget mode ---------------------------------------------------------------------------
     def generation_ready(self, view: PopulationView, generation: int) -> bool:
@@ -99,9 +86,7 @@ class InitiatorPolicy(Policy):
         return Spawn(spec, initiator_id=None if replaces is not None else initiator.id)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
-        """Refill the slot of a FAILED/STOPPED trial so that evolution does not thin out."""
-        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
-            return None
+        """Re-run the initiator's tournament without the failed parent."""
         if trial.origin.initiator is None:
             return self.reseed(trial, rngs)
         decision = self.reproduce(view, view.trial(trial.origin.initiator), rngs,

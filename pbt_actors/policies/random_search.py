@@ -7,32 +7,14 @@ comparison against it measures exactly what exploit/explore adds at equal comput
 from __future__ import annotations
 
 from pbt_actors.model import Origin, OriginKind, Trial
-from pbt_actors.policies.base import (
-    Decision,
-    Event,
-    Idle,
-    Policy,
-    PopulationView,
-    Retire,
-    RngFactory,
-    Spawn,
-    TrialCompleted,
-    TrialEnded,
-)
+from pbt_actors.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 
 
 class RandomPolicy(Policy):
     """Continue each lineage unchanged; a failed seed is resampled, a failed child retried."""
 
-    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
-        if isinstance(event, TrialCompleted):
-            return [self.continue_(event.trial)]
-        if isinstance(event, TrialEnded):
-            replacement = self.replace(view, event.trial, rngs)
-            return [replacement] if replacement is not None else []
-        if isinstance(event, Idle):
-            return [self.continue_(t) for t in view.uninitiated()]
-        raise TypeError(f"unknown event {event!r}")
+    def on_completed(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        return [self.continue_(trial)]
 
     def continue_(self, trial: Trial) -> Decision:
         origin = Origin(OriginKind.CONTINUE, initiator=trial.id, winner=trial.id)
@@ -42,8 +24,6 @@ class RandomPolicy(Policy):
         return Spawn(spec, initiator_id=trial.id)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
-        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
-            return None
         if trial.parent_id is None:
             return self.reseed(trial, rngs)
         parent = view.trial(trial.parent_id)

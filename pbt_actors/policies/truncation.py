@@ -15,32 +15,14 @@ from __future__ import annotations
 import math
 
 from pbt_actors.model import Origin, OriginKind, Trial, TrialStatus
-from pbt_actors.policies.base import (
-    Decision,
-    Event,
-    Idle,
-    Policy,
-    PopulationView,
-    Retire,
-    RngFactory,
-    Spawn,
-    TrialCompleted,
-    TrialEnded,
-)
+from pbt_actors.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 
 
 class TruncationPolicy(Policy):
     """Bottom quantile copies a random top-quantile member, then explores."""
 
-    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
-        if isinstance(event, TrialCompleted):
-            return [self.step(view, event.trial, rngs)]
-        if isinstance(event, TrialEnded):
-            replacement = self.replace(view, event.trial, rngs)
-            return [replacement] if replacement is not None else []
-        if isinstance(event, Idle):
-            return [self.step(view, t, rngs) for t in view.uninitiated()]
-        raise TypeError(f"unknown event {event!r}")
+    def on_completed(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        return [self.step(view, trial, rngs)]
 
     def ranked(self, view: PopulationView, trial: Trial) -> list[Trial]:
         """The current population including ``trial``, best first (ties: older id first)."""
@@ -77,8 +59,6 @@ class TruncationPolicy(Policy):
         return Spawn(spec, initiator_id=None if replaces is not None else trial.id)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
-        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
-            return None
         if trial.origin.initiator is None:
             return self.reseed(trial, rngs)
         decision = self.step(view, view.trial(trial.origin.initiator), rngs,
