@@ -158,6 +158,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 # --- commands -------------------------------------------------------------------------------------
+class StopOnSignal:
+    """SIGINT/SIGTERM set ``requested`` instead of killing the process, so that a command can
+    stop its workers and controller cleanly; ``restore`` puts the old handlers back."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.controller import Controller
     from pbt_actors.launch import load_experiment_file, worker_specs
@@ -191,16 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
                                 state_path=host_state_path(checkpoint_root, host))
     progress = Progress(not args.json and not args.quiet)
-    interrupted = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    stop = StopOnSignal()
     try:
-        while not interrupted:
+        while not stop.requested:
             status = handle.status()
             best = "-" if status.best is None else _fmt_metrics(status.best.final)
             progress.update(status.by_status["completed"], _budget(experiment), best, len(status.running_workers),
@@ -209,8 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
     finally:
         progress.close()
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        stop.restore()
+        interrupted = stop.requested
         if not interrupted:
             supervisor.wait(10)  # let idle workers hear `done` and exit on their own
         try:
@@ -314,21 +323,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
             authenticator.stop()
         raise
     print(f"controller for {experiment.name!r} listening on {handle.endpoint} (store {store_dir})", flush=True)
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopOnSignal()
     try:
-        while not stop:
+        while not stop.requested:
             if handle.wait(0.5):
                 break
         # keep answering until every worker we know has heard `done` (or the linger ends)
         linger_until = time.monotonic() + args.linger
-        while not stop and time.monotonic() < linger_until and handle.peers_not_done():
+        while not stop.requested and time.monotonic() < linger_until and handle.peers_not_done():
             handle.bridge.stop_event.wait(0.1)
     finally:
         handle.stop()
@@ -353,16 +355,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     host = args.host_id or socket.gethostname()
     supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
                                 state_path=host_state_path(args.checkpoint_root, host))
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopOnSignal()
     try:
-        while not stop and not supervisor.wait(0.5):
+        while not stop.requested and not supervisor.wait(0.5):
             pass
         failures = [c for c in supervisor.status() if c.state == "gave_up"]
     finally:

@@ -28,6 +28,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import zmq
 
@@ -89,10 +90,25 @@ def _ms(seconds: float) -> int:
 
 
 class _Owned:
-    """Socket ownership: the creating thread only."""
+    """Socket ownership: the creating thread only; closing and ``with`` for both endpoints."""
 
     _owner: int
     _closed: bool
+    _socket: zmq.Socket
+
+    def close(self) -> None:
+        """Close the socket (idempotent). Call from the owning thread."""
+        if self._closed:
+            return
+        self._check_thread()
+        self._closed = True
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._owner:
@@ -185,19 +201,6 @@ class ControllerEndpoint(_Owned):
         except zmq.Again:
             self._errors.warning("send_again", "reply to %r dropped: peer queue full", identity[:64])
 
-    def close(self) -> None:
-        """Close the socket (idempotent). Call from the owning thread."""
-        if self._closed:
-            return
-        self._check_thread()
-        self._closed = True
-        self._socket.close(linger=0)
-
-    def __enter__(self) -> ControllerEndpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class WorkerEndpoint(_Owned):
@@ -328,16 +331,3 @@ class WorkerEndpoint(_Owned):
                 return env.message
             log.debug("dropped a stale reply (id %d, waiting for %d)", env.request_id, request_id)
 
-    def close(self) -> None:
-        """Close the socket (idempotent). Call from the owning thread."""
-        if self._closed:
-            return
-        self._check_thread()
-        self._closed = True
-        self._socket.close(linger=0)
-
-    def __enter__(self) -> WorkerEndpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
