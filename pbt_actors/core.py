@@ -380,12 +380,7 @@ class ControllerCore:
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _leased_to(self, worker: str) -> list[Trial]:
-        out = []
-        for trial_id in self.store.ids_with_status(TrialStatus.RUNNING):
-            trial = self.store.get_trial(trial_id)
-            if trial.lease is not None and trial.lease.worker == worker:
-                out.append(trial)
-        return out
+        return self.store.trials(self.store.running_leased_to(worker))
 
     @staticmethod
     def _ran_attempt(trial: Trial, attempt: int, worker: str) -> bool:

@@ -103,6 +103,12 @@ class TrialStore(ABC):
     def count(self, status: TrialStatus | None = None) -> int:
         """Number of trials (with ``status``). O(1)."""
 
+    def running_leased_to(self, worker: str) -> list[int]:
+        """RUNNING trials whose lease ``worker`` holds, ascending. A store may answer from an
+        index (the LMDB writer does); this default reads every RUNNING record."""
+        return [trial_id for trial_id in self.ids_with_status(TrialStatus.RUNNING)
+                if (lease := self.get_trial(trial_id).lease) is not None and lease.worker == worker]
+
     @abstractmethod
     def children(self, trial_id: int) -> list[int]:
         """Trials that warm-start from ``trial_id``, ascending."""

@@ -53,6 +53,7 @@ from pbt_actors.errors import SchemaVersionError, StoreError, StoreRetry
 from pbt_actors.model import CheckpointRef, Trial, TrialSpec, TrialStatus
 from storage import schema
 from storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
+from storage.index_mirror import IndexMirror
 
 T = TypeVar("T")
 
@@ -120,6 +121,16 @@ class LmdbTrialStore(TrialStore):
         # current transaction sees, so it can never serve a stale or rolled-back record.
         self._decoded: dict[int, tuple[bytes, Trial]] = {}
         self._sync = sync and not readonly
+        # The writer's in-memory copy of the status / completed / uninitiated indexes (see
+        # ``storage.index_mirror``): valid inside ``_mirror_txn`` only, and for the LMDB
+        # state committed as transaction ``_mirror_txnid``.
+        self._mirror: IndexMirror | None = None
+        self._mirror_txn: lmdb.Transaction | None = None
+        self._mirror_txnid = -1
+        self._txn_id = -1
+        self._txn_wrote = False
+        self._dirty_counts: set[TrialStatus] = set()
+        """Statuses whose counter the current write txn changed, written at its end."""
         self._env = self._open_env(map_size)
         try:
             self._dbs = self._open_dbs()
@@ -267,15 +278,67 @@ class LmdbTrialStore(TrialStore):
     def _begin_write(self) -> lmdb.Transaction:
         for _ in range(MAX_RESIZE_RETRIES):
             try:
-                return self._env.begin(write=True)
+                txn = self._env.begin(write=True)
             except lmdb.MapResizedError:  # a previous writer process grew the map
                 self._set_mapsize(0)
             except lmdb.Error as exc:
                 raise StoreError(f"cannot begin a write on {self._path}: {exc}") from exc
+            self._attach_mirror(txn)
+            return txn
         raise StoreError(f"the map of {self._path} keeps being resized by another process")
 
-    @staticmethod
-    def _abort(txn: lmdb.Transaction) -> None:
+    # --- the index mirror (see storage.index_mirror) ------------------------------------------
+    def _attach_mirror(self, txn: lmdb.Transaction) -> None:
+        """Start mirroring in write txn ``txn``; forget a mirror another writer made stale."""
+        self._txn_id = txn.id()
+        self._txn_wrote = False
+        if self._mirror is not None and self._txn_id != self._mirror_txnid + 1:
+            self._mirror = None  # another process committed since: rebuild from disk when needed
+        self._mirror_txn = txn
+        self._dirty_counts.clear()
+
+    def _write_counts(self, txn: lmdb.Transaction) -> None:
+        """Write the status counters this txn changed, once each, from the mirror's sets
+        (instead of a read-modify-write of a counter for every transition)."""
+        if self._dirty_counts and self._mirror is not None and txn is self._mirror_txn:
+            for status in self._dirty_counts:
+                txn.put(schema.counter_key(status_counter(status)),
+                        schema.encode_meta(self._mirror.count(status)), db=self._meta)
+        self._dirty_counts.clear()
+
+    def _mirror_committed(self) -> None:
+        # LMDB does not spend a txn id on a commit without changes: the mirror then reflects
+        # the state before this txn, and the next write txn gets this same id again.
+        self._mirror_txnid = self._txn_id if self._txn_wrote else self._txn_id - 1
+        self._mirror_txn = None
+
+    def _mirror_aborted(self) -> None:
+        self._mirror = None  # it holds updates that never reached the disk
+        self._mirror_txn = None
+        self._dirty_counts.clear()
+
+    def _mirror_for(self, txn: lmdb.Transaction) -> IndexMirror | None:
+        """The mirror if ``txn`` is this process's current write txn (built on first use),
+        else None: readers outside a write use LMDB, which shows them committed state only."""
+        if txn is not self._mirror_txn:
+            return None
+        if self._mirror is None:
+            self._mirror = IndexMirror.build(
+                (schema.decode_status_key(k) for k in self._scan(txn, self._status)),
+                (schema.decode_generation_key(k) for k in self._scan(txn, self._completed)),
+                (schema.decode_id(k) for k in self._scan(txn, self._uninitiated)),
+                lambda trial_id: self._existing(txn, trial_id))
+        return self._mirror
+
+    def _existing(self, txn: lmdb.Transaction, trial_id: int) -> Trial:
+        trial = self._get_trial(txn, trial_id)
+        if trial is None:
+            raise StoreError(f"the status index of {self._path} names trial {trial_id}, which has no record")
+        return trial
+
+    def _abort(self, txn: lmdb.Transaction) -> None:
+        if txn is self._mirror_txn:
+            self._mirror_aborted()
         with suppress(lmdb.Error):  # already invalid (failed commit, closed env): no-op
             txn.abort()
 
@@ -283,9 +346,12 @@ class LmdbTrialStore(TrialStore):
         """Run ``op`` in its own write txn and commit; on a full map grow and replay it."""
         for _ in range(MAX_GROWTHS):
             txn = self._begin_write()
+            self._txn_wrote = True
             try:
                 result = op(txn)
+                self._write_counts(txn)
                 txn.commit()
+                self._mirror_committed()
                 self._flush(True)
             except lmdb.MapFullError:
                 self._abort(txn)
@@ -305,6 +371,7 @@ class LmdbTrialStore(TrialStore):
         self._check_open()
         self._check_writable()
         batch = self._own_batch()
+        self._txn_wrote = True
         if batch is None:
             return self._run_write(op)
         if batch.doomed:
@@ -397,7 +464,9 @@ class LmdbTrialStore(TrialStore):
         if batch.doomed:
             raise self._doomed()
         try:
+            self._write_counts(batch.txn)
             batch.txn.commit()
+            self._mirror_committed()
             self._flush(durable)
         except lmdb.MapFullError:  # commit can allocate pages too (free list)
             self._abort(batch.txn)
@@ -431,6 +500,10 @@ class LmdbTrialStore(TrialStore):
             yield key
 
     def _get_counter(self, txn: lmdb.Transaction, name: str) -> int:
+        if self._dirty_counts and txn is self._mirror_txn and self._mirror is not None:
+            for status in self._dirty_counts:  # written at the txn's end: answer from the mirror
+                if status_counter(status) == name:
+                    return self._mirror.count(status)
         return schema.decode_counter(name, txn.get(schema.counter_key(name), db=self._meta))
 
     def _incr(self, txn: lmdb.Transaction, name: str, delta: int) -> int:
@@ -469,14 +542,21 @@ class LmdbTrialStore(TrialStore):
             txn.put(schema.generation_key(new.generation, new.id), b"", db=self._generations)
             if new.parent_id is not None:
                 txn.put(schema.children_key(new.parent_id, new.id), b"", db=self._children)
+        mirror = self._mirror if txn is self._mirror_txn else None
         if old is None or old.status is not new.status:
             if old is not None:
                 txn.delete(schema.status_key(old.status, new.id), db=self._status)
-                self._incr(txn, status_counter(old.status), -1)
+                if mirror is None:
+                    self._incr(txn, status_counter(old.status), -1)
+                else:
+                    self._dirty_counts.add(old.status)
                 if old.status is TrialStatus.COMPLETED:
                     txn.delete(schema.generation_key(old.generation, new.id), db=self._completed)
             txn.put(schema.status_key(new.status, new.id), b"", db=self._status)
-            self._incr(txn, status_counter(new.status), 1)
+            if mirror is None:
+                self._incr(txn, status_counter(new.status), 1)
+            else:
+                self._dirty_counts.add(new.status)
             if new.status is TrialStatus.COMPLETED:
                 txn.put(schema.generation_key(new.generation, new.id), b"", db=self._completed)
         if new.status is TrialStatus.COMPLETED and not new.initiated:
@@ -485,6 +565,8 @@ class LmdbTrialStore(TrialStore):
             txn.delete(key, db=self._uninitiated)
         if new.checkpoint is not None and (old is None or old.checkpoint != new.checkpoint):
             txn.put(key, schema.encode_checkpoint(new.checkpoint), db=self._checkpoints)
+        if mirror is not None:
+            mirror.apply(old, new)
 
     @staticmethod
     def _valid_id(trial_id: int) -> bool:
@@ -547,19 +629,45 @@ class LmdbTrialStore(TrialStore):
 
     def ids_with_status(self, status: TrialStatus) -> list[int]:
         prefix = schema.status_prefix(status)
-        return self._read(lambda txn: [schema.decode_status_key(k)[1]
-                                       for k in self._scan(txn, self._status, prefix)])
+
+        def op(txn: lmdb.Transaction) -> list[int]:
+            mirror = self._mirror_for(txn)
+            if mirror is not None:
+                return mirror.ids_with_status(status)
+            return [schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)]
+
+        return self._read(op)
 
     def first_with_status(self, status: TrialStatus) -> int | None:
         prefix = schema.status_prefix(status)
-        return self._read(lambda txn: next(
-            (schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)),
-            None))
+
+        def op(txn: lmdb.Transaction) -> int | None:
+            mirror = self._mirror_for(txn)
+            if mirror is not None:
+                return mirror.first_with_status(status)
+            return next((schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)), None)
+
+        return self._read(op)
+
+    def running_leased_to(self, worker: str) -> list[int]:
+        def op(txn: lmdb.Transaction) -> list[int] | None:
+            mirror = self._mirror_for(txn)
+            return None if mirror is None else mirror.running_leased_to(worker)
+
+        ids = self._read(op)
+        return super().running_leased_to(worker) if ids is None else ids
 
     def count(self, status: TrialStatus | None = None) -> int:
         if status is None:
             return self._read(lambda txn: int(txn.stat(self._trials)["entries"]))
-        return self.counter(status_counter(status))
+
+        def op(txn: lmdb.Transaction) -> int:
+            mirror = self._mirror_for(txn)
+            if mirror is not None:
+                return mirror.count(status)
+            return self._get_counter(txn, status_counter(status))
+
+        return self._read(op)
 
     def children(self, trial_id: int) -> list[int]:
         if not self._valid_id(trial_id):
@@ -582,8 +690,14 @@ class LmdbTrialStore(TrialStore):
             self._check_open()
             return []
         prefix = schema.generation_prefix(generation)
-        return self._read(lambda txn: [schema.decode_generation_key(k)[1]
-                                       for k in self._scan(txn, self._completed, prefix)])
+
+        def op(txn: lmdb.Transaction) -> list[int]:
+            mirror = self._mirror_for(txn)
+            if mirror is not None:
+                return mirror.completed_in_generation(generation)
+            return [schema.decode_generation_key(k)[1] for k in self._scan(txn, self._completed, prefix)]
+
+        return self._read(op)
 
     def max_generation(self) -> int:
         def op(txn: lmdb.Transaction) -> int:
@@ -593,8 +707,13 @@ class LmdbTrialStore(TrialStore):
         return self._read(op)
 
     def uninitiated(self) -> list[int]:
-        return self._read(lambda txn: [schema.decode_id(k)
-                                       for k in self._scan(txn, self._uninitiated)])
+        def op(txn: lmdb.Transaction) -> list[int]:
+            mirror = self._mirror_for(txn)
+            if mirror is not None:
+                return mirror.uninitiated_ids()
+            return [schema.decode_id(k) for k in self._scan(txn, self._uninitiated)]
+
+        return self._read(op)
 
     def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
         """Trials by ascending id up to the highest id at the first ``next()``, as the
