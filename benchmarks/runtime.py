@@ -3,7 +3,9 @@
     python benchmarks/runtime.py [--seconds 3] [--skip-digits] [--json]
 
 (a) controller cycles/s (request_trial → trial → report → ack, no-op training) with 1..8
-    worker processes, next to a raw pyzmq ROUTER/DEALER msgpack echo measured in the same run.
+    worker processes, next to a raw pyzmq ROUTER/DEALER msgpack echo (two round trips per
+    cycle) measured in the same run; and the same with ``report(next)``, which gets the next
+    trial in the report's reply (one round trip per trial, what ``WorkerClient`` does).
     Every acknowledged report is durable in LMDB (fsync'd commits, batched per poll cycle).
 (b) the worker's idle gap between trials (report acknowledged → next ``train`` entered),
     p50/p99, with ``WorkerClient`` and a no-op ``train`` (no checkpoint I/O).
@@ -99,24 +101,30 @@ def raw_echo_cycles(workers: int, seconds: float) -> float:
 
 
 # --- (a) controller cycles --------------------------------------------------------------------------
-def _controller_client(address: str, name: str, seconds: float, counter: mp.Value) -> None:  # type: ignore[valid-type]
+def _controller_client(address: str, name: str, seconds: float, counter: mp.Value,  # type: ignore[valid-type]
+                       piggyback: bool) -> None:
     from transport.endpoints import WorkerEndpoint
     from transport.messages import Report, RequestTrial, TrialAssignment
 
     endpoint = WorkerEndpoint(address, name)
     done, deadline = 0, time.monotonic() + seconds
+    reply = None
     while time.monotonic() < deadline:
-        reply = endpoint.request(RequestTrial(name), timeout_s=10)
         if not isinstance(reply, TrialAssignment):
-            continue
-        endpoint.request(Report(name, reply.trial_id, reply.attempt, {"score": 0.5}), timeout_s=10)
+            reply = endpoint.request(RequestTrial(name), timeout_s=10)
+            if not isinstance(reply, TrialAssignment):
+                continue
+        # piggyback: the report asks for the next trial (``next``), as ``WorkerClient`` does
+        answer = endpoint.request(Report(name, reply.trial_id, reply.attempt, {"score": 0.5}, next=piggyback),
+                                  timeout_s=10)
+        reply = answer if piggyback else None
         done += 1
     with counter.get_lock():
         counter.value += done
     endpoint.close()
 
 
-def controller_cycles(workers: int, seconds: float) -> tuple[float, int]:
+def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> tuple[float, int]:
     from pbt_actors.controller import Controller
     from pbt_actors.experiment import Experiment
     from pbt_actors.space import Float
@@ -127,7 +135,8 @@ def controller_cycles(workers: int, seconds: float) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         handle = Controller.start(experiment, tmp, "tcp://127.0.0.1:0")
         counter = mp.Value("l", 0)
-        procs = [mp.Process(target=_controller_client, args=(handle.endpoint, f"bench-{i}", seconds, counter))
+        procs = [mp.Process(target=_controller_client,
+                            args=(handle.endpoint, f"bench-{i}", seconds, counter, piggyback))
                  for i in range(workers)]
         started = time.monotonic()
         for p in procs:
@@ -227,9 +236,12 @@ def main() -> None:
     for n in [int(w) for w in args.workers.split(",")]:
         raw = raw_echo_cycles(n, args.seconds)
         ours, extra = controller_cycles(n, args.seconds)
-        rows.append((n, raw, ours, ours / raw))
+        merged, extra_merged = controller_cycles(n, args.seconds, piggyback=True)
+        rows.append((n, raw, ours, ours / raw, merged, merged / raw))
         results["cycles"].append({"workers": n, "raw_echo_cycles_s": raw, "controller_cycles_s": ours,  # type: ignore[attr-defined]
-                                  "ratio": ours / raw, "durable_minus_acked": extra})
+                                  "ratio": ours / raw, "durable_minus_acked": extra,
+                                  "report_next_cycles_s": merged, "report_next_ratio": merged / raw,
+                                  "report_next_durable_minus_acked": extra_merged})
     gaps = sorted(idle_gaps())
     p50, p99 = statistics.median(gaps), gaps[int(0.99 * (len(gaps) - 1))]
     results["idle_gap_ms"] = {"p50": p50 * 1e3, "p99": p99 * 1e3, "samples": len(gaps)}
@@ -238,10 +250,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print("(a) request_trial → trial → report → ack cycles/s (no-op training; acks durable in LMDB)")
-    print(f"{'workers':>8} {'raw echo':>10} {'controller':>11} {'ratio':>7}")
-    for n, raw, ours, ratio in rows:
-        print(f"{n:>8} {raw:>10.0f} {ours:>11.0f} {ratio:>7.1%}")
+    print("(a) trial cycles/s, no-op training, every ack durable in LMDB. 'two-step': request_trial → trial,\n"
+          "    report → ack (2 round trips, like the raw echo); 'report+next': report(next) → trial, the\n"
+          "    one round trip per trial that WorkerClient uses")
+    print(f"{'workers':>8} {'raw echo':>10} {'two-step':>9} {'ratio':>7} {'report+next':>12} {'ratio':>7}")
+    for n, raw, ours, ratio, merged, merged_ratio in rows:
+        print(f"{n:>8} {raw:>10.0f} {ours:>9.0f} {ratio:>7.1%} {merged:>12.0f} {merged_ratio:>7.1%}")
     print(f"\n(b) worker idle gap (report acked → next train entered): p50 {p50 * 1e3:.2f} ms, "
           f"p99 {p99 * 1e3:.2f} ms over {len(gaps)} trials")
     if "digits" in results:

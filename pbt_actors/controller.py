@@ -28,13 +28,16 @@ from pbt_actors.experiment import Experiment
 from pbt_actors.model import Trial, TrialStatus
 from storage.base import TrialStore
 from transport.endpoints import ControllerEndpoint
-from transport.messages import Done, Error, Message, Reply, WorkerLost
+from transport.messages import Done, Error, Message, Reply, Report, RequestTrial, Wait, WorkerLost
 from transport.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 POLL_S = 0.05
+PARK_S = 2.0
+"""How long a ``request_trial`` answered ``wait`` is held (long poll) before the worker is told
+``wait(0)`` and asks again: well inside a worker's request timeout, so it never resends."""
 REPLY_CACHE_PEERS = 4096
 """Peers whose last reply is cached (least recently used first out): bounded, so that a flood
 from ever new identities cannot grow the controller's memory without limit."""
@@ -113,6 +116,15 @@ class ControllerActor(pykka.ThreadingActor):
 
 
 @dataclass(frozen=True)
+class _Parked:
+    """A held request for work (see ``_Bridge.parked``)."""
+
+    request_id: int
+    worker: str
+    since: float
+
+
+@dataclass(frozen=True)
 class _HandleBatch:
     messages: list[Message]
 
@@ -146,6 +158,13 @@ class _Bridge(threading.Thread):
         was lost or late) gets the same answer instead of being handled twice (zguide's
         idempotent-service pattern). In memory only: after a restart, re-handling is safe.
         At most ``REPLY_CACHE_PEERS`` peers (LRU)."""
+        self.parked: dict[bytes, _Parked] = {}
+        """Long poll: per peer, a request for work that the core answered ``wait``. Instead of
+        sending that (the worker would sleep, then ask again), the request is handed to the core
+        again with the next batch that can have created work or finished the run, and answered
+        as soon as the answer is not ``wait`` (or after ``PARK_S``). Idle workers start the
+        moment a trial appears and hear ``done`` the moment the run ends."""
+        self.parked_requeued: dict[bytes, _Parked] = {}
         self.peers_seen: set[str] = set()
         """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
         peer that only ever sent rejected input is nobody's worker and is not waited for)."""
@@ -169,14 +188,17 @@ class _Bridge(threading.Thread):
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     try:
-                        self.actor.ask(_Tick(), timeout=30)
+                        released = self.actor.ask(_Tick(), timeout=30)
                     except pykka.ActorDeadError:
                         log.error("controller actor is gone; bridge stops")
                         return
+                    if released and self.parked:
+                        self._serve(endpoint, [], unpark=True)
+                    self._release_overdue(endpoint)
         finally:
             endpoint.close()
 
-    def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any]) -> None:
+    def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any], *, unpark: bool = False) -> None:
         batch: list[tuple[bytes, int, Message]] = []
         for item in incoming:
             if item.error is not None:  # the endpoint has logged it (once per kind per window)
@@ -184,6 +206,11 @@ class _Bridge(threading.Thread):
                     endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
                 continue
             message = item.message
+            parked = self.parked.get(item.identity)
+            if parked is not None:
+                if parked.request_id == item.request_id:
+                    continue  # a resend of a request we are holding: its answer is coming
+                del self.parked[item.identity]  # the peer moved on (restarted): drop the old one
             cached = self.last_reply.get(item.identity)
             if cached is not None and cached[0] == item.request_id:
                 endpoint.send(item.identity, item.request_id, cached[1])
@@ -198,7 +225,15 @@ class _Bridge(threading.Thread):
                 continue
             if isinstance(message, WorkerLost):
                 self.peers_seen.discard(message.worker)
+                self.parked.pop(message.worker.encode("utf-8"), None)
             batch.append((item.identity, item.request_id, message))
+        if self.parked and (unpark or any(not isinstance(m, RequestTrial) for _, _, m in batch)):
+            # something that can create work or end the run: ask again for every held request
+            batch.extend((identity, p.request_id, RequestTrial(p.worker)) for identity, p in self.parked.items())
+            self.parked_requeued = {identity: p for identity, p in self.parked.items()}
+            self.parked.clear()
+        else:
+            self.parked_requeued = {}
         if not batch:
             return
         try:
@@ -207,19 +242,37 @@ class _Bridge(threading.Thread):
             log.exception("controller failed a batch of %d requests", len(batch))
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
         for (identity, request_id, message), reply in zip(batch, replies, strict=True):
-            endpoint.send(identity, request_id, reply)
-            self.last_reply[identity] = (request_id, reply)
-            self.last_reply.move_to_end(identity)
-            if len(self.last_reply) > REPLY_CACHE_PEERS:
-                self.last_reply.popitem(last=False)
-            sender = identity.decode("utf-8", "replace")
-            if isinstance(reply, Error):
-                self.bad_input.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
-                                       sender[:64], reply.code, reply.message[:200])
-            elif not isinstance(message, WorkerLost):
-                self.peers_seen.add(sender)
-            if isinstance(reply, Done):
-                self.peers_done.add(sender)
+            if isinstance(reply, Wait) and (isinstance(message, RequestTrial)
+                                            or (isinstance(message, Report) and message.next)):
+                previous = self.parked_requeued.get(identity)
+                since = previous.since if previous is not None and previous.request_id == request_id \
+                    else time.monotonic()
+                self.parked[identity] = _Parked(request_id, message.worker, since)
+                continue
+            self._answer(endpoint, identity, request_id, message, reply)
+
+    def _release_overdue(self, endpoint: ControllerEndpoint) -> None:
+        """Answer requests held for ``PARK_S`` with ``wait(0)``: the worker asks again at once."""
+        now = time.monotonic()
+        for identity, parked in [(i, p) for i, p in self.parked.items() if now - p.since >= PARK_S]:
+            del self.parked[identity]
+            self._answer(endpoint, identity, parked.request_id, RequestTrial(parked.worker), Wait(0.0))
+
+    def _answer(self, endpoint: ControllerEndpoint, identity: bytes, request_id: int, message: Message,
+                reply: Reply) -> None:
+        endpoint.send(identity, request_id, reply)
+        self.last_reply[identity] = (request_id, reply)
+        self.last_reply.move_to_end(identity)
+        if len(self.last_reply) > REPLY_CACHE_PEERS:
+            self.last_reply.popitem(last=False)
+        sender = identity.decode("utf-8", "replace")
+        if isinstance(reply, Error):
+            self.bad_input.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
+                                   sender[:64], reply.code, reply.message[:200])
+        elif not isinstance(message, WorkerLost):
+            self.peers_seen.add(sender)
+        if isinstance(reply, Done):
+            self.peers_done.add(sender)
 
 
 class ControllerHandle:

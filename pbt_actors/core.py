@@ -192,7 +192,10 @@ class ControllerCore:
         if isinstance(message, Heartbeat):
             return self._heartbeat(message, now)
         if isinstance(message, Report):
-            return self._report(message, now)
+            reply = self._report(message, now)
+            if message.next and isinstance(reply, Ack | Stop):  # applied: now lease the next
+                return self._request_trial(RequestTrial(message.worker), now)
+            return reply
         if isinstance(message, Fail):
             return self._fail(message, now)
         if isinstance(message, WorkerLost):

@@ -169,6 +169,8 @@ class WorkerClient:
         self._ticker = threading.Thread(target=self._tick, name=f"{self.worker_id}-ticker", daemon=True)
         self._ticker.start()
         self.trials_run = 0
+        self._next_reply: Message | None = None
+        """The controller's answer about the next trial, when it came with a report's ack."""
         self.last_report_sent_at: float | None = None
         self.idle_gaps_s: list[float] = []
 
@@ -213,7 +215,9 @@ class WorkerClient:
     # --- the trial loop --------------------------------------------------------------------------
     def run_one(self) -> bool:
         """Ask for one trial and run it. Returns False when the experiment is done."""
-        reply = self._request_patiently(RequestTrial(self.worker_id), give_up_after_preempt_s=None)
+        reply, self._next_reply = self._next_reply, None
+        if reply is None:
+            reply = self._request_patiently(RequestTrial(self.worker_id), give_up_after_preempt_s=None)
         if reply is None:
             return False
         if self.last_report_sent_at is not None:
@@ -273,8 +277,10 @@ class WorkerClient:
                 self.trials_run += 1
                 return  # the controller stopped it; nothing to report
             else:
+                # ``next``: the ack brings the next trial along (one round trip), unless this
+                # process is being preempted and will not run another
                 outcome = Report(self.worker_id, spec.trial_id, spec.attempt, ctx.final_metrics(returned),
-                                 tuple(ctx.measurements), ctx.saved)
+                                 tuple(ctx.measurements), ctx.saved, next=not self.preempt.is_set())
         self._clear()
         self._deliver(outcome)
         self.trials_run += 1
@@ -290,6 +296,8 @@ class WorkerClient:
         self.last_report_sent_at = time.perf_counter()
         if isinstance(reply, Error):
             log.warning("controller rejected %s for trial: %s %s", message.TYPE, reply.code, reply.message)
+        elif isinstance(reply, TrialAssignment | Wait | Done) and isinstance(message, Report) and message.next:
+            self._next_reply = reply  # the report was applied; this answers our next request
         elif not isinstance(reply, Ack | Stop):
             log.warning("unexpected reply to %s: %r", message.TYPE, reply)
 

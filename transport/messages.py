@@ -115,7 +115,12 @@ class Heartbeat:
 @dataclass(frozen=True)
 class Report:
     """A finished trial: its measurements, final metrics and checkpoint. Idempotent by
-    ``(trial_id, attempt)``; the worker resends it until it gets ``ack`` (or ``stop``)."""
+    ``(trial_id, attempt)``; the worker resends it until it gets ``ack`` (or ``stop``).
+
+    ``next``: the worker also asks for its next trial, so the reply is what ``request_trial``
+    would get (``trial``, ``wait`` or ``done``; each implies the report was applied) instead of
+    ``ack``/``stop``. One round trip per trial instead of two. An ``error`` reply means the
+    report was refused and nothing was leased."""
 
     TYPE: ClassVar[str] = "report"
     worker: str
@@ -124,11 +129,12 @@ class Report:
     final: Mapping[str, float]
     measurements: tuple[Measurement, ...] = ()
     checkpoint: CheckpointRef | None = None
+    next: bool = False
 
     def to_body(self) -> dict[str, Any]:
         return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
                 "final": dict(self.final), "measurements": [m.to_dict() for m in self.measurements],
-                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None}
+                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "next": self.next}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Report:
@@ -139,7 +145,8 @@ class Report:
         return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
                    _positive(b.get("attempt"), "attempt"), metrics_from(b.get("final"), "final"),
                    tuple(Measurement.from_dict(m) for m in raw),
-                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None)
+                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
+                   _bool(b.get("next", False), "next"))
 
 
 @dataclass(frozen=True)

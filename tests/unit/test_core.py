@@ -12,7 +12,7 @@ from pbt_actors.experiment import EarlyStop, Experiment
 from pbt_actors.model import OriginKind, TrialStatus
 from pbt_actors.space import Categorical, Float
 from storage.memory import InMemoryTrialStore
-from tests.support.driver import Driver, graph, random_run
+from tests.support.driver import Driver, fake_checkpoint, graph, random_run
 from transport.messages import (
     Ack,
     Done,
@@ -21,6 +21,7 @@ from transport.messages import (
     Hello,
     Report,
     Stop,
+    TrialAssignment,
     Wait,
     WorkerLost,
 )
@@ -285,3 +286,21 @@ def test_a_trial_that_keeps_killing_its_worker_still_ends_at_max_losses() -> Non
         d.lease("w0")
         d.core.handle(WorkerLost("w0", "segfault"), d.now)
     assert d.trial(1).status is TrialStatus.FAILED and d.trial(1).losses == 3
+
+
+def test_a_report_with_next_is_applied_and_answered_with_the_next_trial() -> None:
+    d = driver(population=2, steps_per_trial=10, max_steps=20)
+    first, second = d.lease("w0"), d.lease("w1")
+    reply = d.core.handle(Report("w0", first.trial_id, first.attempt, {"score": 1.0}, (),
+                                 fake_checkpoint(first.trial_id, 1, 10), next=True), d.now)
+    assert d.trial(first.trial_id).status is TrialStatus.COMPLETED  # applied, like a plain report
+    assert isinstance(reply, TrialAssignment) and reply.trial_id not in (first.trial_id, second.trial_id)
+    assert d.trial(reply.trial_id).lease.worker == "w0"
+    # a refused report leases nothing: the worker gets the error, not a trial
+    refused = d.core.handle(Report("w9", second.trial_id, second.attempt, {"score": 1.0}, next=True), d.now)
+    assert isinstance(refused, Error) and refused.code == "not_leaseholder"
+    assert d.store.running_leased_to("w9") == []
+    # nothing left to lease while the last trials run: the answer is what request_trial gets
+    done = d.core.handle(Report("w1", second.trial_id, second.attempt, {"score": 0.5}, (),
+                                fake_checkpoint(second.trial_id, 1, 10), next=True), d.now)
+    assert isinstance(done, TrialAssignment | Wait)
