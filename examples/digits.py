@@ -34,6 +34,8 @@ import functools
 import os
 
 import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 from pbt_actors import Experiment, Float
@@ -65,9 +67,6 @@ experiment = Experiment(
 @functools.lru_cache(maxsize=2)
 def load_data(replay: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_val, y_val)``; with ``replay`` the training part is train + val."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     x, y = load_digits(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(
         x / 16.0, y, test_size=VALIDATION_FRACTION, random_state=SPLIT_SEED, stratify=y)

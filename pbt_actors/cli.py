@@ -199,13 +199,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             _print_summary(previous, str(store_dir))
         return 0
     started = time.monotonic()
-    handle = Controller.start(experiment, store_dir, args.bind)
-    checkpoint_root = str(Path(args.checkpoint_root or store_dir / "checkpoints").resolve())
-    specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
-                         log_dir=str(store_dir / "logs"))
-    host = socket.gethostname()
-    supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
-                                state_path=host_state_path(checkpoint_root, host))
+    zygote = _start_zygote(args)  # before Controller.start: the first thread of this process
+    try:
+        handle = Controller.start(experiment, store_dir, args.bind)
+    except BaseException:
+        _close_zygote(zygote)
+        raise
+    try:
+        checkpoint_root = str(Path(args.checkpoint_root or store_dir / "checkpoints").resolve())
+        specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
+                             log_dir=str(store_dir / "logs"), zygote=zygote)
+        host = socket.gethostname()
+        supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
+                                    state_path=host_state_path(checkpoint_root, host))
+    except BaseException:
+        handle.stop()
+        _close_zygote(zygote)
+        raise
     progress = Progress(not args.json and not args.quiet)
     stop = StopOnSignal()
     try:
@@ -228,6 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             children = []
         supervisor.stop()  # SIGTERM: a worker mid-trial hands back a resume checkpoint if it can
         handle.stop()
+        _close_zygote(zygote)
     summary = _read_summary(store_dir) or {}
     supervisor_failures = [c for c in children if c.state == "gave_up"]
     elapsed = time.monotonic() - started
@@ -244,6 +255,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 0 if summary.get("finished") else 1
+
+
+def _start_zygote(args: argparse.Namespace) -> Any:
+    """A ``Zygote`` to fork workers from, or None (``--no-zygote``, or it refused: one warning)."""
+    if getattr(args, "no_zygote", False):
+        return None
+    from pbt_actors.zygote import Zygote, ZygoteError
+
+    try:
+        return Zygote.start()
+    except ZygoteError as exc:
+        log.warning("%s; starting each worker as a fresh process", exc)
+        return None
+
+
+def _close_zygote(zygote: Any) -> None:
+    if zygote is not None:
+        zygote.close()
 
 
 def _fmt_metrics(final: Any) -> str:
@@ -350,11 +379,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)
-    specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
-                         args.workers, prefix=args.host_id, extra_args=extra)
-    host = args.host_id or socket.gethostname()
-    supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
-                                state_path=host_state_path(args.checkpoint_root, host))
+    zygote = _start_zygote(args)  # before the supervisor starts threads
+    try:
+        specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
+                             args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
+        host = args.host_id or socket.gethostname()
+        supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
+                                    state_path=host_state_path(args.checkpoint_root, host))
+    except BaseException:
+        _close_zygote(zygote)
+        raise
     stop = StopOnSignal()
     try:
         while not stop.requested and not supervisor.wait(0.5):
@@ -362,6 +396,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         failures = [c for c in supervisor.status() if c.state == "gave_up"]
     finally:
         supervisor.stop()
+        _close_zygote(zygote)
     for child in failures:
         print(f"worker {child.id} gave up: {child.reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -401,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bind", default="tcp://127.0.0.1:0")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--no-zygote", action="store_true",
+                     help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
+                          "zygote (for experiment files that are not fork-safe: CUDA or threads at import)")
     run.set_defaults(func=cmd_run)
 
     ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
@@ -424,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--host-id", default=None, help="prefix of worker ids (default: hostname)")
     wrk.add_argument("--curve-server-key", default=None, help="the controller's public key file (CURVE)")
     wrk.add_argument("--curve-secret", default=None, help="this host's secret key file (CURVE)")
+    wrk.add_argument("--no-zygote", action="store_true",
+                     help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
+                          "zygote (for experiment files that are not fork-safe: CUDA or threads at import)")
     wrk.set_defaults(func=cmd_worker)
 
     keys = sub.add_parser("keys", help="CURVE key pairs for authenticated, encrypted links")

@@ -2,13 +2,16 @@
 
 Layer 5. ``load_experiment_file`` imports a user's file (``experiment = Experiment(...)`` and
 ``def train(ctx)``); ``worker_specs`` turns ``--devices``/``--workers`` into ``ChildSpec``s
-whose factory starts one pinned worker process per slot.
+whose factory starts one pinned worker process per slot: forked from a ``Zygote`` when one
+is given (milliseconds, everything already imported), else a fresh interpreter, which is
+also the fallback when the zygote cannot spawn.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -17,22 +20,28 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbt_actors.errors import ConfigError
 from pbt_actors.experiment import Experiment
 from pbt_actors.supervision import ChildSpec, Restart
 
+if TYPE_CHECKING:
+    from pbt_actors.zygote import Zygote, ZygoteProcess
+
+log = logging.getLogger(__name__)
+
 EXIT_DONE = 0
 EXIT_PREEMPTED = 3
 EXIT_SETUP_FAILED = 4
+EXPERIMENT_MODULE_PREFIX = "pbt_experiment_"  # sys.modules name of an imported experiment file
 
 
 def load_module(path: str | os.PathLike[str]) -> ModuleType:
     file = Path(path).resolve()
     if not file.is_file():
         raise ConfigError(f"experiment file {file} does not exist")
-    name = "pbt_experiment_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    name = EXPERIMENT_MODULE_PREFIX + hashlib.sha1(str(file).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, file)
@@ -103,13 +112,15 @@ def default_cpu_workers() -> int:
 
 def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devices: str, workers: int | None,
                  *, prefix: str | None = None, extra_args: list[str] | None = None,
-                 log_dir: str | None = None) -> list[ChildSpec]:
-    """One ``ChildSpec`` per slot, each starting ``python -m pbt_actors.cli worker-process``."""
+                 log_dir: str | None = None, zygote: Zygote | None = None) -> list[ChildSpec]:
+    """One ``ChildSpec`` per slot, each starting ``python -m pbt_actors.cli worker-process``, or
+    forking the same command from ``zygote`` (falling back to a fresh process if it fails)."""
     slots = device_slots(devices, workers)
     host = prefix or socket.gethostname()
     cpu_workers = sum(1 for s in slots if s is None)
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
     specs = []
+    fallback_logged: list[bool] = []  # shared by the slots: say once that the zygote failed
     for index, device in enumerate(slots):
         worker_id = f"{host}-w{index}" + (f"-gpu{device}" if device is not None else "")
         env = dict(os.environ)
@@ -120,8 +131,30 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
         argv = [sys.executable, "-m", "pbt_actors.cli", "worker-process", str(experiment_file), "--connect", connect,
                 "--worker-id", worker_id, "--checkpoint-root", checkpoint_root, *(extra_args or [])]
         log_path = Path(log_dir) / f"{worker_id}.log" if log_dir else None
-        specs.append(ChildSpec(worker_id, _factory(argv, env, log_path), Restart.TRANSIENT))
+        factory: Callable[[], Any] = _factory(argv, env, log_path)
+        if zygote is not None:
+            factory = _zygote_factory(zygote, argv[3:], env, log_path, factory, fallback_logged)
+        specs.append(ChildSpec(worker_id, factory, Restart.TRANSIENT))
     return specs
+
+
+def _zygote_factory(zygote: Zygote, argv: list[str], env: dict[str, str], log_path: Path | None,
+                    fallback: Callable[[], subprocess.Popen[bytes]], fallback_logged: list[bool],
+                    ) -> Callable[[], ZygoteProcess | subprocess.Popen[bytes]]:
+    from pbt_actors.zygote import ZygoteError
+
+    def start() -> ZygoteProcess | subprocess.Popen[bytes]:
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return zygote.spawn(argv, env, log_path)
+        except ZygoteError as exc:
+            if not fallback_logged:
+                fallback_logged.append(True)
+                log.warning("cannot fork workers from the zygote (%s); starting fresh processes instead", exc)
+            return fallback()
+
+    return start
 
 
 def _factory(argv: list[str], env: dict[str, str], log_path: Path | None) -> Callable[[], subprocess.Popen[bytes]]:

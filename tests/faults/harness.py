@@ -210,6 +210,8 @@ def worker_pids(checkpoint_root: Path) -> dict[str, int]:
         if state == "Z":
             continue
         args = [a.decode(errors="replace") for a in argv]
+        if len([a for a in args if a]) == 1:  # a worker forked by the zygote: its title, space-separated
+            args = args[0].split()
         if "worker-process" not in args or "--worker-id" not in args or "--checkpoint-root" not in args:
             continue
         if args[args.index("--checkpoint-root") + 1] != root:

@@ -1,0 +1,238 @@
+"""The zygote fork server (pbt_actors/zygote.py): real forks, real signals, no mocks.
+
+The worker commands run ``experiments/zygote_probe.py``, whose module code reports the
+process's environment, argv and preloaded modules in its log and then exits or waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from pbt_actors.launch import worker_specs
+from pbt_actors.zygote import EXIT_UNKNOWN, Zygote, ZygoteError, ZygoteProcess, _pid_alive
+from tests.support.runs import REPO, cli
+
+PROBE = Path(__file__).resolve().parent / "experiments" / "zygote_probe.py"
+TOY_QUADRATIC = REPO / "examples" / "toy_quadratic.py"
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"no {what} within {timeout_s}s")
+
+
+def probe_argv(root: Path) -> list[str]:
+    return ["worker-process", str(PROBE), "--connect", "tcp://127.0.0.1:9", "--worker-id", "probe",
+            "--checkpoint-root", str(root)]
+
+
+def probe_env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}
+
+
+def probe_report(log: Path) -> dict[str, Any]:
+    lines = [line for line in log.read_text().splitlines() if line.startswith("PROBE {")]
+    assert len(lines) == 1, log.read_text()
+    report: dict[str, Any] = json.loads(lines[0][len("PROBE "):])
+    return report
+
+
+def wait_ready(log: Path) -> None:
+    wait_until(lambda: log.exists() and "PROBE ready" in log.read_text(), 30, f"'PROBE ready' in {log}")
+
+
+@pytest.fixture
+def zygote() -> Iterator[Zygote]:
+    # forking needs a single-threaded process: earlier tests' threads must have ended
+    wait_until(lambda: threading.active_count() == 1, 10,
+               f"single-threaded test process (threads: {[t.name for t in threading.enumerate()]})")
+    assert "json.tool" not in sys.modules  # so that the child seeing it proves the preload
+    z = Zygote.start(preload=["json.tool"])
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_worker_sees_exactly_its_env_argv_and_preload_and_writes_its_log(zygote: Zygote,
+                                                                                  tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    log.write_text("earlier line\n")  # appended to, not truncated
+    env = probe_env(PROBE_MODE="exit", PROBE_CODE="0", ZYGOTE_TEST="yes")
+    child = zygote.spawn(probe_argv(tmp_path), env, log)
+    assert isinstance(child, ZygoteProcess)
+    assert child.wait(30) == 0
+    report = probe_report(log)
+    assert report["env"] == env
+    assert report["pid"] == child.pid and child.pid != zygote.pid
+    assert report["argv"] == probe_argv(tmp_path)
+    assert report["preloaded"] is True
+    assert log.read_text().startswith("earlier line\n")
+    assert os.environ.get("ZYGOTE_TEST") is None  # the parent's environment is untouched
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_codes_come_back_through_poll_and_wait(zygote: Zygote, tmp_path: Path, code: int) -> None:
+    child = zygote.spawn(probe_argv(tmp_path), probe_env(PROBE_CODE=str(code)), tmp_path / "w.log")
+    assert wait_until(lambda: child.poll() is not None, 30, "the child's exit") is True
+    assert child.poll() == code and child.returncode == code
+    assert child.wait() == code and child.wait(0) == code
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("action", "on_term", "expected"), [
+    ("kill", "", -signal.SIGKILL),
+    ("terminate", "", -signal.SIGTERM),
+    ("terminate", "7", 7),  # a child that handles SIGTERM exits with its own code
+])
+def test_signals_reach_the_child_and_its_returncode_says_how_it_ended(zygote: Zygote, tmp_path: Path,
+                                                                     action: str, on_term: str,
+                                                                     expected: int) -> None:
+    log = tmp_path / "w.log"
+    env = probe_env(PROBE_MODE="wait", **({"PROBE_ON_TERM": on_term} if on_term else {}))
+    child = zygote.spawn(probe_argv(tmp_path), env, log)
+    wait_ready(log)
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(timeout=0.2)
+    getattr(child, action)()
+    assert child.wait(30) == expected
+    child.kill()  # after the exit: a no-op, not an error
+
+
+@pytest.mark.timeout(60)
+def test_workers_start_concurrently_from_several_threads(zygote: Zygote, tmp_path: Path) -> None:
+    children: list[ZygoteProcess] = []
+    lock = threading.Lock()
+
+    def spawn(i: int) -> None:
+        child = zygote.spawn(probe_argv(tmp_path), probe_env(PROBE_CODE=str(i)), tmp_path / f"w{i}.log")
+        with lock:
+            children.append(child)
+
+    threads = [threading.Thread(target=spawn, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len({c.pid for c in children}) == 6
+    assert sorted(c.wait(30) for c in children) == list(range(6))
+
+
+@pytest.mark.timeout(60)
+def test_the_zygote_exits_when_its_parent_closes_it(zygote: Zygote, tmp_path: Path) -> None:
+    zygote.close()
+    with pytest.raises(ProcessLookupError):  # exited and reaped
+        os.kill(zygote.pid, 0)
+    with pytest.raises(ZygoteError):
+        zygote.spawn(probe_argv(tmp_path), probe_env(), None)
+    zygote.close()  # twice: a no-op
+
+
+@pytest.mark.timeout(60)
+def test_the_zygote_exits_when_its_parent_dies() -> None:
+    script = ("import signal\nfrom pbt_actors.zygote import Zygote\n"
+              "z = Zygote.start(preload=[])\nprint(z.pid, flush=True)\nwhile True:\n    signal.pause()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert parent.stdout is not None
+        zygote_pid = int(parent.stdout.readline())
+        assert _pid_alive(zygote_pid)
+        parent.kill()
+        parent.wait(10)
+        wait_until(lambda: not _pid_alive(zygote_pid), 10, "the orphaned zygote's exit")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_zygote_fails_spawn_orphans_report_and_launch_falls_back_to_popen(zygote: Zygote,
+                                                                                   tmp_path: Path) -> None:
+    log = tmp_path / "orphan.log"
+    orphan = zygote.spawn(probe_argv(tmp_path), probe_env(PROBE_MODE="wait"), log)
+    wait_ready(log)
+    os.kill(zygote.pid, signal.SIGKILL)
+    wait_until(lambda: not zygote.alive, 10, "the parent noticing the zygote's death")
+    with pytest.raises(ZygoteError):
+        zygote.spawn(probe_argv(tmp_path), probe_env(), None)
+
+    # its child lives on; once gone, its exit is reported by the documented convention
+    assert orphan.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        orphan.wait(timeout=0.2)
+    orphan.kill()
+    assert orphan.wait(30) == EXIT_UNKNOWN == -signal.SIGKILL
+
+    # the launcher's factory falls back to a fresh interpreter
+    (spec,) = worker_specs(str(PROBE), "tcp://127.0.0.1:9", str(tmp_path), "cpu", 1, log_dir=str(tmp_path / "logs"),
+                           zygote=zygote)
+    process = spec.factory()
+    try:
+        assert isinstance(process, subprocess.Popen)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    (worker_log,) = (tmp_path / "logs").glob("*.log")
+    assert probe_report(worker_log)["preloaded"] is False
+
+
+@pytest.mark.timeout(60)
+def test_launch_forks_workers_from_the_zygote(zygote: Zygote, tmp_path: Path) -> None:
+    specs = worker_specs(str(PROBE), "tcp://127.0.0.1:9", str(tmp_path), "cpu", 2, log_dir=str(tmp_path / "logs"),
+                         zygote=zygote, prefix="h")
+    processes = [spec.factory() for spec in specs]
+    assert all(isinstance(p, ZygoteProcess) for p in processes)
+    assert [p.wait(30) for p in processes] == [0, 0]
+    for spec in specs:
+        report = probe_report(tmp_path / "logs" / f"{spec.id}.log")
+        assert report["preloaded"] is True
+        assert report["env"]["CUDA_VISIBLE_DEVICES"] == "" and report["env"]["OMP_NUM_THREADS"]
+        assert report["argv"][report["argv"].index("--worker-id") + 1] == spec.id
+
+
+@pytest.mark.timeout(30)
+def test_start_refuses_while_another_thread_runs() -> None:
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="a-bystander")
+    thread.start()
+    try:
+        with pytest.raises(ZygoteError, match="a-bystander"):
+            Zygote.start(preload=[])
+    finally:
+        release.set()
+        thread.join()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("flags", [[], ["--no-zygote"]], ids=["zygote", "no-zygote"])
+def test_pbt_actors_run_completes_with_and_without_the_zygote(tmp_path: Path, flags: list[str]) -> None:
+    store_dir = tmp_path / "run"
+    proc = cli("run", str(TOY_QUADRATIC), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), "--json",
+               *flags)
+    out, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["finished"] and summary["best"] is not None
+    assert "fresh process" not in out  # the zygote neither refused nor failed
+    assert len(list((store_dir / "logs").glob("*.log"))) == 2  # one per worker slot
