@@ -530,31 +530,71 @@ def _forget_user_modules() -> None:
             del sys.modules[name]
 
 
+_TITLE_BUFFERS: list[Any] = []  # the argument area set by PR_SET_MM_MAP must stay allocated
+
+
 def _set_process_title(args: list[str]) -> None:
-    """Best effort, Linux: make ``/proc/<pid>/cmdline`` (``ps``, ``pgrep -f``) show the worker's
-    command instead of the CLI's, by overwriting the argument area in place (what the
-    ``setproctitle`` package does). The arguments stay NUL-separated when they fit the CLI's
-    argument area; otherwise they are joined by spaces and run on into the environment area,
-    which the kernel then shows up to the first NUL. Call it only after ``os.environ`` was
-    replaced: the C ``environ`` then no longer points into that area."""
+    """Best effort, Linux: make ``/proc/<pid>/cmdline`` (``ps``, ``pgrep -f``, tools that look
+    for ``worker-process`` processes) show the worker's command instead of the CLI's.
+
+    First choice: point the kernel's argument area at a new NUL-separated copy with
+    ``prctl(PR_SET_MM, PR_SET_MM_MAP)`` (unprivileged since Linux 3.18 when the executable link
+    is left alone; needs CONFIG_CHECKPOINT_RESTORE). Otherwise overwrite the CLI's argument area
+    in place, as the ``setproctitle`` package does: NUL-separated when it fits, else joined by
+    spaces and run on into the environment area, which the kernel then shows up to the first
+    NUL. Call it only after ``os.environ`` was replaced: the C ``environ`` then no longer points
+    into that area."""
     import ctypes
 
     try:
         with open("/proc/self/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
-    except (OSError, ValueError, IndexError):
+            fields = [int(f) for f in stat.read().rsplit(b")", 1)[1].split()[1:]]
+    except (OSError, ValueError):
         return
+
+    def field(number: int) -> int:  # proc(5) numbering: field 3 is the state, the first after ")"
+        return fields[number - 4]
+
+    try:
+        arg_start, arg_end, env_start, env_end = field(48), field(49), field(50), field(51)
+    except IndexError:
+        return
+    data = b"\0".join(a.encode(errors="replace") for a in args) + b"\0"
+    with contextlib.suppress(Exception):
+        if _set_argument_area(ctypes, data, field):
+            return
     room = arg_end - arg_start
     if arg_start <= 0 or room <= 1:
         return
-    data = b"\0".join(a.encode(errors="replace") for a in args) + b"\0"
     if len(data) <= room:
         data = data.ljust(room, b"\0")
     else:
         limit = (env_end if env_start == arg_end and env_end > env_start else arg_end) - arg_start
         data = b" ".join(a.encode(errors="replace") for a in args)[:limit - 1] + b"\0"
     ctypes.memmove(arg_start, data, len(data))
+
+
+def _set_argument_area(ctypes: Any, data: bytes, field: Any) -> bool:
+    class MmMap(ctypes.Structure):  # struct prctl_mm_map, linux/prctl.h
+        _fields_ = [(name, ctypes.c_uint64) for name in (
+            "start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
+            "arg_start", "arg_end", "env_start", "env_end")] + [
+            ("auxv", ctypes.c_void_p), ("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sbrk.restype = ctypes.c_void_p
+    libc.sbrk.argtypes = [ctypes.c_long]
+    buffer = ctypes.create_string_buffer(data, len(data))
+    start = ctypes.addressof(buffer)
+    mm = MmMap(start_code=field(26), end_code=field(27), start_data=field(45), end_data=field(46),
+               start_brk=field(47), brk=libc.sbrk(0) or field(47), start_stack=field(28), arg_start=start,
+               arg_end=start + len(data), env_start=field(50), env_end=field(51), auxv=None, auxv_size=0,
+               exe_fd=0xFFFFFFFF)
+    pr_set_mm, pr_set_mm_map = 35, 14
+    if libc.prctl(pr_set_mm, pr_set_mm_map, ctypes.byref(mm), ctypes.sizeof(mm), 0) != 0:
+        return False
+    _TITLE_BUFFERS.append(buffer)
+    return True
 
 
 __all__ = ["EXIT_UNKNOWN", "Zygote", "ZygoteError", "ZygoteProcess", "default_preload"]

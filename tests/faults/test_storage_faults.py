@@ -39,7 +39,8 @@ def test_the_lmdb_map_grows_under_load_while_other_processes_read(tmp_path: Path
 
     handle = Controller.start(experiment, open_store, "tcp://127.0.0.1:0")
     try:
-        host = start_host(TOY, handle.endpoint, ckpt, "load", 4, env=env_with(TOY_STEP_SLEEP_S=0))
+        # trials of ~0.1 s: long enough for a few `status` reads even with workers forked in milliseconds
+        host = start_host(TOY, handle.endpoint, ckpt, "load", 4, env=env_with(TOY_STEP_SLEEP_S=0.02))
         reads = 0
         while not handle.status().finished:  # `status` in other processes all along
             status = start("status", "--store", str(store), "--json")
