@@ -627,47 +627,35 @@ class LmdbTrialStore(TrialStore):
 
         return self._write(op)
 
-    def ids_with_status(self, status: TrialStatus) -> list[int]:
-        prefix = schema.status_prefix(status)
-
-        def op(txn: lmdb.Transaction) -> list[int]:
+    def _indexed(self, from_mirror: Callable[[IndexMirror], T], from_disk: Callable[[lmdb.Transaction], T]) -> T:
+        """An index query: from the mirror inside this process's write txn, else from LMDB."""
+        def op(txn: lmdb.Transaction) -> T:
             mirror = self._mirror_for(txn)
-            if mirror is not None:
-                return mirror.ids_with_status(status)
-            return [schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)]
+            return from_disk(txn) if mirror is None else from_mirror(mirror)
 
         return self._read(op)
+
+    def ids_with_status(self, status: TrialStatus) -> list[int]:
+        prefix = schema.status_prefix(status)
+        return self._indexed(lambda mirror: mirror.ids_with_status(status),
+                             lambda txn: [schema.decode_status_key(k)[1]
+                                          for k in self._scan(txn, self._status, prefix)])
 
     def first_with_status(self, status: TrialStatus) -> int | None:
         prefix = schema.status_prefix(status)
-
-        def op(txn: lmdb.Transaction) -> int | None:
-            mirror = self._mirror_for(txn)
-            if mirror is not None:
-                return mirror.first_with_status(status)
-            return next((schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)), None)
-
-        return self._read(op)
+        return self._indexed(lambda mirror: mirror.first_with_status(status),
+                             lambda txn: next((schema.decode_status_key(k)[1]
+                                               for k in self._scan(txn, self._status, prefix)), None))
 
     def running_leased_to(self, worker: str) -> list[int]:
-        def op(txn: lmdb.Transaction) -> list[int] | None:
-            mirror = self._mirror_for(txn)
-            return None if mirror is None else mirror.running_leased_to(worker)
-
-        ids = self._read(op)
+        ids: list[int] | None = self._indexed(lambda mirror: mirror.running_leased_to(worker), lambda txn: None)
         return super().running_leased_to(worker) if ids is None else ids
 
     def count(self, status: TrialStatus | None = None) -> int:
         if status is None:
             return self._read(lambda txn: int(txn.stat(self._trials)["entries"]))
-
-        def op(txn: lmdb.Transaction) -> int:
-            mirror = self._mirror_for(txn)
-            if mirror is not None:
-                return mirror.count(status)
-            return self._get_counter(txn, status_counter(status))
-
-        return self._read(op)
+        return self._indexed(lambda mirror: mirror.count(status),
+                             lambda txn: self._get_counter(txn, status_counter(status)))
 
     def children(self, trial_id: int) -> list[int]:
         if not self._valid_id(trial_id):
@@ -690,14 +678,9 @@ class LmdbTrialStore(TrialStore):
             self._check_open()
             return []
         prefix = schema.generation_prefix(generation)
-
-        def op(txn: lmdb.Transaction) -> list[int]:
-            mirror = self._mirror_for(txn)
-            if mirror is not None:
-                return mirror.completed_in_generation(generation)
-            return [schema.decode_generation_key(k)[1] for k in self._scan(txn, self._completed, prefix)]
-
-        return self._read(op)
+        return self._indexed(lambda mirror: mirror.completed_in_generation(generation),
+                             lambda txn: [schema.decode_generation_key(k)[1]
+                                          for k in self._scan(txn, self._completed, prefix)])
 
     def max_generation(self) -> int:
         def op(txn: lmdb.Transaction) -> int:
@@ -707,13 +690,8 @@ class LmdbTrialStore(TrialStore):
         return self._read(op)
 
     def uninitiated(self) -> list[int]:
-        def op(txn: lmdb.Transaction) -> list[int]:
-            mirror = self._mirror_for(txn)
-            if mirror is not None:
-                return mirror.uninitiated_ids()
-            return [schema.decode_id(k) for k in self._scan(txn, self._uninitiated)]
-
-        return self._read(op)
+        return self._indexed(lambda mirror: mirror.uninitiated_ids(),
+                             lambda txn: [schema.decode_id(k) for k in self._scan(txn, self._uninitiated)])
 
     def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
         """Trials by ascending id up to the highest id at the first ``next()``, as the
