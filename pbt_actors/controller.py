@@ -28,7 +28,7 @@ from pbt_actors.experiment import Experiment
 from pbt_actors.model import Trial, TrialStatus
 from storage.base import TrialStore
 from transport.endpoints import ControllerEndpoint
-from transport.messages import Done, Error, Message, Reply, Report, RequestTrial, Wait, WorkerLost
+from transport.messages import Done, Error, Fail, Message, Reply, Report, RequestTrial, Wait, WorkerLost
 from transport.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -227,8 +227,9 @@ class _Bridge(threading.Thread):
                 self.peers_seen.discard(message.worker)
                 self.parked.pop(message.worker.encode("utf-8"), None)
             batch.append((item.identity, item.request_id, message))
-        if self.parked and (unpark or any(not isinstance(m, RequestTrial) for _, _, m in batch)):
-            # something that can create work or end the run: ask again for every held request
+        if self.parked and (unpark or any(isinstance(m, Report | Fail | WorkerLost) for _, _, m in batch)):
+            # a result or a lost worker can create work or end the run: ask again for every held
+            # request (rarer causes, an early stop on a heartbeat, wait for PARK_S at most)
             batch.extend((identity, p.request_id, RequestTrial(p.worker)) for identity, p in self.parked.items())
             self.parked_requeued = {identity: p for identity, p in self.parked.items()}
             self.parked.clear()

@@ -22,7 +22,7 @@ from pbt_actors.experiment import Experiment
 from pbt_actors.model import CheckpointRef
 from pbt_actors.space import Float
 from transport.endpoints import WorkerEndpoint
-from transport.messages import Done, Message, Report, RequestTrial, TrialAssignment, Wait
+from transport.messages import Done, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,3 +121,22 @@ def test_a_held_request_is_answered_wait_zero_after_the_park_limit(controller: C
     finally:
         a.close()
         b.close()
+
+
+def test_a_lost_worker_s_trial_goes_at_once_to_a_held_request(controller: ControllerHandle) -> None:
+    a, b = Worker(controller.endpoint, "wa"), Worker(controller.endpoint, "wb")
+    supervisor = Worker(controller.endpoint, "supervisor-host-1")
+    try:
+        a.ask(RequestTrial("wa"))
+        first, _ = a.reply()
+        assert isinstance(first, TrialAssignment) and first.trial_id == 1
+        b.ask(RequestTrial("wb"))  # held: the only trial runs on wa
+        with pytest.raises(queue.Empty):
+            b.replies.get(timeout=0.3)
+        supervisor.ask(WorkerLost("wa", "SIGKILL"))
+        assert supervisor.reply()[0].TYPE == "ack"
+        retry, _ = b.reply()  # the re-queued trial, without waiting for a lease or a retry
+        assert isinstance(retry, TrialAssignment) and (retry.trial_id, retry.attempt) == (1, 2)
+    finally:
+        for worker in (a, b, supervisor):
+            worker.close()
