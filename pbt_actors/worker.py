@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 TrainFn = Callable[[TrialContext], Any]
 HEARTBEAT_TIMEOUT_S = 2.0
 PREEMPT_GRACE_S = 20.0
+INTERNAL_ERROR_RETRIES = 8
+INTERNAL_ERROR_BACKOFF_S = 0.2
+"""A report answered ``error(internal)`` is sent again after 0.2, 0.4, ... s (8 times, ~50 s in
+all); after that the trial is left to its lease expiry, like a report that never arrived."""
 
 
 @dataclass
@@ -289,6 +293,15 @@ class WorkerClient:
         """Send a report/fail until acknowledged: forever while healthy (the controller may be
         restarting), for a grace period once preempted."""
         reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
+        for retry in range(INTERNAL_ERROR_RETRIES):
+            # ``internal``: the controller could not apply it (its batch was rolled back, or the
+            # disk flush failed), which says nothing about the result: send it again, as a new
+            # request (a resend under the old id would get the cached error), after a pause
+            if not (isinstance(reply, Error) and reply.code == "internal") or self.preempt.is_set():
+                break
+            log.warning("controller failed to apply %s (%s); sending it again", message.TYPE, reply.message[:200])
+            self.preempt.wait(min(INTERNAL_ERROR_BACKOFF_S * 2 ** retry, 30.0))
+            reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
         if reply is None:
             log.error("preempted before the controller acknowledged %s for a trial; it will be re-run",
                       message.TYPE)
