@@ -16,15 +16,17 @@ because the checkpoint root is the one folder that every host and the controller
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import queue
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -107,7 +109,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
                          for spec in children}
         self.controller = controller
         self.endpoint_options = dict(endpoint_options or {})
-        self.endpoint: WorkerEndpoint | None = None
+        self.notifier: _LostNotifier | None = None
         self.watch = _Watch()
         self.watch_stop = threading.Event()
         self.all_done = threading.Event()
@@ -116,7 +118,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         if self.controller is not None:
             identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
-            self.endpoint = WorkerEndpoint(self.controller, identity, **self.endpoint_options)
+            self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options)
         threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
         for child_id in self.children:
             self._start(child_id)
@@ -128,8 +130,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
             timer.cancel()
         for child in self.children.values():
             _terminate(child.process)
-        if self.endpoint is not None:
-            self.endpoint.close()
+        if self.notifier is not None:
+            self.notifier.stop()
         self._write_state(stopped=True)
 
     def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
@@ -185,37 +187,38 @@ class HostSupervisorActor(pykka.ThreadingActor):
     def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
         child = self.children[child_id]
         child.last_exit = exit_code
-        if exit_code != 0:
-            self._tell_controller_lost(child_id, reason or f"process exited with code {exit_code}")
         decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic())
+        restart = None
         if decision.restart:
             child.state, child.reason = "waiting", f"restarting in {decision.delay_s:.2f}s after {decision.reason}"
             log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
-            timer = threading.Timer(decision.delay_s, self._tell_start, args=(child_id,))
-            timer.daemon = True
-            self.timers.append(timer)
-            timer.start()
-        elif decision.give_up:
+            restart = functools.partial(self._restart_later, child_id, decision.delay_s)
+        if exit_code != 0 and self.notifier is not None:
+            # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
+            # resends) never blocks this actor; the restart waits for it, so that the controller
+            # hears "lost" before the same worker id asks for new work
+            self.notifier.tell(WorkerLost(child_id, reason or f"process exited with code {exit_code}"), restart)
+        elif restart is not None:
+            restart()
+        if decision.give_up:
             child.state, child.reason = "gave_up", decision.reason
             log.error("GIVING UP on worker %s: %s", child_id, decision.reason)
-        else:
+        elif not decision.restart:
             child.state, child.reason = "exited", decision.reason
         child.since = time.time()
         self._write_state()
         if all(c.state in ("exited", "gave_up") for c in self.children.values()):
             self.all_done.set()
 
+    def _restart_later(self, child_id: str, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self._tell_start, args=(child_id,))
+        timer.daemon = True
+        self.timers.append(timer)  # a list append: safe from the notifier's thread too
+        timer.start()
+
     def _tell_start(self, child_id: str) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(_StartChild(child_id))
-
-    def _tell_controller_lost(self, child_id: str, reason: str) -> None:
-        if self.endpoint is None:
-            return
-        try:
-            self.endpoint.request(WorkerLost(child_id, reason), timeout_s=2.0, retries=2)
-        except RequestTimeout:
-            log.warning("controller did not hear that %s was lost; the lease will expire instead", child_id)
 
     def _watch_loop(self) -> None:
         while not self.watch_stop.wait(WATCH_INTERVAL_S):
@@ -228,6 +231,54 @@ class HostSupervisorActor(pykka.ThreadingActor):
                     self.actor_ref.tell(_Exited(cid, code))
                 except pykka.ActorDeadError:
                     return
+
+
+class _LostNotifier:
+    """Tells the controller ``worker_lost`` from a thread of its own (which owns the DEALER).
+
+    Each notice is tried 3 times (2 s apart) and then given up (the lease expires instead);
+    ``after`` (the restart, if any) runs once the notice was answered or given up.
+    """
+
+    TRIES = 3
+    TIMEOUT_S = 2.0
+
+    def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any]) -> None:
+        self.controller, self.identity, self.endpoint_options = controller, identity, dict(endpoint_options)
+        self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | None] = queue.Queue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pbt-supervisor-notifier", daemon=True)
+        self.thread.start()
+
+    def tell(self, message: WorkerLost, after: Callable[[], None] | None) -> None:
+        self.queue.put((message, after))
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self.stopping.set()
+        self.queue.put(None)
+        self.thread.join(timeout_s)
+
+    def _run(self) -> None:
+        endpoint = WorkerEndpoint(self.controller, self.identity, **self.endpoint_options)
+        try:
+            while (item := self.queue.get()) is not None:
+                message, after = item
+                self._notify(endpoint, message)
+                if after is not None and not self.stopping.is_set():
+                    after()
+        finally:
+            endpoint.close()
+
+    def _notify(self, endpoint: WorkerEndpoint, message: WorkerLost) -> None:
+        for _ in range(self.TRIES):
+            if self.stopping.is_set():
+                return
+            try:
+                endpoint.request(message, timeout_s=self.TIMEOUT_S, retries=0)
+                return
+            except RequestTimeout:
+                continue
+        log.warning("controller did not hear that %s was lost; the lease will expire instead", message.worker)
 
 
 class HostSupervisor:
