@@ -169,6 +169,8 @@ class WorkerClient:
         self.progress: _Progress = self.actor.proxy().progress.get()
         self.preempt = threading.Event()
         self._ticker_stop = threading.Event()
+        self._ticker_wake = threading.Event()
+        """Set when the heartbeat interval changed (a new trial) or the client closes."""
         self._heartbeat_s = 1.0
         self._ticker = threading.Thread(target=self._tick, name=f"{self.worker_id}-ticker", daemon=True)
         self._ticker.start()
@@ -203,8 +205,14 @@ class WorkerClient:
         return self._request_patiently(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), None)
 
     def _tick(self) -> None:
+        # Sleeps until the next heartbeat is due (not a fixed short poll): every wake-up takes
+        # the GIL from the training thread. A changed interval applies from the next wake-up.
         last = time.monotonic()
-        while not self._ticker_stop.wait(0.05):
+        while True:
+            self._ticker_wake.wait(max(0.01, last + self._heartbeat_s - time.monotonic()))
+            self._ticker_wake.clear()
+            if self._ticker_stop.is_set():
+                return
             if time.monotonic() - last >= self._heartbeat_s:
                 last = time.monotonic()
                 with self.progress.lock:
@@ -258,6 +266,7 @@ class WorkerClient:
             self.progress.spec, self.progress.ctx = spec, ctx
             self.progress.step, self.progress.metrics, self.progress.fresh = spec.start_step, None, False
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
+        self._ticker_wake.set()
         outcome: Message
         try:
             returned = self.train(ctx)
@@ -320,6 +329,7 @@ class WorkerClient:
 
     def close(self) -> None:
         self._ticker_stop.set()
+        self._ticker_wake.set()
         self._ticker.join(timeout=2)
         try:
             self.actor.stop(timeout=5)
