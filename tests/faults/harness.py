@@ -15,9 +15,9 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pbt_actors.model import Trial, TrialStatus
 from storage.lmdb_store import LmdbTrialStore
@@ -25,7 +25,6 @@ from tests.support.runs import REPO, cli
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE / "experiments"
-T = TypeVar("T")
 
 
 class Proc:
@@ -136,18 +135,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_until(check: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 # --- the store, read from outside like `pbt-actors status` does ------------------------------------

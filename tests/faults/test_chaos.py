@@ -17,8 +17,9 @@ import pytest
 from pbt_actors.checkpoints import load_checkpoint
 from pbt_actors.model import TrialStatus
 from storage.lmdb_store import LmdbTrialStore
-from tests.faults.harness import env_with, finished, start, verify_cli, wait_until, worker_pids
+from tests.faults.harness import env_with, finished, start, verify_cli, worker_pids
 from tests.support.runs import TOY
+from tests.support.waiting import wait_until
 
 KILLS = 12
 WORKERS = 3

@@ -32,10 +32,10 @@ from tests.faults.harness import (
     start_host,
     trials,
     verify_cli,
-    wait_until,
     worker_pids,
 )
 from tests.support.runs import TOY, assert_complete_lineage
+from tests.support.waiting import wait_until
 from transport.messages import TrialAssignment
 
 ENV = env_with(TOY_STEP_SLEEP_S=0.05, TOY_MAX_STEPS=40, TOY_LEASE_S=60)  # 32 trials of ~0.25 s
@@ -130,6 +130,7 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
         with client.progress.lock:
             client.progress.spec = spec  # as if a trial were running
         client._heartbeat_s = 0.05
+        client._ticker_wake.set()  # as run_trial does when a trial sets the interval
         deadline, deepest = time.monotonic() + 5, 0  # two and a half heartbeat timeouts
         while time.monotonic() < deadline:
             deepest = max(deepest, client.actor.actor_inbox.qsize())

@@ -26,9 +26,9 @@ from tests.faults.harness import (
     start_controller,
     start_host,
     verify_cli,
-    wait_until,
     worker_pids,
 )
+from tests.support.waiting import wait_until
 
 CRASH_LOOP = EXPERIMENTS / "crash_loop.py"
 EXIT_CODE = {"import": 1, "train": 70}

@@ -15,7 +15,8 @@ from pbt_actors.checkpoints import load_checkpoint
 from pbt_actors.model import Trial, TrialStatus
 from pbt_actors.verify import verify_store
 from storage.lmdb_store import LmdbTrialStore
-from tests.faults.harness import EXPERIMENTS, env_with, read_trace, running, start, wait_until, worker_pids
+from tests.faults.harness import EXPERIMENTS, env_with, read_trace, running, start, worker_pids
+from tests.support.waiting import wait_until
 
 PREEMPTIBLE = EXPERIMENTS / "preemptible.py"
 

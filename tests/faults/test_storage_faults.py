@@ -21,8 +21,9 @@ from pbt_actors.controller import Controller
 from pbt_actors.launch import load_experiment_file
 from pbt_actors.model import TrialStatus
 from storage.lmdb_store import LmdbTrialStore
-from tests.faults.harness import EXPERIMENTS, env_with, start, start_host, trials, verify_cli, wait_until
+from tests.faults.harness import EXPERIMENTS, env_with, start, start_host, trials, verify_cli
 from tests.support.runs import REPO, TOY, assert_complete_lineage
+from tests.support.waiting import wait_until
 
 DISK_FULL = EXPERIMENTS / "disk_full.py"
 TINY_MAP = 64 * 1024

@@ -18,6 +18,7 @@ import pytest
 
 from pbt_actors.supervision import Backoff, ChildSpec, Intensity, Restart
 from pbt_actors.supervisor import HostSupervisor, _LostNotifier
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,23 +40,14 @@ def test_an_unreachable_controller_blocks_neither_status_nor_the_restart_order()
                                 backoff=Backoff(0.05))
     try:
         started = time.monotonic()
-        deadline = started + 10
-        while time.monotonic() < deadline:  # wait for the first exit to be seen
-            (child,) = supervisor.status()
-            if child.last_exit is not None:
-                break
-            time.sleep(0.02)
+        (child,) = wait_until(lambda: [c for c in supervisor.status() if c.last_exit is not None], 10,
+                              "the first exit to be seen", poll_s=0.02)
         assert child.last_exit == 1 and child.state == "waiting"
         asked = time.monotonic()
         (child,) = supervisor.status()  # answered while the notice is still being tried
         assert time.monotonic() - asked < 1.0
         assert child.starts == 1  # not restarted before the controller was told (or given up on)
-        while time.monotonic() < started + notice_s + 10:
-            (child,) = supervisor.status()
-            if child.starts >= 2:
-                break
-            time.sleep(0.05)
-        assert child.starts >= 2
+        wait_until(lambda: supervisor.status()[0].starts >= 2, notice_s + 10, "the restart")
         assert time.monotonic() - started >= notice_s * 0.9
     finally:
         supervisor.stop()

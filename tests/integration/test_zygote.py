@@ -12,30 +12,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from pbt_actors.launch import worker_specs
 from pbt_actors.zygote import EXIT_UNKNOWN, Zygote, ZygoteError, ZygoteProcess, _pid_alive
 from tests.support.runs import REPO, cli
+from tests.support.waiting import wait_until
 
 PROBE = Path(__file__).resolve().parent / "experiments" / "zygote_probe.py"
 TOY_QUADRATIC = REPO / "examples" / "toy_quadratic.py"
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"no {what} within {timeout_s}s")
 
 
 def probe_argv(root: Path) -> list[str]:
