@@ -50,7 +50,7 @@ TRACE_ENV = "PBT_CHAOS_TRACE"
 
 # --- the experiment side: loaded by `pbt-actors run` and its worker processes ------------------
 if os.environ.get(TARGET_ENV):
-    from pbt_actors.launch import load_experiment_file
+    from pbt_actors.runtime.launch import load_experiment_file
 
     experiment, _target_train = load_experiment_file(os.environ[TARGET_ENV])
     _trace_fd: int | None = None
@@ -107,9 +107,9 @@ def read_traces(folder: Path) -> tuple[dict[tuple[int, int], int], dict[int, tup
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from pbt_actors.model import TrialStatus
-    from pbt_actors.verify import verify_store
-    from storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.model.records import TrialStatus
+    from pbt_actors.tools.verify import verify_store
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     experiment_file = Path(args.experiment).resolve()
     if not experiment_file.is_file():

@@ -104,8 +104,8 @@ def raw_echo_cycles(workers: int, seconds: float) -> float:
 # --- (a) controller cycles --------------------------------------------------------------------------
 def _controller_client(address: str, name: str, seconds: float, counter: mp.Value,  # type: ignore[valid-type]
                        piggyback: bool) -> None:
-    from transport.endpoints import WorkerEndpoint
-    from transport.messages import Report, RequestTrial, TrialAssignment
+    from pbt_actors.transport.endpoints import WorkerEndpoint
+    from pbt_actors.transport.messages import Report, RequestTrial, TrialAssignment
 
     endpoint = WorkerEndpoint(address, name)
     done, deadline = 0, time.monotonic() + seconds
@@ -126,10 +126,10 @@ def _controller_client(address: str, name: str, seconds: float, counter: mp.Valu
 
 
 def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> tuple[float, int]:
-    from pbt_actors.controller import Controller
-    from pbt_actors.experiment import Experiment
-    from pbt_actors.space import Float
-    from storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.runtime.controller import Controller
+    from pbt_actors.model.experiment import Experiment
+    from pbt_actors.model.space import Float
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     experiment = Experiment(name="bench", space={"x": Float(0.0, 1.0)}, objective="score", population=64,
                             steps_per_trial=1, max_steps=10**9, lease_s=600)
@@ -147,7 +147,7 @@ def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> 
         elapsed = time.monotonic() - started
         handle.stop()
         with LmdbTrialStore(tmp, readonly=True) as store:
-            from pbt_actors.model import TrialStatus
+            from pbt_actors.model.records import TrialStatus
 
             durable = store.count(TrialStatus.COMPLETED)
     return counter.value / max(elapsed, 1e-9), durable - counter.value
@@ -156,10 +156,10 @@ def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> 
 # --- (b) idle gap ---------------------------------------------------------------------------------------
 def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
     """Per trial: (report sent → next ``train`` entered, report acknowledged → next ``train``)."""
-    from pbt_actors.controller import Controller
-    from pbt_actors.experiment import Experiment
-    from pbt_actors.space import Float
-    from pbt_actors.worker import WorkerClient
+    from pbt_actors.runtime.controller import Controller
+    from pbt_actors.model.experiment import Experiment
+    from pbt_actors.model.space import Float
+    from pbt_actors.runtime.worker import WorkerClient
 
     experiment = Experiment(name="gap", space={"x": Float(0.0, 1.0)}, objective="score", population=8,
                             steps_per_trial=1, max_steps=10**9, max_trials=trials, lease_s=600)
@@ -191,9 +191,9 @@ def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
 
 # --- (c) digits ---------------------------------------------------------------------------------------------
 def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
-    from pbt_actors.context import TrialContext
-    from pbt_actors.launch import load_experiment_file
-    from storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.runtime.context import TrialContext
+    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     example = REPO / "examples" / "digits.py"
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +205,7 @@ def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
         wall = time.monotonic() - started
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import torch, sklearn.datasets, pbt_actors.worker"], check=True)
+        subprocess.run([sys.executable, "-c", "import torch, sklearn.datasets, pbt_actors.runtime.worker"], check=True)
         startup = time.monotonic() - t0
         # the floor: every trial's training again, back to back, in this process, no framework
         os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -41,14 +41,14 @@ TARGET_100K_S = 60.0
 
 
 def one(size: int, population: int, workers: int, policy: str, store_kind: str) -> dict[str, object]:
-    from pbt_actors.sim import SimConfig, ToyQuadratic, simulate
+    from pbt_actors.tools.sim import SimConfig, ToyQuadratic, simulate
 
     marks: list[tuple[float, float]] = []
     chunk = max(1, size // 10)
     store = None
     tmp = None
     if store_kind == "lmdb":
-        from storage.lmdb_store import LmdbTrialStore
+        from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
         tmp = tempfile.TemporaryDirectory(prefix="pbt-sim-bench-")
         store = LmdbTrialStore(Path(tmp.name) / "store", sync=False)

@@ -33,10 +33,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import lmdb
 
-from pbt_actors.model import Origin, OriginKind, TrialSpec, TrialStatus
-from storage.base import TrialStore
-from storage.lmdb_store import LmdbTrialStore
-from storage.memory import InMemoryTrialStore
+from pbt_actors.model.records import Origin, OriginKind, TrialSpec, TrialStatus
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 VALUE_BYTES = 300
 

@@ -1,7 +1,7 @@
 """pbt_actors: Population Based Training as short asynchronous trials (Li et al., KDD 2019).
 
 The public API is ``__all__``. Names are imported lazily so that ``storage`` and ``transport``
-(which import ``pbt_actors.model``) never drag the actor shell, torch or ZeroMQ in.
+(which import ``pbt_actors.model.records``) never drag the actor shell, torch or ZeroMQ in.
 """
 
 from __future__ import annotations
@@ -14,27 +14,34 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS: dict[str, str] = {
     # layer 1: data model
-    "Float": "pbt_actors.space",
-    "Int": "pbt_actors.space",
-    "Discrete": "pbt_actors.space",
-    "Categorical": "pbt_actors.space",
-    "Fixed": "pbt_actors.space",
-    "SearchSpace": "pbt_actors.space",
-    "Metric": "pbt_actors.fitness",
-    "Objective": "pbt_actors.fitness",
-    "Experiment": "pbt_actors.experiment",
-    "EarlyStop": "pbt_actors.experiment",
-    "Trial": "pbt_actors.model",
-    "TrialStatus": "pbt_actors.model",
-    "CheckpointRef": "pbt_actors.model",
-    "Measurement": "pbt_actors.model",
+    "Float": "pbt_actors.model.space",
+    "Int": "pbt_actors.model.space",
+    "Discrete": "pbt_actors.model.space",
+    "Categorical": "pbt_actors.model.space",
+    "Fixed": "pbt_actors.model.space",
+    "SearchSpace": "pbt_actors.model.space",
+    "Metric": "pbt_actors.model.fitness",
+    "Objective": "pbt_actors.model.fitness",
+    "Experiment": "pbt_actors.model.experiment",
+    "EarlyStop": "pbt_actors.model.experiment",
+    "Trial": "pbt_actors.model.records",
+    "TrialStatus": "pbt_actors.model.records",
+    "CheckpointRef": "pbt_actors.model.records",
+    "Measurement": "pbt_actors.model.records",
     # layer 3: the pure controller
-    "ControllerCore": "pbt_actors.core",
+    "ControllerCore": "pbt_actors.control.core",
+    # layer 4 and 5: the embedding API
+    "Controller": "pbt_actors.runtime.controller",
+    "ControllerHandle": "pbt_actors.runtime.controller",
+    "WorkerClient": "pbt_actors.runtime.worker",
+    "TrialContext": "pbt_actors.runtime.context",
+    "run_inprocess": "pbt_actors.tools.inprocess",
 }
 
 __all__ = [
-    "Categorical", "CheckpointRef", "ControllerCore", "Discrete", "EarlyStop", "Experiment", "Fixed",
-    "Float", "Int", "Measurement", "Metric", "Objective", "SearchSpace", "Trial", "TrialStatus",
+    "Categorical", "CheckpointRef", "Controller", "ControllerCore", "ControllerHandle", "Discrete", "EarlyStop",
+    "Experiment", "Fixed", "Float", "Int", "Measurement", "Metric", "Objective", "SearchSpace", "Trial",
+    "TrialContext", "TrialStatus", "WorkerClient", "run_inprocess",
 ]
 
 

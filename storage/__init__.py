@@ -1,17 +1,17 @@
 """Trial stores: the ``TrialStore`` interface, its LMDB implementation and an in-memory twin.
 
-Layer 2: imports only the data model (``pbt_actors.model`` and friends), never the shell.
+Layer 2: imports only the data model (``pbt_actors.model.records`` and friends), never the shell.
 """
 
-from storage.base import TrialStore
-from storage.memory import InMemoryTrialStore
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 __all__ = ["InMemoryTrialStore", "LmdbTrialStore", "TrialStore"]
 
 
 def __getattr__(name: str) -> object:
     if name == "LmdbTrialStore":  # lazy: importing lmdb is only needed for the real store
-        from storage.lmdb_store import LmdbTrialStore
+        from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
         return LmdbTrialStore
     raise AttributeError(name)

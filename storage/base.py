@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from pbt_actors.errors import SchemaError, TrialNotFound
-from pbt_actors.model import (
+from pbt_actors.model.errors import SchemaError, TrialNotFound
+from pbt_actors.model.records import (
     CheckpointRef,
     Measurement,
     Trial,
@@ -194,7 +194,7 @@ def status_counter(status: TrialStatus) -> str:
     return f"status:{status.value}"
 
 
-MAX_GENERATION = (1 << 32) - 1  # generations are 4-byte keys on disk (storage.schema)
+MAX_GENERATION = (1 << 32) - 1  # generations are 4-byte keys on disk (pbt_actors.storage.schema)
 MAX_TRIAL_ID = (1 << 64) - 1  # ids are 8-byte keys on disk
 
 

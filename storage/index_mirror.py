@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from pbt_actors.model import Trial, TrialStatus
+from pbt_actors.model.records import Trial, TrialStatus
 
 
 class IndexMirror:

@@ -1,6 +1,6 @@
 """``LmdbTrialStore``: the trial graph in one LMDB environment per store folder.
 
-Layer 2. Key layout and codecs live in ``storage.schema``; this module adds transactions,
+Layer 2. Key layout and codecs live in ``pbt_actors.storage.schema``; this module adds transactions,
 map growth, the schema-version check and read-only opening.
 
 Transactions
@@ -20,7 +20,7 @@ Map growth
     * inside a batch the caller's logic cannot be replayed from here. The batch transaction is
       aborted, the map grown, and ``StoreFullRetry`` raised; every later op of that batch raises
       it too and so does leaving the block, so nothing half-done can commit. The controller
-      core catches it (as ``pbt_actors.errors.StoreRetry``) and re-runs the whole batch, which
+      core catches it (as ``pbt_actors.model.errors.StoreRetry``) and re-runs the whole batch, which
       is safe because its handling is a deterministic function of the stored state.
 
     Readers in other processes get ``lmdb.MapResizedError`` when they begin a transaction
@@ -49,11 +49,11 @@ from typing import Any, Final, TypeVar
 
 import lmdb
 
-from pbt_actors.errors import SchemaVersionError, StoreError, StoreRetry
-from pbt_actors.model import CheckpointRef, Trial, TrialSpec, TrialStatus
-from storage import schema
-from storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
-from storage.index_mirror import IndexMirror
+from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreRetry
+from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
+from pbt_actors.storage import schema
+from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
+from pbt_actors.storage.index_mirror import IndexMirror
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ class LmdbTrialStore(TrialStore):
         self._decoded: dict[int, tuple[bytes, Trial]] = {}
         self._sync = sync and not readonly
         # The writer's in-memory copy of the status / completed / uninitiated indexes (see
-        # ``storage.index_mirror``): valid inside ``_mirror_txn`` only, and for the LMDB
+        # ``pbt_actors.storage.index_mirror``): valid inside ``_mirror_txn`` only, and for the LMDB
         # state committed as transaction ``_mirror_txnid``.
         self._mirror: IndexMirror | None = None
         self._mirror_txn: lmdb.Transaction | None = None
@@ -287,7 +287,7 @@ class LmdbTrialStore(TrialStore):
             return txn
         raise StoreError(f"the map of {self._path} keeps being resized by another process")
 
-    # --- the index mirror (see storage.index_mirror) ------------------------------------------
+    # --- the index mirror (see pbt_actors.storage.index_mirror) ------------------------------------------
     def _attach_mirror(self, txn: lmdb.Transaction) -> None:
         """Start mirroring in write txn ``txn``; forget a mirror another writer made stale."""
         self._txn_id = txn.id()

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pbt_actors import wire
-from pbt_actors.model import CheckpointRef, Trial, TrialSpec, TrialStatus
-from storage.base import (
+from pbt_actors.model import wire
+from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
+from pbt_actors.storage.base import (
     TRIAL_ID_COUNTER,
     TrialStore,
     check_spec,

@@ -1,6 +1,6 @@
 """The on-disk layout of ``LmdbTrialStore``: database names, key encodings and value codecs.
 
-Layer 2: imports only the data model and ``pbt_actors.wire`` (never ``lmdb``), so tools and
+Layer 2: imports only the data model and ``pbt_actors.model.wire`` (never ``lmdb``), so tools and
 tests can reason about keys without opening an environment.
 
 Why this layout:
@@ -12,14 +12,14 @@ Why this layout:
 * **Keys carry the data, values are empty.** Index entries (``status``, ``generations``,
   ``children``, ``uninitiated``) are sets; putting the member in the key makes membership a
   single put/delete inside the record's transaction, with no read-modify-write of a list.
-* **One serializer.** Record values are ``pbt_actors.wire.pack(x.to_dict())``: the same bytes
+* **One serializer.** Record values are ``pbt_actors.model.wire.pack(x.to_dict())``: the same bytes
   as on the wire, never pickle. Decoding failures become ``SchemaError`` naming the record, so
   a damaged disk is reported, not a crash with a raw msgpack traceback.
 * **No data in the main DB.** ``open_db`` stores each named database's name as a key of the
   main DB; keeping our data in named databases only avoids collisions with those entries.
 
 ``STORE_SCHEMA_VERSION`` covers this layout (key shapes, database set, status codes). It is
-independent of ``pbt_actors.model.SCHEMA_VERSION``, which versions the record dicts.
+independent of ``pbt_actors.model.records.SCHEMA_VERSION``, which versions the record dicts.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, TypeAlias
 
-from pbt_actors import wire
-from pbt_actors.errors import SchemaError
-from pbt_actors.model import CheckpointRef, Trial, TrialStatus
+from pbt_actors.model import wire
+from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
 
 # What py-lmdb hands back: bytes, or memoryview when a txn is opened with buffers=True.
 Buf: TypeAlias = bytes | memoryview
@@ -138,7 +138,7 @@ def status_code(status: TrialStatus) -> int:
         return STATUS_CODES[status]
     except KeyError:
         raise SchemaError(f"status {status!r} has no on-disk code; add one to "
-                          f"storage.schema.STATUS_CODES (and bump STORE_SCHEMA_VERSION)") from None
+                          f"pbt_actors.storage.schema.STATUS_CODES (and bump STORE_SCHEMA_VERSION)") from None
 
 
 def status_prefix(status: TrialStatus) -> bytes:

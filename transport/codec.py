@@ -5,7 +5,7 @@ map, the *envelope*::
 
     {"v": PROTOCOL_VERSION, "t": message.TYPE, "id": request_id, "b": message.to_body()}
 
-Replies echo the request's ``id``. ``pbt_actors.wire`` is the only msgpack entry point (size
+Replies echo the request's ``id``. ``pbt_actors.model.wire`` is the only msgpack entry point (size
 and depth limits, no extension types, never pickle).
 
 ``decode`` is safe on hostile input: whatever the bytes, it returns an ``Envelope`` or raises
@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pbt_actors import wire
-from pbt_actors.errors import SchemaError, WireError
-from transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
+from pbt_actors.model import wire
+from pbt_actors.model.errors import SchemaError, WireError
+from pbt_actors.transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_REQUEST_ID = 2**63  # exclusive: ids are in [0, 2**63)

@@ -32,10 +32,10 @@ from typing import Self
 
 import zmq
 
-from pbt_actors.errors import PbtError
-from transport.codec import DEFAULT_MAX_MESSAGE_BYTES, ProtocolError, decode, encode
-from transport.messages import REPLY_TYPES, REQUEST_TYPES, Message
-from transport.ratelimit import RateLimitedLog
+from pbt_actors.model.errors import PbtError
+from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, ProtocolError, decode, encode
+from pbt_actors.transport.messages import REPLY_TYPES, REQUEST_TYPES, Message
+from pbt_actors.transport.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ControllerEndpoint(_Owned):
     (larger frames are dropped by ZeroMQ and their sender disconnected; not applied on
     inproc, where the codec's own size check still rejects them), high-water marks of
     ``ROUTER_HWM``. With ``curve_secret_key`` the socket is a CURVE server; authorising client
-    keys is the caller's job (``transport.security.start_authenticator`` on the same context).
+    keys is the caller's job (``pbt_actors.transport.security.start_authenticator`` on the same context).
     """
 
     def __init__(self, bind: str, *, context: zmq.Context | None = None,

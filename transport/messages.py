@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from pbt_actors.errors import SchemaError
-from pbt_actors.model import (
+from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.records import (
     CheckpointRef,
     Measurement,
     _float,

@@ -1,7 +1,7 @@
 """The LMDB writer's in-memory index mirror answers exactly as the indexes on disk do.
 
 Inside a write transaction the store answers status / generation / uninitiated / lease queries
-from ``storage.index_mirror``; outside one (and in other processes) from LMDB. These tests drive
+from ``pbt_actors.storage.index_mirror``; outside one (and in other processes) from LMDB. These tests drive
 random operation sequences, with batches that abort half-way and batches that grow the map, and
 compare: the mirror's answers inside a batch, LMDB's answers outside, and an in-memory store that
 ran the same committed operations. Another process writing in between must make the writer
@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.errors import StoreRetry
-from pbt_actors.model import Lease, TrialStatus
-from storage.base import TrialStore, status_counter
-from storage.lmdb_store import LmdbTrialStore
-from storage.memory import InMemoryTrialStore
+from pbt_actors.model.errors import StoreRetry
+from pbt_actors.model.records import Lease, TrialStatus
+from pbt_actors.storage.base import TrialStore, status_counter
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.contract.test_trial_store import make_ref, make_spec, run_batch
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,7 +130,7 @@ def test_mirror_answers_as_disk_and_as_the_memory_store(tmp_path_factory: pytest
 WRITE_FROM_ANOTHER_PROCESS = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.contract.test_trial_store import make_spec
 with LmdbTrialStore(sys.argv[1]) as store:
     store.create_trial(make_spec(generation=2), 9.0)

@@ -16,12 +16,12 @@ from typing import Any
 import lmdb
 import pytest
 
-from pbt_actors import wire
-from pbt_actors.errors import SchemaError, SchemaVersionError, StoreError, StoreRetry
-from pbt_actors.model import Measurement, TrialStatus
-from storage import schema
-from storage.base import TRIAL_ID_COUNTER
-from storage.lmdb_store import LmdbTrialStore, StoreFullRetry
+from pbt_actors.model import wire
+from pbt_actors.model.errors import SchemaError, SchemaVersionError, StoreError, StoreRetry
+from pbt_actors.model.records import Measurement, TrialStatus
+from pbt_actors.storage import schema
+from pbt_actors.storage.base import TRIAL_ID_COUNTER
+from pbt_actors.storage.lmdb_store import LmdbTrialStore, StoreFullRetry
 from tests.contract.test_trial_store import (
     complete,
     make_ref,
@@ -305,9 +305,9 @@ def test_a_damaged_schema_version_is_refused(store_path: Path) -> None:
 # --- read-only ----------------------------------------------------------------------------------
 READER = r"""
 import json, sys
-from pbt_actors.errors import StoreError
-from pbt_actors.model import Measurement, TrialStatus
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.model.errors import StoreError
+from pbt_actors.model.records import Measurement, TrialStatus
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
 store = LmdbTrialStore(sys.argv[1], readonly=True)
 resizes = 0

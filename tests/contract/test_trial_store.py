@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.errors import StoreRetry, TrialNotFound, WireError
-from pbt_actors.model import (
+from pbt_actors.model.errors import StoreRetry, TrialNotFound, WireError
+from pbt_actors.model.records import (
     CheckpointRef,
     Measurement,
     Origin,
@@ -28,9 +28,9 @@ from pbt_actors.model import (
     TrialSpec,
     TrialStatus,
 )
-from storage.base import TRIAL_ID_COUNTER, TrialStore, status_counter
-from storage.lmdb_store import LmdbTrialStore
-from storage.memory import InMemoryTrialStore
+from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, status_counter
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 pytestmark = pytest.mark.timeout(30)
 

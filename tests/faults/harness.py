@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.model import Trial, TrialStatus
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.support.runs import REPO, cli
 
 HERE = Path(__file__).resolve().parent
@@ -160,7 +160,7 @@ def running(store_dir: Path) -> list[Trial]:
 
 def finished(store_dir: Path) -> bool:
     """The controller has declared the run over (or nothing is left to do)."""
-    from pbt_actors.core import META_FINISHED_AT
+    from pbt_actors.control.core import META_FINISHED_AT
 
     with reading(store_dir) as store:
         if store is None or store.count() == 0:

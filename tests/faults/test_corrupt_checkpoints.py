@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.model import OriginKind, TrialStatus
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import EXPERIMENTS, env_with, start, verify_cli
 
 CORRUPT = EXPERIMENTS / "corrupt.py"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import env_with, running, start_controller, start_host, verify_cli, worker_pids
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until

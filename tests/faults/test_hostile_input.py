@@ -20,13 +20,13 @@ import msgpack
 import pytest
 import zmq
 
-from pbt_actors.model import TrialStatus
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.model.records import TrialStatus
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import env_with, finished, start_controller, start_host, trials, verify_cli
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until
-from transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
-from transport.messages import REPLY_TYPES, Error
+from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
+from pbt_actors.transport.messages import REPLY_TYPES, Error
 
 TARGET = 10_500
 ATTACKERS = 4

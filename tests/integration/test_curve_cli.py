@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.runs import REPO, TOY, cli, wait_for_line
-from transport.endpoints import RequestTimeout, WorkerEndpoint
-from transport.messages import RequestTrial, TrialAssignment
-from transport.security import load_keypair, load_public_key
+from pbt_actors.transport.endpoints import RequestTimeout, WorkerEndpoint
+from pbt_actors.transport.messages import RequestTrial, TrialAssignment
+from pbt_actors.transport.security import load_keypair, load_public_key
 
 
 def keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -51,7 +51,7 @@ def test_curve_controller_serves_known_keys_and_ignores_unknown_ones(tmp_path: P
     out, _ = controller.communicate(timeout=60)
     assert controller.returncode == 0, out
     assert "intruder" not in out  # the rejected peers never reached the controller's logic
-    from storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     with LmdbTrialStore(store, readonly=True) as s:
         workers = {t.worker for t in s.iter_trials()}

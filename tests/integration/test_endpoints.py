@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import zmq
 
-from pbt_actors import wire
-from transport.codec import decode, encode
-from transport.endpoints import ControllerEndpoint, Incoming, RequestTimeout, WorkerEndpoint
-from transport.messages import PROTOCOL_VERSION, REPLY_TYPES, Ack, Error, Fail, Hello, Message, RequestTrial, Stop
-from transport.security import generate_keypair, load_keypair, load_public_key, start_authenticator
+from pbt_actors.model import wire
+from pbt_actors.transport.codec import decode, encode
+from pbt_actors.transport.endpoints import ControllerEndpoint, Incoming, RequestTimeout, WorkerEndpoint
+from pbt_actors.transport.messages import PROTOCOL_VERSION, REPLY_TYPES, Ack, Error, Fail, Hello, Message, RequestTrial, Stop
+from pbt_actors.transport.security import generate_keypair, load_keypair, load_public_key, start_authenticator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -292,7 +292,7 @@ def test_stale_and_garbage_replies_are_dropped(transport: str, context: zmq.Cont
     thread = threading.Thread(target=fake_controller, daemon=True)
     thread.start()
     try:
-        with caplog.at_level("WARNING", logger="transport.endpoints"), \
+        with caplog.at_level("WARNING", logger="pbt_actors.transport.endpoints"), \
                 WorkerEndpoint(bind, "w1", context=context) as worker:
             for _ in range(3):
                 assert worker.request(Hello("w1"), timeout_s=5, retries=2) == Ack()
@@ -301,7 +301,7 @@ def test_stale_and_garbage_replies_are_dropped(transport: str, context: zmq.Cont
         thread.join(5)
         router.close()
     assert not problems
-    warnings = [r.getMessage() for r in caplog.records if r.name == "transport.endpoints"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pbt_actors.transport.endpoints"]
     # one line per error code per window, however many bad frames arrived
     assert 1 <= len(warnings) <= 3, warnings
 

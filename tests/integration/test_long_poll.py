@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-import pbt_actors.controller as controller_module
-from pbt_actors.controller import Controller, ControllerHandle
-from pbt_actors.experiment import Experiment
-from pbt_actors.model import CheckpointRef
-from pbt_actors.space import Float
-from transport.endpoints import WorkerEndpoint
-from transport.messages import Done, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
+import pbt_actors.runtime.controller as controller_module
+from pbt_actors.runtime.controller import Controller, ControllerHandle
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import CheckpointRef
+from pbt_actors.model.space import Float
+from pbt_actors.transport.endpoints import WorkerEndpoint
+from pbt_actors.transport.messages import Done, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import pbt_actors.worker as worker_module
-from pbt_actors.controller import Controller
-from pbt_actors.core import ControllerCore
-from pbt_actors.launch import load_experiment_file
-from pbt_actors.model import TrialStatus
-from pbt_actors.worker import WorkerClient
+import pbt_actors.runtime.worker as worker_module
+from pbt_actors.runtime.controller import Controller
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.runtime.launch import load_experiment_file
+from pbt_actors.model.records import TrialStatus
+from pbt_actors.runtime.worker import WorkerClient
 from tests.support.runs import TOY
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +49,7 @@ def test_a_report_answered_internal_error_is_sent_again_until_applied(tmp_path: 
     finally:
         client.close()
         handle.stop()
-    from storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     with LmdbTrialStore(tmp_path / "store", readonly=True) as store:
         first = store.get_trial(1)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pbt_actors.launch import worker_specs
-from pbt_actors.zygote import EXIT_UNKNOWN, Zygote, ZygoteError, ZygoteProcess, _pid_alive
+from pbt_actors.runtime.launch import worker_specs
+from pbt_actors.runtime.zygote import EXIT_UNKNOWN, Zygote, ZygoteError, ZygoteProcess, _pid_alive
 from tests.support.runs import REPO, cli
 from tests.support.waiting import wait_until
 
@@ -139,7 +139,7 @@ def test_the_zygote_exits_when_its_parent_closes_it(zygote: Zygote, tmp_path: Pa
 
 @pytest.mark.timeout(60)
 def test_the_zygote_exits_when_its_parent_dies() -> None:
-    script = ("import signal\nfrom pbt_actors.zygote import Zygote\n"
+    script = ("import signal\nfrom pbt_actors.runtime.zygote import Zygote\n"
               "z = Zygote.start(preload=[])\nprint(z.pid, flush=True)\nwhile True:\n    signal.pause()\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:

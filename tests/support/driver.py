@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from pbt_actors.core import ControllerCore
-from pbt_actors.model import CheckpointRef, Trial
-from storage.base import TrialStore
-from transport.messages import (
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.records import CheckpointRef, Trial
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.transport.messages import (
     Fail,
     Heartbeat,
     Reply,
@@ -67,7 +67,7 @@ def random_run(core: ControllerCore, choose, workers: int = 3, duplicate_prob: f
     ``score(spec)`` gives the reported metric (default: a deterministic hash of the hparams
     plus progress); with ``duplicate_prob`` a report is sometimes delivered twice.
     """
-    from transport.messages import Done, Wait
+    from pbt_actors.transport.messages import Done, Wait
 
     driver = Driver(core)
     running: list[tuple[str, TrialAssignment]] = []

@@ -12,11 +12,11 @@ import heapq
 import struct
 from dataclasses import dataclass, field
 
-from pbt_actors.core import ControllerCore
-from pbt_actors.experiment import Experiment
-from pbt_actors.model import CheckpointRef
-from pbt_actors.space import Float
-from transport.messages import Done, Report, RequestTrial, TrialAssignment, Wait
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import CheckpointRef
+from pbt_actors.model.space import Float
+from pbt_actors.transport.messages import Done, Report, RequestTrial, TrialAssignment, Wait
 
 ALPHA = 0.02
 

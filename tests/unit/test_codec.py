@@ -10,17 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pbt_actors import wire
-from pbt_actors.errors import SchemaError
-from pbt_actors.model import CheckpointRef, Measurement
-from transport.codec import (
+from pbt_actors.model import wire
+from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
     ProtocolError,
     decode,
     encode,
 )
-from transport.messages import (
+from pbt_actors.transport.messages import (
     ERROR_CODES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from pbt_actors.core import ControllerCore
-from pbt_actors.errors import ConfigError
-from pbt_actors.experiment import EarlyStop, Experiment
-from pbt_actors.model import OriginKind, TrialStatus
-from pbt_actors.space import Categorical, Float
-from storage.memory import InMemoryTrialStore
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.experiment import EarlyStop, Experiment
+from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.model.space import Categorical, Float
+from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.driver import Driver, fake_checkpoint, graph, random_run
-from transport.messages import (
+from pbt_actors.transport.messages import (
     Ack,
     Done,
     Error,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.core import ControllerCore
-from pbt_actors.experiment import Experiment
-from pbt_actors.space import Categorical, Discrete, Float
-from storage.lmdb_store import LmdbTrialStore
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.space import Categorical, Discrete, Float
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.support.driver import Driver, graph
-from transport.messages import Done, TrialAssignment, Wait
+from pbt_actors.transport.messages import Done, TrialAssignment, Wait
 
 pytestmark = pytest.mark.timeout(120)
 

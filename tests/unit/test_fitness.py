@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from pbt_actors.errors import ConfigError
-from pbt_actors.fitness import Metric, Objective
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.fitness import Metric, Objective
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.core import ControllerCore
-from pbt_actors.experiment import Experiment
-from pbt_actors.model import OriginKind, TrialStatus
-from pbt_actors.space import Categorical, Discrete, Float
-from storage.memory import InMemoryTrialStore
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.model.space import Categorical, Discrete, Float
+from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.driver import random_run
 
 pytestmark = pytest.mark.timeout(120)

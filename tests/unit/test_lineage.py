@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.errors import TrialNotFound
-from pbt_actors.export import COLUMNS, export_rows, trial_rows, write_rows
-from pbt_actors.lineage import (
+from pbt_actors.model.errors import TrialNotFound
+from pbt_actors.tools.export import COLUMNS, export_rows, trial_rows, write_rows
+from pbt_actors.tools.lineage import (
     SCHEDULE_FORMAT,
     SCHEDULE_VERSION,
     LineageError,
@@ -21,9 +21,9 @@ from pbt_actors.lineage import (
     resolve_trial,
     schedule,
 )
-from pbt_actors.model import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
-from pbt_actors.replay import ReplayError, plan, start_checkpoint
-from storage.memory import InMemoryTrialStore
+from pbt_actors.model.records import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
+from pbt_actors.tools.replay import ReplayError, plan, start_checkpoint
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 SEED = Origin(OriginKind.SEED)
 CHILD = Origin(OriginKind.TOURNAMENT)
@@ -194,8 +194,8 @@ def test_schedule_reader_names_what_is_wrong(mutate, message: str) -> None:  # t
 
 @pytest.mark.timeout(10)
 def test_resolve_trial_accepts_ids_and_best() -> None:
-    from pbt_actors.experiment import Experiment
-    from pbt_actors.space import Float
+    from pbt_actors.model.experiment import Experiment
+    from pbt_actors.model.space import Float
 
     store = chain_store()
     assert resolve_trial(store, "3") == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, REPLY_TYPES, REQUEST_TYPES
+from pbt_actors.transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, REPLY_TYPES, REQUEST_TYPES
 
 pytestmark = pytest.mark.timeout(30)
 

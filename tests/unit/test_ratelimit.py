@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from transport.ratelimit import RateLimitedLog
+from pbt_actors.transport.ratelimit import RateLimitedLog
 
 pytestmark = pytest.mark.timeout(30)
 

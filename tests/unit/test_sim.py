@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from pbt_actors.model import TrialStatus
-from pbt_actors.sim import (
+from pbt_actors.model.records import TrialStatus
+from pbt_actors.tools.sim import (
     LearningCurve,
     ParetoCurve,
     SimConfig,
@@ -23,9 +23,9 @@ from pbt_actors.sim import (
     make_objective,
     simulate,
 )
-from pbt_actors.sim.cli import ALL_WINDOW, add_sim_parser, format_table, main, run_sweep
-from pbt_actors.sim.objectives import nqm_steps
-from pbt_actors.verify import verify_store
+from pbt_actors.cli.sim import ALL_WINDOW, add_sim_parser, format_table, main, run_sweep
+from pbt_actors.tools.sim.objectives import nqm_steps
+from pbt_actors.tools.verify import verify_store
 from tests.support.driver import graph
 from tests.support.toy import train_toy
 
@@ -249,14 +249,14 @@ def test_the_subcommand_names_match_the_registries_and_registering_it_stays_ligh
     import subprocess
     import sys
 
-    from pbt_actors.experiment import POLICY_NAMES
-    from pbt_actors.sim.cli import OBJECTIVE_NAMES, POLICIES
-    from pbt_actors.sim.objectives import OBJECTIVES
+    from pbt_actors.model.experiment import POLICY_NAMES
+    from pbt_actors.cli.sim import OBJECTIVE_NAMES, POLICIES
+    from pbt_actors.tools.sim.objectives import OBJECTIVES
 
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES and POLICY_NAMES == POLICIES
-    code = ("import argparse, sys; from pbt_actors.sim.cli import add_sim_parser; "
+    code = ("import argparse, sys; from pbt_actors.cli.sim import add_sim_parser; "
             "add_sim_parser(argparse.ArgumentParser().add_subparsers()); "
-            "print('numpy' in sys.modules, 'pbt_actors.core' in sys.modules)")
+            "print('numpy' in sys.modules, 'pbt_actors.control.core' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.errors import SpaceError
-from pbt_actors.space import Categorical, Discrete, Fixed, Float, Int, SearchSpace
+from pbt_actors.model.errors import SpaceError
+from pbt_actors.model.space import Categorical, Discrete, Fixed, Float, Int, SearchSpace
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pbt_actors.core import ControllerCore, best_completed
-from storage.memory import InMemoryTrialStore
+from pbt_actors.control.core import ControllerCore, best_completed
+from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.toy import ToyCluster, toy_experiment
 
 pytestmark = pytest.mark.timeout(120)

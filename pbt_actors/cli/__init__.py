@@ -1,0 +1,1 @@
+"""The command line (layer 5, the top): the parser and one module per command."""

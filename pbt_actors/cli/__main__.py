@@ -1,0 +1,9 @@
+"""``python -m pbt_actors.cli ...``: the same as the ``pbt-actors`` command (worker processes use it)."""
+
+import os
+
+from pbt_actors.cli.app import console_main
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    console_main()

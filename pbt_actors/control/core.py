@@ -1,0 +1,413 @@
+"""ControllerCore: the controller's whole logic as a plain class over a ``TrialStore``.
+
+Layer 3. No threads, no sockets, no clock of its own (``now`` is passed in), no random state
+(each decision derives its generator from ``(seed, trial id, kind)``), and no state outside the
+store. So the simulator, the tests and the ``ControllerActor`` all drive this same code, and a
+core rebuilt from the store mid-run continues exactly as the original would have.
+
+Protocol semantics it implements (DESIGN §5):
+
+* ``request_trial`` leases the oldest PENDING trial to the worker (releasing any trial the
+  same worker still held: a worker only asks when idle, so that attempt is dead).
+* ``heartbeat`` renews the lease of the current attempt and may record a measurement; the
+  early-stop hook may answer ``stop``. A heartbeat from an older attempt is acknowledged
+  without renewing, so that attempt may still finish and report.
+* ``report`` is idempotent by ``(trial_id, attempt)``: the first valid completion wins, even
+  from an expired attempt; later ones get ``ack`` and change nothing.
+* ``fail``/``worker_lost``/lease expiry re-queue the trial with ``attempt + 1``, until
+  ``max_attempts``; then it is FAILED and the policy may refill its slot.
+* Every acknowledged change is in the store when the caller sends the reply, provided the
+  caller sends replies after ``handle_batch`` returns (it commits before returning).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialNotFound
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import Lease, Measurement, Trial, TrialStatus
+from pbt_actors.control.policies import (
+    Decision,
+    Event,
+    Idle,
+    PopulationView,
+    Retire,
+    Spawn,
+    StopTrial,
+    TrialCompleted,
+    TrialEnded,
+    early_stop_decision,
+    make_policy,
+)
+from pbt_actors.model.rng import decision_rng
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.transport.messages import (
+    Ack,
+    Done,
+    Error,
+    Fail,
+    Heartbeat,
+    Hello,
+    Message,
+    Reply,
+    Report,
+    RequestTrial,
+    Stop,
+    TrialAssignment,
+    Wait,
+    WorkerLost,
+)
+
+log = logging.getLogger(__name__)
+
+META_EXPERIMENT = "experiment"
+META_FINISHED_AT = "finished_at"
+MAX_BATCH_RETRIES = 8
+
+
+class _Poisoned(Exception):
+    """Internal: message ``index`` of a batch raised; the batch is rolled back and re-run."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
+
+
+class ControllerCore:
+    """Handles protocol messages against the store. Not thread-safe: one caller at a time."""
+
+    def __init__(self, store: TrialStore, experiment: Experiment | None = None, *,
+                 now: float = 0.0, wait_s: float = 1.0) -> None:
+        self.store = store
+        self.experiment = self._reconcile(store, experiment)
+        self.policy = make_policy(self.experiment)
+        self.view = PopulationView(store, self.experiment)
+        self.wait_s = wait_s
+        if store.count() == 0:
+            with store.batch():
+                for spawn in self.policy.initial(self._rngs):
+                    self._apply(spawn, now)
+
+    @staticmethod
+    def _reconcile(store: TrialStore, experiment: Experiment | None) -> Experiment:
+        """Use the stored definition; refuse a different one for the same store."""
+        stored = store.get_meta(META_EXPERIMENT)
+        if stored is None:
+            if experiment is None:
+                raise ConfigError("the store holds no experiment and none was given")
+            store.put_meta(META_EXPERIMENT, experiment.to_dict())
+            return experiment
+        on_disk = Experiment.from_dict(stored)
+        if experiment is None:
+            return on_disk
+        mine, theirs = experiment.decision_fields(), on_disk.decision_fields()
+        changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if changed:
+            raise ConfigError(
+                f"the store at hand was created by a different definition of experiment "
+                f"{on_disk.name!r} (differs in: {', '.join(changed)}); use another --store"
+            )
+        if experiment.to_dict() != stored:  # lease, max_trials, ... may change on resume
+            store.put_meta(META_EXPERIMENT, experiment.to_dict())
+        return experiment
+
+    def _rngs(self, trial_id: int, kind: str):  # type: ignore[no-untyped-def]  # RngFactory
+        return decision_rng(self.experiment.seed, trial_id, kind)
+
+    # --- public API -------------------------------------------------------------------------
+    def handle(self, message: Message, now: float) -> Reply:
+        """Handle one request and commit before returning its reply."""
+        return self.handle_batch([message], now)[0]
+
+    def handle_batch(self, messages: Sequence[Message], now: float) -> list[Reply]:
+        """Handle several requests in one store transaction (one fsync), replies in order.
+
+        A message whose handling raises unexpectedly is answered ``error(internal)`` and the
+        batch is re-run without its effects, so one bad request cannot corrupt or block the
+        others. A ``StoreRetry`` (the store had to grow) re-runs the batch transparently.
+        """
+        poisoned: dict[int, Reply] = {}
+        # Only results must survive a power cut before their ack; a lost lease or heartbeat
+        # merely re-queues work, so batches without one skip the fsync.
+        durable = any(isinstance(m, Report | Fail | WorkerLost) for m in messages)
+        for _ in range(MAX_BATCH_RETRIES + len(messages)):
+            try:
+                with self.store.batch(durable=durable):
+                    replies = []
+                    for index, message in enumerate(messages):
+                        if index in poisoned:
+                            replies.append(poisoned[index])
+                            continue
+                        try:
+                            replies.append(self._dispatch(message, now))
+                        except TrialNotFound as exc:
+                            replies.append(Error("unknown_trial", str(exc)))
+                        except SchemaError as exc:
+                            replies.append(Error("malformed", str(exc)))
+                        except StoreRetry:
+                            raise
+                        except Exception as exc:
+                            raise _Poisoned(index, exc) from exc
+                return replies
+            except StoreRetry:
+                log.info("store grew its map; re-running a batch of %d messages", len(messages))
+            except _Poisoned as bad:
+                log.exception("internal error handling %r", messages[bad.index], exc_info=bad.error)
+                poisoned[bad.index] = Error("internal", f"{type(bad.error).__name__}: {bad.error}")
+        raise RuntimeError("could not commit a batch after repeated store growth")
+
+    def tick(self, now: float) -> list[int]:
+        """Expire leases past their deadline; returns the trial ids released."""
+        released: list[int] = []
+        for _ in range(MAX_BATCH_RETRIES):
+            try:
+                with self.store.batch():
+                    released = []
+                    for trial_id in self.store.ids_with_status(TrialStatus.RUNNING):
+                        trial = self.store.get_trial(trial_id)
+                        if trial.lease is not None and trial.lease.deadline < now:
+                            self._release(trial, now, f"lease expired (worker {trial.lease.worker} "
+                                                      f"silent for {self.experiment.lease_s:g}s)", lost=True)
+                            released.append(trial_id)
+                return released
+            except StoreRetry:
+                continue
+        raise RuntimeError("could not commit lease expiry after repeated store growth")
+
+    @property
+    def finished(self) -> bool:
+        """True once nothing is pending or running and nothing waits to reproduce."""
+        if self.store.get_meta(META_FINISHED_AT) is not None:
+            return True
+        return (self.store.count(TrialStatus.PENDING) == 0 and self.store.count(TrialStatus.RUNNING) == 0
+                and not self.store.uninitiated() and self.store.count() > 0)
+
+    # --- dispatch ----------------------------------------------------------------------------------
+    def _dispatch(self, message: Message, now: float) -> Reply:
+        if isinstance(message, RequestTrial):
+            return self._request_trial(message, now)
+        if isinstance(message, Heartbeat):
+            return self._heartbeat(message, now)
+        if isinstance(message, Report):
+            reply = self._report(message, now)
+            if message.next and isinstance(reply, Ack | Stop):  # applied: now lease the next
+                return self._request_trial(RequestTrial(message.worker), now)
+            return reply
+        if isinstance(message, Fail):
+            return self._fail(message, now)
+        if isinstance(message, WorkerLost):
+            for trial in self._leased_to(message.worker):
+                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "), lost=True)
+            return Ack()
+        if isinstance(message, Hello):
+            return Ack()
+        return Error("unknown_type", f"{type(message).__name__} is not a request")
+
+    def _request_trial(self, msg: RequestTrial, now: float) -> Reply:
+        for stale in self._leased_to(msg.worker):
+            self._release(stale, now, f"worker {msg.worker} asked for new work while holding it", lost=True)
+        if self.finished:
+            return Done()
+        trial_id = self.store.first_with_status(TrialStatus.PENDING)
+        if trial_id is None:
+            self._decide(Idle(), now)
+            trial_id = self.store.first_with_status(TrialStatus.PENDING)
+        if trial_id is None:
+            if self.store.count(TrialStatus.RUNNING) == 0:
+                self.store.put_meta(META_FINISHED_AT, now)
+                return Done()
+            return Wait(self.wait_s)
+        trial = self.store.get_trial(trial_id)
+        running = trial.evolve(status=TrialStatus.RUNNING,
+                               lease=Lease(msg.worker, now + self.experiment.lease_s),
+                               started_at=now, worker=msg.worker)
+        if not self.store.transition(trial_id, TrialStatus.PENDING, trial.attempt, running):
+            raise RuntimeError(f"trial {trial_id} changed under a single writer")
+        return self._assignment(running)
+
+    def _assignment(self, trial: Trial) -> TrialAssignment:
+        parent_ckpt = trial.resume
+        start = trial.start_step
+        if parent_ckpt is not None:
+            start = parent_ckpt.step
+        elif trial.parent_id is not None:
+            parent_ckpt = self.store.checkpoint(trial.parent_id)
+        return TrialAssignment(
+            trial_id=trial.id, attempt=trial.attempt, generation=trial.generation,
+            hparams=dict(trial.hparams), start_step=start, end_step=trial.end_step,
+            parent_id=trial.parent_id, parent_checkpoint=parent_ckpt,
+            heartbeat_s=self.experiment.heartbeat_interval_s, experiment=self.experiment.name,
+        )
+
+    def _heartbeat(self, msg: Heartbeat, now: float) -> Reply:
+        trial = self.store.get_trial(msg.trial_id)
+        if msg.attempt > trial.attempt:
+            return Error("bad_attempt", f"trial {trial.id} has no attempt {msg.attempt} yet")
+        if trial.status.terminal:
+            return Stop(trial.id, self._terminal_reason(trial))
+        if trial.status is not TrialStatus.RUNNING or trial.attempt != msg.attempt:
+            if not self._ran_attempt(trial, msg.attempt, msg.worker):
+                return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
+            return Ack()  # an older attempt may still finish first: let it
+        assert trial.lease is not None
+        if trial.lease.worker != msg.worker:
+            return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
+        measurements = trial.measurements
+        if msg.metrics is not None:
+            new = Measurement(msg.step, dict(msg.metrics))
+            if not measurements or measurements[-1] != new:  # a resent heartbeat records once
+                measurements = (*measurements, new)
+        renewed = trial.evolve(lease=Lease(msg.worker, now + self.experiment.lease_s),
+                               measurements=measurements)
+        self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, renewed)
+        if msg.metrics is not None:
+            stop = early_stop_decision(self.view, self.experiment.early_stop, renewed, msg.step, msg.metrics)
+            if stop is not None:
+                self._apply(stop, now)
+                return Stop(trial.id, stop.reason)
+        return Ack()
+
+    def _report(self, msg: Report, now: float) -> Reply:
+        trial = self.store.get_trial(msg.trial_id)
+        if msg.attempt > trial.attempt:
+            return Error("bad_attempt", f"trial {trial.id} has no attempt {msg.attempt} yet")
+        if trial.status is TrialStatus.COMPLETED:
+            return Ack()  # duplicate, or a slower attempt after the first completion
+        if trial.status.terminal:
+            return Stop(trial.id, self._terminal_reason(trial))
+        current = trial.status is TrialStatus.RUNNING and trial.attempt == msg.attempt
+        if current:
+            assert trial.lease is not None
+            if trial.lease.worker != msg.worker:
+                return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
+        elif not self._ran_attempt(trial, msg.attempt, msg.worker):
+            return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
+        history = trial.history
+        if current:
+            history = (*history, (msg.attempt, msg.worker, trial.started_at or now, now))
+        completed = trial.evolve(
+            status=TrialStatus.COMPLETED, final=dict(msg.final),
+            measurements=tuple(msg.measurements) or trial.measurements,
+            checkpoint=msg.checkpoint, completed_attempt=msg.attempt, ended_at=now, lease=None,
+            worker=msg.worker, history=history,
+        )
+        if not self.store.transition(trial.id, trial.status, trial.attempt, completed):
+            raise RuntimeError(f"trial {trial.id} changed under a single writer")
+        self._decide(TrialCompleted(completed), now)
+        return Ack()
+
+    def _fail(self, msg: Fail, now: float) -> Reply:
+        trial = self.store.get_trial(msg.trial_id)
+        if msg.attempt > trial.attempt:
+            return Error("bad_attempt", f"trial {trial.id} has no attempt {msg.attempt} yet")
+        if trial.status is not TrialStatus.RUNNING or trial.attempt != msg.attempt:
+            return Ack()  # a stale attempt's failure changes nothing
+        assert trial.lease is not None
+        if trial.lease.worker != msg.worker:
+            return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
+        self._release(trial, now, msg.error, retryable=msg.retryable, resume=msg, lost=msg.preempted)
+        return Ack()
+
+    # --- state changes ------------------------------------------------------------------------------
+    def _release(self, trial: Trial, now: float, error: str, *, retryable: bool = True,
+                 resume: Fail | None = None, lost: bool = False) -> None:
+        """Take a RUNNING trial back: re-queue with ``attempt + 1`` or, past a limit, FAIL.
+
+        A *loss* (``lost``: the machine's fault) counts against ``max_losses``, a failure of
+        the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4.
+        """
+        worker = trial.lease.worker if trial.lease else (trial.worker or "?")
+        history = (*trial.history, (trial.attempt, worker, trial.started_at or now, now))
+        resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
+        losses = trial.losses + (1 if lost else 0)
+        failures = trial.attempt - losses
+        if lost:
+            again = losses < self.experiment.max_losses
+        else:
+            again = retryable and failures < self.experiment.max_attempts
+        if again:
+            queued = trial.evolve(status=TrialStatus.PENDING, attempt=trial.attempt + 1, lease=None,
+                                  error=error, history=history, resume=resume_ref, losses=losses)
+            self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, queued)
+            log.info("trial %d re-queued as attempt %d: %s", trial.id, queued.attempt, error)
+            return
+        failed = trial.evolve(status=TrialStatus.FAILED, lease=None, error=error, ended_at=now,
+                              history=history, losses=losses)
+        self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, failed)
+        log.warning("trial %d FAILED after %d attempt(s): %s", trial.id, trial.attempt, error)
+        self._decide(TrialEnded(failed), now)
+
+    def _decide(self, event: Event, now: float) -> None:
+        for decision in self.policy.decide(self.view, event, self._rngs):
+            self._apply(decision, now)
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        if isinstance(decision, Spawn):
+            initiator = None
+            if decision.initiator_id is not None:
+                initiator = self.store.get_trial(decision.initiator_id)
+                if initiator.initiated:
+                    return  # exactly once, whatever the event history
+            cap = self.experiment.max_trials
+            if cap is not None and self.store.count() >= cap:
+                if initiator is not None:
+                    self._mark_initiated(initiator)
+                return
+            self.store.create_trial(decision.spec, now)
+            if initiator is not None:
+                self._mark_initiated(initiator)
+        elif isinstance(decision, Retire):
+            initiator = self.store.get_trial(decision.initiator_id)
+            if not initiator.initiated:
+                self._mark_initiated(initiator)
+        elif isinstance(decision, StopTrial):
+            trial = self.store.get_trial(decision.trial_id)
+            if not trial.status.active:
+                return
+            history = trial.history
+            if trial.status is TrialStatus.RUNNING:
+                worker = trial.lease.worker if trial.lease else (trial.worker or "?")
+                history = (*history, (trial.attempt, worker, trial.started_at or now, now))
+            stopped = trial.evolve(status=TrialStatus.STOPPED, lease=None, stop_reason=decision.reason,
+                                   ended_at=now, history=history)
+            self.store.transition(trial.id, trial.status, trial.attempt, stopped)
+            self._decide(TrialEnded(stopped), now)
+        else:
+            raise TypeError(f"unknown decision {decision!r}")
+
+    def _mark_initiated(self, trial: Trial) -> None:
+        self.store.transition(trial.id, trial.status, trial.attempt, trial.evolve(initiated=True))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _leased_to(self, worker: str) -> list[Trial]:
+        return self.store.trials(self.store.running_leased_to(worker))
+
+    @staticmethod
+    def _ran_attempt(trial: Trial, attempt: int, worker: str) -> bool:
+        return any(a == attempt and w == worker for a, w, _, _ in trial.history)
+
+    @staticmethod
+    def _terminal_reason(trial: Trial) -> str:
+        if trial.status is TrialStatus.STOPPED:
+            return f"trial stopped: {trial.stop_reason}"
+        if trial.status is TrialStatus.FAILED:
+            return f"trial failed: {trial.error}"
+        return "trial already completed"
+
+    # --- read-side helpers for faces ---------------------------------------------------------------
+    def best_trial(self) -> Trial | None:
+        """The best COMPLETED trial by the objective (ties: the older id)."""
+        return best_completed(self.store, self.experiment)
+
+
+def best_completed(store: TrialStore, experiment: Experiment) -> Trial | None:
+    """The best COMPLETED trial of a store. O(completed): meant for summaries, not decisions."""
+    completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
+    if not completed:
+        return None
+    keys = experiment.objective_.rank_keys([t.final for t in completed])
+    best = max(range(len(completed)), key=lambda i: (keys[i], -completed[i].id))
+    return completed[best]

@@ -1,0 +1,219 @@
+"""Policy interface: decisions are data, the population is a read-only view.
+
+Layer 3. A policy never touches the store, sockets or files. The controller core hands it a
+``PopulationView`` (read-only, over the store) and an ``RngFactory`` that derives a fresh
+generator per ``(trial id, decision kind)`` from the experiment seed, and carries out the
+``Decision`` objects it returns. Because a policy keeps no state of its own, a controller
+restarted from the store asks the same questions and gets the same answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import Origin, OriginKind, Trial, TrialSpec, TrialStatus
+from pbt_actors.storage.base import TrialStore
+
+RngFactory: TypeAlias = Callable[[int, str], np.random.Generator]
+
+
+# --- decisions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spawn:
+    """Create a PENDING trial. With ``initiator_id``, the initiator is marked as having
+    reproduced in the same transaction, and the spawn is skipped if it already had: this is
+    what makes "every completed trial initiates exactly once" hold under duplicate events."""
+
+    spec: TrialSpec
+    initiator_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Mark an initiator as having reproduced without a child (its lineage ends)."""
+
+    initiator_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopTrial:
+    """Stop a PENDING or RUNNING trial (early stopping); it becomes STOPPED."""
+
+    trial_id: int
+    reason: str
+
+
+Decision: TypeAlias = Spawn | Retire | StopTrial
+
+
+# --- events ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialCompleted:
+    """A trial has just become COMPLETED (the view already shows it so)."""
+
+    trial: Trial
+
+
+@dataclass(frozen=True)
+class TrialEnded:
+    """A trial has just become FAILED or STOPPED; its slot may need refilling."""
+
+    trial: Trial
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing is pending: reproduce anything that is waiting and may now go on."""
+
+
+Event: TypeAlias = TrialCompleted | TrialEnded | Idle
+
+
+# --- the read-only view -------------------------------------------------------------------------------
+class PopulationView:
+    """What a policy may read. Every query is O(result), never a scan of the whole history."""
+
+    def __init__(self, store: TrialStore, experiment: Experiment) -> None:
+        self._store = store
+        self.experiment = experiment
+
+    def trial(self, trial_id: int) -> Trial:
+        return self._store.get_trial(trial_id)
+
+    def generation(self, generation: int) -> list[Trial]:
+        return self._store.trials(self._store.generation(generation)) if generation >= 0 else []
+
+    def completed_ids_in(self, first_generation: int, last_generation: int) -> list[int]:
+        """Ids of COMPLETED trials of generations ``[first, last]``, ascending. O(result), and
+        no record is decoded: a tournament then reads only the opponent it draws."""
+        out: list[int] = []
+        for g in range(max(0, first_generation), last_generation + 1):
+            out.extend(self._store.completed_in_generation(g))
+        return sorted(out)
+
+    def completed_in(self, first_generation: int, last_generation: int) -> list[Trial]:
+        """COMPLETED trials of generations ``[first, last]``, by ascending id."""
+        return self._store.trials(self.completed_ids_in(first_generation, last_generation))
+
+    def children(self, trial_id: int) -> list[Trial]:
+        """Trials warm-started from ``trial_id``."""
+        return self._store.trials(self._store.children(trial_id))
+
+    def frontier(self) -> list[Trial]:
+        """The current population: the completed trials that active trials continue from.
+
+        O(active trials). This is Jaderberg et al.'s "population" in a trial graph: one latest
+        state per live lineage, whatever generation each lineage has reached.
+        """
+        parents = {t.parent_id for t in self.active() if t.parent_id is not None}
+        return self._store.trials(sorted(parents))
+
+    def active(self) -> list[Trial]:
+        """PENDING and RUNNING trials (O(active), which is about the population size)."""
+        ids = self._store.ids_with_status(TrialStatus.PENDING) + self._store.ids_with_status(TrialStatus.RUNNING)
+        return self._store.trials(sorted(ids))
+
+    def uninitiated(self) -> list[Trial]:
+        return self._store.trials(self._store.uninitiated())
+
+    def count(self, status: TrialStatus | None = None) -> int:
+        return self._store.count(status)
+
+
+# --- the interface --------------------------------------------------------------------------------------
+class Policy(ABC):
+    """Decides the initial population and what follows each event. Pure: see module doc."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.space = experiment.space_
+        self.objective = experiment.objective_
+
+    def initial(self, rngs: RngFactory) -> list[Spawn]:
+        """Generation 0: the user's explicit configurations first, then prior samples."""
+        exp = self.experiment
+        spawns = []
+        for index in range(exp.population):
+            rng = rngs(index, "seed")
+            if index < len(exp.initial):
+                hparams = self.space.complete(exp.initial[index], rng)
+            else:
+                hparams = self.space.sample(rng)
+            spec = TrialSpec(0, hparams, 0, min(exp.steps_per_trial, exp.max_steps), Origin(OriginKind.SEED))
+            spawns.append(Spawn(spec))
+        return spawns
+
+    def decide(self, view: PopulationView, event: Event, rngs: RngFactory) -> list[Decision]:
+        """Decisions following ``event``; a deterministic function of its inputs.
+
+        One dispatch for every policy; each policy says what a completion means
+        (``on_completed``) and how a lost slot is refilled (``replace``).
+        """
+        if isinstance(event, TrialCompleted):
+            return self.on_completed(view, event.trial, rngs)
+        if isinstance(event, TrialEnded):
+            return self.on_ended(view, event.trial, rngs)
+        if isinstance(event, Idle):
+            return self.on_idle(view, rngs)
+        raise TypeError(f"unknown event {event!r}")
+
+    @abstractmethod
+    def on_completed(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        """What follows a completion (the view already shows ``trial`` COMPLETED)."""
+
+    @abstractmethod
+    def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
+        """A stand-in for a FAILED/STOPPED trial, or None when its slot cannot be refilled."""
+
+    def on_ended(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> list[Decision]:
+        """Refill the slot of a FAILED/STOPPED trial, at most ``max_replacements`` deep."""
+        if self.replacement_depth(view, trial) >= self.experiment.max_replacements:
+            return []
+        replacement = self.replace(view, trial, rngs)
+        return [replacement] if replacement is not None else []
+
+    def on_idle(self, view: PopulationView, rngs: RngFactory) -> list[Decision]:
+        """Nothing is pending: handle every completed trial that has not reproduced yet."""
+        return [d for t in view.uninitiated() for d in self.on_completed(view, t, rngs)]
+
+    # --- shared building blocks ----------------------------------------------------------------
+    def child_spec(self, parent: Trial, hparams: dict[str, object], generation: int, origin: Origin,
+                   crossover_id: int | None = None) -> TrialSpec | None:
+        """The spec continuing ``parent``'s weights, or None when its lineage is over."""
+        start = parent.end_step
+        if start >= self.experiment.max_steps:
+            return None
+        end = min(start + self.experiment.steps_per_trial, self.experiment.max_steps)
+        return TrialSpec(generation, hparams, start, end, origin, parent.id, crossover_id)
+
+    def replacement_depth(self, view: PopulationView, trial: Trial) -> int:
+        """How many replacements deep ``trial`` is (a replacement of a replacement is 2)."""
+        depth, current = 0, trial
+        while current.origin.kind is OriginKind.REPLACEMENT and current.origin.replaces is not None:
+            depth += 1
+            current = view.trial(current.origin.replaces)
+        return depth
+
+    def reseed(self, trial: Trial, rngs: RngFactory) -> Spawn:
+        """A fresh prior sample standing in for a failed generation-0 trial."""
+        spec = TrialSpec(trial.generation, self.space.sample(rngs(trial.id, "replace")), trial.start_step,
+                         trial.end_step, Origin(OriginKind.REPLACEMENT, replaces=trial.id))
+        return Spawn(spec)
+
+    def window(self, view: PopulationView, generation: int) -> list[Trial]:
+        """Completed trials of the last ``opponent_window`` generations up to ``generation``."""
+        return view.completed_in(generation - self.experiment.opponent_window + 1, generation)
+
+    def window_ids(self, view: PopulationView, generation: int) -> list[int]:
+        return view.completed_ids_in(generation - self.experiment.opponent_window + 1, generation)
+
+    def better(self, a: Trial, b: Trial) -> bool:
+        """Strictly better by the objective (ties and incomparable pairs are not better)."""
+        return self.objective.compare(a.final, b.final) > 0

@@ -1,0 +1,1 @@
+"""The data model (layer 1): search space, objectives, experiment, trial records, errors, wire format, decision rngs. Imports nothing of ours outside this package."""

@@ -1,0 +1,199 @@
+"""The experiment definition: search space, objective, schedule and policy settings.
+
+Layer 1 (plain data). An experiment file declares ``experiment = Experiment(...)`` next to its
+``train(ctx)``. The controller stores ``to_dict()`` in the store's ``meta`` so that a restarted
+controller (or the CLI reading status) knows the experiment without the file, and refuses to
+resume a store with an incompatible definition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.fitness import Metric, Objective
+from pbt_actors.model.space import Param, SearchSpace
+
+PolicyName = Literal["initiator", "truncation", "random"]
+POLICY_NAMES: tuple[str, ...] = ("initiator", "truncation", "random")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Stop a running trial early: on a NaN/inf objective metric, or when its metric at a step
+    is worse than the ``quantile`` of the population's values at that same step.
+
+    ``quantile=None`` keeps only the divergence rule. ``min_peers`` is how many other trials
+    must have reported that step before the quantile rule may fire (small samples are noise).
+    """
+
+    quantile: float | None = None
+    metric: str | None = None
+    min_step: int = 0
+    min_peers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.quantile is not None and not 0 < self.quantile < 1:
+            raise ConfigError(f"early_stop.quantile must be in (0, 1), got {self.quantile}")
+        if self.min_peers < 1:
+            raise ConfigError("early_stop.min_peers must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantile": self.quantile, "metric": self.metric, "min_step": self.min_step,
+                "min_peers": self.min_peers}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything the controller needs to run PBT; validated on construction.
+
+    Args:
+        name: folder-safe name; the default store is ``./pbt-runs/<name>``.
+        space: ``{name: Float | Int | Discrete | Categorical | Fixed}``.
+        objective: an ``Objective``, a ``Metric``, or a metric name (maximised).
+        population: members per generation (the paper's population size).
+        steps_per_trial: training steps of one trial (the "ready" interval).
+        max_steps: a lineage ends when a child would start at or beyond this step.
+        policy: ``initiator`` (the paper), ``truncation`` (Jaderberg et al.) or ``random``.
+        initial: explicit hyperparameters for the first members (missing names are sampled).
+        max_trials: optional hard cap on the number of trials created.
+        budget_mode: emulate ``population`` with fewer workers (initiator policy).
+        opponent_window: opponents come from the initiator's last ``W`` generations.
+        crossover_prob: chance that a child crosses over with the tournament's loser.
+        resample_prob: per-parameter chance of resampling from the prior instead of perturbing.
+        truncation_quantile: bottom/top fraction for the truncation policy.
+        max_attempts: a trial whose own attempts fail (an exception in ``train``) this many
+            times becomes FAILED.
+        max_losses: ... or one that is lost this many times (lease expiry, worker process
+            died, preemption): generous, because that is the machine's fault, not the trial's.
+        max_replacements: how many times a FAILED/STOPPED trial's slot is refilled.
+        lease_s: a RUNNING trial with no heartbeat for this long returns to the queue.
+        heartbeat_s: how often workers heartbeat (a third of the lease by default).
+        seed: every decision's randomness derives from it.
+    """
+
+    name: str
+    space: SearchSpace | Mapping[str, Param]
+    objective: Objective | Metric | str
+    population: int = 8
+    steps_per_trial: int = 100
+    max_steps: int = 1000
+    policy: PolicyName = "initiator"
+    initial: Sequence[Mapping[str, Any]] = ()
+    max_trials: int | None = None
+    budget_mode: bool = False
+    opponent_window: int = 2
+    crossover_prob: float = 0.0
+    resample_prob: float = 0.25
+    truncation_quantile: float = 0.2
+    early_stop: EarlyStop | None = None
+    max_attempts: int = 3
+    max_losses: int = 10
+    max_replacements: int = 2
+    lease_s: float = 60.0
+    heartbeat_s: float | None = None
+    seed: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ConfigError(f"experiment name {self.name!r} must be 1-128 of [A-Za-z0-9_.-]")
+        space = self.space if isinstance(self.space, SearchSpace) else SearchSpace(self.space)
+        object.__setattr__(self, "space", space)
+        objective = self.objective
+        if isinstance(objective, str):
+            objective = Objective.maximize(objective)
+        elif isinstance(objective, Metric):
+            objective = Objective(objective)
+        if not isinstance(objective, Objective):
+            raise ConfigError(f"objective must be an Objective, Metric or name, got {objective!r}")
+        object.__setattr__(self, "objective", objective)
+        object.__setattr__(self, "initial", tuple(dict(h) for h in self.initial))
+        checks = [
+            (self.population >= 1, "population must be >= 1"),
+            (self.steps_per_trial >= 1, "steps_per_trial must be >= 1"),
+            (self.max_steps >= self.steps_per_trial, "max_steps must be >= steps_per_trial"),
+            (self.policy in POLICY_NAMES, f"policy must be one of {POLICY_NAMES}, got {self.policy!r}"),
+            (self.max_trials is None or self.max_trials >= 1, "max_trials must be >= 1"),
+            (self.opponent_window >= 1, "opponent_window must be >= 1"),
+            (0 <= self.crossover_prob <= 1, "crossover_prob must be in [0, 1]"),
+            (0 <= self.resample_prob <= 1, "resample_prob must be in [0, 1]"),
+            (0 < self.truncation_quantile <= 0.5, "truncation_quantile must be in (0, 0.5]"),
+            (self.max_attempts >= 1, "max_attempts must be >= 1"),
+            (self.max_losses >= 1, "max_losses must be >= 1"),
+            (self.max_replacements >= 0, "max_replacements must be >= 0"),
+            (self.lease_s > 0, "lease_s must be > 0"),
+            (len(self.initial) <= self.population, "more initial configurations than population"),
+            (not self.budget_mode or self.policy == "initiator", "budget_mode needs the initiator policy"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"experiment {self.name!r}: {message}")
+        if self.early_stop is not None and self.early_stop.metric is not None \
+                and self.early_stop.metric not in self.objective_.names:
+            raise ConfigError(f"early_stop.metric {self.early_stop.metric!r} is not an objective metric")
+
+    # Typed accessors: after __post_init__ the unions are normalised.
+    @property
+    def space_(self) -> SearchSpace:
+        assert isinstance(self.space, SearchSpace)
+        return self.space
+
+    @property
+    def objective_(self) -> Objective:
+        assert isinstance(self.objective, Objective)
+        return self.objective
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form; ``from_dict(to_dict())`` round-trips exactly."""
+        return {
+            "name": self.name,
+            "space": self.space_.to_dict(),
+            "objective": self.objective_.to_dict(),
+            "population": self.population,
+            "steps_per_trial": self.steps_per_trial,
+            "max_steps": self.max_steps,
+            "policy": self.policy,
+            "initial": [dict(h) for h in self.initial],
+            "max_trials": self.max_trials,
+            "budget_mode": self.budget_mode,
+            "opponent_window": self.opponent_window,
+            "crossover_prob": self.crossover_prob,
+            "resample_prob": self.resample_prob,
+            "truncation_quantile": self.truncation_quantile,
+            "early_stop": self.early_stop.to_dict() if self.early_stop else None,
+            "max_attempts": self.max_attempts,
+            "max_losses": self.max_losses,
+            "max_replacements": self.max_replacements,
+            "lease_s": self.lease_s,
+            "heartbeat_s": self.heartbeat_s,
+            "seed": self.seed,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Experiment:
+        try:
+            fields = dict(data)
+            fields["space"] = SearchSpace.from_dict(fields["space"])
+            fields["objective"] = Objective.from_dict(fields["objective"])
+            if fields.get("early_stop") is not None:
+                fields["early_stop"] = EarlyStop(**fields["early_stop"])
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"stored experiment definition is unreadable: {exc}") from exc
+
+    def decision_fields(self) -> dict[str, Any]:
+        """The settings that change decisions; a resumed store must agree on all of them."""
+        d = self.to_dict()
+        for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "max_attempts", "max_losses"):
+            d.pop(volatile)
+        return d

@@ -1,0 +1,367 @@
+"""HostSupervisorActor: one worker process per device slot, restarted when it dies.
+
+Layer 4. Each child is a real OS process (so a CUDA crash, an OOM kill or a SIGKILL takes
+out one slot, never the supervisor), built afresh from its ``ChildSpec`` on every restart.
+A watcher thread polls the processes and tells the actor about exits; the actor applies the
+pure ``RestartTracker`` rules, tells the controller ``worker_lost`` at once (so the trial is
+re-queued now, not at lease expiry) and schedules the restart after its backoff.
+
+With ``state_path`` the actor also writes its children's state (running, waiting to restart,
+exited, gave up, and why) to a small JSON file, atomically (temp file + rename), on every
+change. Another process (``pbt-actors status``) reads it with ``read_host_states``; the
+convention is one file per host under ``<checkpoint root>/.pbt-hosts/`` (``host_state_path``),
+because the checkpoint root is the one folder that every host and the controller share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import queue
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pykka
+
+from pbt_actors.runtime.restart_rules import Backoff, ChildSpec, Intensity, Restart, RestartTracker
+from pbt_actors.transport.endpoints import RequestTimeout, WorkerEndpoint
+from pbt_actors.transport.messages import WorkerLost
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.05
+HOST_STATE_DIR = ".pbt-hosts"
+HOST_STATE_VERSION = 1
+
+
+@dataclass
+class ChildState:
+    """What the supervisor knows of one slot (returned by ``status``)."""
+
+    spec: ChildSpec
+    tracker: RestartTracker
+    process: Any = None
+    started_at: float = 0.0
+    state: str = "starting"  # running | waiting | exited | gave_up
+    starts: int = 0
+    last_exit: int | None = None
+    reason: str = ""
+    since: float = field(default_factory=time.time)  # wall clock of the last state change
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    id: str
+    state: str
+    pid: int | None
+    starts: int
+    last_exit: int | None
+    reason: str
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Exited:
+    child_id: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class _StartChild:
+    child_id: str
+
+
+@dataclass(frozen=True)
+class _Status:
+    pass
+
+
+@dataclass
+class _Watch:
+    """Processes the watcher thread polls (child id -> process), guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    processes: dict[str, Any] = field(default_factory=dict)
+
+
+class HostSupervisorActor(pykka.ThreadingActor):
+    """Starts, watches and restarts worker processes; reports lost workers to the controller."""
+
+    def __init__(self, children: Sequence[ChildSpec], *, controller: str | None = None,
+                 intensity: Intensity | None = None, backoff: Backoff | None = None,
+                 endpoint_options: Mapping[str, Any] | None = None, state_path: str | os.PathLike[str] | None = None,
+                 host: str | None = None) -> None:
+        super().__init__()
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.host = host or socket.gethostname()
+        self.state_write_failed = False
+        self.children = {spec.id: ChildState(spec, RestartTracker(intensity or Intensity(), backoff or Backoff()))
+                         for spec in children}
+        self.controller = controller
+        self.endpoint_options = dict(endpoint_options or {})
+        self.notifier: _LostNotifier | None = None
+        self.watch = _Watch()
+        self.watch_stop = threading.Event()
+        self.all_done = threading.Event()
+        self.timers: list[threading.Timer] = []
+
+    def on_start(self) -> None:
+        if self.controller is not None:
+            identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
+            self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options)
+        threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
+        for child_id in self.children:
+            self._start(child_id)
+        self._write_state()
+
+    def on_stop(self) -> None:
+        self.watch_stop.set()
+        for timer in self.timers:
+            timer.cancel()
+        for child in self.children.values():
+            _terminate(child.process)
+        if self.notifier is not None:
+            self.notifier.stop()
+        self._write_state(stopped=True)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        log.error("host supervisor died: %s; terminating its workers", exception_value)
+        self.on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Exited):
+            self._on_exit(message.child_id, message.exit_code)
+        elif isinstance(message, _StartChild):
+            self._start(message.child_id)
+        elif isinstance(message, _Status):
+            return self._infos()
+        else:
+            raise TypeError(f"HostSupervisorActor got an unknown message {message!r}")
+        return None
+
+    def _infos(self) -> list[ChildInfo]:
+        return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason,
+                          c.since) for c in self.children.values()]
+
+    def _write_state(self, *, stopped: bool = False) -> None:
+        """Publish the children's state to ``state_path`` (atomically; never raises)."""
+        if self.state_path is None:
+            return
+        state = {"v": HOST_STATE_VERSION, "host": self.host, "pid": os.getpid(), "updated_at": time.time(),
+                 "stopped": stopped, "children": [asdict(info) for info in self._infos()]}
+        try:
+            _write_json_atomically(self.state_path, state)
+        except OSError as exc:
+            if not self.state_write_failed:  # once: a full or read-only disk must not flood the log
+                log.warning("cannot write the host state file %s: %s", self.state_path, exc)
+            self.state_write_failed = True
+
+    # --- life cycle of one child ------------------------------------------------------------
+    def _start(self, child_id: str) -> None:
+        child = self.children[child_id]
+        if child.state in ("gave_up", "exited") and child.starts:
+            return
+        try:
+            child.process = child.spec.factory()
+        except Exception as exc:
+            log.exception("could not start worker %s", child_id)
+            self._on_exit(child_id, None, reason=f"start failed: {exc}")
+            return
+        child.started_at, child.state, child.since = time.monotonic(), "running", time.time()
+        child.starts += 1
+        with self.watch.lock:
+            self.watch.processes[child_id] = child.process
+        log.info("worker %s started (pid %s, start #%d)", child_id, child.process.pid, child.starts)
+        self._write_state()
+
+    def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
+        child = self.children[child_id]
+        child.last_exit = exit_code
+        decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic())
+        restart = None
+        if decision.restart:
+            child.state, child.reason = "waiting", f"restarting in {decision.delay_s:.2f}s after {decision.reason}"
+            log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
+            restart = functools.partial(self._restart_later, child_id, decision.delay_s)
+        if exit_code != 0 and self.notifier is not None:
+            # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
+            # resends) never blocks this actor; the restart waits for it, so that the controller
+            # hears "lost" before the same worker id asks for new work
+            self.notifier.tell(WorkerLost(child_id, reason or f"process exited with code {exit_code}"), restart)
+        elif restart is not None:
+            restart()
+        if decision.give_up:
+            child.state, child.reason = "gave_up", decision.reason
+            log.error("GIVING UP on worker %s: %s", child_id, decision.reason)
+        elif not decision.restart:
+            child.state, child.reason = "exited", decision.reason
+        child.since = time.time()
+        self._write_state()
+        if all(c.state in ("exited", "gave_up") for c in self.children.values()):
+            self.all_done.set()
+
+    def _restart_later(self, child_id: str, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self._tell_start, args=(child_id,))
+        timer.daemon = True
+        self.timers.append(timer)  # a list append: safe from the notifier's thread too
+        timer.start()
+
+    def _tell_start(self, child_id: str) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_StartChild(child_id))
+
+    def _watch_loop(self) -> None:
+        while not self.watch_stop.wait(WATCH_INTERVAL_S):
+            with self.watch.lock:
+                exited = [(cid, p.poll()) for cid, p in self.watch.processes.items() if p.poll() is not None]
+                for cid, _ in exited:
+                    del self.watch.processes[cid]
+            for cid, code in exited:
+                try:
+                    self.actor_ref.tell(_Exited(cid, code))
+                except pykka.ActorDeadError:
+                    return
+
+
+class _LostNotifier:
+    """Tells the controller ``worker_lost`` from a thread of its own (which owns the DEALER).
+
+    Each notice is tried 3 times (2 s apart) and then given up (the lease expires instead);
+    ``after`` (the restart, if any) runs once the notice was answered or given up.
+    """
+
+    TRIES = 3
+    TIMEOUT_S = 2.0
+
+    def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any]) -> None:
+        self.controller, self.identity, self.endpoint_options = controller, identity, dict(endpoint_options)
+        self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | None] = queue.Queue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pbt-supervisor-notifier", daemon=True)
+        self.thread.start()
+
+    def tell(self, message: WorkerLost, after: Callable[[], None] | None) -> None:
+        self.queue.put((message, after))
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self.stopping.set()
+        self.queue.put(None)
+        self.thread.join(timeout_s)
+
+    def _run(self) -> None:
+        endpoint = WorkerEndpoint(self.controller, self.identity, **self.endpoint_options)
+        try:
+            while (item := self.queue.get()) is not None:
+                message, after = item
+                self._notify(endpoint, message)
+                if after is not None and not self.stopping.is_set():
+                    after()
+        finally:
+            endpoint.close()
+
+    def _notify(self, endpoint: WorkerEndpoint, message: WorkerLost) -> None:
+        for _ in range(self.TRIES):
+            if self.stopping.is_set():
+                return
+            try:
+                endpoint.request(message, timeout_s=self.TIMEOUT_S, retries=0)
+                return
+            except RequestTimeout:
+                continue
+        log.warning("controller did not hear that %s was lost; the lease will expire instead", message.worker)
+
+
+class HostSupervisor:
+    """Handle for a running ``HostSupervisorActor``."""
+
+    def __init__(self, children: Sequence[ChildSpec], **options: Any) -> None:
+        self.ref = HostSupervisorActor.start(children, **options)
+        self._done: threading.Event = self.ref.proxy().all_done.get()
+
+    def status(self) -> list[ChildInfo]:
+        info = cast(list[ChildInfo], self.ref.ask(_Status(), timeout=10))
+        return info
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once every child exited for good (done, or given up)."""
+        return self._done.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.ref.is_alive():
+            self.ref.stop(timeout=30)
+
+
+# --- the host state files that `pbt-actors status` shows ------------------------------------------
+def host_state_path(checkpoint_root: str | os.PathLike[str], host: str) -> Path:
+    """Where the supervisor of ``host`` publishes its children's state (see the module doc)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "host"
+    return Path(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
+
+
+def read_host_states(checkpoint_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every host state file under ``checkpoint_root``, by host name; unreadable ones skipped."""
+    folder = Path(checkpoint_root) / HOST_STATE_DIR
+    states = []
+    for path in sorted(folder.glob("supervisor-*.json")) if folder.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("children"), list):
+            states.append(state)
+    return sorted(states, key=lambda s: str(s.get("host")))
+
+
+def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None = None) -> list[str]:
+    """Human lines for ``status``: one per worker slot, with the reason when it is not running."""
+    now = time.time() if now is None else now
+    lines = []
+    for state in states:
+        age = max(0.0, now - float(state.get("updated_at", now)))
+        stopped = " (supervisor stopped)" if state.get("stopped") else ""
+        lines.append(f"host {state.get('host')}  supervisor pid {state.get('pid')}  updated {age:.0f}s ago{stopped}")
+        for child in state["children"]:
+            line = f"  worker {child.get('id')}  {child.get('state')}  starts {child.get('starts')}"
+            if child.get("last_exit") is not None:
+                line += f"  last exit {child.get('last_exit')}"
+            if child.get("state") != "running" and child.get("reason"):
+                line += f": {child.get('reason')}"
+            lines.append(line)
+    return lines
+
+
+def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _terminate(process: Any, grace_s: float = 5.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+__all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart",
+           "describe_host_states", "host_state_path", "read_host_states"]

@@ -1,0 +1,345 @@
+"""The worker: request a trial, run the user's ``train(ctx)``, heartbeat, report, repeat.
+
+Layer 4. Two threads per worker process, so that training never waits on the network:
+
+* the **trial thread** (the caller of ``WorkerClient.run``/``run_one``) runs ``train(ctx)``;
+* the **``WorkerActor``** (a pykka actor) owns the DEALER socket (ZeroMQ sockets must stay on
+  one thread) and sends every message: requests, periodic heartbeats (told by a small ticker
+  thread), reports. A report is resent, under the same request id, until the controller
+  acknowledges it: a worker outlives a controller restart with its result intact.
+
+``ctx.report`` only updates shared state; the latest metrics ride on the next heartbeat and
+a ``stop`` reply sets ``ctx.should_stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from pbt_actors.runtime.checkpoints import CheckpointWriteError
+from pbt_actors.runtime.context import TrialContext, default_device
+from pbt_actors.model.errors import CheckpointError, PbtError
+from pbt_actors.transport.endpoints import RequestTimeout, WorkerEndpoint
+from pbt_actors.transport.messages import (
+    Ack,
+    Done,
+    Error,
+    Fail,
+    Heartbeat,
+    Hello,
+    Message,
+    Report,
+    RequestTrial,
+    Stop,
+    TrialAssignment,
+    Wait,
+)
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[[TrialContext], Any]
+HEARTBEAT_TIMEOUT_S = 2.0
+PREEMPT_GRACE_S = 20.0
+INTERNAL_ERROR_RETRIES = 8
+INTERNAL_ERROR_BACKOFF_S = 0.2
+"""A report answered ``error(internal)`` is sent again after 0.2, 0.4, ... s (8 times, ~50 s in
+all); after that the trial is left to its lease expiry, like a report that never arrived."""
+
+
+@dataclass
+class _Progress:
+    """What the trial thread shares with the actor (guarded by ``lock``)."""
+
+    lock: threading.Lock
+    spec: TrialAssignment | None = None
+    step: int = 0
+    metrics: Mapping[str, float] | None = None
+    fresh: bool = False
+    ctx: TrialContext | None = None
+    heartbeat_queued: bool = False
+    """A heartbeat is told and not yet started: the ticker tells no other (while the controller
+    is unreachable each heartbeat waits its timeout, and unbounded tells would pile up)."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """An explicit actor message: method name and arguments (no proxies, visible boundaries)."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
+class WorkerActor(pykka.ThreadingActor):
+    """Owns the worker's socket; every network send happens on this actor's thread."""
+
+    def __init__(self, connect: str, worker_id: str, endpoint_options: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.connect = connect
+        self.worker_id = worker_id
+        self.endpoint_options = dict(endpoint_options or {})
+        self.endpoint: WorkerEndpoint | None = None
+        self.progress = _Progress(threading.Lock())
+
+    def on_start(self) -> None:
+        self.endpoint = WorkerEndpoint(self.connect, self.worker_id, **self.endpoint_options)
+
+    def on_stop(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        log.error("worker actor %s died: %s", self.worker_id, exception_value)
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Call) and message.method in ("request", "heartbeat"):
+            return getattr(self, message.method)(*message.args)
+        raise PbtError(f"WorkerActor got an unknown message {message!r}")
+
+    def request(self, message: Message, timeout_s: float = 5.0, retries: int | None = None) -> Message:
+        assert self.endpoint is not None
+        return self.endpoint.request(message, timeout_s=timeout_s, retries=retries)
+
+    def heartbeat(self) -> None:
+        """Send one heartbeat for the running trial (told by the ticker; never raises)."""
+        with self.progress.lock:
+            spec, ctx = self.progress.spec, self.progress.ctx
+            step, metrics, fresh = self.progress.step, self.progress.metrics, self.progress.fresh
+            self.progress.fresh = False
+            self.progress.heartbeat_queued = False
+        if spec is None or self.endpoint is None:
+            return
+        payload = dict(metrics) if fresh and metrics else None
+        message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, payload)
+        try:
+            reply = self.endpoint.request(message, timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
+        except RequestTimeout:
+            log.info("heartbeat for trial %d unanswered; training on", spec.trial_id)
+            return
+        if isinstance(reply, Stop) and ctx is not None:
+            log.info("controller stops trial %d: %s", spec.trial_id, reply.reason)
+            ctx.stop_event.set()
+
+
+class _ActorLink:
+    """The ``TrialLink`` the context reports through: shared state, no network wait."""
+
+    def __init__(self, progress: _Progress) -> None:
+        self.progress = progress
+
+    def record(self, step: int, metrics: Mapping[str, float]) -> bool:
+        with self.progress.lock:
+            self.progress.step, self.progress.metrics, self.progress.fresh = step, dict(metrics), True
+            ctx = self.progress.ctx
+        return ctx is None or not ctx.stop_event.is_set()
+
+
+class WorkerClient:
+    """A worker whose trial loop the host program drives (``run_one``) or hands over (``run``).
+
+    Args:
+        connect: the controller's endpoint (``tcp://host:port``, ``ipc://...``).
+        train: the user's ``train(ctx)``.
+        checkpoint_root: the folder (shared between hosts) holding checkpoint files.
+        worker_id: unique per worker slot; stable across restarts of that slot.
+        device: what ``ctx.device`` says (default: ``cuda:0`` when pinned to a GPU, else cpu).
+    """
+
+    def __init__(self, connect: str, train: TrainFn, checkpoint_root: str, *, worker_id: str | None = None,
+                 device: str | None = None, endpoint_options: Mapping[str, Any] | None = None,
+                 request_timeout_s: float = 5.0) -> None:
+        self.train = train
+        self.checkpoint_root = checkpoint_root
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.device = device or default_device()
+        self.request_timeout_s = request_timeout_s
+        self.actor = WorkerActor.start(connect, self.worker_id, endpoint_options)
+        self.progress: _Progress = self.actor.proxy().progress.get()
+        self.preempt = threading.Event()
+        self._ticker_stop = threading.Event()
+        self._ticker_wake = threading.Event()
+        """Set when the heartbeat interval changed (a new trial) or the client closes."""
+        self._heartbeat_s = 1.0
+        self._ticker = threading.Thread(target=self._tick, name=f"{self.worker_id}-ticker", daemon=True)
+        self._ticker.start()
+        self.trials_run = 0
+        self._next_reply: Message | None = None
+        """The controller's answer about the next trial, when it came with a report's ack."""
+        self.last_report_sent_at: float | None = None
+        self.idle_gaps_s: list[float] = []
+
+    # --- network through the actor -----------------------------------------------------------
+    def _request(self, message: Message, retries: int | None = None) -> Message:
+        future = self.actor.ask(_Call("request", (message, self.request_timeout_s, retries)), block=False)
+        result: Message = future.get()
+        return result
+
+    def _request_patiently(self, message: Message, give_up_after_preempt_s: float | None) -> Message | None:
+        """Resend until answered. Rounds of a few resends each, so that a preemption (SIGTERM)
+        is noticed: then keep trying ``give_up_after_preempt_s`` longer (a report is worth the
+        grace period), or stop at once (None) for a request that can simply be dropped."""
+        preempted_at: float | None = None
+        while True:
+            try:
+                return self._request(message, retries=2)
+            except RequestTimeout:
+                log.info("controller silent for a %s; still trying", message.TYPE)
+            if self.preempt.is_set():
+                preempted_at = preempted_at or time.monotonic()
+                if give_up_after_preempt_s is None or time.monotonic() - preempted_at > give_up_after_preempt_s:
+                    return None
+
+    def hello(self) -> Message | None:
+        return self._request_patiently(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), None)
+
+    def _tick(self) -> None:
+        # Sleeps until the next heartbeat is due (not a fixed short poll): every wake-up takes
+        # the GIL from the training thread. A changed interval applies from the next wake-up.
+        last = time.monotonic()
+        while True:
+            self._ticker_wake.wait(max(0.01, last + self._heartbeat_s - time.monotonic()))
+            self._ticker_wake.clear()
+            if self._ticker_stop.is_set():
+                return
+            if time.monotonic() - last >= self._heartbeat_s:
+                last = time.monotonic()
+                with self.progress.lock:
+                    if self.progress.heartbeat_queued:
+                        continue  # the last one has not even started: the controller is slow or gone
+                    self.progress.heartbeat_queued = True
+                try:
+                    self.actor.tell(_Call("heartbeat", ()))
+                except pykka.ActorDeadError:
+                    return
+
+    # --- the trial loop --------------------------------------------------------------------------
+    def run_one(self) -> bool:
+        """Ask for one trial and run it. Returns False when the experiment is done."""
+        reply, self._next_reply = self._next_reply, None
+        if reply is None:
+            reply = self._request_patiently(RequestTrial(self.worker_id), give_up_after_preempt_s=None)
+        if reply is None:
+            return False
+        if self.last_report_sent_at is not None:
+            self.idle_gaps_s.append(time.perf_counter() - self.last_report_sent_at)
+            self.last_report_sent_at = None
+        if isinstance(reply, Done):
+            return False
+        if isinstance(reply, Wait):
+            self.preempt.wait(min(reply.retry_after_s, 5.0))
+            return not self.preempt.is_set()
+        if isinstance(reply, Error):
+            log.warning("controller refused request_trial: %s %s", reply.code, reply.message)
+            self.preempt.wait(1.0)
+            return not self.preempt.is_set()
+        if not isinstance(reply, TrialAssignment):
+            log.warning("unexpected reply to request_trial: %r", reply)
+            return True
+        self.run_trial(reply)
+        return not self.preempt.is_set()
+
+    def run(self) -> None:
+        """Run trials until the experiment is done or the process is being preempted."""
+        while self.run_one():
+            pass
+
+    def run_trial(self, spec: TrialAssignment) -> None:
+        ctx = TrialContext(
+            trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation, hparams=dict(spec.hparams),
+            start_step=spec.start_step, end_step=spec.end_step, checkpoint_root=self.checkpoint_root,
+            parent_checkpoint=spec.parent_checkpoint, device=self.device, experiment=spec.experiment,
+            link=_ActorLink(self.progress), preempt_event=self.preempt,
+        )
+        with self.progress.lock:
+            self.progress.spec, self.progress.ctx = spec, ctx
+            self.progress.step, self.progress.metrics, self.progress.fresh = spec.start_step, None, False
+        self._heartbeat_s = max(0.05, spec.heartbeat_s)
+        self._ticker_wake.set()
+        outcome: Message
+        try:
+            returned = self.train(ctx)
+        except BaseException as exc:  # the user's code: report, never die of it
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                self._clear()
+                raise
+            # a parent checkpoint that cannot be read fails this spec for good (the policy picks
+            # another parent); one that cannot be written (disk full) is worth a retry
+            retryable = not isinstance(exc, CheckpointError) or isinstance(exc, CheckpointWriteError)
+            text = "".join(traceback.format_exception(exc))[-8000:]
+            log.warning("trial %d attempt %d failed: %s", spec.trial_id, spec.attempt, exc)
+            outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, text, retryable)
+        else:
+            if ctx.preempted and (ctx.saved is None or ctx.saved.step < spec.end_step):
+                resume = ctx.saved if ctx.saved is not None and ctx.saved.step > spec.start_step else None
+                outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, "preempted (SIGTERM)", True, resume,
+                               preempted=True)
+            elif ctx.stop_event.is_set():
+                self._clear()
+                self.trials_run += 1
+                return  # the controller stopped it; nothing to report
+            else:
+                # ``next``: the ack brings the next trial along (one round trip), unless this
+                # process is being preempted and will not run another
+                outcome = Report(self.worker_id, spec.trial_id, spec.attempt, ctx.final_metrics(returned),
+                                 tuple(ctx.measurements), ctx.saved, next=not self.preempt.is_set())
+        self._clear()
+        self._deliver(outcome)
+        self.trials_run += 1
+
+    def _deliver(self, message: Message) -> None:
+        """Send a report/fail until acknowledged: forever while healthy (the controller may be
+        restarting), for a grace period once preempted."""
+        reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
+        for retry in range(INTERNAL_ERROR_RETRIES):
+            # ``internal``: the controller could not apply it (its batch was rolled back, or the
+            # disk flush failed), which says nothing about the result: send it again, as a new
+            # request (a resend under the old id would get the cached error), after a pause
+            if not (isinstance(reply, Error) and reply.code == "internal") or self.preempt.is_set():
+                break
+            log.warning("controller failed to apply %s (%s); sending it again", message.TYPE, reply.message[:200])
+            self.preempt.wait(min(INTERNAL_ERROR_BACKOFF_S * 2 ** retry, 30.0))
+            reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
+        if reply is None:
+            log.error("preempted before the controller acknowledged %s for a trial; it will be re-run",
+                      message.TYPE)
+            return
+        self.last_report_sent_at = time.perf_counter()
+        if isinstance(reply, Error):
+            log.warning("controller rejected %s for trial: %s %s", message.TYPE, reply.code, reply.message)
+        elif isinstance(reply, TrialAssignment | Wait | Done) and isinstance(message, Report) and message.next:
+            self._next_reply = reply  # the report was applied; this answers our next request
+        elif not isinstance(reply, Ack | Stop):
+            log.warning("unexpected reply to %s: %r", message.TYPE, reply)
+
+    def _clear(self) -> None:
+        with self.progress.lock:
+            self.progress.spec, self.progress.ctx = None, None
+
+    def close(self) -> None:
+        self._ticker_stop.set()
+        self._ticker_wake.set()
+        self._ticker.join(timeout=2)
+        try:
+            self.actor.stop(timeout=5)
+        except pykka.Timeout:
+            log.warning("worker actor did not stop in time")
+
+    def install_sigterm_handler(self) -> None:
+        """SIGTERM = graceful preemption: ``ctx.should_stop`` turns True, the loop ends after
+        the current trial reports (or hands back a resume checkpoint)."""
+        def on_term(signum: int, frame: Any) -> None:
+            self.preempt.set()
+
+        signal.signal(signal.SIGTERM, on_term)

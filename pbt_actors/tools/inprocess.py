@@ -1,0 +1,68 @@
+"""Run an experiment in this process, one trial at a time, through the real ControllerCore.
+
+Layer 5. No sockets, no actors: ``ControllerCore.handle`` is called directly and ``train(ctx)``
+runs inline. Useful for debugging an experiment file with a plain debugger, for notebooks,
+and as the framework-free reference in benchmarks. Decisions are identical to a distributed
+run that sees the same event order.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pbt_actors.runtime.context import TrialContext
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.errors import CheckpointError
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.transport.messages import Done, Fail, Report, RequestTrial, TrialAssignment, Wait
+
+
+def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], checkpoint_root: str | Path, *,
+                  store: TrialStore | None = None, workers: int = 1, device: str = "cpu",
+                  clock: Callable[[], float] = time.time) -> ControllerCore:
+    """Run to the end with ``workers`` virtual workers taking turns; returns the core.
+
+    With ``workers > 1`` the virtual workers lease trials round-robin before any of them
+    reports, which reproduces the asynchrony (several trials in flight) of a real run.
+    """
+    core = ControllerCore(store if store is not None else InMemoryTrialStore(), experiment, now=clock())
+    names = [f"inproc-{i}" for i in range(workers)]
+    while True:
+        leased: list[tuple[str, TrialAssignment]] = []
+        for name in names:
+            reply = core.handle(RequestTrial(name), clock())
+            if isinstance(reply, TrialAssignment):
+                leased.append((name, reply))
+        if not leased:
+            if core.finished:
+                return core
+            reply = core.handle(RequestTrial(names[0]), clock())
+            if isinstance(reply, Done):
+                return core
+            if isinstance(reply, Wait):
+                raise RuntimeError("in-process run is waiting with nothing running: a policy stalled")
+            continue
+        for name, spec in leased:
+            core.handle(run_assignment(name, spec, train, str(checkpoint_root), device), clock())
+
+
+def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
+                   device: str = "cpu") -> Report | Fail:
+    """Run one assignment inline and build the message a worker would send."""
+    ctx = TrialContext(trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation,
+                       hparams=dict(spec.hparams), start_step=spec.start_step, end_step=spec.end_step,
+                       checkpoint_root=checkpoint_root, parent_checkpoint=spec.parent_checkpoint, device=device,
+                       experiment=spec.experiment)
+    try:
+        returned = train(ctx)
+    except Exception as exc:
+        return Fail(worker, spec.trial_id, spec.attempt, "".join(traceback.format_exception(exc))[-8000:],
+                    retryable=not isinstance(exc, CheckpointError))
+    return Report(worker, spec.trial_id, spec.attempt, ctx.final_metrics(returned), tuple(ctx.measurements),
+                  ctx.saved)

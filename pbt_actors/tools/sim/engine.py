@@ -1,0 +1,600 @@
+"""A discrete-event simulator: the real ``ControllerCore`` and policies, virtual workers, virtual time.
+
+Layer 5. Nothing here re-implements a decision: every trial is leased, reported, lost,
+re-queued and reproduced by the unchanged ``ControllerCore`` through the same protocol
+messages a real worker sends (``RequestTrial``, ``Heartbeat``, ``Report``, ``Fail``,
+``WorkerLost``) and its ``tick`` for lease expiry. The simulator only replaces the workers and
+the clock:
+
+* **Workers** — ``SimConfig.workers`` at start, each with a speed drawn once
+  (``exp(N(0, speed_spread))``). A trial of ``k`` steps takes
+  ``k / steps_per_trial · trial_s / speed · exp(N(0, duration_cv) − duration_cv²/2)`` virtual
+  seconds (lognormal, mean-preserving). Training itself is the objective's O(1) ``train``.
+* **Checkpoints** — ``CheckpointRef``s with fake uris and sha256 (no files); the objective's
+  state lives in ``Simulation.states`` keyed by uri. A child resumes from its
+  ``TrialAssignment.parent_checkpoint`` (or from a ``resume`` checkpoint after a graceful
+  preemption), exactly as a real worker would.
+* **Heartbeats** every ``experiment.heartbeat_interval_s`` renew the lease; the controller's
+  lease-expiry scan (``core.tick``) runs every ``tick_s``.
+* **Preemption** — a Poisson process at ``preempt_rate`` per worker-hour while a worker is
+  busy (an idle worker loses nothing). The trial in flight is lost and re-queued by the core,
+  as in production, in one of three ways:
+
+  - *supervised* (probability ``lost_notice``): the process was killed; its host supervisor
+    sends ``WorkerLost`` at once and restarts the worker under the same id after
+    ``restart_s``;
+  - *silent* (the rest): the whole host vanished. Nobody tells the controller; the lease
+    expires (``tick``) and a fresh worker with a new id joins after ``restart_s``;
+  - *graceful* (probability ``graceful``, taken first): SIGTERM with notice — the worker
+    saves a checkpoint and sends ``Fail(retryable, resume=..., preempted=True)``; the retry
+    continues from it.
+
+  All three are *losses* to the core (they count against ``max_losses``, not
+  ``max_attempts``).
+
+* **Churn** — workers join and leave over time: an explicit ``schedule`` of
+  ``(time_s, delta)`` and/or Poisson arrivals (``join_per_hour``) and departures
+  (``leave_per_worker_hour``). A departing worker drains: it finishes and reports its trial,
+  then stops asking.
+
+Determinism: all randomness comes from ``random.Random`` streams seeded by strings derived
+from ``SimConfig.seed`` and only ``random()`` is used (Python guarantees its sequence), events
+with equal times are ordered by insertion, and the core is deterministic; so one seed gives
+one trial graph, byte for byte.
+
+Accounting (``SimResult``): ``compute_s`` is every second a worker spent on a trial;
+``lost_s`` the work in flight at each preemption (what a preemption destroys);
+``wasted_s = compute_s − useful_s``, where ``useful_s`` is the work of the attempts the store
+recorded as completing their trial (plus work a graceful preemption saved). If the core
+re-queues exactly the lost work, ``wasted_s == lost_s``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import CheckpointRef, TrialStatus
+from pbt_actors.tools.sim.objectives import SimObjective, State, normal
+from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.transport.messages import (
+    Ack,
+    Done,
+    Fail,
+    Heartbeat,
+    Report,
+    RequestTrial,
+    Stop,
+    TrialAssignment,
+    Wait,
+    WorkerLost,
+)
+
+# Event kinds (ints: they sort fast and tuples compare cheaply in the heap).
+_REQUEST, _FINISH, _HEARTBEAT, _PREEMPT, _TICK, _JOIN, _LEAVE, _SCHEDULE = range(8)
+_FAKE_SHA_PAD = "0" * 48
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Virtual cluster and fault model. Times are virtual seconds."""
+
+    workers: int = 4
+    speed_spread: float = 0.0
+    """Standard deviation of log worker speed (0: all workers equally fast)."""
+    trial_s: float = 600.0
+    """Mean duration of a full trial (``steps_per_trial`` steps) on a speed-1 worker."""
+    duration_cv: float = 0.1
+    """Spread (sd of log) of each trial's duration around its mean."""
+    preempt_rate: float = 0.0
+    """Preemptions per busy worker-hour."""
+    lost_notice: float = 0.5
+    """Fraction of (non-graceful) preemptions a supervisor reports with ``WorkerLost``."""
+    graceful: float = 0.0
+    """Fraction of preemptions that save a resume checkpoint and send ``Fail`` first."""
+    restart_s: float = 60.0
+    """A preempted worker (or its replacement) asks for work again after this."""
+    lease_s: float | None = None
+    """The experiment's lease; None: ``trial_s`` (heartbeats every third of it)."""
+    heartbeats: bool = True
+    tick_s: float | None = None
+    """Period of the controller's lease-expiry scan; None: a quarter of the lease."""
+    wait_s: float | None = None
+    """The controller's ``wait`` answer; None: ``trial_s / 20``."""
+    schedule: tuple[tuple[float, int], ...] = ()
+    """``(time_s, delta)``: ``delta`` workers join (>0) or drain and leave (<0) at ``time_s``."""
+    join_per_hour: float = 0.0
+    leave_per_worker_hour: float = 0.0
+    min_workers: int = 1
+    """Poisson departures never drain the pool below this many workers."""
+    max_workers: int | None = None
+    """Poisson arrivals stop at this many live workers (None: no limit)."""
+    seed: int = 0
+    max_events: int | None = None
+    """Safety stop (None: unlimited)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.trial_s > 0, "trial_s must be > 0"),
+            (self.speed_spread >= 0 and self.duration_cv >= 0, "spreads must be >= 0"),
+            (self.preempt_rate >= 0, "preempt_rate must be >= 0"),
+            (0 <= self.lost_notice <= 1 and 0 <= self.graceful <= 1, "probabilities must be in [0, 1]"),
+            (self.restart_s >= 0, "restart_s must be >= 0"),
+            (self.join_per_hour >= 0 and self.leave_per_worker_hour >= 0, "churn rates must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SimConfig: {message}")
+
+    @property
+    def lease(self) -> float:
+        return self.lease_s if self.lease_s is not None else self.trial_s
+
+
+@dataclass
+class SimResult:
+    """What one simulated run did and reached. Fitness values are *true* (noise-free) metrics."""
+
+    objective: str
+    policy: str
+    seed: int
+    population: int
+    finished: bool
+    trials: int
+    by_status: dict[str, int]
+    best: float | None
+    """True headline metric of the completed trial the controller ranks best (by observed metrics)."""
+    median: float | None
+    """Median true headline metric over the final population (the last ``population`` completions)."""
+    best_step: int
+    """The step the best trial reached."""
+    hypervolume: float | None
+    compute_s: float
+    useful_s: float
+    lost_s: float
+    steps_trained: int
+    lost_steps: int
+    preemptions: int
+    trials_lost: int
+    """Trial attempts destroyed by a preemption (each re-queued by the core)."""
+    leases_expired: int
+    virtual_s: float
+    """Virtual time until the controller first answered ``done`` (or the run stopped)."""
+    workers_seen: int
+    events: int
+    wall_s: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def wasted_s(self) -> float:
+        return self.compute_s - self.useful_s
+
+    @property
+    def compute_h(self) -> float:
+        return self.compute_s / 3600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective, "policy": self.policy, "seed": self.seed,
+            "population": self.population, "finished": self.finished, "trials": self.trials,
+            "by_status": dict(self.by_status), "best": self.best, "median": self.median,
+            "best_step": self.best_step,
+            "hypervolume": self.hypervolume, "compute_h": self.compute_s / 3600.0,
+            "useful_h": self.useful_s / 3600.0, "wasted_h": self.wasted_s / 3600.0,
+            "lost_h": self.lost_s / 3600.0, "steps_trained": self.steps_trained, "lost_steps": self.lost_steps,
+            "preemptions": self.preemptions, "trials_lost": self.trials_lost,
+            "leases_expired": self.leases_expired, "virtual_h": self.virtual_s / 3600.0,
+            "workers_seen": self.workers_seen, "events": self.events, "wall_s": self.wall_s,
+            "errors": list(self.errors),
+        }
+
+
+class _Worker:
+    __slots__ = ("alive", "busy_since", "draining", "duration", "index", "name", "spec", "speed", "token")
+
+    def __init__(self, index: int, speed: float) -> None:
+        self.index = index
+        self.name = f"sim-w{index}"
+        self.speed = speed
+        self.alive = True
+        self.draining = False
+        self.token = 0  # bumped whenever the worker's current activity ends; stale events check it
+        self.spec: TrialAssignment | None = None
+        self.busy_since = 0.0
+        self.duration = 0.0
+
+
+def fake_checkpoint(trial_id: int, attempt: int, step: int) -> CheckpointRef:
+    """A checkpoint reference that points at no file (the state lives in the simulator)."""
+    return CheckpointRef(f"sim/t{trial_id}/a{attempt}/s{step}.ckpt", 0,
+                         f"{trial_id:08x}{attempt:08x}{_FAKE_SHA_PAD}", step)
+
+
+class Simulation:
+    """Drive ``ControllerCore`` with virtual workers until the experiment ends.
+
+    Args:
+        experiment: the experiment (``objective.experiment(...)`` builds a fitting one).
+        objective: the synthetic problem the virtual workers "train".
+        config: cluster and fault model.
+        store: a fresh ``TrialStore`` (default: in memory). The caller closes it.
+        on_progress: called as ``on_progress(completed_trials)`` every ``progress_every``
+            completions (for progress bars).
+    """
+
+    def __init__(self, experiment: Experiment, objective: SimObjective, config: SimConfig | None = None,
+                 store: TrialStore | None = None, *, on_progress: Callable[[int], None] | None = None,
+                 progress_every: int = 1000) -> None:
+        self.experiment = experiment
+        self.objective = objective
+        self.config = config or SimConfig()
+        self.store = store if store is not None else InMemoryTrialStore()
+        cfg = self.config
+        self.core = ControllerCore(self.store, experiment, now=0.0,
+                                   wait_s=cfg.wait_s if cfg.wait_s is not None else cfg.trial_s / 20)
+        self.states: dict[str, State] = {}
+        self.truth: dict[str, dict[str, float]] = {}
+        self.now = 0.0
+        self.on_progress = on_progress
+        self.progress_every = max(1, progress_every)
+        seed = cfg.seed
+        self._rng_cluster = random.Random(f"pbt-sim:{seed}:cluster")
+        self._rng_duration = random.Random(f"pbt-sim:{seed}:duration")
+        self._rng_fault = random.Random(f"pbt-sim:{seed}:fault")
+        self._rng_noise = random.Random(f"pbt-sim:{seed}:noise")
+        self._heap: list[tuple[float, int, int, int, int]] = []
+        self._seq = 0
+        self._workers: list[_Worker] = []
+        self._live = 0
+        self._arrivals_pending = 0  # JOIN/SCHEDULE events in the heap: workers that may still come
+        self._finished_seen = False
+        self._finished_at: float | None = None
+        self._initial = objective.initial_state()
+        self._tick_s = cfg.tick_s if cfg.tick_s is not None else experiment.lease_s / 4
+        self._heartbeat_s = experiment.heartbeat_interval_s
+        self._spt = experiment.steps_per_trial
+        # accounting
+        self.compute_s = 0.0
+        self.useful_s = 0.0
+        self.lost_s = 0.0
+        self.steps_trained = 0
+        self.lost_steps = 0
+        self.preemptions = 0
+        self.trials_lost = 0
+        self.leases_expired = 0
+        self.completions = 0
+        self.events = 0
+        self.errors: list[str] = []
+
+    # --- scheduling --------------------------------------------------------------------------
+    def _push(self, at: float, kind: int, worker: int = -1, token: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, worker, token))
+
+    def _add_worker(self, at: float) -> int:
+        cfg = self.config
+        speed = math.exp(cfg.speed_spread * normal(self._rng_cluster)) if cfg.speed_spread else 1.0
+        index = len(self._workers)
+        self._workers.append(_Worker(index, speed))
+        self._live += 1
+        self._push(at, _REQUEST, index)
+        if cfg.leave_per_worker_hour > 0:
+            self._push(at + _exponential(self._rng_cluster, cfg.leave_per_worker_hour / 3600.0), _LEAVE, index)
+        return index
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        """Run to the end (or until no worker is left / ``max_events``) and summarise."""
+        started = time.perf_counter()
+        cfg = self.config
+        for _ in range(cfg.workers):
+            self._add_worker(0.0)
+        for index, (at, _delta) in enumerate(cfg.schedule):
+            self._push(float(at), _SCHEDULE, index)
+            self._arrivals_pending += 1
+        if cfg.join_per_hour > 0:
+            self._push(_exponential(self._rng_cluster, cfg.join_per_hour / 3600.0), _JOIN)
+            self._arrivals_pending += 1
+        self._push(self._tick_s, _TICK)
+        heap = self._heap
+        pop = heapq.heappop
+        limit = cfg.max_events
+        handlers = (self._on_request, self._on_finish, self._on_heartbeat, self._on_preempt,
+                    self._on_tick, self._on_join, self._on_leave, self._on_schedule)
+        while heap:
+            at, _, kind, worker, token = pop(heap)
+            self.now = at
+            self.events += 1
+            handlers[kind](worker, token)
+            if self._live == 0 and self._arrivals_pending == 0:
+                break  # no worker left and none to come: nothing more can happen
+            if limit is not None and self.events >= limit:
+                break
+        return self.summarize(time.perf_counter() - started)
+
+    # --- handlers ------------------------------------------------------------------------------------
+    def _on_request(self, index: int, token: int) -> None:
+        worker = self._workers[index]
+        if not worker.alive or worker.spec is not None:
+            return
+        if worker.draining:
+            self._retire(worker)
+            return
+        self._serve(worker, self.core.handle(RequestTrial(worker.name), self.now))
+
+    def _serve(self, worker: _Worker, reply: object) -> None:
+        """Act on the controller's answer to a ``RequestTrial``."""
+        if isinstance(reply, TrialAssignment):
+            self._start(worker, reply)
+        elif isinstance(reply, Wait):
+            self._push(self.now + reply.retry_after_s, _REQUEST, worker.index)
+        elif isinstance(reply, Done):
+            if not self._finished_seen:
+                self._finished_seen, self._finished_at = True, self.now
+            self._retire(worker)
+        else:
+            self.errors.append(f"{self.now:.1f}s {worker.name} request_trial -> {reply!r}")
+            self._push(self.now + self.core.wait_s, _REQUEST, worker.index)
+
+    def _retire(self, worker: _Worker) -> None:
+        if worker.alive:
+            worker.alive = False
+            worker.token += 1
+            self._live -= 1
+
+    def _start(self, worker: _Worker, spec: TrialAssignment) -> None:
+        cfg = self.config
+        steps = spec.end_step - spec.start_step
+        duration = steps / self._spt * cfg.trial_s / worker.speed
+        if cfg.duration_cv:
+            duration *= math.exp(cfg.duration_cv * normal(self._rng_duration) - cfg.duration_cv ** 2 / 2)
+        worker.token += 1
+        worker.spec = spec
+        worker.busy_since = self.now
+        worker.duration = duration
+        index = worker.index
+        if cfg.preempt_rate > 0:
+            # memoryless: the time to this worker's next preemption, drawn afresh per trial
+            until = _exponential(self._rng_fault, cfg.preempt_rate / 3600.0)
+            if until < duration:
+                self._push(self.now + until, _PREEMPT, index, worker.token)
+                self._schedule_heartbeat(worker, index, self.now + until)
+                return
+        self._push(self.now + duration, _FINISH, index, worker.token)
+        self._schedule_heartbeat(worker, index, self.now + duration)
+
+    def _schedule_heartbeat(self, worker: _Worker, index: int, ends: float) -> None:
+        if self.config.heartbeats:
+            beat = self.now + self._heartbeat_s
+            if beat < ends:
+                self._push(beat, _HEARTBEAT, index, worker.token)
+
+    def _end_work(self, worker: _Worker) -> tuple[TrialAssignment, float]:
+        spec = worker.spec
+        assert spec is not None
+        spent = self.now - worker.busy_since
+        self.compute_s += spent
+        worker.spec = None
+        worker.token += 1
+        return spec, spent
+
+    def _on_finish(self, index: int, token: int) -> None:
+        worker = self._workers[index]
+        if token != worker.token or worker.spec is None:
+            return
+        spec, spent = self._end_work(worker)
+        self.steps_trained += spec.end_step - spec.start_step
+        state = self._parent_state(spec)
+        state = self.objective.train(state, spec.hparams, spec.start_step, spec.end_step)
+        true = self.objective.evaluate(state)
+        observed = self.objective.observe(true, self._rng_noise)
+        ckpt = fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)
+        self.states[ckpt.uri] = state
+        self.truth[ckpt.uri] = true
+        report = Report(worker.name, spec.trial_id, spec.attempt, observed, checkpoint=ckpt)
+        if worker.draining:
+            replies = [self.core.handle(report, self.now)]
+        else:
+            replies = self.core.handle_batch([report, RequestTrial(worker.name)], self.now)
+        if not isinstance(replies[0], Ack | Stop):
+            self.errors.append(f"{self.now:.1f}s {worker.name} report {spec.trial_id}/{spec.attempt} "
+                               f"-> {replies[0]!r}")
+        trial = self.store.get_trial(spec.trial_id)
+        if trial.status is TrialStatus.COMPLETED and trial.completed_attempt == spec.attempt:
+            self.useful_s += spent
+        self.completions += 1
+        if self.on_progress is not None and self.completions % self.progress_every == 0:
+            self.on_progress(self.completions)
+        if worker.draining:
+            self._retire(worker)
+        else:
+            self._serve(worker, replies[1])
+
+    def _parent_state(self, spec: TrialAssignment) -> State:
+        if spec.parent_checkpoint is None:
+            return self._initial
+        return self.states[spec.parent_checkpoint.uri]
+
+    def _on_heartbeat(self, index: int, token: int) -> None:
+        worker = self._workers[index]
+        spec = worker.spec
+        if token != worker.token or spec is None:
+            return
+        fraction = (self.now - worker.busy_since) / worker.duration
+        step = spec.start_step + int(fraction * (spec.end_step - spec.start_step))
+        reply = self.core.handle(Heartbeat(worker.name, spec.trial_id, spec.attempt, step), self.now)
+        if isinstance(reply, Stop):  # early-stopped, or completed by another attempt
+            self._end_work(worker)
+            self._on_request(index, 0)
+            return
+        if not isinstance(reply, Ack):
+            self.errors.append(f"{self.now:.1f}s {worker.name} heartbeat {spec.trial_id}/{spec.attempt} "
+                               f"-> {reply!r}")
+        beat = self.now + self._heartbeat_s
+        if beat < worker.busy_since + worker.duration:
+            self._push(beat, _HEARTBEAT, index, token)
+
+    def _on_preempt(self, index: int, token: int) -> None:
+        worker = self._workers[index]
+        if token != worker.token or worker.spec is None:
+            return
+        cfg = self.config
+        self.preemptions += 1
+        spec, spent = self._end_work(worker)
+        steps = spec.end_step - spec.start_step
+        done_steps = min(steps - 1, int(spent / worker.duration * steps))
+        roll = self._rng_fault.random()
+        if roll < cfg.graceful and done_steps > 0:
+            # SIGTERM with notice: save where we are; the retry continues from there
+            step = spec.start_step + done_steps
+            state = self.objective.train(self._parent_state(spec), spec.hparams, spec.start_step, step)
+            ckpt = fake_checkpoint(spec.trial_id, spec.attempt, step)
+            self.states[ckpt.uri] = state
+            saved = worker.duration * done_steps / steps
+            self.useful_s += saved
+            self.lost_s += spent - saved
+            self.steps_trained += done_steps
+            self.trials_lost += 1
+            reply = self.core.handle(Fail(worker.name, spec.trial_id, spec.attempt, "preempted (graceful)",
+                                          True, resume=ckpt, preempted=True), self.now)
+            if not isinstance(reply, Ack):
+                self.errors.append(f"{self.now:.1f}s {worker.name} fail -> {reply!r}")
+            self._push(self.now + cfg.restart_s, _REQUEST, index)
+            return
+        self.lost_s += spent
+        self.lost_steps += done_steps
+        self.steps_trained += done_steps
+        self.trials_lost += 1
+        if self._rng_fault.random() < cfg.lost_notice:
+            # the process died; its supervisor tells the controller and restarts it (same id)
+            reply = self.core.handle(WorkerLost(worker.name, "preempted"), self.now)
+            if not isinstance(reply, Ack):
+                self.errors.append(f"{self.now:.1f}s worker_lost {worker.name} -> {reply!r}")
+            self._push(self.now + cfg.restart_s, _REQUEST, index)
+        else:
+            # the host vanished: nobody tells the controller (the lease will expire); a fresh
+            # worker with a new id replaces it (unless this one was leaving anyway)
+            draining = worker.draining
+            self._retire(worker)
+            if not draining:
+                self._add_worker(self.now + cfg.restart_s)
+
+    def _on_tick(self, _index: int, _token: int) -> None:
+        self.leases_expired += len(self.core.tick(self.now))
+        if self._heap:  # anything else still to happen: keep scanning
+            self._push(self.now + self._tick_s, _TICK)
+
+    def _on_join(self, _index: int, _token: int) -> None:
+        cfg = self.config
+        self._arrivals_pending -= 1
+        if self._finished_seen:
+            return
+        if cfg.max_workers is None or self._live < cfg.max_workers:
+            self._add_worker(self.now)
+        self._push(self.now + _exponential(self._rng_cluster, cfg.join_per_hour / 3600.0), _JOIN)
+        self._arrivals_pending += 1
+
+    def _on_leave(self, index: int, _token: int) -> None:
+        worker = self._workers[index]
+        if not worker.alive or worker.draining:
+            return
+        staying = sum(1 for w in self._workers if w.alive and not w.draining)
+        if staying <= self.config.min_workers:
+            return
+        self._drain(worker, index)
+
+    def _drain(self, worker: _Worker, index: int) -> None:
+        worker.draining = True
+        if worker.spec is None:  # idle or waiting: leaves now
+            self._retire(worker)
+
+    def _on_schedule(self, index: int, _token: int) -> None:
+        self._arrivals_pending -= 1
+        _, delta = self.config.schedule[index]
+        if delta > 0:
+            for _ in range(delta):
+                self._add_worker(self.now)
+            return
+        leaving = [i for i in range(len(self._workers) - 1, -1, -1)
+                   if self._workers[i].alive and not self._workers[i].draining][: -delta]
+        for i in leaving:
+            self._drain(self._workers[i], i)
+
+    # --- results ------------------------------------------------------------------------------------------
+    def summarize(self, wall_s: float = 0.0) -> SimResult:
+        """Score the run from the store, by *true* metrics of the trials the controller picks.
+
+        ``best``: the completed trial the controller ranks best by its observed metrics
+        (``best_completed``, what ``pbt-actors status`` reports; for several metrics, the best
+        observed headline metric). ``median`` and ``hypervolume``: over the final population,
+        the last ``population`` trials to complete.
+        """
+        objective = self.objective
+        ranking = self.experiment.objective_
+        metric = objective.metric
+        sign = 1.0 if objective.goal == "max" else -1.0
+        single = len(ranking.metrics) == 1
+        best_key: tuple[float, ...] | None = None
+        best_trial: tuple[int, dict[str, float]] | None = None
+        finals: list[tuple[float, int, dict[str, float]]] = []  # (ended_at, id, true metrics)
+        for trial in self.store.iter_trials():
+            if trial.status is not TrialStatus.COMPLETED or trial.checkpoint is None or trial.final is None:
+                continue
+            true = self.truth[trial.checkpoint.uri]
+            key = (ranking.rank_keys([trial.final])[0] if single
+                   else (0.0, sign * trial.final.get(metric, -sign * math.inf)))
+            if best_key is None or key > best_key:  # ties: the older id, as best_completed
+                best_key, best_trial = key, (trial.end_step, true)
+            finals.append((trial.ended_at or 0.0, trial.id, true))
+        final = [f[2] for f in heapq.nlargest(self.experiment.population, finals)]
+        best = median = hypervolume = None
+        best_step = -1
+        if best_trial is not None:
+            best_step, best = best_trial[0], best_trial[1][metric]
+            median = statistics.median(f[metric] for f in final)
+            hypervolume = objective.hypervolume(final)
+        return SimResult(
+            objective=objective.name, policy=self.experiment.policy, seed=self.config.seed,
+            population=self.experiment.population, finished=self.core.finished, trials=self.store.count(),
+            by_status={s.value: self.store.count(s) for s in TrialStatus}, best=best, median=median,
+            best_step=best_step, hypervolume=hypervolume,
+            compute_s=self.compute_s, useful_s=self.useful_s, lost_s=self.lost_s,
+            steps_trained=self.steps_trained, lost_steps=self.lost_steps, preemptions=self.preemptions,
+            trials_lost=self.trials_lost, leases_expired=self.leases_expired,
+            virtual_s=self._finished_at if self._finished_at is not None else self.now,
+            workers_seen=len(self._workers), events=self.events, wall_s=wall_s, errors=list(self.errors),
+        )
+
+
+def _exponential(rng: random.Random, rate: float) -> float:
+    """An exponential waiting time with ``rate`` (events per second), from ``random()`` only."""
+    return -math.log(1.0 - rng.random()) / rate
+
+
+def simulate(objective: SimObjective, *, policy: str = "initiator", population: int = 10, seed: int = 0,
+             config: SimConfig | None = None, store: TrialStore | None = None,
+             on_progress: Callable[[int], None] | None = None, progress_every: int = 1000,
+             **experiment_overrides: Any) -> tuple[SimResult, Simulation]:
+    """Build the experiment for ``objective`` and run one simulation.
+
+    ``config.seed`` defaults to ``seed`` (the experiment's decision seed), so one number
+    reproduces the whole run. ``experiment_overrides`` are ``Experiment`` fields
+    (``budget_mode``, ``opponent_window``, ``max_trials``, ``crossover_prob``, ...).
+    """
+    from dataclasses import replace
+
+    config = replace(config, seed=seed) if config is not None else SimConfig(seed=seed)
+    experiment_overrides.setdefault("lease_s", config.lease)
+    experiment = objective.experiment(policy, population, seed, **experiment_overrides)
+    sim = Simulation(experiment, objective, config, store, on_progress=on_progress, progress_every=progress_every)
+    return sim.run(), sim

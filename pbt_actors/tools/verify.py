@@ -1,0 +1,98 @@
+"""Store invariants: what ``pbt-actors verify`` and the fault tests check after any run.
+
+Layer 5 (reads only). Each check names the trial and the broken promise, so a failing
+chaos test says *what* was lost or done twice, not just that something was.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbt_actors.runtime.checkpoints import verify_file
+from pbt_actors.control.core import META_FINISHED_AT
+from pbt_actors.model.records import OriginKind, Trial, TrialStatus
+from pbt_actors.storage.base import TrialStore
+
+
+@dataclass
+class VerifyReport:
+    trials: int = 0
+    checkpoints_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "trials": self.trials, "checkpoints_checked": self.checkpoints_checked,
+                "problems": list(self.problems)}
+
+
+def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *,
+                 finished: bool | None = None) -> VerifyReport:
+    """Check every invariant; ``finished=None`` infers it: nothing active, or the controller
+    recorded the end of the run (then an active trial is an orphan, left behind)."""
+    report = VerifyReport()
+    trials: dict[int, Trial] = {}
+    for trial in store.iter_trials():
+        trials[trial.id] = trial
+    report.trials = len(trials)
+    problems = report.problems
+    if sorted(trials) != list(range(1, len(trials) + 1)):
+        problems.append("trial ids are not dense from 1")
+    counts = Counter(t.status for t in trials.values())
+    for status in TrialStatus:
+        if store.count(status) != counts.get(status, 0):
+            problems.append(f"status index says {store.count(status)} {status.value}, records say "
+                            f"{counts.get(status, 0)}")
+    active = counts.get(TrialStatus.PENDING, 0) + counts.get(TrialStatus.RUNNING, 0)
+    ended = store.get_meta(META_FINISHED_AT) is not None
+    is_finished = (active == 0 or ended) if finished is None else finished
+    initiated_children: Counter[int] = Counter()
+    for trial in trials.values():
+        tag = f"trial {trial.id}"
+        if trial.status is TrialStatus.COMPLETED:
+            if trial.final is None or trial.completed_attempt is None:
+                problems.append(f"{tag} is COMPLETED without final metrics or completing attempt")
+            if is_finished and not trial.initiated:
+                problems.append(f"{tag} completed but never reproduced (initiator logic stalled)")
+        if is_finished and trial.status is TrialStatus.RUNNING:
+            problems.append(f"{tag} is orphaned RUNNING after the run ended")
+        if is_finished and trial.status is TrialStatus.PENDING:
+            problems.append(f"{tag} was left PENDING after the run ended")
+        attempts = [h[0] for h in trial.history]
+        if len(set(attempts)) != len(attempts):
+            problems.append(f"{tag} has an attempt on record twice: {attempts}")
+        if trial.completed_attempt is not None and not 1 <= trial.completed_attempt <= trial.attempt:
+            problems.append(f"{tag} completed by attempt {trial.completed_attempt} of {trial.attempt}")
+        if trial.status is TrialStatus.RUNNING and trial.lease is None:
+            problems.append(f"{tag} is RUNNING without a lease")
+        if trial.parent_id is not None:
+            parent = trials.get(trial.parent_id)
+            if parent is None:
+                problems.append(f"{tag} has unknown parent {trial.parent_id}")
+            else:
+                if parent.status is not TrialStatus.COMPLETED:
+                    problems.append(f"{tag} warm-starts from trial {parent.id} which is {parent.status.value}")
+                if trial.start_step != parent.end_step:
+                    problems.append(f"{tag} starts at step {trial.start_step}, its parent ended at {parent.end_step}")
+                first_start = min((h[2] for h in trial.history), default=trial.started_at)
+                if first_start is not None and parent.ended_at is not None and first_start < parent.ended_at:
+                    problems.append(f"{tag} started before its parent {parent.id} completed")
+                if trial.created_at < (parent.ended_at or 0.0):
+                    problems.append(f"{tag} was created before its parent {parent.id} completed")
+        if trial.origin.kind in (OriginKind.TOURNAMENT, OriginKind.TRUNCATION, OriginKind.CONTINUE) \
+                and trial.origin.initiator is not None:
+            initiated_children[trial.origin.initiator] += 1
+        if trial.status is TrialStatus.COMPLETED and trial.checkpoint is not None and checkpoint_root is not None:
+            report.checkpoints_checked += 1
+            problem = verify_file(checkpoint_root, trial.checkpoint)
+            if problem is not None:
+                problems.append(f"{tag}: {problem}")
+    for initiator, count in initiated_children.items():
+        if count > 1:
+            problems.append(f"trial {initiator} initiated {count} times (must be exactly once)")
+    return report
