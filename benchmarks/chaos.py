@@ -73,20 +73,21 @@ if os.environ.get(TARGET_ENV):
 
 # --- the benchmark side ---------------------------------------------------------------------------
 def worker_pids(checkpoint_root: Path) -> dict[str, int]:
-    """Live worker processes of this run: ``worker id -> pid`` (matched by checkpoint root)."""
+    """Live worker processes of this run: ``worker id -> pid``, from the host state file the
+    supervisor publishes under the checkpoint root (what ``pbt-actors status`` reads)."""
+    from pbt_actors.runtime.host_supervisor import read_host_states
+
     out: dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for child in (c for state in read_host_states(checkpoint_root) for c in state["children"]):
+        if child.get("state") != "running" or child.get("pid") is None:
             continue
         try:
-            args = (Path("/proc") / entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            state = (Path("/proc") / entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            os.kill(int(child["pid"]), 0)
+            if (Path("/proc") / str(child["pid"]) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+        except (ProcessLookupError, FileNotFoundError):
             continue
-        if state == "Z" or "worker-process" not in args or "--worker-id" not in args:
-            continue
-        if "--checkpoint-root" in args and args[args.index("--checkpoint-root") + 1] == str(checkpoint_root):
-            out[args[args.index("--worker-id") + 1]] = int(entry)
+        out[str(child["id"])] = int(child["pid"])
     return out
 
 

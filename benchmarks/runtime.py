@@ -1,6 +1,6 @@
 """Runtime benchmark: controller throughput, worker idle gap, digits wall time vs floor.
 
-    python benchmarks/runtime.py [--seconds 3] [--skip-digits] [--json]
+    python benchmarks/runtime.py [--seconds 3] [--skip-digits] [--starts 5] [--worker-start-only] [--json]
 
 (a) controller cycles/s (request_trial → trial → report → ack, no-op training) with 1..8
     worker processes, next to a raw pyzmq ROUTER/DEALER msgpack echo (two round trips per
@@ -13,6 +13,12 @@
 (c) ``examples/digits.py`` under ``pbt-actors run`` next to the compute floor: the same
     trials' training run back to back in one process with no framework, divided by the number
     of workers.
+(d) worker start: ``ChildSpec.factory()`` called → the experiment file's first line runs in the
+    new worker, and → torch imported and a ``torch.optim`` optimizer built (what a first trial
+    needs), for a worker forked from the zygote and for a fresh interpreter (the fallback),
+    alternately in the same run, in a process that has imported torch as the CLI has. Runs
+    first, while this process is still single-threaded (the zygote needs that).
+    ``--worker-start-only`` runs just this part (quick).
 """
 
 from __future__ import annotations
@@ -229,14 +235,96 @@ def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
             "ratio_to_floor_plus_startup": wall / (floor + startup), "trials": len(trials)}
 
 
+# --- (d) worker start: zygote fork vs fresh interpreter ---------------------------------------------
+START_PROBE = """
+import time
+T_FIRST_LINE = time.monotonic()  # CLOCK_MONOTONIC: comparable between processes
+import json
+import sys
+import torch
+from pbt_actors import Experiment, Float
+
+experiment = Experiment(name="start_probe", space={"x": Float(0.0, 1.0)}, objective="Q", population=2,
+                        steps_per_trial=1, max_steps=1)
+
+
+def train(ctx):
+    return {"Q": 0.0}
+
+
+if "worker-process" in sys.argv:
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the first optimizer imports torch._dynamo
+    print("START " + json.dumps({"first_line": T_FIRST_LINE, "ready": time.monotonic()}), flush=True)
+    sys.exit(0)
+"""
+
+
+def worker_start(starts: int) -> dict[str, object]:
+    """Seconds from ``factory()`` to the probe's first line and to "torch ready", per start."""
+    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
+    from pbt_actors.runtime.zygote import Zygote
+
+    samples: dict[str, list[tuple[float, float]]] = {"fork": [], "fresh": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "start_probe.py"
+        probe.write_text(START_PROBE)
+        load_experiment_file(probe)  # as the CLI does before it starts the zygote: torch is imported
+        zygote = Zygote.start()
+        try:
+            specs = {name: worker_specs(str(probe), "tcp://127.0.0.1:9", tmp, "cpu", 1, prefix=name, log_dir=tmp,
+                                        zygote=zygote if name == "fork" else None)[0] for name in samples}
+            for _ in range(starts):
+                for name, spec in specs.items():
+                    started = time.monotonic()
+                    process = spec.factory()
+                    if process.wait(300) != 0:
+                        raise RuntimeError(f"{name} worker failed: see {tmp}/{spec.id}.log")
+                    lines = (Path(tmp) / f"{spec.id}.log").read_text().splitlines()
+                    report = json.loads([line for line in lines if line.startswith("START ")][-1][6:])
+                    samples[name].append((report["first_line"] - started, report["ready"] - started))
+        finally:
+            zygote.close()
+    kinds = {}
+    for name, values in samples.items():
+        later = values[1:] or values  # the first fork also waits for the zygote's own preload
+        kinds[name] = {"first_line_p50_ms": statistics.median(v[0] for v in later) * 1e3,
+                       "ready_p50_ms": statistics.median(v[1] for v in later) * 1e3,
+                       "first_start_first_line_ms": values[0][0] * 1e3, "first_start_ready_ms": values[0][1] * 1e3,
+                       "starts": len(values)}
+    fork, fresh = kinds["fork"], kinds["fresh"]
+    return {**kinds, "ratio_first_line": fresh["first_line_p50_ms"] / fork["first_line_p50_ms"],
+            "ratio_ready": fresh["ready_p50_ms"] / fork["ready_p50_ms"]}
+
+
+def print_worker_start(d: dict[str, object]) -> None:
+    fork, fresh = d["fork"], d["fresh"]
+    assert isinstance(fork, dict) and isinstance(fresh, dict)
+    print(f"(d) worker start, factory() → experiment file's first line / → torch + an optimizer ready,\n"
+          f"    p50 over {fork['starts'] - 1 or 1} starts each, alternating (the first fork, which also waits for "
+          f"the zygote's preload, apart):")
+    print(f"    zygote fork        {fork['first_line_p50_ms']:9.1f} ms / {fork['ready_p50_ms']:9.1f} ms   "
+          f"(first fork: {fork['first_start_first_line_ms']:.0f} / {fork['first_start_ready_ms']:.0f} ms)")
+    print(f"    fresh interpreter  {fresh['first_line_p50_ms']:9.1f} ms / {fresh['ready_p50_ms']:9.1f} ms")
+    print(f"    fork is {d['ratio_first_line']:.0f}x faster to the first line, {d['ratio_ready']:.0f}x to torch ready")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--starts", type=int, default=5, help="(d): worker starts of each kind")
+    parser.add_argument("--worker-start-only", action="store_true", help="run only (d), the quick part")
     args = parser.parse_args()
-    results: dict[str, object] = {"cycles": []}
+    start = worker_start(args.starts)  # first: forking the zygote needs a single-threaded process
+    if args.worker_start_only:
+        if args.json:
+            print(json.dumps({"worker_start": start}, indent=2))
+        else:
+            print_worker_start(start)
+        return
+    results: dict[str, object] = {"cycles": [], "worker_start": start}
     rows = []
     for n in [int(w) for w in args.workers.split(",")]:
         raw = raw_echo_cycles(n, args.seconds)
@@ -273,6 +361,8 @@ def main() -> None:
         print(f"\n(c) examples/digits.py: wall {d['wall_s']:.1f}s for {d['trials']} trials; compute floor "
               f"{d['floor_s']:.1f}s (= {d['compute_s']:.1f}s / 2 workers) + start-up {d['startup_s']:.1f}s; "
               f"ratio {d['ratio_to_floor_plus_startup']:.2f}x")
+    print()
+    print_worker_start(start)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pbt_actors.cli.sim import Progress, Row, configure_parser, format_table, run_sweep
+from pbt_actors.cli.sim import Row, configure_parser, format_table, run_sweep, sim_progress
 from pbt_actors.tools.sim.engine import SimConfig
 from pbt_actors.tools.sim.objectives import OBJECTIVES, LearningCurve, ParetoCurve, make_objective
 
@@ -346,7 +346,7 @@ def main() -> int:
             if not args.quiet:
                 print(f"study {study.key}: pbt-actors sim {shlex.join(argv)}", file=sys.stderr, flush=True)
             sim_args = sim_parser.parse_args([*argv, "--quiet"])
-            study.results.append(run_sweep(sim_args, Progress(not args.quiet)))
+            study.results.append(run_sweep(sim_args, sim_progress(not args.quiet)))
     document = build(chosen)
     Path(args.out).write_text(document)
     if not args.quiet:

@@ -12,7 +12,8 @@ Contracts every implementation keeps:
   writes; a change is a new record written by ``transition`` (compare-and-set).
 * **Derived indexes are the store's job.** ``children``, ``generation``, status, the
   uninitiated-initiator set, per-status counts and the checkpoint index are kept consistent
-  with the records inside the same write; callers never maintain them.
+  with the records inside the same write; callers never maintain them. Which entries a record
+  implies is decided in one place, ``pbt_actors.storage.indexes.index_edits``.
 * **Batches are atomic.** Writes inside ``with store.batch():`` commit together (one fsync for
   LMDB) or, if the block raises, not at all. Reads inside the batch see its writes.
 """
@@ -25,16 +26,17 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from pbt_actors.model.errors import SchemaError, TrialNotFound
-from pbt_actors.model.records import (
-    CheckpointRef,
-    Measurement,
-    Trial,
-    TrialSpec,
-    TrialStatus,
-    hparams_from,
-)
+from pbt_actors.model.fields import hparams_from
+from pbt_actors.model.records import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
 
 TRIAL_ID_COUNTER = "next_trial_id"
+
+# Meta keys of a run, next to the store schema because every face reads them (status, report,
+# lineage, verify) and none of those should import the controller that writes them.
+META_EXPERIMENT = "experiment"
+"""The experiment definition (``Experiment.to_dict()``), written by the controller at creation."""
+META_FINISHED_AT = "finished_at"
+"""Controller clock time at which the controller declared the run over (absent while it runs)."""
 
 
 class TrialStore(ABC):

@@ -5,7 +5,8 @@ of generation g are COMPLETED" (the initiator's tournament) or "which completed 
 reproduced yet" (``finished``). Answering those with LMDB cursor scans cost ~40% of the
 controller's time per message at a population of 64 (every scanned key is a Python object).
 The store's single writer therefore keeps these indexes as Python sets as well, updated by the
-same ``_put_trial`` call that writes them to LMDB. The copy on disk stays the truth (other
+same ``_put_trial`` call that writes them to LMDB, from the same edits
+(``pbt_actors.storage.indexes.index_edits``). The copy on disk stays the truth (other
 processes read it; ``verify`` checks it); this mirror is a cache of it that is
 
 * used only inside a write transaction of this process, where it reflects exactly what that
@@ -19,82 +20,74 @@ processes read it; ``verify`` checks it); this mirror is a cache of it that is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.storage.indexes import ADD, COMPLETED, LEASE, STATUS, UNINITIATED, Edit, entries
+
+MIRRORED = (STATUS, COMPLETED, UNINITIATED, LEASE)
+"""The indexes answered from memory inside the writer's transactions. Others (generation,
+children, checkpoints) are read from LMDB: the controller asks them rarely, and ``LEASE`` is
+mirrored only (it has no database)."""
 
 
 class IndexMirror:
-    """Status sets, completed-per-generation sets and the uninitiated set, as on disk."""
+    """Per mirrored index, key -> set of ids, exactly as on disk (plus the lease index)."""
 
     def __init__(self) -> None:
-        self.by_status: dict[TrialStatus, set[int]] = {status: set() for status in TrialStatus}
-        self.completed: dict[int, set[int]] = {}
-        self.uninitiated: set[int] = set()
-        self.leases: dict[str, set[int]] = {}
-        """worker -> RUNNING trials it holds the lease of (``request_trial`` and ``worker_lost``
-        ask this for every message; on disk it would be a scan of the RUNNING records)."""
+        self.sets: dict[str, dict[Any, set[int]]] = {index: {} for index in MIRRORED}
 
     @classmethod
-    def build(cls, status_keys: Iterable[tuple[TrialStatus, int]], completed_keys: Iterable[tuple[int, int]],
-              uninitiated_ids: Iterable[int], read: Callable[[int], Trial]) -> IndexMirror:
-        """From the decoded keys of the on-disk indexes; ``read`` fetches the RUNNING records
-        (for their leases)."""
+    def build(cls, disk: Iterable[tuple[str, Any, int]], read: Callable[[int], Trial]) -> IndexMirror:
+        """From the decoded entries ``(index, key, id)`` of the mirrored on-disk indexes; the
+        lease index, which is not on disk, from the RUNNING records (``read`` fetches one)."""
         mirror = cls()
-        for status, trial_id in status_keys:
-            mirror.by_status[status].add(trial_id)
-        for generation, trial_id in completed_keys:
-            mirror.completed.setdefault(generation, set()).add(trial_id)
-        mirror.uninitiated.update(uninitiated_ids)
-        for trial_id in mirror.by_status[TrialStatus.RUNNING]:
-            lease = read(trial_id).lease
-            if lease is not None:
-                mirror.leases.setdefault(lease.worker, set()).add(trial_id)
+        mirror.apply([(index, ADD, key, item) for index, key, item in disk])
+        for trial_id in mirror.ids_with_status(TrialStatus.RUNNING):
+            mirror.apply([edit for edit in entries(read(trial_id)) if edit[0] is LEASE])
         return mirror
 
-    def apply(self, old: Trial | None, new: Trial) -> None:
-        """Mirror one record write (the same rules as ``LmdbTrialStore._put_trial``).
+    def apply(self, edits: Iterable[Edit]) -> None:
+        """Mirror one record write's index edits (those of the indexes it mirrors).
 
-        Idempotent for the same ``(old, new)``, so an op replayed after map growth is safe."""
-        trial_id = new.id
-        if old is not None and old.status is TrialStatus.RUNNING and old.lease is not None:
-            held = self.leases.get(old.lease.worker)
-            if held is not None:
-                held.discard(trial_id)
-                if not held:
-                    del self.leases[old.lease.worker]
-        if new.status is TrialStatus.RUNNING and new.lease is not None:
-            self.leases.setdefault(new.lease.worker, set()).add(trial_id)
-        if old is not None and old.status is not new.status:
-            self.by_status[old.status].discard(trial_id)
-            if old.status is TrialStatus.COMPLETED:
-                ids = self.completed.get(old.generation)
-                if ids is not None:
-                    ids.discard(trial_id)
-        self.by_status[new.status].add(trial_id)
-        if new.status is TrialStatus.COMPLETED:
-            self.completed.setdefault(new.generation, set()).add(trial_id)
-            if not new.initiated:
-                self.uninitiated.add(trial_id)
+        Idempotent for the same edits, so an op replayed after map growth is safe. Emptied
+        sets are dropped: worker ids come and go, and a dead worker's key must not linger."""
+        sets = self.sets
+        for index, op, key, item in edits:
+            groups = sets.get(index)
+            if groups is None:
+                continue
+            if op == ADD:
+                members = groups.get(key)
+                if members is None:
+                    groups[key] = {item}
+                else:
+                    members.add(item)
             else:
-                self.uninitiated.discard(trial_id)
-        else:
-            self.uninitiated.discard(trial_id)
+                members = groups.get(key)
+                if members is not None:
+                    members.discard(item)
+                    if not members:
+                        del groups[key]
+
+    def ids(self, index: str, key: Any) -> list[int]:
+        return sorted(self.sets[index].get(key, ()))
 
     def ids_with_status(self, status: TrialStatus) -> list[int]:
-        return sorted(self.by_status[status])
+        return self.ids(STATUS, status)
 
     def first_with_status(self, status: TrialStatus) -> int | None:
-        ids = self.by_status[status]
+        ids = self.sets[STATUS].get(status)
         return min(ids) if ids else None
 
     def count(self, status: TrialStatus) -> int:
-        return len(self.by_status[status])
+        return len(self.sets[STATUS].get(status, ()))
 
     def completed_in_generation(self, generation: int) -> list[int]:
-        return sorted(self.completed.get(generation, ()))
+        return self.ids(COMPLETED, generation)
 
     def uninitiated_ids(self) -> list[int]:
-        return sorted(self.uninitiated)
+        return self.ids(UNINITIATED, None)
 
     def running_leased_to(self, worker: str) -> list[int]:
-        return sorted(self.leases.get(worker, ()))
+        return self.ids(LEASE, worker)

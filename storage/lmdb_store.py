@@ -53,7 +53,8 @@ from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreRetry
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
-from pbt_actors.storage.index_mirror import IndexMirror
+from pbt_actors.storage.index_mirror import MIRRORED, IndexMirror
+from pbt_actors.storage.indexes import ADD, STATUS, index_edits
 
 T = TypeVar("T")
 
@@ -146,6 +147,10 @@ class LmdbTrialStore(TrialStore):
         self._uninitiated = self._dbs[schema.DB_UNINITIATED]
         self._checkpoints = self._dbs[schema.DB_CHECKPOINTS]
         self._completed = self._dbs[schema.DB_COMPLETED]
+        # index -> (database, key encoder, value encoder or None): where ``_put_trial`` applies
+        # the edits of ``pbt_actors.storage.indexes.index_edits``
+        self._layout = {index: (self._dbs[layout.db], layout.key, layout.value)
+                        for index, layout in schema.INDEX_LAYOUT.items()}
 
     # --- opening ------------------------------------------------------------------------------
     def _open_env(self, map_size: int) -> lmdb.Environment:
@@ -323,12 +328,19 @@ class LmdbTrialStore(TrialStore):
         if txn is not self._mirror_txn:
             return None
         if self._mirror is None:
-            self._mirror = IndexMirror.build(
-                (schema.decode_status_key(k) for k in self._scan(txn, self._status)),
-                (schema.decode_generation_key(k) for k in self._scan(txn, self._completed)),
-                (schema.decode_id(k) for k in self._scan(txn, self._uninitiated)),
-                lambda trial_id: self._existing(txn, trial_id))
+            self._mirror = IndexMirror.build(self._mirrored_entries(txn),
+                                             lambda trial_id: self._existing(txn, trial_id))
         return self._mirror
+
+    def _mirrored_entries(self, txn: lmdb.Transaction) -> Iterator[tuple[str, Any, int]]:
+        """``(index, key, id)`` of every on-disk entry of the indexes the mirror keeps."""
+        for index in MIRRORED:
+            layout = schema.INDEX_LAYOUT.get(index)
+            if layout is None or layout.decode is None:
+                continue  # not on disk (leases): the mirror derives it from the records
+            decode = layout.decode
+            for key in self._scan(txn, self._dbs[layout.db]):
+                yield (index, *decode(key))
 
     def _existing(self, txn: lmdb.Transaction, trial_id: int) -> Trial:
         trial = self._get_trial(txn, trial_id)
@@ -531,42 +543,33 @@ class LmdbTrialStore(TrialStore):
         cache[trial_id] = (raw, trial)
 
     def _put_trial(self, txn: lmdb.Transaction, old: Trial | None, new: Trial) -> None:
-        """Write a record and every derived index, exactly as ``InMemoryTrialStore._write``."""
-        key = schema.encode_id(new.id)
+        """Write a record and apply the index edits it implies (``index_edits``: the rules
+        live there) to disk, to the status counters and to the mirror."""
         data = schema.encode_trial(new)
-        txn.put(key, data, db=self._trials)
+        txn.put(schema.encode_id(new.id), data, db=self._trials)
         # Records are frozen, so handing ``new`` back on a later read is what the in-memory
         # store does too. Should this txn abort, the bytes on disk differ and it goes unused.
         self._remember(new.id, data, new)
-        if old is None:
-            txn.put(schema.generation_key(new.generation, new.id), b"", db=self._generations)
-            if new.parent_id is not None:
-                txn.put(schema.children_key(new.parent_id, new.id), b"", db=self._children)
+        edits = index_edits(old, new)
+        if not edits:  # e.g. a heartbeat: the record changed, no index entry did
+            return
         mirror = self._mirror if txn is self._mirror_txn else None
-        if old is None or old.status is not new.status:
-            if old is not None:
-                txn.delete(schema.status_key(old.status, new.id), db=self._status)
-                if mirror is None:
-                    self._incr(txn, status_counter(old.status), -1)
+        layout = self._layout
+        for index, op, key, item in edits:
+            where = layout.get(index)
+            if where is not None:  # stored (the lease index lives in the mirror only)
+                db, encode_key, encode_value = where
+                if op == ADD:
+                    txn.put(encode_key(key, item), b"" if encode_value is None else encode_value(item), db=db)
                 else:
-                    self._dirty_counts.add(old.status)
-                if old.status is TrialStatus.COMPLETED:
-                    txn.delete(schema.generation_key(old.generation, new.id), db=self._completed)
-            txn.put(schema.status_key(new.status, new.id), b"", db=self._status)
-            if mirror is None:
-                self._incr(txn, status_counter(new.status), 1)
-            else:
-                self._dirty_counts.add(new.status)
-            if new.status is TrialStatus.COMPLETED:
-                txn.put(schema.generation_key(new.generation, new.id), b"", db=self._completed)
-        if new.status is TrialStatus.COMPLETED and not new.initiated:
-            txn.put(key, b"", db=self._uninitiated)
-        else:
-            txn.delete(key, db=self._uninitiated)
-        if new.checkpoint is not None and (old is None or old.checkpoint != new.checkpoint):
-            txn.put(key, schema.encode_checkpoint(new.checkpoint), db=self._checkpoints)
+                    txn.delete(encode_key(key, item), db=db)
+            if index is STATUS:  # the per-status counter follows the status index
+                if mirror is None:
+                    self._incr(txn, status_counter(key), op)
+                else:
+                    self._dirty_counts.add(key)  # written once at the txn's end
         if mirror is not None:
-            mirror.apply(old, new)
+            mirror.apply(edits)
 
     @staticmethod
     def _valid_id(trial_id: int) -> bool:

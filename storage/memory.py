@@ -2,7 +2,9 @@
 
 Same contract as ``LmdbTrialStore`` (one contract suite runs against both), including atomic
 batches: an undo log restores every touched structure when a batch raises. Records are frozen
-dataclasses, so returning them without copying cannot alias later writes.
+dataclasses, so returning them without copying cannot alias later writes. The derived indexes
+follow ``pbt_actors.storage.indexes.index_edits``, as the LMDB store's do; this store only says
+where an edit goes (a dict of sets per index).
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ from pbt_actors.storage.base import (
     check_transition,
     status_counter,
 )
+from pbt_actors.storage.indexes import (
+    ADD,
+    CHECKPOINT,
+    CHILDREN,
+    COMPLETED,
+    GENERATION,
+    LEASE,
+    SET_INDEXES,
+    STATUS,
+    UNINITIATED,
+    Edit,
+    index_edits,
+)
 
 
 class InMemoryTrialStore(TrialStore):
@@ -29,11 +44,14 @@ class InMemoryTrialStore(TrialStore):
     def __init__(self) -> None:
         self._meta: dict[str, Any] = {}
         self._trials: dict[int, Trial] = {}
-        self._by_status: dict[TrialStatus, set[int]] = {s: set() for s in TrialStatus}
-        self._children: dict[int, set[int]] = {}
-        self._generations: dict[int, set[int]] = {}
-        self._completed: dict[int, set[int]] = {}
-        self._uninitiated: set[int] = set()
+        # set index -> key -> ids (see pbt_actors.storage.indexes for what each key is)
+        self._indexes: dict[str, dict[Any, set[int]]] = {name: {} for name in SET_INDEXES}
+        self._by_status = self._indexes[STATUS]
+        self._children = self._indexes[CHILDREN]
+        self._generations = self._indexes[GENERATION]
+        self._completed = self._indexes[COMPLETED]
+        self._uninitiated = self._indexes[UNINITIATED]
+        self._leases = self._indexes[LEASE]
         self._checkpoints: dict[int, CheckpointRef] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._depth = 0
@@ -137,41 +155,43 @@ class InMemoryTrialStore(TrialStore):
     def _write(self, old: Trial | None, new: Trial) -> None:
         """Write a record and keep every derived index consistent with it."""
         self._set_item(self._trials, new.id, new)
-        if old is None:
-            self._set_add(self._generations.setdefault(new.generation, set()), new.id)
-            if new.parent_id is not None:
-                self._set_add(self._children.setdefault(new.parent_id, set()), new.id)
-        if old is None or old.status is not new.status:
-            if old is not None:
-                self._set_discard(self._by_status[old.status], new.id)
-                self.incr_counter(status_counter(old.status), -1)
-                if old.status is TrialStatus.COMPLETED:
-                    self._set_discard(self._completed.setdefault(new.generation, set()), new.id)
-            self._set_add(self._by_status[new.status], new.id)
-            self.incr_counter(status_counter(new.status), 1)
-            if new.status is TrialStatus.COMPLETED:
-                self._set_add(self._completed.setdefault(new.generation, set()), new.id)
-        if new.status is TrialStatus.COMPLETED and not new.initiated:
-            self._set_add(self._uninitiated, new.id)
-        else:
-            self._set_discard(self._uninitiated, new.id)
-        if new.checkpoint is not None and (old is None or old.checkpoint != new.checkpoint):
-            self._set_item(self._checkpoints, new.id, new.checkpoint)
+        self._apply(index_edits(old, new))
+
+    def _apply(self, edits: list[Edit]) -> None:
+        """Apply index edits (undoable); ``STATUS`` edits also move the per-status counter."""
+        for index, op, key, item in edits:
+            if index is CHECKPOINT:
+                self._set_item(self._checkpoints, key, item)
+                continue
+            groups = self._indexes[index]
+            members = groups.get(key)
+            if members is None:  # an empty set left behind by a rollback answers as none
+                members = groups[key] = set()
+            if op == ADD:
+                self._set_add(members, item)
+            else:
+                self._set_discard(members, item)
+            if index is STATUS:
+                self.incr_counter(status_counter(key), op)
 
     def ids_with_status(self, status: TrialStatus) -> list[int]:
         self._check_open()
-        return sorted(self._by_status[status])
+        return sorted(self._by_status.get(status, ()))
 
     def first_with_status(self, status: TrialStatus) -> int | None:
         self._check_open()
-        ids = self._by_status[status]
+        ids = self._by_status.get(status)
         return min(ids) if ids else None
 
     def count(self, status: TrialStatus | None = None) -> int:
         self._check_open()
         if status is None:
             return len(self._trials)
-        return len(self._by_status[status])
+        return len(self._by_status.get(status, ()))
+
+    def running_leased_to(self, worker: str) -> list[int]:
+        self._check_open()
+        return sorted(self._leases.get(worker, ()))
 
     def children(self, trial_id: int) -> list[int]:
         self._check_open()
@@ -192,7 +212,7 @@ class InMemoryTrialStore(TrialStore):
 
     def uninitiated(self) -> list[int]:
         self._check_open()
-        return sorted(self._uninitiated)
+        return sorted(self._uninitiated.get(None, ()))
 
     def iter_trials(self, start_id: int = 1) -> Iterator[Trial]:
         self._check_open()

@@ -1,7 +1,8 @@
 """The on-disk layout of ``LmdbTrialStore``: database names, key encodings and value codecs.
 
-Layer 2: imports only the data model and ``pbt_actors.model.wire`` (never ``lmdb``), so tools and
-tests can reason about keys without opening an environment.
+Layer 2: imports only the data model, ``pbt_actors.model.wire`` and the (pure) index names of
+``pbt_actors.storage.indexes`` (never ``lmdb``), so tools and tests can reason about keys without
+opening an environment. ``INDEX_LAYOUT`` at the end says where each derived index lives.
 
 Why this layout:
 
@@ -25,11 +26,13 @@ independent of ``pbt_actors.model.records.SCHEMA_VERSION``, which versions the r
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, TypeAlias
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import SchemaError
 from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
+from pbt_actors.storage import indexes
 
 # What py-lmdb hands back: bytes, or memoryview when a txn is opened with buffers=True.
 Buf: TypeAlias = bytes | memoryview
@@ -160,6 +163,19 @@ def decode_status_key(key: Buf) -> tuple[TrialStatus, int]:
         raise SchemaError(f"status index holds unknown status code {code}") from None
 
 
+def uninitiated_key(_key: None, trial_id: int) -> bytes:
+    """``uninitiated`` holds one set: the key is the id alone."""
+    return encode_id(trial_id)
+
+
+def decode_uninitiated_key(key: Buf) -> tuple[None, int]:
+    return None, decode_id(key)
+
+
+def checkpoint_key(trial_id: int, _ref: CheckpointRef) -> bytes:
+    return encode_id(trial_id)
+
+
 def meta_key(name: str) -> bytes:
     return name.encode("utf-8")
 
@@ -226,3 +242,28 @@ def decode_counter(name: str, data: Buf | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(f"counter {name!r} holds {type(value).__name__}, not an integer")
     return value
+
+
+# --- where each derived index lives -----------------------------------------------------------
+class IndexLayout(NamedTuple):
+    """How one index of ``pbt_actors.storage.indexes`` is stored.
+
+    ``key(edit key, edit item) -> bytes``; ``value(item) -> bytes`` for a map index (None: the
+    set indexes store ``b""``); ``decode(key bytes) -> (edit key, item)`` for set indexes."""
+
+    db: bytes
+    key: Callable[[Any, Any], bytes]
+    value: Callable[[Any], bytes] | None
+    decode: Callable[[Buf], tuple[Any, int]] | None
+
+
+INDEX_LAYOUT: Final[dict[str, IndexLayout]] = {
+    indexes.STATUS: IndexLayout(DB_STATUS, status_key, None, decode_status_key),
+    indexes.GENERATION: IndexLayout(DB_GENERATIONS, generation_key, None, decode_generation_key),
+    indexes.CHILDREN: IndexLayout(DB_CHILDREN, children_key, None, decode_children_key),
+    indexes.COMPLETED: IndexLayout(DB_COMPLETED, generation_key, None, decode_generation_key),
+    indexes.UNINITIATED: IndexLayout(DB_UNINITIATED, uninitiated_key, None, decode_uninitiated_key),
+    indexes.CHECKPOINT: IndexLayout(DB_CHECKPOINTS, checkpoint_key, encode_checkpoint, None),
+    # indexes.LEASE has no database: only the writer needs it, from memory (IndexMirror).
+}
+"""The on-disk home of every stored index; ``LmdbTrialStore`` applies edits through it."""

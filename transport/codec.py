@@ -9,7 +9,7 @@ Replies echo the request's ``id``. ``pbt_actors.model.wire`` is the only msgpack
 and depth limits, no extension types, never pickle).
 
 ``decode`` is safe on hostile input: whatever the bytes, it returns an ``Envelope`` or raises
-``ProtocolError`` whose ``code`` is one of ``messages.ERROR_CODES``:
+``ProtocolError`` (``pbt_actors.model.errors``) whose ``code`` is one of ``ERROR_CODES``:
 
 * ``malformed`` — undecodable msgpack, too large or too deep, not a map, a missing or
   wrongly typed envelope field, or a body that fails its message schema;
@@ -29,29 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbt_actors.model import wire
-from pbt_actors.model.errors import SchemaError, WireError
-from pbt_actors.transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
+from pbt_actors.model.errors import ProtocolError, SchemaError, WireError
+from pbt_actors.transport.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_REQUEST_ID = 2**63  # exclusive: ids are in [0, 2**63)
 MAX_DEPTH = 16  # envelope(1) + body(2) + checkpoint / metrics / measurements(3..4): ample
-
-
-class ProtocolError(SchemaError):
-    """A frame that is not a valid envelope. ``code`` is one of ``messages.ERROR_CODES``
-    (``malformed``, ``version`` or ``unknown_type``); ``request_id`` is the envelope's id when
-    it could be read (answer ``error`` under it), else ``None`` (drop the frame)."""
-
-    def __init__(self, code: str, text: str, request_id: int | None = None) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown error code {code!r}")
-        super().__init__(f"{code}: {text}")
-        self.code = code
-        self.text = text
-        self.request_id = request_id
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable for pykka/multiprocessing logs
-        return (type(self), (self.code, self.text, self.request_id))
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from typing import Self
 
 import zmq
 
-from pbt_actors.model.errors import PbtError
-from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, ProtocolError, decode, encode
+from pbt_actors.common.backoff import Backoff
+from pbt_actors.model.errors import ProtocolError, RequestTimeout
+from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
 from pbt_actors.transport.messages import REPLY_TYPES, REQUEST_TYPES, Message
 from pbt_actors.transport.ratelimit import RateLimitedLog
 
@@ -44,19 +45,8 @@ DEALER_HWM = 1_000  # a worker has at most one request in flight; this only boun
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5_000
 MAX_BACKOFF_S = 30.0
+"""Resend waits double from ``timeout_s`` up to this (or ``timeout_s`` if larger)."""
 MAX_IDENTITY_BYTES = 255
-
-
-class RequestTimeout(PbtError):
-    """No reply with the request's id arrived after the initial send and ``retries`` resends."""
-
-    def __init__(self, message_type: str, request_id: int, sends: int, waited_s: float) -> None:
-        super().__init__(f"no reply to {message_type} (request id {request_id}) after {sends} send(s) "
-                         f"over {waited_s:.1f}s")
-        self.message_type = message_type
-        self.request_id = request_id
-        self.sends = sends
-        self.waited_s = waited_s
 
 
 @dataclass(frozen=True)
@@ -265,7 +255,8 @@ class WorkerEndpoint(_Owned):
         """Send ``message`` and return the reply that carries its request id.
 
         Waits ``timeout_s``, then resends the same bytes under the same id, doubling the wait
-        each time up to ``MAX_BACKOFF_S`` (or ``timeout_s`` if larger). ``retries=None`` resends
+        each time up to ``MAX_BACKOFF_S`` (or ``timeout_s`` if larger): the wait after send n
+        is ``Backoff(timeout_s, 2, cap).delay(n)``, the common backoff. ``retries=None`` resends
         forever (reports: a worker outlives a lost controller); otherwise ``RequestTimeout`` is
         raised once ``retries`` resends went unanswered. Replies with other ids (late answers to
         earlier requests) and undecodable frames are dropped. An ``error`` reply is returned
@@ -278,10 +269,9 @@ class WorkerEndpoint(_Owned):
             raise ValueError("retries must be >= 0 or None")
         request_id = next(self._ids)
         data = encode(message, request_id)
-        cap = max(MAX_BACKOFF_S, timeout_s)
-        wait = timeout_s
+        waits = Backoff(initial_s=timeout_s, factor=2.0, max_s=max(MAX_BACKOFF_S, timeout_s))
         started = time.monotonic()
-        deadline = started + wait
+        deadline = started + waits.delay(0)
         sends, resends = 0, 0
         unsent = True
         while True:
@@ -293,7 +283,7 @@ class WorkerEndpoint(_Owned):
                 if retries is not None and resends >= retries:
                     raise RequestTimeout(message.TYPE, request_id, sends, now - started)
                 resends += 1
-                wait = min(wait * 2, cap)
+                wait = waits.delay(resends)
                 deadline = now + wait
                 unsent = True
                 log.debug("no reply to %s %d yet; resending (wait %.1fs)", message.TYPE, request_id, wait)

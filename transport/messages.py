@@ -15,18 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from pbt_actors.model.errors import SchemaError
-from pbt_actors.model.records import (
-    CheckpointRef,
-    Measurement,
-    _float,
-    _int,
-    _mapping,
-    _opt_int,
-    _str,
+from pbt_actors.model.errors import ERROR_CODES, SchemaError
+from pbt_actors.model.fields import (
+    bool_from,
+    float_from,
     hparams_from,
+    int_from,
+    mapping_from,
     metrics_from,
+    opt_int_from,
+    str_from,
 )
+from pbt_actors.model.records import CheckpointRef, Measurement
 
 PROTOCOL_VERSION = 1
 MAX_WORKER_ID_LEN = 256
@@ -35,23 +35,17 @@ MAX_MEASUREMENTS = 100_000
 
 
 def _worker_id(value: Any) -> str:
-    text = _str(value, "worker")
+    text = str_from(value, "worker")
     if not text or len(text) > MAX_WORKER_ID_LEN:
         raise SchemaError(f"worker id must be 1..{MAX_WORKER_ID_LEN} characters")
     return text
 
 
 def _positive(value: Any, what: str) -> int:
-    number = _int(value, what)
+    number = int_from(value, what)
     if number < 1:
         raise SchemaError(f"{what} must be >= 1")
     return number
-
-
-def _bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise SchemaError(f"{what} must be a boolean")
-    return value
 
 
 # --- worker → controller -------------------------------------------------------------------------
@@ -70,8 +64,8 @@ class Hello:
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Hello:
-        return cls(_worker_id(b.get("worker")), _str(b.get("host", ""), "host"),
-                   _int(b.get("pid", 0), "pid"), _str(b.get("device", ""), "device"))
+        return cls(_worker_id(b.get("worker")), str_from(b.get("host", ""), "host"),
+                   int_from(b.get("pid", 0), "pid"), str_from(b.get("device", ""), "device"))
 
 
 @dataclass(frozen=True)
@@ -108,7 +102,7 @@ class Heartbeat:
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
         metrics = b.get("metrics")
         return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
-                   _positive(b.get("attempt"), "attempt"), _int(b.get("step"), "step"),
+                   _positive(b.get("attempt"), "attempt"), int_from(b.get("step"), "step"),
                    metrics_from(metrics, "metrics") if metrics is not None else None)
 
 
@@ -146,7 +140,7 @@ class Report:
                    _positive(b.get("attempt"), "attempt"), metrics_from(b.get("final"), "final"),
                    tuple(Measurement.from_dict(m) for m in raw),
                    CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   _bool(b.get("next", False), "next"))
+                   bool_from(b.get("next", False), "next"))
 
 
 @dataclass(frozen=True)
@@ -174,10 +168,10 @@ class Fail:
     def from_body(cls, b: Mapping[str, Any]) -> Fail:
         resume = b.get("resume")
         return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
-                   _positive(b.get("attempt"), "attempt"), _str(b.get("error"), "error")[:MAX_ERROR_TEXT],
-                   _bool(b.get("retryable", True), "retryable"),
+                   _positive(b.get("attempt"), "attempt"), str_from(b.get("error"), "error")[:MAX_ERROR_TEXT],
+                   bool_from(b.get("retryable", True), "retryable"),
                    CheckpointRef.from_dict(resume) if resume is not None else None,
-                   _bool(b.get("preempted", False), "preempted"))
+                   bool_from(b.get("preempted", False), "preempted"))
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,7 @@ class WorkerLost:
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> WorkerLost:
-        return cls(_worker_id(b.get("worker")), _str(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT])
+        return cls(_worker_id(b.get("worker")), str_from(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT])
 
 
 # --- controller → worker --------------------------------------------------------------------------
@@ -225,11 +219,11 @@ class TrialAssignment:
     def from_body(cls, b: Mapping[str, Any]) -> TrialAssignment:
         ckpt = b.get("parent_checkpoint")
         return cls(_positive(b.get("trial_id"), "trial_id"), _positive(b.get("attempt"), "attempt"),
-                   _int(b.get("generation"), "generation"), hparams_from(b.get("hparams"), "hparams"),
-                   _int(b.get("start_step"), "start_step"), _int(b.get("end_step"), "end_step"),
-                   _opt_int(b.get("parent_id"), "parent_id"),
+                   int_from(b.get("generation"), "generation"), hparams_from(b.get("hparams"), "hparams"),
+                   int_from(b.get("start_step"), "start_step"), int_from(b.get("end_step"), "end_step"),
+                   opt_int_from(b.get("parent_id"), "parent_id"),
                    CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   _float(b.get("heartbeat_s"), "heartbeat_s"), _str(b.get("experiment"), "experiment"))
+                   float_from(b.get("heartbeat_s"), "heartbeat_s"), str_from(b.get("experiment"), "experiment"))
 
 
 @dataclass(frozen=True)
@@ -244,7 +238,7 @@ class Wait:
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Wait:
-        return cls(_float(b.get("retry_after_s"), "retry_after_s"))
+        return cls(float_from(b.get("retry_after_s"), "retry_after_s"))
 
 
 @dataclass(frozen=True)
@@ -274,7 +268,7 @@ class Stop:
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Stop:
-        return cls(_positive(b.get("trial_id"), "trial_id"), _str(b.get("reason"), "reason"))
+        return cls(_positive(b.get("trial_id"), "trial_id"), str_from(b.get("reason"), "reason"))
 
 
 @dataclass(frozen=True)
@@ -304,18 +298,9 @@ class Error:
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Error:
-        return cls(_str(b.get("code"), "code"), _str(b.get("message"), "message")[:MAX_ERROR_TEXT])
+        return cls(str_from(b.get("code"), "code"), str_from(b.get("message"), "message")[:MAX_ERROR_TEXT])
 
 
-ERROR_CODES = (
-    "malformed",  # undecodable bytes or a body that fails its schema
-    "version",  # envelope protocol version not supported
-    "unknown_type",  # a type tag this controller does not know
-    "unknown_trial",  # trial id not in the store
-    "bad_attempt",  # attempt number from the future
-    "not_leaseholder",  # the sender does not hold the trial's lease (forged worker id)
-    "internal",  # the controller failed to handle it; the request may be retried
-)
 
 Request: TypeAlias = Hello | RequestTrial | Heartbeat | Report | Fail | WorkerLost
 Reply: TypeAlias = TrialAssignment | Wait | Ack | Stop | Done | Error
@@ -339,5 +324,5 @@ def message_from_body(type_tag: str, body: Any) -> Message:
     cls = MESSAGE_TYPES.get(type_tag)
     if cls is None:
         raise SchemaError(f"unknown message type {type_tag!r}")
-    result: Message = cls.from_body(_mapping(body, f"{type_tag} body"))
+    result: Message = cls.from_body(mapping_from(body, f"{type_tag} body"))
     return result

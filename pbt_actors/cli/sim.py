@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pbt_actors.cli.live import LiveProgress
 from pbt_actors.model.errors import PbtError
 
 if TYPE_CHECKING:
@@ -223,7 +224,12 @@ def run_one(settings: dict[str, Any], seed: int, args: argparse.Namespace,
     return result
 
 
-def run_sweep(args: argparse.Namespace, progress: Progress | None = None) -> list[Row]:
+def sim_progress(enabled: bool) -> LiveProgress:
+    """The sweep's progress: runs done of all runs, and the running one's trial count."""
+    return LiveProgress(enabled, "runs")
+
+
+def run_sweep(args: argparse.Namespace, progress: LiveProgress | None = None) -> list[Row]:
     rows = [Row(s) for s in sweep_settings(args)]
     total = len(rows) * args.seeds
     done = 0
@@ -231,47 +237,17 @@ def run_sweep(args: argparse.Namespace, progress: Progress | None = None) -> lis
         for seed in range(args.seed_base, args.seed_base + args.seeds):
             def tick(trials: int, _done: int = done) -> None:
                 if progress is not None:
-                    progress.update(_done, total, trials)
+                    progress.update(_done, total, f"run at {trials} trials")
             row.runs.append(run_one(row.settings, seed, args, tick))
             done += 1
             if progress is not None:
-                progress.update(done, total, 0)
+                progress.update(done, total, final=done == total)
     if progress is not None:
         progress.close()
     return rows
 
 
 # --- output ------------------------------------------------------------------------------------------
-class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
-
-    def __init__(self, enabled: bool, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.started = time.monotonic()
-        self.last = 0.0
-
-    def update(self, done: int, total: int, trials: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 5.0) and done < total:
-            return
-        self.last = now
-        width = 30
-        filled = int(width * done / total) if total else width
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs"
-                + (f"  run at {trials} trials" if trials else "") + f"  {now - self.started:.0f}s")
-        self.stream.write(("\r\033[K" + line) if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -394,7 +370,7 @@ def configure_parser(sim: argparse.ArgumentParser) -> None:
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit("pbt-actors sim: --seeds must be >= 1")
-    progress = Progress(not args.quiet)
+    progress = sim_progress(not args.quiet)
     try:
         rows = run_sweep(args, progress)
     except (ValueError, PbtError) as exc:  # a bad setting: say which, no traceback

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialNotFound
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import Lease, Measurement, Trial, TrialStatus
+from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
 from pbt_actors.control.policies import (
     Decision,
     Event,
@@ -41,8 +41,9 @@ from pbt_actors.control.policies import (
     early_stop_decision,
     make_policy,
 )
+from pbt_actors.control.progress import run_finished
 from pbt_actors.model.rng import decision_rng
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
 from pbt_actors.transport.messages import (
     Ack,
     Done,
@@ -62,9 +63,8 @@ from pbt_actors.transport.messages import (
 
 log = logging.getLogger(__name__)
 
-META_EXPERIMENT = "experiment"
-META_FINISHED_AT = "finished_at"
 MAX_BATCH_RETRIES = 8
+
 
 
 class _Poisoned(Exception):
@@ -179,11 +179,8 @@ class ControllerCore:
 
     @property
     def finished(self) -> bool:
-        """True once nothing is pending or running and nothing waits to reproduce."""
-        if self.store.get_meta(META_FINISHED_AT) is not None:
-            return True
-        return (self.store.count(TrialStatus.PENDING) == 0 and self.store.count(TrialStatus.RUNNING) == 0
-                and not self.store.uninitiated() and self.store.count() > 0)
+        """The run is over (``pbt_actors.control.progress.run_finished``: the one rule)."""
+        return run_finished(self.store)
 
     # --- dispatch ----------------------------------------------------------------------------------
     def _dispatch(self, message: Message, now: float) -> Reply:
@@ -287,7 +284,7 @@ class ControllerCore:
             return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
         history = trial.history
         if current:
-            history = (*history, (msg.attempt, msg.worker, trial.started_at or now, now))
+            history = (*history, AttemptRecord(msg.attempt, msg.worker, trial.started_at or now, now))
         completed = trial.evolve(
             status=TrialStatus.COMPLETED, final=dict(msg.final),
             measurements=tuple(msg.measurements) or trial.measurements,
@@ -320,7 +317,7 @@ class ControllerCore:
         the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4.
         """
         worker = trial.lease.worker if trial.lease else (trial.worker or "?")
-        history = (*trial.history, (trial.attempt, worker, trial.started_at or now, now))
+        history = (*trial.history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
         resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
         losses = trial.losses + (1 if lost else 0)
         failures = trial.attempt - losses
@@ -370,7 +367,7 @@ class ControllerCore:
             history = trial.history
             if trial.status is TrialStatus.RUNNING:
                 worker = trial.lease.worker if trial.lease else (trial.worker or "?")
-                history = (*history, (trial.attempt, worker, trial.started_at or now, now))
+                history = (*history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
             stopped = trial.evolve(status=TrialStatus.STOPPED, lease=None, stop_reason=decision.reason,
                                    ended_at=now, history=history)
             self.store.transition(trial.id, trial.status, trial.attempt, stopped)
@@ -387,7 +384,7 @@ class ControllerCore:
 
     @staticmethod
     def _ran_attempt(trial: Trial, attempt: int, worker: str) -> bool:
-        return any(a == attempt and w == worker for a, w, _, _ in trial.history)
+        return any(h.attempt == attempt and h.worker == worker for h in trial.history)
 
     @staticmethod
     def _terminal_reason(trial: Trial) -> str:
@@ -396,18 +393,3 @@ class ControllerCore:
         if trial.status is TrialStatus.FAILED:
             return f"trial failed: {trial.error}"
         return "trial already completed"
-
-    # --- read-side helpers for faces ---------------------------------------------------------------
-    def best_trial(self) -> Trial | None:
-        """The best COMPLETED trial by the objective (ties: the older id)."""
-        return best_completed(self.store, self.experiment)
-
-
-def best_completed(store: TrialStore, experiment: Experiment) -> Trial | None:
-    """The best COMPLETED trial of a store. O(completed): meant for summaries, not decisions."""
-    completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
-    if not completed:
-        return None
-    keys = experiment.objective_.rank_keys([t.final for t in completed])
-    best = max(range(len(completed)), key=lambda i: (keys[i], -completed[i].id))
-    return completed[best]

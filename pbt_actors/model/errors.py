@@ -5,6 +5,8 @@ Layer 1: imports nothing of ours, so storage and transport can raise these too.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PbtError(Exception):
     """Base of all our errors; catching it means "a pbt_actors problem, not a bug of yours"."""
@@ -34,6 +36,57 @@ class WireError(SchemaError):
     """Bytes could not be decoded as msgpack within the size and depth limits."""
 
 
+ERROR_CODES = (
+    "malformed",  # undecodable bytes or a body that fails its schema
+    "version",  # envelope protocol version not supported
+    "unknown_type",  # a type tag this controller does not know
+    "unknown_trial",  # trial id not in the store
+    "bad_attempt",  # attempt number from the future
+    "not_leaseholder",  # the sender does not hold the trial's lease (forged worker id)
+    "internal",  # the controller failed to handle it; the request may be retried
+)
+"""The machine-readable codes of an ``error`` reply (``transport.messages.Error``; DESIGN §5).
+Defined here, below the transport, because ``ProtocolError`` checks its code against them."""
+
+
+class ProtocolError(SchemaError):
+    """A frame that is not a valid protocol envelope (raised by ``transport.codec.decode``).
+
+    ``code`` is one of ``ERROR_CODES`` (the codec uses ``malformed``, ``version`` or
+    ``unknown_type``); ``request_id`` is the envelope's id when it could be read. The catcher
+    answers ``error(code, text)`` under that id, or drops the frame when it is ``None``.
+    """
+
+    def __init__(self, code: str, text: str, request_id: int | None = None) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable for pykka/multiprocessing logs
+        return (type(self), (self.code, self.text, self.request_id))
+
+
+# --- the network: the peer did not answer; the caller decides to resend later or give up ------
+class RequestTimeout(PbtError):
+    """No reply with the request's id arrived after the initial send and ``retries`` resends
+    (``transport.endpoints.WorkerEndpoint.request``). The catcher tries again later (a worker
+    with a report), or carries on without the answer (a heartbeat, a ``worker_lost`` notice)."""
+
+    def __init__(self, message_type: str, request_id: int, sends: int, waited_s: float) -> None:
+        super().__init__(f"no reply to {message_type} (request id {request_id}) after {sends} send(s) "
+                         f"over {waited_s:.1f}s")
+        self.message_type = message_type
+        self.request_id = request_id
+        self.sends = sends
+        self.waited_s = waited_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message_type, self.request_id, self.sends, self.waited_s))
+
+
 # --- storage ---------------------------------------------------------------------------------
 class StoreError(PbtError):
     """The trial store cannot be used (wrong schema version, unwritable folder). Fatal for the
@@ -61,13 +114,36 @@ class TrialNotFound(PbtError, KeyError):
         return str(self.args[0])
 
 
-# --- checkpoints -----------------------------------------------------------------------------
+# --- checkpoints: the trial fails; whether it is retried depends on which ------------------------
 class CheckpointError(PbtError):
-    """A checkpoint is missing, truncated or fails its sha256. The trial that needed it fails
-    with this message (not retryable on the same parent); the policy picks another parent."""
+    """A checkpoint cannot be *read*: missing, truncated or failing its sha256 (or a state that
+    cannot be encoded at all). The trial that needed it fails for good (``fail`` with
+    ``retryable=False``: no retry of the same spec can fix it); the policy picks another parent."""
 
 
-# --- policies ----------------------------------------------------------------------------------
-class PolicyError(PbtError):
-    """A policy could not decide. The controller logs it and answers ``wait``; the decision is
-    re-derived at the next event because policies keep no state of their own."""
+class CheckpointWriteError(PbtError):
+    """A checkpoint could not be *written* (disk full, folder not writable, I/O error).
+
+    It says nothing about the trial, so (unlike ``CheckpointError``, deliberately not its
+    base) the trial fails *retryably*: it is re-queued (up to ``max_attempts``) and may
+    succeed once space is freed or on another host. Nothing is left behind: no temp file, no
+    file under the final name.
+    """
+
+
+# --- faces (CLI, replay, lineage): tell the user what is wrong and exit non-zero ------------------
+class LineageError(PbtError):
+    """The store's trial graph cannot give a lineage (a dangling parent, a cycle, a gap in the
+    step ranges) or a schedule file is unreadable. The message names the trial or field."""
+
+
+class ReplayError(PbtError):
+    """A replay cannot start or continue: a bad step range, a missing start checkpoint, or a
+    segment whose ``train`` raised or saved nothing. The message names the segment."""
+
+
+# --- worker processes --------------------------------------------------------------------------
+class ZygoteError(PbtError):
+    """The fork server (``runtime/zygote.py``) cannot start (threads already running, CUDA
+    initialised) or cannot fork a worker (it died, or fork failed). The catcher starts the
+    worker as a fresh interpreter instead and says so once."""

@@ -5,18 +5,30 @@ else of ours besides ``errors``/``wire``. Records are immutable; a change is a n
 written with a compare-and-set ``transition`` (see ``pbt_actors.storage.base.TrialStore``).
 
 ``to_dict``/``from_dict`` are the single schema used on disk and on the wire. ``from_dict``
-validates types strictly, because its input may come from a hostile peer or a damaged disk.
+validates types strictly (with the readers of ``pbt_actors.model.fields``), because its input may
+come from a hostile peer or a damaged disk.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.fields import (
+    enum_from,
+    float_from,
+    hparams_from,
+    int_from,
+    mapping_from,
+    metrics_from,
+    opt_float_from,
+    opt_int_from,
+    opt_str_from,
+    str_from,
+)
 
 # Bump when a stored or wire record changes shape; readers refuse newer versions.
 SCHEMA_VERSION = 1
@@ -70,13 +82,13 @@ class Origin:
 
     @classmethod
     def from_dict(cls, data: Any) -> Origin:
-        d = _mapping(data, "origin")
+        d = mapping_from(data, "origin")
         return cls(
-            kind=_enum(OriginKind, d.get("kind"), "origin.kind"),
-            initiator=_opt_int(d.get("initiator"), "origin.initiator"),
-            opponent=_opt_int(d.get("opponent"), "origin.opponent"),
-            winner=_opt_int(d.get("winner"), "origin.winner"),
-            replaces=_opt_int(d.get("replaces"), "origin.replaces"),
+            kind=enum_from(OriginKind, d.get("kind"), "origin.kind"),
+            initiator=opt_int_from(d.get("initiator"), "origin.initiator"),
+            opponent=opt_int_from(d.get("opponent"), "origin.opponent"),
+            winner=opt_int_from(d.get("winner"), "origin.winner"),
+            replaces=opt_int_from(d.get("replaces"), "origin.replaces"),
         )
 
 
@@ -92,8 +104,8 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: Any) -> Measurement:
-        d = _mapping(data, "measurement")
-        return cls(_int(d.get("step"), "measurement.step"), metrics_from(d.get("metrics"), "measurement.metrics"))
+        d = mapping_from(data, "measurement")
+        return cls(int_from(d.get("step"), "measurement.step"), metrics_from(d.get("metrics"), "measurement.metrics"))
 
 
 @dataclass(frozen=True)
@@ -110,17 +122,17 @@ class CheckpointRef:
 
     @classmethod
     def from_dict(cls, data: Any) -> CheckpointRef:
-        d = _mapping(data, "checkpoint")
-        uri = _str(d.get("uri"), "checkpoint.uri")
+        d = mapping_from(data, "checkpoint")
+        uri = str_from(d.get("uri"), "checkpoint.uri")
         if not uri or uri.startswith("/") or ".." in uri.split("/") or "\x00" in uri:
             raise SchemaError(f"checkpoint.uri {uri!r} must be a relative path inside the checkpoint root")
-        sha = _str(d.get("sha256"), "checkpoint.sha256")
+        sha = str_from(d.get("sha256"), "checkpoint.sha256")
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise SchemaError("checkpoint.sha256 must be 64 lowercase hex digits")
-        size = _int(d.get("bytes"), "checkpoint.bytes")
+        size = int_from(d.get("bytes"), "checkpoint.bytes")
         if size < 0:
             raise SchemaError("checkpoint.bytes must be >= 0")
-        return cls(uri, size, sha, _int(d.get("step"), "checkpoint.step"))
+        return cls(uri, size, sha, int_from(d.get("step"), "checkpoint.step"))
 
 
 @dataclass(frozen=True)
@@ -135,8 +147,31 @@ class Lease:
 
     @classmethod
     def from_dict(cls, data: Any) -> Lease:
-        d = _mapping(data, "lease")
-        return cls(_str(d.get("worker"), "lease.worker"), _float(d.get("deadline"), "lease.deadline"))
+        d = mapping_from(data, "lease")
+        return cls(str_from(d.get("worker"), "lease.worker"), float_from(d.get("deadline"), "lease.deadline"))
+
+
+class AttemptRecord(NamedTuple):
+    """One past attempt of a trial, as ``Trial.history`` keeps it (utilisation reports, the
+    "did this worker run that attempt" check of late reports, verify's ordering checks).
+
+    A NamedTuple, not a dataclass, on purpose: the stored and wire form stays the plain list
+    ``[attempt, worker, started_at, ended_at]`` that records have always had (``list(record)``),
+    and an entry still compares equal to the 4-tuple it replaces.
+    """
+
+    attempt: int
+    worker: str
+    started_at: float
+    ended_at: float
+
+    @classmethod
+    def from_list(cls, value: Any) -> AttemptRecord:
+        """Read the stored ``[attempt, worker, started, ended]`` strictly."""
+        if not (isinstance(value, list | tuple) and len(value) == 4):
+            raise SchemaError("trial.history entries must be [attempt, worker, started, ended]")
+        return cls(int_from(value[0], "history.attempt"), str_from(value[1], "history.worker"),
+                   float_from(value[2], "history.started"), float_from(value[3], "history.ended"))
 
 
 @dataclass(frozen=True)
@@ -183,8 +218,8 @@ class Trial:
     error: str | None = None
     stop_reason: str | None = None
     worker: str | None = None  # who ran the attempt that completed (or last ran) it
-    history: tuple[tuple[int, str, float, float], ...] = field(default=())
-    """Past attempts: (attempt, worker, started_at, ended_at); feeds utilisation reports."""
+    history: tuple[AttemptRecord, ...] = field(default=())
+    """Past attempts, oldest first (stored as ``[attempt, worker, started_at, ended_at]``)."""
 
     @classmethod
     def from_spec(cls, trial_id: int, spec: TrialSpec, now: float) -> Trial:
@@ -245,117 +280,44 @@ class Trial:
 
     @classmethod
     def from_dict(cls, data: Any) -> Trial:
-        d = _mapping(data, "trial")
+        d = mapping_from(data, "trial")
         version = d.get("v", SCHEMA_VERSION)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise SchemaError(f"trial record has schema v{version!r}; this build reads up to v{SCHEMA_VERSION}")
         history_raw = d.get("history") or []
         if not isinstance(history_raw, list):
             raise SchemaError("trial.history must be a list")
-        history = []
-        for h in history_raw:
-            if not (isinstance(h, list | tuple) and len(h) == 4):
-                raise SchemaError("trial.history entries must be [attempt, worker, started, ended]")
-            history.append((_int(h[0], "history.attempt"), _str(h[1], "history.worker"),
-                            _float(h[2], "history.started"), _float(h[3], "history.ended")))
+        history = tuple(AttemptRecord.from_list(h) for h in history_raw)
         measurements = d.get("measurements") or []
         if not isinstance(measurements, list):
             raise SchemaError("trial.measurements must be a list")
         return cls(
-            id=_int(d.get("id"), "trial.id"),
-            generation=_int(d.get("generation"), "trial.generation"),
+            id=int_from(d.get("id"), "trial.id"),
+            generation=int_from(d.get("generation"), "trial.generation"),
             hparams=hparams_from(d.get("hparams"), "trial.hparams"),
-            start_step=_int(d.get("start_step"), "trial.start_step"),
-            end_step=_int(d.get("end_step"), "trial.end_step"),
+            start_step=int_from(d.get("start_step"), "trial.start_step"),
+            end_step=int_from(d.get("end_step"), "trial.end_step"),
             origin=Origin.from_dict(d.get("origin")),
-            parent_id=_opt_int(d.get("parent_id"), "trial.parent_id"),
-            crossover_id=_opt_int(d.get("crossover_id"), "trial.crossover_id"),
-            status=_enum(TrialStatus, d.get("status"), "trial.status"),
-            attempt=_int(d.get("attempt"), "trial.attempt"),
+            parent_id=opt_int_from(d.get("parent_id"), "trial.parent_id"),
+            crossover_id=opt_int_from(d.get("crossover_id"), "trial.crossover_id"),
+            status=enum_from(TrialStatus, d.get("status"), "trial.status"),
+            attempt=int_from(d.get("attempt"), "trial.attempt"),
             lease=Lease.from_dict(d["lease"]) if d.get("lease") is not None else None,
             measurements=tuple(Measurement.from_dict(m) for m in measurements),
             final=metrics_from(d["final"], "trial.final") if d.get("final") is not None else None,
             checkpoint=CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") is not None else None,
             resume=CheckpointRef.from_dict(d["resume"]) if d.get("resume") is not None else None,
-            completed_attempt=_opt_int(d.get("completed_attempt"), "trial.completed_attempt"),
-            losses=_int(d.get("losses", 0), "trial.losses"),
+            completed_attempt=opt_int_from(d.get("completed_attempt"), "trial.completed_attempt"),
+            losses=int_from(d.get("losses", 0), "trial.losses"),
             initiated=bool(d.get("initiated", False)),
-            created_at=_float(d.get("created_at", 0.0), "trial.created_at"),
-            started_at=_opt_float(d.get("started_at"), "trial.started_at"),
-            ended_at=_opt_float(d.get("ended_at"), "trial.ended_at"),
-            error=_opt_str(d.get("error"), "trial.error"),
-            stop_reason=_opt_str(d.get("stop_reason"), "trial.stop_reason"),
-            worker=_opt_str(d.get("worker"), "trial.worker"),
-            history=tuple(history),
+            created_at=float_from(d.get("created_at", 0.0), "trial.created_at"),
+            started_at=opt_float_from(d.get("started_at"), "trial.started_at"),
+            ended_at=opt_float_from(d.get("ended_at"), "trial.ended_at"),
+            error=opt_str_from(d.get("error"), "trial.error"),
+            stop_reason=opt_str_from(d.get("stop_reason"), "trial.stop_reason"),
+            worker=opt_str_from(d.get("worker"), "trial.worker"),
+            history=history,
         )
 
 
 _TRIAL_FIELDS = frozenset(f.name for f in fields(Trial))
-
-
-# --- strict field readers: the schema's teeth ------------------------------------------------
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SchemaError(f"{what} must be a map, got {type(value).__name__}")
-    return value
-
-
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SchemaError(f"{what} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(value: Any, what: str) -> int | None:
-    return None if value is None else _int(value, what)
-
-
-def _float(value: Any, what: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise SchemaError(f"{what} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _opt_float(value: Any, what: str) -> float | None:
-    return None if value is None else _float(value, what)
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise SchemaError(f"{what} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(value: Any, what: str) -> str | None:
-    return None if value is None else _str(value, what)
-
-
-def _enum(enum: type[Any], value: Any, what: str) -> Any:
-    try:
-        return enum(value)
-    except ValueError:
-        raise SchemaError(f"{what}: unknown value {value!r}") from None
-
-
-def metrics_from(value: Any, what: str) -> dict[str, float]:
-    """Validate a metrics map: string keys, numeric values (NaN/inf allowed: they just lose)."""
-    d = _mapping(value, what)
-    out: dict[str, float] = {}
-    for key, raw in d.items():
-        if not isinstance(key, str):
-            raise SchemaError(f"{what}: metric names must be strings")
-        out[key] = _float(raw, f"{what}[{key!r}]")
-    return out
-
-
-def hparams_from(value: Any, what: str) -> dict[str, Any]:
-    """Validate hyperparameters: string keys, scalar values (bool, number, string)."""
-    d = _mapping(value, what)
-    for key, raw in d.items():
-        if not isinstance(key, str):
-            raise SchemaError(f"{what}: names must be strings")
-        if not isinstance(raw, bool | int | float | str):
-            raise SchemaError(f"{what}[{key!r}] must be a bool, number or string")
-        if isinstance(raw, float) and not math.isfinite(raw):
-            raise SchemaError(f"{what}[{key!r}] must be finite")
-    return dict(d)

@@ -1,8 +1,9 @@
 """Checkpoint files: atomic writes, sha256 on the way in, verification before every load.
 
-Layer 4 helper. A checkpoint is written by a worker to a temp name in the target folder,
-fsynced, renamed (atomic on POSIX) and the folder fsynced; its sha256 and size go into the
-``CheckpointRef`` the controller stores. A child verifies size and hash *before* parsing, so a
+Layer 4 helper. A checkpoint is written by a worker with ``common.atomic_files.atomic_write``
+(a temp name in the target folder, fsynced, renamed, the folder fsynced), hashed with sha256
+as it streams into the file; its sha256 and size go into the ``CheckpointRef`` the controller
+stores. A child verifies size and hash *before* parsing, so a
 truncated or tampered file is a clear ``CheckpointError`` rather than a crash deep in torch.
 
 Two payload formats, chosen by content: plain data (dicts, lists, numbers, strings: no
@@ -15,29 +16,54 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
+from pbt_actors.common.atomic_files import atomic_write
 from pbt_actors.model import wire
-from pbt_actors.model.errors import CheckpointError, WireError
+from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, WireError
 from pbt_actors.model.records import CheckpointRef
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
 
-def _encode(state: Any) -> bytes:
+class _HashingWriter:
+    """A write-only file wrapper that counts and hashes what passes through (streamed, so a
+    checkpoint is never held a second time in memory to be hashed)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self._sha256.update(view)
+        self.size += view.nbytes
+        self._handle.write(view)
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
+def _msgpack_payload(state: Any) -> bytes | None:
+    """``state`` as msgpack when it is plain data, else None (it needs torch)."""
     try:
-        return _MSGPACK_MAGIC + wire.pack(state)
+        return wire.pack(state)
     except WireError:
-        pass
+        return None
+
+
+def _torch_save(state: Any, sink: _HashingWriter) -> None:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - only without torch
         raise CheckpointError(f"state of type {type(state).__name__} needs torch to be saved") from exc
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+    torch.save(state, cast("IO[bytes]", sink))  # torch needs only write() and flush()
 
 
 def _decode(data: bytes, where: str) -> Any:
@@ -54,16 +80,6 @@ def _decode(data: bytes, where: str) -> Any:
         raise CheckpointError(f"checkpoint {where} could not be loaded safely: {exc}") from exc
 
 
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be *written* (disk full, folder not writable, I/O error).
-
-    Unlike a damaged checkpoint that cannot be *read* (which no retry of the same trial can
-    fix), this says nothing about the trial: the worker reports it as a retryable failure, so
-    the trial is re-queued (up to ``max_attempts``) and may succeed once space is freed or on
-    another host. Nothing is left behind: no temp file, no file under the final name.
-    """
-
-
 def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any, step: int) -> CheckpointRef:
     """Write ``state`` atomically under ``root/relative_uri`` and describe it.
 
@@ -71,28 +87,19 @@ def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any,
         CheckpointWriteError: the disk is full or the folder is not writable; no file is left
             behind (neither the temp file nor one under the final name).
     """
-    data = _encode(state)
+    payload = _msgpack_payload(state)
     target = Path(root) / relative_uri
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_write(target) as handle:
+            sink = _HashingWriter(handle)
+            if payload is not None:
+                sink.write(_MSGPACK_MAGIC)
+                sink.write(payload)
+            else:
+                _torch_save(state, sink)
     except OSError as exc:
         raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
-    return CheckpointRef(relative_uri, len(data), hashlib.sha256(data).hexdigest(), step)
+    return CheckpointRef(relative_uri, sink.size, sink.hexdigest(), step)
 
 
 def read_verified(root: str | os.PathLike[str], ref: CheckpointRef) -> bytes:

@@ -7,15 +7,14 @@ progress goes through a ``TrialLink`` (the worker's connection, or nothing in re
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pbt_actors.runtime.checkpoints import load_checkpoint, save_checkpoint
 from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.runtime.checkpoints import load_checkpoint, save_checkpoint
 
 
 class TrialLink(Protocol):
@@ -110,7 +109,3 @@ class TrialContext:
         if self.measurements:
             return dict(self.measurements[-1].metrics)
         return {}
-
-
-def is_finite_metrics(metrics: Mapping[str, float]) -> bool:
-    return all(math.isfinite(v) for v in metrics.values())

@@ -2,9 +2,10 @@
 
 Layer 4. ``ControllerActor`` serialises all access to the core (and so to the LMDB write
 transaction, which must stay on one thread: the actor's). The **bridge** thread owns the
-ROUTER socket: it drains up to a few hundred requests per poll, hands them to the actor as
-*one* batch (one LMDB commit, one fsync), and sends the replies only after that commit, so
-every ``ack`` a worker sees is durable. A periodic tick expires leases.
+ROUTER socket: it drains up to a few hundred requests per poll, passes them through the
+``ProtocolSession`` (control/session.py: reply cache, long poll, sender check), hands the batch
+it forms to the actor as *one* batch (one LMDB commit, one fsync), and sends the replies only
+after that commit, so every ``ack`` a worker sees is durable. A periodic tick expires leases.
 
 ``Controller.start(...)`` is the embedding API: it returns a ``ControllerHandle`` with the
 bound endpoint, ``wait(timeout)`` and ``stop()``.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,24 +23,19 @@ from typing import Any, cast
 
 import pykka
 
-from pbt_actors.control.core import ControllerCore, best_completed
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.control.progress import best_completed
+from pbt_actors.control.session import ProtocolSession, Round
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.base import TrialStore
 from pbt_actors.transport.endpoints import ControllerEndpoint
-from pbt_actors.transport.messages import Done, Error, Fail, Message, Reply, Report, RequestTrial, Wait, WorkerLost
-from pbt_actors.transport.ratelimit import RateLimitedLog
+from pbt_actors.transport.messages import Error, Message, Reply
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 POLL_S = 0.05
-PARK_S = 2.0
-"""How long a ``request_trial`` answered ``wait`` is held (long poll) before the worker is told
-``wait(0)`` and asks again: well inside a worker's request timeout, so it never resends."""
-REPLY_CACHE_PEERS = 4096
-"""Peers whose last reply is cached (least recently used first out): bounded, so that a flood
-from ever new identities cannot grow the controller's memory without limit."""
 
 
 @dataclass(frozen=True)
@@ -116,15 +111,6 @@ class ControllerActor(pykka.ThreadingActor):
 
 
 @dataclass(frozen=True)
-class _Parked:
-    """A held request for work (see ``_Bridge.parked``)."""
-
-    request_id: int
-    worker: str
-    since: float
-
-
-@dataclass(frozen=True)
 class _HandleBatch:
     messages: list[Message]
 
@@ -140,7 +126,14 @@ class _Status:
 
 
 class _Bridge(threading.Thread):
-    """Owns the ROUTER socket (created on this thread) and pumps requests to the actor."""
+    """Owns the ROUTER socket (created on this thread) and moves frames between it, the
+    protocol session and the actor.
+
+    Every protocol rule (reply cache, resends, long-poll parking, the sender check, who was
+    told ``done``) is ``ProtocolSession``'s, pure and unit-tested without sockets; this thread
+    only receives, asks the session what to do, asks the actor to handle the batch the session
+    forms, and sends what the session says, in that order (replies after the core committed).
+    """
 
     def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any]) -> None:
         super().__init__(name="pbt-controller-bridge", daemon=True)
@@ -151,24 +144,8 @@ class _Bridge(threading.Thread):
         self.ready = threading.Event()
         self.address: str | None = None
         self.startup_error: BaseException | None = None
-        self.bad_input = RateLimitedLog(log)
-        """One log line per kind of rejected input (the error code) per window, however many."""
-        self.last_reply: OrderedDict[bytes, tuple[int, Reply]] = OrderedDict()
-        """Per peer, its last request id and our reply: a resend of the same request (its reply
-        was lost or late) gets the same answer instead of being handled twice (zguide's
-        idempotent-service pattern). In memory only: after a restart, re-handling is safe.
-        At most ``REPLY_CACHE_PEERS`` peers (LRU)."""
-        self.parked: dict[bytes, _Parked] = {}
-        """Long poll: per peer, a request for work that the core answered ``wait``. Instead of
-        sending that (the worker would sleep, then ask again), the request is handed to the core
-        again with the next batch that can have created work or finished the run, and answered
-        as soon as the answer is not ``wait`` (or after ``PARK_S``). Idle workers start the
-        moment a trial appears and hear ``done`` the moment the run ends."""
-        self.parked_requeued: dict[bytes, _Parked] = {}
-        self.peers_seen: set[str] = set()
-        """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
-        peer that only ever sent rejected input is nobody's worker and is not waited for)."""
-        self.peers_done: set[str] = set()
+        self.session = ProtocolSession(clock=time.monotonic)
+        """The protocol rules; monotonic time, as parking measures intervals, not dates."""
 
     def run(self) -> None:
         try:
@@ -192,88 +169,33 @@ class _Bridge(threading.Thread):
                     except pykka.ActorDeadError:
                         log.error("controller actor is gone; bridge stops")
                         return
-                    if released and self.parked:
-                        self._serve(endpoint, [], unpark=True)
-                    self._release_overdue(endpoint)
+                    self._exchange(endpoint, self.session.tick(released=bool(released)))
         finally:
             endpoint.close()
 
-    def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any], *, unpark: bool = False) -> None:
-        batch: list[tuple[bytes, int, Message]] = []
+    def _serve(self, endpoint: ControllerEndpoint, incoming: list[Any]) -> None:
+        requests: list[tuple[bytes, int, Message]] = []
         for item in incoming:
             if item.error is not None:  # the endpoint has logged it (once per kind per window)
                 if item.request_id is not None:
                     endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
                 continue
-            message = item.message
-            parked = self.parked.get(item.identity)
-            if parked is not None:
-                if parked.request_id == item.request_id:
-                    continue  # a resend of a request we are holding: its answer is coming
-                del self.parked[item.identity]  # the peer moved on (restarted): drop the old one
-            cached = self.last_reply.get(item.identity)
-            if cached is not None and cached[0] == item.request_id:
-                endpoint.send(item.identity, item.request_id, cached[1])
-                continue
-            sender = item.identity.decode("utf-8", "replace")
-            claimed = getattr(message, "worker", None)
-            if claimed is not None and claimed != sender and not isinstance(message, WorkerLost):
-                self.bad_input.warning("not_leaseholder", "rejected %s from %r: not_leaseholder: it claims to be "
-                                       "worker %r", getattr(message, "TYPE", "?"), sender[:64], claimed[:64])
-                endpoint.send(item.identity, item.request_id, Error("not_leaseholder",
-                                                                    f"body worker {claimed!r} is not the sender"))
-                continue
-            if isinstance(message, WorkerLost):
-                self.peers_seen.discard(message.worker)
-                self.parked.pop(message.worker.encode("utf-8"), None)
-            batch.append((item.identity, item.request_id, message))
-        if self.parked and (unpark or any(isinstance(m, Report | Fail | WorkerLost) for _, _, m in batch)):
-            # a result or a lost worker can create work or end the run: ask again for every held
-            # request (rarer causes, an early stop on a heartbeat, wait for PARK_S at most)
-            batch.extend((identity, p.request_id, RequestTrial(p.worker)) for identity, p in self.parked.items())
-            self.parked_requeued = {identity: p for identity, p in self.parked.items()}
-            self.parked.clear()
-        else:
-            self.parked_requeued = {}
-        if not batch:
+            requests.append((item.identity, item.request_id, item.message))
+        self._exchange(endpoint, self.session.receive(requests))
+
+    def _exchange(self, endpoint: ControllerEndpoint, step: Round) -> None:
+        """Send the session's immediate answers, have the actor handle its batch, send the rest."""
+        for out in step.send:
+            endpoint.send(out.peer, out.request_id, out.reply)
+        if not step.messages:
             return
         try:
-            replies = cast(list[Reply], self.actor.ask(_HandleBatch([m for _, _, m in batch]), timeout=60))
+            replies = cast(list[Reply], self.actor.ask(_HandleBatch(step.messages), timeout=60))
         except Exception as exc:  # the actor is the one that must never die of input
-            log.exception("controller failed a batch of %d requests", len(batch))
-            replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in batch]
-        for (identity, request_id, message), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Wait) and (isinstance(message, RequestTrial)
-                                            or (isinstance(message, Report) and message.next)):
-                previous = self.parked_requeued.get(identity)
-                since = previous.since if previous is not None and previous.request_id == request_id \
-                    else time.monotonic()
-                self.parked[identity] = _Parked(request_id, message.worker, since)
-                continue
-            self._answer(endpoint, identity, request_id, message, reply)
-
-    def _release_overdue(self, endpoint: ControllerEndpoint) -> None:
-        """Answer requests held for ``PARK_S`` with ``wait(0)``: the worker asks again at once."""
-        now = time.monotonic()
-        for identity, parked in [(i, p) for i, p in self.parked.items() if now - p.since >= PARK_S]:
-            del self.parked[identity]
-            self._answer(endpoint, identity, parked.request_id, RequestTrial(parked.worker), Wait(0.0))
-
-    def _answer(self, endpoint: ControllerEndpoint, identity: bytes, request_id: int, message: Message,
-                reply: Reply) -> None:
-        endpoint.send(identity, request_id, reply)
-        self.last_reply[identity] = (request_id, reply)
-        self.last_reply.move_to_end(identity)
-        if len(self.last_reply) > REPLY_CACHE_PEERS:
-            self.last_reply.popitem(last=False)
-        sender = identity.decode("utf-8", "replace")
-        if isinstance(reply, Error):
-            self.bad_input.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
-                                   sender[:64], reply.code, reply.message[:200])
-        elif not isinstance(message, WorkerLost):
-            self.peers_seen.add(sender)
-        if isinstance(reply, Done):
-            self.peers_done.add(sender)
+            log.exception("controller failed a batch of %d requests", len(step.messages))
+            replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in step.messages]
+        for out in self.session.answer(step, replies):
+            endpoint.send(out.peer, out.request_id, out.reply)
 
 
 class ControllerHandle:
@@ -290,7 +212,7 @@ class ControllerHandle:
 
     def peers_not_done(self) -> set[str]:
         """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
-        return set(self.bridge.peers_seen) - set(self.bridge.peers_done)
+        return self.bridge.session.peers_not_done()
 
     def status(self, timeout_s: float = 30) -> StatusSnapshot:
         snapshot = cast(StatusSnapshot, self.actor.ask(_Status(), timeout=timeout_s))

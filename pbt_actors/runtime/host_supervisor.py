@@ -23,7 +23,6 @@ import os
 import queue
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +32,11 @@ from typing import Any, cast
 
 import pykka
 
-from pbt_actors.runtime.restart_rules import Backoff, ChildSpec, Intensity, Restart, RestartTracker
-from pbt_actors.transport.endpoints import RequestTimeout, WorkerEndpoint
+from pbt_actors.common.atomic_files import write_atomically
+from pbt_actors.common.backoff import Backoff
+from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.runtime.restart_rules import ChildSpec, Intensity, Restart, RestartTracker
+from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import WorkerLost
 
 log = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
         state = {"v": HOST_STATE_VERSION, "host": self.host, "pid": os.getpid(), "updated_at": time.time(),
                  "stopped": stopped, "children": [asdict(info) for info in self._infos()]}
         try:
-            _write_json_atomically(self.state_path, state)
+            write_atomically(self.state_path, json.dumps(state))
         except OSError as exc:
             if not self.state_write_failed:  # once: a full or read-only disk must not flood the log
                 log.warning("cannot write the host state file %s: %s", self.state_path, exc)
@@ -338,18 +340,6 @@ def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None 
                 line += f": {child.get('reason')}"
             lines.append(line)
     return lines
-
-
-def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _terminate(process: Any, grace_s: float = 5.0) -> None:

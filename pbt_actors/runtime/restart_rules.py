@@ -2,7 +2,8 @@
 
 Layer 4 core (no processes, no threads): ``RestartTracker`` is fed exit events with an
 injected clock and answers with a ``RestartDecision``. The ``HostSupervisorActor`` carries it
-out. pykka has no supervision of its own (pykka#42), so this is ours.
+out. pykka has no supervision of its own (pykka#42), so this is ours. The restart delay is
+the one backoff of ``pbt_actors.common.backoff`` (re-exported here as ``Backoff``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pbt_actors.common.backoff import Backoff
+
 
 class Restart(StrEnum):
     PERMANENT = "permanent"  # always restart (a worker slot should always be filled)
@@ -22,24 +25,13 @@ class Restart(StrEnum):
 
 @dataclass(frozen=True)
 class Intensity:
-    """At most ``max_restarts`` within ``within_s`` seconds, else give up (loudly)."""
+    """At most ``max_restarts`` within ``within_s`` seconds, else give up (loudly). A child
+    that ran for ``stable_s`` resets both the window and the backoff (its next restart waits
+    ``Backoff.delay(0)`` again)."""
 
     max_restarts: int = 5
     within_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before restart n (0-based): ``initial_s * factor**n``, capped at ``max_s``.
-    A child that ran for ``stable_s`` resets both the backoff and the intensity window."""
-
-    initial_s: float = 0.2
-    factor: float = 2.0
-    max_s: float = 10.0
     stable_s: float = 30.0
-
-    def delay(self, consecutive: int) -> float:
-        return float(min(self.max_s, self.initial_s * self.factor ** max(0, consecutive)))
 
 
 @dataclass(frozen=True)
@@ -62,7 +54,9 @@ class RestartDecision:
 
 @dataclass
 class RestartTracker:
-    """Per-child restart bookkeeping (sliding window of restart times)."""
+    """Per-child restart bookkeeping (sliding window of restart times). The delay before a
+    restart is ``backoff.delay(consecutive)``: the common ``pbt_actors.common.backoff.Backoff``
+    (default 0.2 s doubling to 10 s, no jitter)."""
 
     intensity: Intensity = field(default_factory=Intensity)
     backoff: Backoff = field(default_factory=Backoff)
@@ -74,7 +68,7 @@ class RestartTracker:
         normal = exit_code == 0
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and normal):
             return RestartDecision(False, reason="exited normally" if normal else "temporary child")
-        if now - started_at >= self.backoff.stable_s:
+        if now - started_at >= self.intensity.stable_s:
             self.restarts.clear()
             self.consecutive = 0
         while self.restarts and now - self.restarts[0] > self.intensity.within_s:

@@ -5,11 +5,25 @@ Layer 4. Two threads per worker process, so that training never waits on the net
 * the **trial thread** (the caller of ``WorkerClient.run``/``run_one``) runs ``train(ctx)``;
 * the **``WorkerActor``** (a pykka actor) owns the DEALER socket (ZeroMQ sockets must stay on
   one thread) and sends every message: requests, periodic heartbeats (told by a small ticker
-  thread), reports. A report is resent, under the same request id, until the controller
-  acknowledges it: a worker outlives a controller restart with its result intact.
+  thread), reports.
 
-``ctx.report`` only updates shared state; the latest metrics ride on the next heartbeat and
-a ``stop`` reply sets ``ctx.should_stop``.
+Running a trial (context, ``train``, what its end means) is ``runtime.trial_runner``, shared
+with the in-process runner. ``ctx.report`` only updates shared state; the latest metrics ride
+on the next heartbeat and a ``stop`` reply sets ``ctx.should_stop``.
+
+Retrying is one loop, ``WorkerClient._send``, with the one backoff (``common.backoff``):
+
+1. a round is one ``WorkerEndpoint.request``: the same bytes under one request id, resent
+   ``RESENDS_PER_ROUND`` times with the endpoint's doubling wait (ZeroMQ may drop a frame);
+2. an unanswered round is followed by another under a new id: forever while healthy (the
+   controller may be restarting: a worker outlives it with its result intact), and once the
+   process is being preempted, for ``PREEMPT_GRACE_S`` more for a report or fail, not at all
+   for a request that can simply be dropped (``hello``, ``request_trial``);
+3. a report or fail answered ``error(internal)`` (the controller could not apply it, which
+   says nothing about the result) is sent again as a new request (a resend under the old id
+   would get the cached error) after ``INTERNAL_ERROR_BACKOFF.delay(n)``, up to
+   ``INTERNAL_ERROR_RETRIES`` times; after that the trial is left to its lease expiry, like a
+   report that never arrived.
 """
 
 from __future__ import annotations
@@ -20,22 +34,21 @@ import signal
 import socket
 import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
-from pbt_actors.runtime.checkpoints import CheckpointWriteError
+from pbt_actors.common.backoff import Backoff
+from pbt_actors.model.errors import PbtError, RequestTimeout
 from pbt_actors.runtime.context import TrialContext, default_device
-from pbt_actors.model.errors import CheckpointError, PbtError
-from pbt_actors.transport.endpoints import RequestTimeout, WorkerEndpoint
+from pbt_actors.runtime.trial_runner import TrainFn, build_context, execute
+from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import (
     Ack,
     Done,
     Error,
-    Fail,
     Heartbeat,
     Hello,
     Message,
@@ -48,11 +61,12 @@ from pbt_actors.transport.messages import (
 
 log = logging.getLogger(__name__)
 
-TrainFn = Callable[[TrialContext], Any]
 HEARTBEAT_TIMEOUT_S = 2.0
 PREEMPT_GRACE_S = 20.0
+RESENDS_PER_ROUND = 2
+"""Resends within one round (one request id) before the worker checks for a preemption."""
 INTERNAL_ERROR_RETRIES = 8
-INTERNAL_ERROR_BACKOFF_S = 0.2
+INTERNAL_ERROR_BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=30.0)
 """A report answered ``error(internal)`` is sent again after 0.2, 0.4, ... s (8 times, ~50 s in
 all); after that the trial is left to its lease expiry, like a report that never arrived."""
 
@@ -177,8 +191,6 @@ class WorkerClient:
         self.trials_run = 0
         self._next_reply: Message | None = None
         """The controller's answer about the next trial, when it came with a report's ack."""
-        self.last_report_sent_at: float | None = None
-        self.idle_gaps_s: list[float] = []
 
     # --- network through the actor -----------------------------------------------------------
     def _request(self, message: Message, retries: int | None = None) -> Message:
@@ -186,23 +198,37 @@ class WorkerClient:
         result: Message = future.get()
         return result
 
-    def _request_patiently(self, message: Message, give_up_after_preempt_s: float | None) -> Message | None:
-        """Resend until answered. Rounds of a few resends each, so that a preemption (SIGTERM)
-        is noticed: then keep trying ``give_up_after_preempt_s`` longer (a report is worth the
-        grace period), or stop at once (None) for a request that can simply be dropped."""
+    def _send(self, message: Message, *, grace_s: float | None, internal_retries: int = 0) -> Message | None:
+        """The worker's one retry loop (module docstring): send ``message`` until answered.
+
+        Args:
+            grace_s: once preempted, keep trying this much longer (a report is worth it);
+                None: give up at once (a request that can simply be dropped).
+            internal_retries: how often an ``error(internal)`` answer is sent again.
+        Returns:
+            The reply, or None when the process was preempted before one came.
+        """
         preempted_at: float | None = None
+        refused = 0
         while True:
             try:
-                return self._request(message, retries=2)
+                reply = self._request(message, retries=RESENDS_PER_ROUND)
             except RequestTimeout:
                 log.info("controller silent for a %s; still trying", message.TYPE)
-            if self.preempt.is_set():
-                preempted_at = preempted_at or time.monotonic()
-                if give_up_after_preempt_s is None or time.monotonic() - preempted_at > give_up_after_preempt_s:
-                    return None
+                if self.preempt.is_set():
+                    preempted_at = preempted_at or time.monotonic()
+                    if grace_s is None or time.monotonic() - preempted_at > grace_s:
+                        return None
+                continue
+            internal = isinstance(reply, Error) and reply.code == "internal"
+            if not internal or refused >= internal_retries or self.preempt.is_set():
+                return reply
+            log.warning("controller failed to apply %s (%s); sending it again", message.TYPE, reply.message[:200])
+            self.preempt.wait(INTERNAL_ERROR_BACKOFF.delay(refused))
+            refused += 1
 
     def hello(self) -> Message | None:
-        return self._request_patiently(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), None)
+        return self._send(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), grace_s=None)
 
     def _tick(self) -> None:
         # Sleeps until the next heartbeat is due (not a fixed short poll): every wake-up takes
@@ -229,12 +255,9 @@ class WorkerClient:
         """Ask for one trial and run it. Returns False when the experiment is done."""
         reply, self._next_reply = self._next_reply, None
         if reply is None:
-            reply = self._request_patiently(RequestTrial(self.worker_id), give_up_after_preempt_s=None)
+            reply = self._send(RequestTrial(self.worker_id), grace_s=None)
         if reply is None:
             return False
-        if self.last_report_sent_at is not None:
-            self.idle_gaps_s.append(time.perf_counter() - self.last_report_sent_at)
-            self.last_report_sent_at = None
         if isinstance(reply, Done):
             return False
         if isinstance(reply, Wait):
@@ -256,66 +279,30 @@ class WorkerClient:
             pass
 
     def run_trial(self, spec: TrialAssignment) -> None:
-        ctx = TrialContext(
-            trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation, hparams=dict(spec.hparams),
-            start_step=spec.start_step, end_step=spec.end_step, checkpoint_root=self.checkpoint_root,
-            parent_checkpoint=spec.parent_checkpoint, device=self.device, experiment=spec.experiment,
-            link=_ActorLink(self.progress), preempt_event=self.preempt,
-        )
+        """Run one assignment (``trial_runner``), heartbeating meanwhile, and deliver its outcome."""
+        ctx = build_context(spec, self.checkpoint_root, self.device, link=_ActorLink(self.progress),
+                            preempt_event=self.preempt)
         with self.progress.lock:
             self.progress.spec, self.progress.ctx = spec, ctx
             self.progress.step, self.progress.metrics, self.progress.fresh = spec.start_step, None, False
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
         self._ticker_wake.set()
-        outcome: Message
         try:
-            returned = self.train(ctx)
-        except BaseException as exc:  # the user's code: report, never die of it
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                self._clear()
-                raise
-            # a parent checkpoint that cannot be read fails this spec for good (the policy picks
-            # another parent); one that cannot be written (disk full) is worth a retry
-            retryable = not isinstance(exc, CheckpointError) or isinstance(exc, CheckpointWriteError)
-            text = "".join(traceback.format_exception(exc))[-8000:]
-            log.warning("trial %d attempt %d failed: %s", spec.trial_id, spec.attempt, exc)
-            outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, text, retryable)
-        else:
-            if ctx.preempted and (ctx.saved is None or ctx.saved.step < spec.end_step):
-                resume = ctx.saved if ctx.saved is not None and ctx.saved.step > spec.start_step else None
-                outcome = Fail(self.worker_id, spec.trial_id, spec.attempt, "preempted (SIGTERM)", True, resume,
-                               preempted=True)
-            elif ctx.stop_event.is_set():
-                self._clear()
-                self.trials_run += 1
-                return  # the controller stopped it; nothing to report
-            else:
-                # ``next``: the ack brings the next trial along (one round trip), unless this
-                # process is being preempted and will not run another
-                outcome = Report(self.worker_id, spec.trial_id, spec.attempt, ctx.final_metrics(returned),
-                                 tuple(ctx.measurements), ctx.saved, next=not self.preempt.is_set())
-        self._clear()
-        self._deliver(outcome)
+            # ``ask_next``: the ack brings the next trial along (one round trip)
+            outcome = execute(ctx, self.train, self.worker_id, ask_next=True)
+        finally:
+            self._clear()
+        if outcome is not None:  # None: the controller stopped it; nothing to report
+            self._deliver(outcome)
         self.trials_run += 1
 
     def _deliver(self, message: Message) -> None:
-        """Send a report/fail until acknowledged: forever while healthy (the controller may be
-        restarting), for a grace period once preempted."""
-        reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
-        for retry in range(INTERNAL_ERROR_RETRIES):
-            # ``internal``: the controller could not apply it (its batch was rolled back, or the
-            # disk flush failed), which says nothing about the result: send it again, as a new
-            # request (a resend under the old id would get the cached error), after a pause
-            if not (isinstance(reply, Error) and reply.code == "internal") or self.preempt.is_set():
-                break
-            log.warning("controller failed to apply %s (%s); sending it again", message.TYPE, reply.message[:200])
-            self.preempt.wait(min(INTERNAL_ERROR_BACKOFF_S * 2 ** retry, 30.0))
-            reply = self._request_patiently(message, give_up_after_preempt_s=PREEMPT_GRACE_S)
+        """Send a report/fail until acknowledged (``_send``) and take in the answer."""
+        reply = self._send(message, grace_s=PREEMPT_GRACE_S, internal_retries=INTERNAL_ERROR_RETRIES)
         if reply is None:
             log.error("preempted before the controller acknowledged %s for a trial; it will be re-run",
                       message.TYPE)
             return
-        self.last_report_sent_at = time.perf_counter()
         if isinstance(reply, Error):
             log.warning("controller rejected %s for trial: %s %s", message.TYPE, reply.code, reply.message)
         elif isinstance(reply, TrialAssignment | Wait | Done) and isinstance(message, Report) and message.next:

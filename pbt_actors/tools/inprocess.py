@@ -9,15 +9,14 @@ run that sees the same event order.
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.runtime.context import TrialContext
 from pbt_actors.control.core import ControllerCore
-from pbt_actors.model.errors import CheckpointError
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.runtime.context import TrialContext
+from pbt_actors.runtime.trial_runner import build_context, execute
 from pbt_actors.storage.base import TrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.transport.messages import Done, Fail, Report, RequestTrial, TrialAssignment, Wait
@@ -49,20 +48,15 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
                 raise RuntimeError("in-process run is waiting with nothing running: a policy stalled")
             continue
         for name, spec in leased:
-            core.handle(run_assignment(name, spec, train, str(checkpoint_root), device), clock())
+            outcome = run_assignment(name, spec, train, str(checkpoint_root), device)
+            if outcome is not None:
+                core.handle(outcome, clock())
 
 
 def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
-                   device: str = "cpu") -> Report | Fail:
-    """Run one assignment inline and build the message a worker would send."""
-    ctx = TrialContext(trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation,
-                       hparams=dict(spec.hparams), start_step=spec.start_step, end_step=spec.end_step,
-                       checkpoint_root=checkpoint_root, parent_checkpoint=spec.parent_checkpoint, device=device,
-                       experiment=spec.experiment)
-    try:
-        returned = train(ctx)
-    except Exception as exc:
-        return Fail(worker, spec.trial_id, spec.attempt, "".join(traceback.format_exception(exc))[-8000:],
-                    retryable=not isinstance(exc, CheckpointError))
-    return Report(worker, spec.trial_id, spec.attempt, ctx.final_metrics(returned), tuple(ctx.measurements),
-                  ctx.saved)
+                   device: str = "cpu") -> Report | Fail | None:
+    """Run one assignment inline and build the message a worker would send (the same
+    ``runtime.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
+    retryable failure, one that cannot be *read* is not). ``None``: the trial was stopped and
+    has nothing to report (no controller asks for that in process, so it does not happen)."""
+    return execute(build_context(spec, checkpoint_root, device), train, worker)

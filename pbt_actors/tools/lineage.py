@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pbt_actors.model.errors import PbtError, SchemaError, TrialNotFound
-from pbt_actors.model.records import CheckpointRef, Trial, hparams_from, metrics_from
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.model.errors import LineageError, SchemaError, TrialNotFound
+from pbt_actors.model.fields import hparams_from, int_from, metrics_from, opt_int_from
+from pbt_actors.model.records import CheckpointRef, Trial
+from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
 
 SCHEDULE_FORMAT = "pbt-actors-schedule"
 LINEAGE_FORMAT = "pbt-actors-lineage"
@@ -42,11 +43,6 @@ SCHEDULE_VERSION = 1
 LINEAGE_VERSION = 1
 
 EdgeKind = Literal["parent", "crossover"]
-
-
-class LineageError(PbtError):
-    """The store's trial graph cannot give a lineage (a dangling parent, a cycle, a gap in the
-    step ranges) or a schedule file is unreadable. The message names the trial or field."""
 
 
 # --- lineage: the ancestor DAG ------------------------------------------------------------------
@@ -200,12 +196,12 @@ class Segment:
         final = data.get("final")
         ckpt = data.get("checkpoint")
         return cls(
-            start_step=_int(data.get("start_step"), f"{where}.start_step"),
-            end_step=_int(data.get("end_step"), f"{where}.end_step"),
+            start_step=int_from(data.get("start_step"), f"{where}.start_step"),
+            end_step=int_from(data.get("end_step"), f"{where}.end_step"),
             hparams=hparams_from(data.get("hparams"), f"{where}.hparams"),
-            trial_id=_int(data.get("trial_id"), f"{where}.trial_id"),
-            generation=_int(data.get("generation", 0), f"{where}.generation"),
-            crossover_id=_opt_int(data.get("crossover_id"), f"{where}.crossover_id"),
+            trial_id=int_from(data.get("trial_id"), f"{where}.trial_id"),
+            generation=int_from(data.get("generation", 0), f"{where}.generation"),
+            crossover_id=opt_int_from(data.get("crossover_id"), f"{where}.crossover_id"),
             final=None if final is None else metrics_from(final, f"{where}.final"),
             checkpoint=None if ckpt is None else CheckpointRef.from_dict(ckpt),
         )
@@ -302,7 +298,7 @@ class Schedule:
         experiment = data.get("experiment") or ""
         try:
             segments = tuple(Segment.from_dict(s, f"segments[{i}]") for i, s in enumerate(raw_segments))
-            trial_id = _int(data.get("trial_id"), "schedule.trial_id")
+            trial_id = int_from(data.get("trial_id"), "schedule.trial_id")
             if objective is not None and not isinstance(objective, Mapping):
                 raise SchemaError("schedule.objective must be an object or null")
             if not isinstance(metadata, Mapping) or not isinstance(experiment, str):
@@ -390,7 +386,7 @@ def resolve_trial(store: TrialStore, which: str | int) -> int:
         return trial_id
     if str(which).strip().lower() != "best":
         raise LineageError(f"expected a trial id or 'best', got {which!r}")
-    from pbt_actors.control.core import META_EXPERIMENT, best_completed
+    from pbt_actors.control.progress import best_completed
     from pbt_actors.model.experiment import Experiment
 
     raw = store.get_meta(META_EXPERIMENT)
@@ -401,12 +397,3 @@ def resolve_trial(store: TrialStore, which: str | int) -> int:
         raise LineageError("no completed trial yet, so there is no 'best'; give a trial id")
     return best.id
 
-
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SchemaError(f"{what} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(value: Any, what: str) -> int | None:
-    return None if value is None else _int(value, what)

@@ -31,16 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.common.atomic_files import write_atomically
+from pbt_actors.model.errors import ReplayError
+from pbt_actors.model.records import CheckpointRef, Measurement
 from pbt_actors.runtime.checkpoints import load_checkpoint, read_verified
 from pbt_actors.runtime.context import NullLink, TrialContext
-from pbt_actors.model.errors import PbtError
 from pbt_actors.tools.lineage import Schedule, Segment
-from pbt_actors.model.records import CheckpointRef, Measurement
-
-
-class ReplayError(PbtError):
-    """A replay cannot start or continue: a bad step range, a missing start checkpoint, or a
-    segment whose ``train`` raised or saved nothing. The message names the segment."""
 
 
 @dataclass(frozen=True)
@@ -220,13 +216,5 @@ def _copy_verified(source_root: Path, target_root: Path, ref: CheckpointRef) -> 
     target = target_root / ref.uri
     if target.resolve() == (source_root / ref.uri).resolve():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
     read_verified(target_root, ref)  # the copy must match the reference too

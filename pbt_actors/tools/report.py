@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.control.core import META_EXPERIMENT, META_FINISHED_AT, best_completed
+from pbt_actors.control.progress import Counts, best_completed, finished
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.tools.lineage import lineage, schedule
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
+from pbt_actors.tools.lineage import lineage, schedule
 
 FIGURES: tuple[str, ...] = ("fitness", "schedule", "lineage_tree", "progress", "utilisation")
 DPI = 110
@@ -152,12 +152,16 @@ def collect(store: TrialStore, now: float | None = None) -> ReportData:
     raw = store.get_meta(META_EXPERIMENT)
     experiment = Experiment.from_dict(raw) if raw is not None else None
     trials = list(store.iter_trials())
-    active = any(t.status.active for t in trials)
-    finished = store.get_meta(META_FINISHED_AT) is not None or (bool(trials) and not active)
+    # the run's finished rule, over the records this report reads anyway
+    over = finished(Counts(
+        ended=store.get_meta(META_FINISHED_AT) is not None,
+        active=sum(1 for t in trials if t.status.active),
+        waiting=sum(1 for t in trials if t.status is TrialStatus.COMPLETED and not t.initiated),
+        total=len(trials)))
     if now is None:
         ends = [t.ended_at for t in trials if t.ended_at is not None]
-        now = max(ends, default=time.time()) if finished else time.time()
-    data = ReportData(trials, experiment, now, finished)
+        now = max(ends, default=time.time()) if over else time.time()
+    data = ReportData(trials, experiment, now, over)
     data.best = best_completed(store, experiment) if experiment is not None else None
     return data
 
@@ -543,10 +547,11 @@ def worker_intervals(data: ReportData) -> list[Interval]:
     """Busy intervals per worker: every past attempt (``Trial.history``) and running leases."""
     out: list[Interval] = []
     for t in data.trials:
-        for attempt, worker, started, ended in t.history:
-            completed = (t.status is TrialStatus.COMPLETED and attempt == t.completed_attempt
-                         and worker == t.worker)
-            out.append(Interval(worker, started, max(started, ended), "completed" if completed else "interrupted"))
+        for past in t.history:
+            completed = (t.status is TrialStatus.COMPLETED and past.attempt == t.completed_attempt
+                         and past.worker == t.worker)
+            out.append(Interval(past.worker, past.started_at, max(past.started_at, past.ended_at),
+                                "completed" if completed else "interrupted"))
         if t.status is TrialStatus.RUNNING and t.lease is not None and t.started_at is not None:
             out.append(Interval(t.lease.worker, t.started_at, max(t.started_at, data.now), "running"))
     return out

@@ -6,14 +6,20 @@ chaos test says *what* was lost or done twice, not just that something was.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pbt_actors.runtime.checkpoints import verify_file
-from pbt_actors.control.core import META_FINISHED_AT
+from pbt_actors.control.progress import Counts
+from pbt_actors.control.progress import finished as run_is_finished
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.runtime.checkpoints import verify_file
+from pbt_actors.storage import indexes
+from pbt_actors.storage.base import META_FINISHED_AT, TrialStore
+
+MAX_LISTED = 10  # ids named per index problem; the rest are counted
 
 
 @dataclass
@@ -33,8 +39,12 @@ class VerifyReport:
 
 def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *,
                  finished: bool | None = None) -> VerifyReport:
-    """Check every invariant; ``finished=None`` infers it: nothing active, or the controller
-    recorded the end of the run (then an active trial is an orphan, left behind)."""
+    """Check every invariant; ``finished=None`` infers it with the run's finished rule
+    (``pbt_actors.control.progress.finished``) from the records, except that a COMPLETED trial
+    waiting to reproduce does not count as work left: at rest (nothing active) such a trial is
+    exactly the stalled initiator logic verify must report, not a sign the run goes on. So:
+    nothing active, or the controller recorded the end of the run (then an active trial is an
+    orphan, left behind)."""
     report = VerifyReport()
     trials: dict[int, Trial] = {}
     for trial in store.iter_trials():
@@ -48,9 +58,13 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
         if store.count(status) != counts.get(status, 0):
             problems.append(f"status index says {store.count(status)} {status.value}, records say "
                             f"{counts.get(status, 0)}")
-    active = counts.get(TrialStatus.PENDING, 0) + counts.get(TrialStatus.RUNNING, 0)
-    ended = store.get_meta(META_FINISHED_AT) is not None
-    is_finished = (active == 0 or ended) if finished is None else finished
+    _check_indexes(store, trials, problems)
+    if finished is None:
+        active = counts.get(TrialStatus.PENDING, 0) + counts.get(TrialStatus.RUNNING, 0)
+        ended = store.get_meta(META_FINISHED_AT) is not None
+        is_finished = run_is_finished(Counts(ended=ended, active=active, waiting=0, total=len(trials)))
+    else:
+        is_finished = finished
     initiated_children: Counter[int] = Counter()
     for trial in trials.values():
         tag = f"trial {trial.id}"
@@ -63,7 +77,7 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
             problems.append(f"{tag} is orphaned RUNNING after the run ended")
         if is_finished and trial.status is TrialStatus.PENDING:
             problems.append(f"{tag} was left PENDING after the run ended")
-        attempts = [h[0] for h in trial.history]
+        attempts = [h.attempt for h in trial.history]
         if len(set(attempts)) != len(attempts):
             problems.append(f"{tag} has an attempt on record twice: {attempts}")
         if trial.completed_attempt is not None and not 1 <= trial.completed_attempt <= trial.attempt:
@@ -79,7 +93,7 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
                     problems.append(f"{tag} warm-starts from trial {parent.id} which is {parent.status.value}")
                 if trial.start_step != parent.end_step:
                     problems.append(f"{tag} starts at step {trial.start_step}, its parent ended at {parent.end_step}")
-                first_start = min((h[2] for h in trial.history), default=trial.started_at)
+                first_start = min((h.started_at for h in trial.history), default=trial.started_at)
                 if first_start is not None and parent.ended_at is not None and first_start < parent.ended_at:
                     problems.append(f"{tag} started before its parent {parent.id} completed")
                 if trial.created_at < (parent.ended_at or 0.0):
@@ -96,3 +110,54 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
         if count > 1:
             problems.append(f"trial {initiator} initiated {count} times (must be exactly once)")
     return report
+
+
+def _ids(ids: set[int]) -> str:
+    listed = sorted(ids)
+    more = f" and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
+    return ", ".join(map(str, listed[:MAX_LISTED])) + more
+
+
+def _check_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
+    """Every derived set index holds exactly the entries the records imply, by the stores' own
+    rule (``pbt_actors.storage.indexes.entries``), read back through the store's queries.
+
+    The checkpoint index is left out: garbage collection removes entries whose record keeps
+    its ``checkpoint``, so a record implies at most, not exactly, its entry."""
+    implied: dict[tuple[str, Any], set[int]] = defaultdict(set)
+    for trial in trials.values():
+        for index, _op, key, item in indexes.entries(trial):
+            if index is not indexes.CHECKPOINT:
+                implied[index, key].add(item)
+    queries: dict[str, Callable[[Any], list[int]]] = {
+        indexes.STATUS: store.ids_with_status,
+        indexes.GENERATION: store.generation,
+        indexes.CHILDREN: store.children,
+        indexes.COMPLETED: store.completed_in_generation,
+        indexes.UNINITIATED: lambda _key: store.uninitiated(),
+        indexes.LEASE: store.running_leased_to,
+    }
+    # the records' generations and the store's highest one (a range up to a damaged store's
+    # claim could be 2**32 queries long)
+    top = max((t.generation for t in trials.values()), default=-1)
+    generations = sorted(set(range(top + 1)) | {store.max_generation()} - {-1})
+    asked: dict[str, list[Any]] = {  # every key that could hold an entry, not only the implied ones
+        indexes.STATUS: list(TrialStatus),
+        indexes.GENERATION: list(generations),
+        indexes.CHILDREN: sorted(set(trials) | {k for i, k in implied if i is indexes.CHILDREN}),
+        indexes.COMPLETED: list(generations),
+        indexes.UNINITIATED: [None],
+        # every worker the records name (the interface cannot list the index's keys)
+        indexes.LEASE: sorted({k for i, k in implied if i is indexes.LEASE}
+                              | {t.worker for t in trials.values() if t.worker is not None}
+                              | {h.worker for t in trials.values() for h in t.history}),
+    }
+    for index in indexes.SET_INDEXES:
+        for key in asked[index]:
+            held, wanted = set(queries[index](key)), implied.get((index, key), set())
+            where = index if key is None else f"{index}[{key}]"
+            if held - wanted:
+                problems.append(f"index {where} lists trial(s) {_ids(held - wanted)} that the records "
+                                f"do not put there")
+            if wanted - held:
+                problems.append(f"index {where} misses trial(s) {_ids(wanted - held)}")

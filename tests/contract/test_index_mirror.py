@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pbt_actors.model.errors import StoreRetry
 from pbt_actors.model.records import Lease, TrialStatus
 from pbt_actors.storage.base import TrialStore, status_counter
+from pbt_actors.storage.indexes import ADD, STATUS
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.contract.test_trial_store import make_ref, make_spec, run_batch
@@ -164,7 +165,7 @@ def test_a_stale_mirror_is_not_served_after_an_external_commit(tmp_path: Path) -
         with store.batch():
             assert store.ids_with_status(TrialStatus.PENDING) == [1]
         assert store._mirror is not None
-        store._mirror.by_status[TrialStatus.PENDING].add(99)  # what a stale mirror would claim
+        store._mirror.apply([(STATUS, ADD, TrialStatus.PENDING, 99)])  # what a stale mirror would claim
         store._mirror_txnid -= 1  # as if someone else had committed since
         with store.batch():
             assert store.ids_with_status(TrialStatus.PENDING) == [1]

@@ -3,6 +3,7 @@ gate, read-only opening from another process, unusable folders and damaged recor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,8 +19,17 @@ import pytest
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import SchemaError, SchemaVersionError, StoreError, StoreRetry
-from pbt_actors.model.records import Measurement, TrialStatus
-from pbt_actors.storage import schema
+from pbt_actors.model.records import (
+    AttemptRecord,
+    CheckpointRef,
+    Lease,
+    Measurement,
+    Origin,
+    OriginKind,
+    TrialSpec,
+    TrialStatus,
+)
+from pbt_actors.storage import indexes, schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER
 from pbt_actors.storage.lmdb_store import LmdbTrialStore, StoreFullRetry
 from tests.contract.test_trial_store import (
@@ -124,6 +134,77 @@ def test_key_layout_on_disk(store: LmdbTrialStore, store_path: Path) -> None:
             assert all(len(k) == 9 for k in status_keys)
     finally:
         env.close()
+
+
+GOLDEN_STORE_SHA256 = "b71b226662f2690641d62efcd6b94844a43ac39914f93485da056d935c71c679"
+"""Every byte of every database after ``_golden_scenario``, as written by the store before the
+index rules moved to ``pbt_actors.storage.indexes`` (commit 29f3058): the refactor must not
+change the on-disk format, or existing stores would no longer read back the same. Change it
+only together with ``schema.STORE_SCHEMA_VERSION`` or ``records.SCHEMA_VERSION``."""
+
+
+def _golden_scenario(store: LmdbTrialStore) -> None:
+    """Every kind of index change: creation with and without parent, lease, renewal with a
+    measurement, completion with checkpoint and history, initiation, re-queue, FAILED from
+    RUNNING, STOPPED from RUNNING and from PENDING, a collected checkpoint, meta."""
+    s = TrialStatus
+    for generation, parent in ((0, None), (0, None), (0, None), (1, 1), (1, 1), (1, 2)):
+        kind = OriginKind.SEED if generation == 0 else OriginKind.TOURNAMENT
+        store.create_trial(TrialSpec(generation, {"lr": 0.1 * (1 + generation), "opt": "adam"}, 100 * generation,
+                                     100 * (generation + 1), Origin(kind, parent), parent), float(generation))
+
+    def go(trial_id: int, expected: TrialStatus, /, **changes: Any) -> None:
+        trial = store.get_trial(trial_id)
+        assert store.transition(trial_id, expected, trial.attempt, trial.evolve(**changes))
+
+    with store.batch():
+        for trial_id in (1, 2, 3, 4, 5):
+            go(trial_id, s.PENDING, status=s.RUNNING, lease=Lease(f"w{trial_id % 2}", 10.0),
+               worker=f"w{trial_id % 2}", started_at=1.0)
+        go(1, s.RUNNING, lease=Lease("w1", 20.0), measurements=(Measurement(50, {"acc": 0.3}),))
+    for trial_id in (1, 2):
+        ref = CheckpointRef(f"c/{trial_id}.ckpt", 10 * trial_id, hashlib.sha256(str(trial_id).encode()).hexdigest(),
+                            100)
+        go(trial_id, s.RUNNING, status=s.COMPLETED, lease=None, final={"acc": 0.5 + trial_id}, checkpoint=ref,
+           completed_attempt=1, ended_at=3.0, history=(AttemptRecord(1, f"w{trial_id % 2}", 1.0, 3.0),))
+    go(1, s.COMPLETED, initiated=True)
+    go(3, s.RUNNING, status=s.PENDING, attempt=2, lease=None, error="lost",
+       history=(AttemptRecord(1, "w1", 1.0, 2.5),), losses=1)
+    go(4, s.RUNNING, status=s.FAILED, lease=None, error="boom", ended_at=4.0,
+       history=(AttemptRecord(1, "w0", 1.0, 4.0),))
+    go(5, s.RUNNING, status=s.STOPPED, lease=None, stop_reason="hopeless", ended_at=4.5)
+    go(6, s.PENDING, status=s.STOPPED, stop_reason="cap")
+    store.delete_checkpoint(2)
+    store.put_meta("experiment", {"name": "golden", "seed": 1})
+    store.put_meta("finished_at", 9.0)
+
+
+@pytest.mark.timeout(30)
+def test_the_on_disk_bytes_are_those_of_the_format_in_use(store_path: Path) -> None:
+    with LmdbTrialStore(store_path, sync=False) as store:
+        _golden_scenario(store)
+    env = lmdb.open(str(store_path), readonly=True, max_dbs=schema.MAX_DBS, lock=False)
+    digest = hashlib.sha256()
+    try:
+        with env.begin() as txn:
+            for name in schema.ALL_DBS:
+                db = env.open_db(name, txn=txn, create=False)
+                for key, value in txn.cursor(db=db):
+                    digest.update(name + b"|" + bytes(key) + b"|" + bytes(value) + b"\n")
+    finally:
+        env.close()
+    assert digest.hexdigest() == GOLDEN_STORE_SHA256
+
+
+def test_every_stored_index_has_a_layout_and_only_leases_live_in_memory() -> None:
+    """A new index in ``pbt_actors.storage.indexes`` must say where it lives on disk."""
+    assert set(schema.INDEX_LAYOUT) == {*indexes.SET_INDEXES, indexes.CHECKPOINT} - {indexes.LEASE}
+    assert {layout.db for layout in schema.INDEX_LAYOUT.values()} == set(schema.ALL_DBS) - {
+        schema.DB_META, schema.DB_TRIALS}
+    for index, layout in schema.INDEX_LAYOUT.items():  # set indexes decode back what they encode
+        if layout.decode is not None:
+            key = TrialStatus.RUNNING if index is indexes.STATUS else (None if index is indexes.UNINITIATED else 3)
+            assert layout.decode(layout.key(key, 7)) == (key, 7)
 
 
 def test_schema_codes_cover_every_status() -> None:

@@ -159,16 +159,11 @@ def running(store_dir: Path) -> list[Trial]:
 
 
 def finished(store_dir: Path) -> bool:
-    """The controller has declared the run over (or nothing is left to do)."""
-    from pbt_actors.control.core import META_FINISHED_AT
+    """The run is over by the controller's own rule (``run_finished``); False with no store yet."""
+    from pbt_actors.control.progress import run_finished
 
     with reading(store_dir) as store:
-        if store is None or store.count() == 0:
-            return False
-        if store.get_meta(META_FINISHED_AT) is not None:
-            return True
-        return (store.count(TrialStatus.PENDING) == 0 and store.count(TrialStatus.RUNNING) == 0
-                and not store.uninitiated())
+        return store is not None and run_finished(store)
 
 
 def verify_cli(store_dir: Path, checkpoint_root: Path) -> dict[str, Any]:
@@ -182,29 +177,24 @@ def verify_cli(store_dir: Path, checkpoint_root: Path) -> dict[str, Any]:
 
 # --- worker processes --------------------------------------------------------------------------------
 def worker_pids(checkpoint_root: Path) -> dict[str, int]:
-    """``worker id -> pid`` of the live worker processes writing under ``checkpoint_root``
-    (the root is unique per test, so other tests' workers never match)."""
-    out: dict[str, int] = {}
-    root = str(Path(checkpoint_root).resolve())  # the CLI passes the resolved path on
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = (Path("/proc") / entry / "cmdline").read_bytes().split(b"\0")
-            state = (Path("/proc") / entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        args = [a.decode(errors="replace") for a in argv]
-        if len([a for a in args if a]) == 1:  # a worker forked by the zygote: its title, space-separated
-            args = args[0].split()
-        if "worker-process" not in args or "--worker-id" not in args or "--checkpoint-root" not in args:
-            continue
-        if args[args.index("--checkpoint-root") + 1] != root:
-            continue
-        out[args[args.index("--worker-id") + 1]] = int(entry)
-    return out
+    """``worker id -> pid`` of the live worker processes of every host under ``checkpoint_root``,
+    from the host state files the supervisors publish (what ``pbt-actors status`` reads). The
+    root is unique per test, so other tests' workers never match; a killed host leaves its file
+    behind, so a pid counts only while its process lives."""
+    from pbt_actors.runtime.host_supervisor import read_host_states
+
+    return {str(child["id"]): int(child["pid"]) for state in read_host_states(checkpoint_root)
+            for child in state["children"]
+            if child.get("state") == "running" and child.get("pid") is not None and pid_alive(int(child["pid"]))}
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        os.kill(pid, 0)
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 # --- the step trace written by the fault experiments (``experiments/_common.py``) --------------

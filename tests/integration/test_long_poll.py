@@ -1,9 +1,10 @@
 """Long poll and ``report(next)`` through the real controller: ZeroMQ over tcp loopback, LMDB.
 
-A request for work that finds nothing to run is held by the controller's bridge and answered
-the moment a report creates a trial or ends the run, instead of ``wait`` (after which the worker
-would sleep). Each worker endpoint lives in its own thread (ZeroMQ sockets are not thread-safe);
-waits are deadlines on queues, never sleeps.
+A request for work that finds nothing to run is held by the controller (its protocol session,
+``pbt_actors.control.session``, in front of the core) and answered the moment a report creates
+a trial or ends the run, instead of ``wait`` (after which the worker would sleep). Each worker
+endpoint lives in its own thread (ZeroMQ sockets are not thread-safe); waits are deadlines on
+queues, never sleeps.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import pbt_actors.runtime.controller as controller_module
+import pbt_actors.control.session as session_module
 from pbt_actors.runtime.controller import Controller, ControllerHandle
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import CheckpointRef
@@ -107,7 +108,7 @@ def test_a_held_request_gets_the_trial_a_report_creates_and_done_when_the_run_en
 
 def test_a_held_request_is_answered_wait_zero_after_the_park_limit(controller: ControllerHandle,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller_module, "PARK_S", 0.3)
+    monkeypatch.setattr(session_module, "PARK_S", 0.3)  # read at each use by the bridge's session
     a, b = Worker(controller.endpoint, "wa"), Worker(controller.endpoint, "wb")
     try:
         a.ask(RequestTrial("wa"))

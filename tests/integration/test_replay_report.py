@@ -21,13 +21,14 @@ import pytest
 
 from pbt_actors.runtime.checkpoints import load_checkpoint
 from pbt_actors.control.core import ControllerCore
-from pbt_actors.model.errors import CheckpointError, PbtError
+from pbt_actors.model.errors import CheckpointError, PbtError, ReplayError
 from pbt_actors.tools.inprocess import run_assignment, run_inprocess
 from pbt_actors.runtime.launch import load_experiment_file
 from pbt_actors.tools.lineage import Schedule, lineage, resolve_trial, schedule
-from pbt_actors.cli.lineage import add_lineage_parsers, watch_status
+from pbt_actors.cli.lineage import add_lineage_parsers
+from pbt_actors.cli.status import watch_status
 from pbt_actors.model.records import OriginKind, TrialStatus
-from pbt_actors.tools.replay import ReplayError, replay
+from pbt_actors.tools.replay import replay
 from pbt_actors.tools.report import FIGURES, write_report
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.transport.messages import Fail, Heartbeat, RequestTrial, TrialAssignment
@@ -294,7 +295,9 @@ class _Tty(io.StringIO):
 
 
 @pytest.mark.timeout(30)
-def test_watch_stops_by_itself_when_the_run_is_finished(toy_run: dict[str, Any]) -> None:
+def test_watch_stops_by_itself_when_the_run_is_finished(toy_run: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")  # rich draws in place only on a capable terminal
     out = io.StringIO()
     assert watch_status(toy_run["store"], 0.05, True, out=out) == 0
     lines = out.getvalue().splitlines()
@@ -303,7 +306,10 @@ def test_watch_stops_by_itself_when_the_run_is_finished(toy_run: dict[str, Any])
     assert snap["finished"] and snap["trials"] == 61 and snap["running"] == [] and len(snap["top"]) == 5
     tty = _Tty()
     assert watch_status(toy_run["store"], 0.05, False, out=tty) == 0
-    assert tty.getvalue().startswith("\033[H\033[2J") and "FINISHED" in tty.getvalue()
+    assert "FINISHED" in tty.getvalue() and "\x1b[" in tty.getvalue()  # drawn in place (rich), not appended
+    plain = io.StringIO()
+    assert watch_status(toy_run["store"], 0.05, False, out=plain) == 0
+    assert "FINISHED" in plain.getvalue() and "\x1b" not in plain.getvalue()  # a log file gets plain text
 
 
 @pytest.mark.timeout(30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -103,9 +102,11 @@ def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
 
 
 def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
-    pattern = f"--worker-id {worker_id} --checkpoint-root {checkpoint_root}"  # this run's process only
-    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True, check=False)
-    pids = [int(p) for p in out.stdout.split()]
+    """From the host state file this run's supervisor publishes (what `pbt-actors status` reads)."""
+    from pbt_actors.runtime.host_supervisor import read_host_states
+
+    pids = [c["pid"] for state in read_host_states(checkpoint_root) for c in state["children"]
+            if c["id"] == worker_id and c["state"] == "running"]
     return pids[0] if pids else None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.control.core import META_EXPERIMENT, META_FINISHED_AT
+from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT
 from pbt_actors.runtime.launch import load_experiment_file
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
 from pbt_actors.tools.sim import SimConfig, Simulation, ToyQuadratic

@@ -11,12 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pbt_actors.model import wire
-from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.errors import ProtocolError, SchemaError
 from pbt_actors.model.records import CheckpointRef, Measurement
 from pbt_actors.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
-    ProtocolError,
     decode,
     encode,
 )

@@ -149,7 +149,8 @@ def test_a_worker_asking_again_releases_what_it_held() -> None:
     d.lease("w0")
     spec = d.lease("w0")  # restarted process, same id: its old attempt is dead
     assert (spec.trial_id, spec.attempt) == (1, 2)  # re-queued first in line, so re-leased
-    assert d.trial(1).history[0][:2] == (1, "w0")
+    past = d.trial(1).history[0]
+    assert (past.attempt, past.worker) == (1, "w0")
     assert "asked for new work" in d.trial(1).error
 
 

@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.model.errors import TrialNotFound
+from pbt_actors.model.errors import LineageError, ReplayError, TrialNotFound
 from pbt_actors.tools.export import COLUMNS, export_rows, trial_rows, write_rows
 from pbt_actors.tools.lineage import (
     SCHEDULE_FORMAT,
     SCHEDULE_VERSION,
-    LineageError,
     Schedule,
     Segment,
     lineage,
@@ -22,7 +21,7 @@ from pbt_actors.tools.lineage import (
     schedule,
 )
 from pbt_actors.model.records import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
-from pbt_actors.tools.replay import ReplayError, plan, start_checkpoint
+from pbt_actors.tools.replay import plan, start_checkpoint
 from pbt_actors.storage.memory import InMemoryTrialStore
 
 SEED = Origin(OriginKind.SEED)

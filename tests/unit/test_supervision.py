@@ -10,7 +10,7 @@ pytestmark = pytest.mark.timeout(10)
 
 
 def tracker(max_restarts: int = 3, within_s: float = 10.0, stable_s: float = 30.0) -> RestartTracker:
-    return RestartTracker(Intensity(max_restarts, within_s), Backoff(0.1, 2.0, 1.0, stable_s))
+    return RestartTracker(Intensity(max_restarts, within_s, stable_s), Backoff(initial_s=0.1, factor=2.0, max_s=1.0))
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:

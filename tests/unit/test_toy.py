@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pbt_actors.control.core import ControllerCore, best_completed
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.control.progress import best_completed
 from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.toy import ToyCluster, toy_experiment
 

@@ -2,9 +2,11 @@
 
 Layer 5. Nothing here re-implements a decision: every trial is leased, reported, lost,
 re-queued and reproduced by the unchanged ``ControllerCore`` through the same protocol
-messages a real worker sends (``RequestTrial``, ``Heartbeat``, ``Report``, ``Fail``,
-``WorkerLost``) and its ``tick`` for lease expiry. The simulator only replaces the workers and
-the clock:
+messages a real worker sends (``RequestTrial``, ``Heartbeat``, ``Report`` with ``next``,
+``Fail``, ``WorkerLost``) and its ``tick`` for lease expiry. Every message passes the same
+``ProtocolSession`` in front of the core as in the real controller (control/session.py: reply
+cache, sender check, long poll), on the virtual clock, so simulations exercise those rules
+too. The simulator only replaces the workers, the network and the clock:
 
 * **Workers** — ``SimConfig.workers`` at start, each with a speed drawn once
   (``exp(N(0, speed_spread))``). A trial of ``k`` steps takes
@@ -15,7 +17,16 @@ the clock:
   ``TrialAssignment.parent_checkpoint`` (or from a ``resume`` checkpoint after a graceful
   preemption), exactly as a real worker would.
 * **Heartbeats** every ``experiment.heartbeat_interval_s`` renew the lease; the controller's
-  lease-expiry scan (``core.tick``) runs every ``tick_s``.
+  lease-expiry scan (``core.tick``, then the session's tick) runs every ``tick_s``.
+* **Waiting** — a request for work that finds none is *held* by the session (long poll), as
+  in production: it is answered the moment a report, failure, lost worker or lease expiry
+  creates work or ends the run, or with ``wait(0)`` after ``park_s`` (then the worker asks
+  again at once). ``park_s = 0`` turns the long poll off: the worker gets the core's
+  ``wait(wait_s)`` and asks again after it (the simulator's behaviour before the session).
+* **Lost replies** (``reply_loss``) — the reply to a ``request_trial`` or ``report`` is lost
+  on the way back; the worker resends the same request (same id) after ``resend_s`` and the
+  session's reply cache answers it (a resent report is not applied twice, a resent request
+  for work does not lease a second trial).
 * **Preemption** — a Poisson process at ``preempt_rate`` per worker-hour while a worker is
   busy (an idle worker loses nothing). The trial in flight is lost and re-queued by the core,
   as in production, in one of three ways:
@@ -35,7 +46,9 @@ the clock:
 * **Churn** — workers join and leave over time: an explicit ``schedule`` of
   ``(time_s, delta)`` and/or Poisson arrivals (``join_per_hour``) and departures
   (``leave_per_worker_hour``). A departing worker drains: it finishes and reports its trial,
-  then stops asking.
+  then stops asking. One whose request for work is being held leaves at its answer (if that
+  is a trial, it runs it first: it has asked, and a trial leased to a departed worker would
+  wait for lease expiry).
 
 Determinism: all randomness comes from ``random.Random`` streams seeded by strings derived
 from ``SimConfig.seed`` and only ``random()`` is used (Python guarantees its sequence), events
@@ -61,16 +74,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbt_actors.control.core import ControllerCore
+from pbt_actors.control.session import Outgoing, ProtocolSession
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import CheckpointRef, TrialStatus
-from pbt_actors.tools.sim.objectives import SimObjective, State, normal
 from pbt_actors.storage.base import TrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.tools.sim.objectives import SimObjective, State, normal
 from pbt_actors.transport.messages import (
     Ack,
     Done,
     Fail,
     Heartbeat,
+    Message,
+    Reply,
     Report,
     RequestTrial,
     Stop,
@@ -80,8 +96,11 @@ from pbt_actors.transport.messages import (
 )
 
 # Event kinds (ints: they sort fast and tuples compare cheaply in the heap).
-_REQUEST, _FINISH, _HEARTBEAT, _PREEMPT, _TICK, _JOIN, _LEAVE, _SCHEDULE = range(8)
+_REQUEST, _FINISH, _HEARTBEAT, _PREEMPT, _TICK, _JOIN, _LEAVE, _SCHEDULE, _PARK, _RESEND = range(10)
 _FAKE_SHA_PAD = "0" * 48
+_SUPERVISOR = b"sim-supervisor"
+"""The peer that sends ``WorkerLost`` for every virtual host (one identity is enough: the
+session exempts ``worker_lost`` from the sender check, and its requests are never held)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,16 @@ class SimConfig:
     """Period of the controller's lease-expiry scan; None: a quarter of the lease."""
     wait_s: float | None = None
     """The controller's ``wait`` answer; None: ``trial_s / 20``."""
+    park_s: float | None = None
+    """How long the session holds a request for work before answering ``wait(0)``. None:
+    ``wait_s``. (The real controller holds 2 s, ``session.PARK_S``; over virtual hours that
+    would cost a pair of events per waiting worker every 2 s, only to catch work that appears
+    without a report, failure, lost worker or lease expiry, e.g. after an early stop; holding
+    ``wait_s`` keeps that cadence what a ``wait`` answer gave before.) 0: no long poll."""
+    reply_loss: float = 0.0
+    """Probability that the reply to a ``request_trial`` or ``report`` is lost on its way."""
+    resend_s: float = 5.0
+    """A worker resends a request whose reply did not come after this (same id)."""
     schedule: tuple[tuple[float, int], ...] = ()
     """``(time_s, delta)``: ``delta`` workers join (>0) or drain and leave (<0) at ``time_s``."""
     join_per_hour: float = 0.0
@@ -131,6 +160,9 @@ class SimConfig:
             (0 <= self.lost_notice <= 1 and 0 <= self.graceful <= 1, "probabilities must be in [0, 1]"),
             (self.restart_s >= 0, "restart_s must be >= 0"),
             (self.join_per_hour >= 0 and self.leave_per_worker_hour >= 0, "churn rates must be >= 0"),
+            (self.park_s is None or self.park_s >= 0, "park_s must be >= 0"),
+            (0 <= self.reply_loss < 1, "reply_loss must be in [0, 1)"),
+            (self.resend_s > 0, "resend_s must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -174,6 +206,10 @@ class SimResult:
     events: int
     wall_s: float
     errors: list[str] = field(default_factory=list)
+    held: int = 0
+    """Requests for work the controller's session held (long poll) instead of answering ``wait``."""
+    resends: int = 0
+    """Requests resent after a lost reply (``SimConfig.reply_loss``), answered from the reply cache."""
 
     @property
     def wasted_s(self) -> float:
@@ -195,17 +231,21 @@ class SimResult:
             "preemptions": self.preemptions, "trials_lost": self.trials_lost,
             "leases_expired": self.leases_expired, "virtual_h": self.virtual_s / 3600.0,
             "workers_seen": self.workers_seen, "events": self.events, "wall_s": self.wall_s,
-            "errors": list(self.errors),
+            "errors": list(self.errors), "held": self.held, "resends": self.resends,
         }
 
 
 class _Worker:
-    __slots__ = ("alive", "busy_since", "draining", "duration", "index", "name", "spec", "speed", "token")
+    __slots__ = ("alive", "busy_since", "draining", "duration", "index", "last_id", "name", "peer", "pending", "spec",
+                 "speed", "token")
 
     def __init__(self, index: int, speed: float) -> None:
         self.index = index
         self.name = f"sim-w{index}"
+        self.peer = self.name.encode()
         self.speed = speed
+        self.last_id = 0  # request ids: a counter per worker, as a real endpoint's
+        self.pending: tuple[int, Message] | None = None  # the request awaiting its reply (held, or its reply lost)
         self.alive = True
         self.draining = False
         self.token = 0  # bumped whenever the worker's current activity ends; stale events check it
@@ -242,6 +282,9 @@ class Simulation:
         cfg = self.config
         self.core = ControllerCore(self.store, experiment, now=0.0,
                                    wait_s=cfg.wait_s if cfg.wait_s is not None else cfg.trial_s / 20)
+        self.session = ProtocolSession(park_s=cfg.park_s if cfg.park_s is not None else self.core.wait_s,
+                                       clock=lambda: self.now, logger=None)
+        """The real controller's protocol rules between the virtual workers and the core."""
         self.states: dict[str, State] = {}
         self.truth: dict[str, dict[str, float]] = {}
         self.now = 0.0
@@ -252,9 +295,14 @@ class Simulation:
         self._rng_duration = random.Random(f"pbt-sim:{seed}:duration")
         self._rng_fault = random.Random(f"pbt-sim:{seed}:fault")
         self._rng_noise = random.Random(f"pbt-sim:{seed}:noise")
+        self._rng_network = random.Random(f"pbt-sim:{seed}:network")  # drawn only if reply_loss > 0
         self._heap: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
         self._workers: list[_Worker] = []
+        self._by_peer: dict[bytes, _Worker] = {}
+        self._supervisor_ids = 0
+        self._supervisor_asks: dict[int, str] = {}  # WorkerLost request id -> the lost worker
+        self._park_at: float | None = None  # when the scheduled _PARK event fires (None: none scheduled)
         self._live = 0
         self._arrivals_pending = 0  # JOIN/SCHEDULE events in the heap: workers that may still come
         self._finished_seen = False
@@ -273,6 +321,7 @@ class Simulation:
         self.trials_lost = 0
         self.leases_expired = 0
         self.completions = 0
+        self.resends = 0
         self.events = 0
         self.errors: list[str] = []
 
@@ -285,7 +334,9 @@ class Simulation:
         cfg = self.config
         speed = math.exp(cfg.speed_spread * normal(self._rng_cluster)) if cfg.speed_spread else 1.0
         index = len(self._workers)
-        self._workers.append(_Worker(index, speed))
+        worker = _Worker(index, speed)
+        self._workers.append(worker)
+        self._by_peer[worker.peer] = worker
         self._live += 1
         self._push(at, _REQUEST, index)
         if cfg.leave_per_worker_hour > 0:
@@ -310,7 +361,7 @@ class Simulation:
         pop = heapq.heappop
         limit = cfg.max_events
         handlers = (self._on_request, self._on_finish, self._on_heartbeat, self._on_preempt,
-                    self._on_tick, self._on_join, self._on_leave, self._on_schedule)
+                    self._on_tick, self._on_join, self._on_leave, self._on_schedule, self._on_park, self._on_resend)
         while heap:
             at, _, kind, worker, token = pop(heap)
             self.now = at
@@ -325,15 +376,82 @@ class Simulation:
     # --- handlers ------------------------------------------------------------------------------------
     def _on_request(self, index: int, token: int) -> None:
         worker = self._workers[index]
-        if not worker.alive or worker.spec is not None:
+        if not worker.alive or worker.spec is not None or worker.pending is not None:
             return
         if worker.draining:
             self._retire(worker)
             return
-        self._serve(worker, self.core.handle(RequestTrial(worker.name), self.now))
+        self._ask(worker, RequestTrial(worker.name))
+
+    # --- the wire: every request through the protocol session, then the core ------------------------
+    def _ask(self, worker: _Worker, message: Message) -> None:
+        """Send ``message`` under the worker's next request id. Its reply reaches ``_deliver``
+        now, or later if the session holds the request (or the reply is lost and resent)."""
+        worker.last_id += 1
+        worker.pending = (worker.last_id, message)
+        self._send(worker.peer, worker.last_id, message)
+
+    def _send(self, peer: bytes, request_id: int, message: Message) -> None:
+        """One round, as the bridge runs it: the session, the core's batch, the session's answers
+        (which may release other workers' held requests: they are delivered too)."""
+        session = self.session
+        self._deliver_all(session.serve(session.receive(((peer, request_id, message),)), self._handle, self.now))
+
+    def _handle(self, messages: list[Message]) -> list[Reply]:
+        return self.core.handle_batch(messages, self.now)
+
+    def _deliver_all(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            self._deliver(out)
+        if self._park_at is None:  # the oldest held request's wait(0) is due then
+            deadline = self.session.next_deadline()
+            if deadline is not None:
+                self._park_at = deadline
+                self._push(deadline, _PARK)
+
+    def _deliver(self, out: Outgoing) -> None:
+        """A reply reaches its peer (unless the network loses it) and the worker acts on it."""
+        worker = self._by_peer.get(out.peer)
+        if worker is None:
+            if out.peer == _SUPERVISOR and not isinstance(out.reply, Ack):
+                lost = self._supervisor_asks.get(out.request_id, "?")
+                self.errors.append(f"{self.now:.1f}s worker_lost {lost} -> {out.reply!r}")
+            self._supervisor_asks.pop(out.request_id, None)
+            return
+        pending = worker.pending
+        if not worker.alive or pending is None or pending[0] != out.request_id:
+            return  # nobody waits for this answer any more
+        message = pending[1]
+        cfg = self.config
+        if cfg.reply_loss and isinstance(message, RequestTrial | Report) \
+                and self._rng_network.random() < cfg.reply_loss:
+            self._push(self.now + cfg.resend_s, _RESEND, worker.index, out.request_id)
+            return
+        worker.pending = None
+        if isinstance(message, RequestTrial):
+            self._serve(worker, out.reply)
+        elif isinstance(message, Report):
+            self._on_report_reply(worker, message, out.reply)
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat_reply(worker, message, out.reply)
+        elif not isinstance(out.reply, Ack):  # Fail
+            self.errors.append(f"{self.now:.1f}s {worker.name} {message.TYPE} -> {out.reply!r}")
+
+    def _on_resend(self, index: int, request_id: int) -> None:
+        """The reply did not come: the same request again, under the same id."""
+        worker = self._workers[index]
+        pending = worker.pending
+        if not worker.alive or pending is None or pending[0] != request_id:
+            return
+        self.resends += 1
+        self._send(worker.peer, request_id, pending[1])
+
+    def _on_park(self, _index: int, _token: int) -> None:
+        self._park_at = None
+        self._deliver_all(self.session.release_overdue(self.now))
 
     def _serve(self, worker: _Worker, reply: object) -> None:
-        """Act on the controller's answer to a ``RequestTrial``."""
+        """Act on the controller's answer to a request for work (``RequestTrial``, ``Report(next)``)."""
         if isinstance(reply, TrialAssignment):
             self._start(worker, reply)
         elif isinstance(reply, Wait):
@@ -401,24 +519,29 @@ class Simulation:
         ckpt = fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)
         self.states[ckpt.uri] = state
         self.truth[ckpt.uri] = true
-        report = Report(worker.name, spec.trial_id, spec.attempt, observed, checkpoint=ckpt)
-        if worker.draining:
-            replies = [self.core.handle(report, self.now)]
-        else:
-            replies = self.core.handle_batch([report, RequestTrial(worker.name)], self.now)
-        if not isinstance(replies[0], Ack | Stop):
-            self.errors.append(f"{self.now:.1f}s {worker.name} report {spec.trial_id}/{spec.attempt} "
-                               f"-> {replies[0]!r}")
-        trial = self.store.get_trial(spec.trial_id)
+        # the report asks for the next trial in the same round trip (as WorkerClient does),
+        # unless the worker is leaving
+        self._ask(worker, Report(worker.name, spec.trial_id, spec.attempt, observed, checkpoint=ckpt,
+                                 next=not worker.draining))
+        trial = self.store.get_trial(spec.trial_id)  # applied, even if the reply is held or lost
         if trial.status is TrialStatus.COMPLETED and trial.completed_attempt == spec.attempt:
             self.useful_s += spent
         self.completions += 1
         if self.on_progress is not None and self.completions % self.progress_every == 0:
             self.on_progress(self.completions)
-        if worker.draining:
+
+    def _on_report_reply(self, worker: _Worker, report: Report, reply: object) -> None:
+        refused = not isinstance(reply, TrialAssignment | Wait | Done) if report.next else \
+            not isinstance(reply, Ack | Stop)
+        if refused:
+            self.errors.append(f"{self.now:.1f}s {worker.name} report {report.trial_id}/{report.attempt} "
+                               f"-> {reply!r}")
+        if not report.next:
             self._retire(worker)
+        elif refused:  # nothing was leased: ask as a separate request
+            self._push(self.now, _REQUEST, worker.index)
         else:
-            self._serve(worker, replies[1])
+            self._serve(worker, reply)
 
     def _parent_state(self, spec: TrialAssignment) -> State:
         if spec.parent_checkpoint is None:
@@ -432,17 +555,19 @@ class Simulation:
             return
         fraction = (self.now - worker.busy_since) / worker.duration
         step = spec.start_step + int(fraction * (spec.end_step - spec.start_step))
-        reply = self.core.handle(Heartbeat(worker.name, spec.trial_id, spec.attempt, step), self.now)
+        self._ask(worker, Heartbeat(worker.name, spec.trial_id, spec.attempt, step))
+
+    def _on_heartbeat_reply(self, worker: _Worker, heartbeat: Heartbeat, reply: object) -> None:
         if isinstance(reply, Stop):  # early-stopped, or completed by another attempt
             self._end_work(worker)
-            self._on_request(index, 0)
+            self._on_request(worker.index, 0)
             return
         if not isinstance(reply, Ack):
-            self.errors.append(f"{self.now:.1f}s {worker.name} heartbeat {spec.trial_id}/{spec.attempt} "
+            self.errors.append(f"{self.now:.1f}s {worker.name} heartbeat {heartbeat.trial_id}/{heartbeat.attempt} "
                                f"-> {reply!r}")
         beat = self.now + self._heartbeat_s
         if beat < worker.busy_since + worker.duration:
-            self._push(beat, _HEARTBEAT, index, token)
+            self._push(beat, _HEARTBEAT, worker.index, worker.token)
 
     def _on_preempt(self, index: int, token: int) -> None:
         worker = self._workers[index]
@@ -465,10 +590,8 @@ class Simulation:
             self.lost_s += spent - saved
             self.steps_trained += done_steps
             self.trials_lost += 1
-            reply = self.core.handle(Fail(worker.name, spec.trial_id, spec.attempt, "preempted (graceful)",
-                                          True, resume=ckpt, preempted=True), self.now)
-            if not isinstance(reply, Ack):
-                self.errors.append(f"{self.now:.1f}s {worker.name} fail -> {reply!r}")
+            self._ask(worker, Fail(worker.name, spec.trial_id, spec.attempt, "preempted (graceful)",
+                                   True, resume=ckpt, preempted=True))
             self._push(self.now + cfg.restart_s, _REQUEST, index)
             return
         self.lost_s += spent
@@ -477,9 +600,9 @@ class Simulation:
         self.trials_lost += 1
         if self._rng_fault.random() < cfg.lost_notice:
             # the process died; its supervisor tells the controller and restarts it (same id)
-            reply = self.core.handle(WorkerLost(worker.name, "preempted"), self.now)
-            if not isinstance(reply, Ack):
-                self.errors.append(f"{self.now:.1f}s worker_lost {worker.name} -> {reply!r}")
+            self._supervisor_ids += 1
+            self._supervisor_asks[self._supervisor_ids] = worker.name
+            self._send(_SUPERVISOR, self._supervisor_ids, WorkerLost(worker.name, "preempted"))
             self._push(self.now + cfg.restart_s, _REQUEST, index)
         else:
             # the host vanished: nobody tells the controller (the lease will expire); a fresh
@@ -490,7 +613,11 @@ class Simulation:
                 self._add_worker(self.now + cfg.restart_s)
 
     def _on_tick(self, _index: int, _token: int) -> None:
-        self.leases_expired += len(self.core.tick(self.now))
+        released = self.core.tick(self.now)
+        self.leases_expired += len(released)
+        # as the bridge: re-queued trials go to held requests at once; overdue ones get wait(0)
+        self._deliver_all(self.session.serve(self.session.tick(self.now, released=bool(released)), self._handle,
+                                             self.now))
         if self._heap:  # anything else still to happen: keep scanning
             self._push(self.now + self._tick_s, _TICK)
 
@@ -515,7 +642,7 @@ class Simulation:
 
     def _drain(self, worker: _Worker, index: int) -> None:
         worker.draining = True
-        if worker.spec is None:  # idle or waiting: leaves now
+        if worker.spec is None and worker.pending is None:  # idle or between requests: leaves now
             self._retire(worker)
 
     def _on_schedule(self, index: int, _token: int) -> None:
@@ -573,6 +700,7 @@ class Simulation:
             trials_lost=self.trials_lost, leases_expired=self.leases_expired,
             virtual_s=self._finished_at if self._finished_at is not None else self.now,
             workers_seen=len(self._workers), events=self.events, wall_s=wall_s, errors=list(self.errors),
+            held=self.session.held_total, resends=self.resends,
         )
 
 

@@ -1,17 +1,25 @@
-"""A worker that reports on itself instead of working (tests/integration/test_zygote.py).
+"""A worker that reports on itself instead of working (tests/integration/test_zygote.py,
+benchmarks/runtime.py).
 
-Imported by a ``worker-process`` (forked by the zygote or not), its module code prints one
-``PROBE {json}`` line (environment, pid, argv, whether ``json.tool`` was preloaded), then
-``PROBE_MODE=exit`` exits with ``PROBE_CODE``; ``PROBE_MODE=wait`` prints ``PROBE ready`` and
-waits for a signal (with ``PROBE_ON_TERM=N`` a SIGTERM makes it exit with code N).
+Imported by a worker process (forked by the zygote or a fresh interpreter), its module code
+prints one ``PROBE {json}`` line: ``t`` (``time.monotonic()`` at its first line, comparable
+across processes), environment, pid, argv, and which of ``PROBE_MODULES`` were imported
+before it ran; then ``PROBE_MODE=exit`` exits with ``PROBE_CODE``; ``PROBE_MODE=wait`` prints
+``PROBE ready`` and waits for a signal (with ``PROBE_ON_TERM=N`` a SIGTERM exits with code N).
 """
 
-import json
-import os
-import signal
-import sys
+import time
 
-from pbt_actors import Experiment, Float
+T_FIRST_LINE = time.monotonic()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from pbt_actors import Experiment, Float  # noqa: E402
+
+PROBE_MODULES = ("json.tool", "torch", "torch._dynamo", "pbt_actors.runtime.worker")
 
 experiment = Experiment(name="zygote_probe", space={"x": Float(0.0, 1.0)}, objective="Q", population=2,
                         steps_per_trial=1, max_steps=1)
@@ -22,8 +30,8 @@ def train(ctx):
 
 
 if "worker-process" in sys.argv:
-    print("PROBE " + json.dumps({"env": dict(os.environ), "pid": os.getpid(), "argv": sys.argv[1:],
-                                 "preloaded": "json.tool" in sys.modules}), flush=True)
+    print("PROBE " + json.dumps({"t": T_FIRST_LINE, "env": dict(os.environ), "pid": os.getpid(), "argv": sys.argv[1:],
+                                 "modules": {m: m in sys.modules for m in PROBE_MODULES}}), flush=True)
     if os.environ.get("PROBE_MODE", "exit") == "exit":
         sys.exit(int(os.environ.get("PROBE_CODE", "0")))
     if os.environ.get("PROBE_ON_TERM"):

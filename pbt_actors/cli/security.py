@@ -1,0 +1,79 @@
+"""CURVE for the command line: refuse an unencrypted non-loopback bind, load key files, ``keys``.
+
+The transport does the cryptography (``pbt_actors.transport.security``); this module turns
+flags into endpoint options, and says no, loudly, where a run would be open to the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from pbt_actors.model.errors import ConfigError
+
+
+def is_loopback(address: str) -> bool:
+    """ipc/inproc, or tcp on 127.x / ::1 / localhost: nothing leaves this machine."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """Endpoint options and a started authenticator (or None) for ``--curve-secret``/
+    ``--authorized-keys``; refuses a non-loopback bind without them unless ``--insecure``."""
+    secret, keys = getattr(args, "curve_secret", None), getattr(args, "authorized_keys", None)
+    if bool(secret) != bool(keys):
+        raise ConfigError("CURVE needs both --curve-secret (the controller's key) and --authorized-keys (a folder)")
+    if not secret:
+        if not is_loopback(args.bind):
+            if not getattr(args, "insecure", False):
+                raise ConfigError(f"refusing to bind {args.bind} without encryption: give --curve-secret and "
+                                  f"--authorized-keys (see `pbt-actors keys generate`), or --insecure")
+            print(f"WARNING: {args.bind} is reachable from the network and NOT encrypted or authenticated "
+                  f"(--insecure)", file=sys.stderr)
+        return {}, None
+    import zmq
+
+    from pbt_actors.transport.security import load_keypair, start_authenticator
+
+    public, private = load_keypair(secret)
+    authenticator = start_authenticator(zmq.Context.instance(), str(keys))
+    return {"curve_secret_key": private, "curve_public_key": public}, authenticator
+
+
+def worker_security(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Endpoint options for this process and the arguments that pass them to worker processes."""
+    server, secret = getattr(args, "curve_server_key", None), getattr(args, "curve_secret", None)
+    if not server and not secret:
+        return {}, []
+    if not (server and secret):
+        raise ConfigError("CURVE needs both --curve-server-key (the controller's public key) and --curve-secret")
+    from pbt_actors.transport.security import load_keypair, load_public_key
+
+    options = {"curve_server_key": load_public_key(server), "curve_keypair": load_keypair(secret)}
+    return options, ["--curve-server-key", str(Path(server).resolve()), "--curve-secret", str(Path(secret).resolve())]
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pbt_actors.transport.security import generate_keypair
+
+    public, secret = generate_keypair(args.dir, args.name)
+    print(f"public key  {public}   (give it to the other side: controller → workers' --curve-server-key;\n"
+          f"                       worker → the controller's --authorized-keys folder)")
+    print(f"secret key  {secret}   (keep it on this host: --curve-secret)")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``keys generate``."""
+    keys = sub.add_parser("keys", help="CURVE key pairs for authenticated, encrypted links")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
+    gen.add_argument("--dir", required=True)
+    gen.add_argument("--name", default=socket.gethostname())
+    gen.set_defaults(func=cmd_keys)

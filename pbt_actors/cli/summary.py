@@ -1,0 +1,103 @@
+"""What ``run``, ``controller``, ``status`` and ``status --watch`` say about a store.
+
+One summary (``store_summary``: a JSON-ready dict) and one way to print it, shared by every
+command that reports on a run, so ``status --json`` and ``run --json`` agree field for field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from pbt_actors.control.progress import best_completed, run_finished
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import TrialStatus
+from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+
+
+def open_store_readonly(store_dir: str | Path) -> AbstractContextManager[Any]:
+    """The LMDB store at ``store_dir``, read-only (safe while a controller writes).
+
+    Raises:
+        ConfigError: no store there (the CLI prints it and exits 2).
+    """
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+
+    path = Path(store_dir).resolve()
+    if not (path / "data.mdb").exists():
+        raise ConfigError(f"no pbt-actors store at {path}")
+    return LmdbTrialStore(path, readonly=True)
+
+
+def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
+    """A JSON-ready summary of a store: counts, best trial, progress."""
+    best = best_completed(store, experiment)
+    counts = {s.value: store.count(s) for s in TrialStatus}
+    return {
+        "experiment": experiment.name,
+        "policy": experiment.policy,
+        "trials": store.count(),
+        "by_status": counts,
+        "finished": run_finished(store),
+        "best": None if best is None else {
+            "trial_id": best.id, "generation": best.generation, "final": dict(best.final or {}),
+            "hparams": dict(best.hparams), "end_step": best.end_step,
+        },
+        "max_generation": store.max_generation(),
+    }
+
+
+def stored_experiment(store: TrialStore) -> Experiment | None:
+    raw = store.get_meta(META_EXPERIMENT)
+    return None if raw is None else Experiment.from_dict(raw)
+
+
+def read_summary(store_dir: Path) -> dict[str, Any] | None:
+    """The summary of the store at ``store_dir``; None when there is none (yet)."""
+    if not (store_dir / "data.mdb").exists():
+        return None
+    with open_store_readonly(store_dir) as store:
+        experiment = stored_experiment(store)
+        return None if experiment is None else store_summary(store, experiment)
+
+
+def fmt_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def fmt_map(values: Mapping[str, Any] | None) -> str:
+    """``k=v k=v`` with 4 significant digits for floats; ``-`` for nothing."""
+    if not values:
+        return "-"
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+
+
+def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | None = None) -> None:
+    best = summary["best"]
+    counts = summary["by_status"]
+    print()
+    print(f"experiment   {summary['experiment']}  (policy {summary['policy']})")
+    print(f"store        {store_dir}")
+    print(f"trials       {summary['trials']}  " + "  ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if elapsed_s is not None:
+        print(f"wall time    {elapsed_s:.1f}s")
+    if best is None:
+        print("best         (no completed trial yet)")
+        return
+    metrics = "  ".join(f"{k}={v:.4g}" for k, v in best["final"].items())
+    where = f"(generation {best['generation']}, step {best['end_step']})"
+    print(f"best         trial {best['trial_id']} {where}  {metrics}")
+    width = max(len(k) for k in best["hparams"]) if best["hparams"] else 0
+    for key, value in best["hparams"].items():
+        print(f"  {key:<{width}}  {fmt_value(value)}")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart (plain text: it goes to logs as well)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return lines

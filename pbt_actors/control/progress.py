@@ -1,0 +1,102 @@
+"""Where a run stands, decided once: is it finished, and which trial is best.
+
+Layer 3, pure reads over the ``TrialStore`` interface (no policy, no core, no clock), so every
+face may import it: the controller (``ControllerCore.finished``), ``pbt-actors status``
+(``store_summary``), ``verify``, ``report`` and the fault-test harness. Each used to spell the
+rule out itself, and the copies had begun to differ (one ignored trials waiting to reproduce,
+one ignored an empty store).
+
+The rule (DESIGN §4: "the experiment ends when nothing is pending or running and no lineage can
+continue"): a run is finished once the controller has recorded its end (``META_FINISHED_AT``),
+or when it holds trials, none of them PENDING or RUNNING, and no COMPLETED trial still waits to
+reproduce (an uninitiated initiator may yet spawn a child, so the run is not over).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.storage.base import META_FINISHED_AT, TrialStore
+
+if TYPE_CHECKING:  # only its objective is used: importing it (numpy) is the caller's business
+    from pbt_actors.model.experiment import Experiment
+
+
+class RunFacts(Protocol):
+    """What the finished decision reads. Attributes, so a store-backed reader can fetch each
+    lazily and ``finished`` short-circuits (the controller asks on every ``request_trial``)."""
+
+    @property
+    def ended(self) -> bool:
+        """The controller recorded the end of the run."""
+
+    @property
+    def active(self) -> int:
+        """PENDING + RUNNING trials."""
+
+    @property
+    def waiting(self) -> int:
+        """COMPLETED trials that have not reproduced yet."""
+
+    @property
+    def total(self) -> int:
+        """All trials."""
+
+
+class Counts(NamedTuple):
+    """``RunFacts`` as plain numbers: for callers that counted the records themselves
+    (``verify`` and ``report`` read every record anyway) and for tests."""
+
+    ended: bool
+    active: int
+    waiting: int
+    total: int
+
+
+class StoreFacts:
+    """``RunFacts`` read from a store's O(1) indexes, each only when the rule asks for it."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: TrialStore) -> None:
+        self._store = store
+
+    @property
+    def ended(self) -> bool:
+        return self._store.get_meta(META_FINISHED_AT) is not None
+
+    @property
+    def active(self) -> int:
+        store = self._store
+        return store.count(TrialStatus.PENDING) + store.count(TrialStatus.RUNNING)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._store.uninitiated())
+
+    @property
+    def total(self) -> int:
+        return self._store.count()
+
+
+def finished(facts: RunFacts) -> bool:
+    """THE finished rule (see the module docstring); reads ``facts`` left to right, lazily."""
+    return facts.ended or (facts.active == 0 and facts.waiting == 0 and facts.total > 0)
+
+
+def run_finished(store: TrialStore) -> bool:
+    """Is the run in ``store`` finished? O(1) reads plus the (short) uninitiated list."""
+    return finished(StoreFacts(store))
+
+
+def best_completed(store: TrialStore, experiment: Experiment) -> Trial | None:
+    """The best COMPLETED trial of a store by the objective (ties: the older id).
+
+    O(completed): meant for summaries (status, report, lineage ``best``), not for decisions."""
+    completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
+    if not completed:
+        return None
+    keys = experiment.objective_.rank_keys([t.final for t in completed])
+    best = max(range(len(completed)), key=lambda i: (keys[i], -completed[i].id))
+    return completed[best]

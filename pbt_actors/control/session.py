@@ -1,0 +1,300 @@
+"""The protocol session: the controller's per-peer rules of the wire protocol, as a pure class.
+
+Layer 3. ``ControllerCore`` decides what each request *means* (leases, reports, policies);
+the session decides *how a conversation with a peer goes* (docs/protocol.md §4–5):
+
+* **Reply cache** — per peer, its last request id and our reply. A resend under the same id
+  (the reply was lost or late) gets the same answer instead of being handled twice (zguide's
+  idempotent-service pattern), at most ``cache_peers`` peers, least recently answered out
+  first, so a flood of ever new identities cannot grow memory without bound. In memory only:
+  after a controller restart, handling a resend afresh is safe (§5's table).
+* **Sender check** — a body ``worker`` that is not the sending peer is refused
+  ``not_leaseholder`` before the core sees it (``worker_lost`` is exempt: a supervisor speaks
+  about another worker by design).
+* **Long poll** — a ``request_trial`` (or ``report`` with ``next``) that the core answers
+  ``wait`` is *held* (parked) instead: it goes to the core again with every later batch that
+  can have created work or ended the run (one holding a ``report``, ``fail`` or
+  ``worker_lost``, or after a lease expiry) and is answered as soon as the answer is not
+  ``wait``; after ``park_s`` it is answered ``wait(0)`` and the worker asks again at once.
+  A resend of a held request is dropped (its answer is coming), a new request from the same
+  peer replaces the held one (the peer moved on), ``worker_lost`` drops the lost worker's.
+* **Clean exit** — which peers got a non-error answer and which were told ``done``, so the
+  controller can linger until every worker heard ``done``.
+* **Rejections are logged rate-limited** — one line per error code per window, so a hostile
+  flood cannot flood the log.
+
+Why a class of its own: these rules used to live in the ZeroMQ bridge thread, where only
+socket tests could reach them and the simulator, which drives ``ControllerCore`` directly,
+never exercised them. Here they are plain data structures and an injected clock (every
+method takes ``now``; when omitted, ``clock()`` is read), with no sockets, threads or actors,
+so the bridge (``runtime/controller.py``, wall-clock monotonic time), the simulator
+(``tools/sim/engine.py``, virtual time) and unit tests all run the same code.
+
+One round with the core::
+
+    step = session.receive([(peer, request_id, message), ...])
+    send(step.send)                                   # cached replies, rejections: now
+    if step.messages:                                 # the batch for ControllerCore
+        replies = core.handle_batch(step.messages, now)
+        send(session.answer(step, replies, now))      # the rest; ``wait`` ones are held
+    ...
+    step = session.tick(now, released=bool(core.tick(now)))   # periodically, same round
+
+``serve(step, handle, now)`` does the middle part given a ``handle(messages) -> replies``.
+Not thread-safe: one caller at a time (the bridge thread); ``peers_not_done`` may be read
+from another thread (it copies).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pbt_actors.transport.messages import Done, Error, Fail, Message, Reply, Report, RequestTrial, Wait, WorkerLost
+from pbt_actors.transport.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+PARK_S = 2.0
+"""How long a request answered ``wait`` is held (long poll) before the worker is told
+``wait(0)`` and asks again: well inside a worker's request timeout, so it never resends."""
+REPLY_CACHE_PEERS = 4096
+"""Peers whose last reply is cached (least recently answered first out): bounded, so that a
+flood from ever new identities cannot grow the controller's memory without limit."""
+
+PeerRequest = tuple[bytes, int, Message]
+"""``(peer, request_id, message)``: a decoded request. ``peer`` is the routing identity."""
+
+
+class Outgoing(NamedTuple):
+    """A reply to send: ``endpoint.send(*outgoing)`` takes it as is."""
+
+    peer: bytes
+    request_id: int
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A held request for work: answered when the core's answer is not ``wait``, or at
+    ``since + park_s`` with ``wait(0)``. ``since`` survives re-asking, so the limit counts
+    from when the worker asked, however often the request went back to the core."""
+
+    request_id: int
+    worker: str
+    since: float
+
+
+class Round:
+    """One exchange with the core, from ``receive`` or ``tick`` to ``answer``.
+
+    ``send``: answers to send at once (cached replies, rejections, overdue ``wait(0)``).
+    ``messages``: the batch to hand to ``ControllerCore.handle_batch`` (possibly empty); its
+    replies go back through ``ProtocolSession.answer`` in the same order.
+    """
+
+    __slots__ = ("_requests", "_requeued", "messages", "send")
+
+    def __init__(self, send: list[Outgoing], requests: list[PeerRequest], requeued: dict[bytes, Parked]) -> None:
+        self.send = send
+        self._requests = requests
+        self.messages: list[Message] = [m for _, _, m in requests]
+        self._requeued = requeued
+
+    def __repr__(self) -> str:
+        return f"Round(send={self.send!r}, messages={self.messages!r})"
+
+
+class ProtocolSession:
+    """The per-peer protocol state of one controller (see the module docstring).
+
+    Args:
+        park_s: how long a ``wait`` is held before ``wait(0)``; ``None``: the module's
+            ``PARK_S``, read at each use (tests shorten it); ``0``: no long poll at all (the
+            core's ``wait`` is sent as is, the behaviour of a controller without it).
+        cache_peers: how many peers' last replies are kept.
+        clock: the time source when a method is called without ``now`` (the bridge:
+            ``time.monotonic``; the simulator: its virtual clock). Also times the log's
+            rate-limit windows.
+        logger: where rejected input is logged (rate-limited); ``None``: not logged (the
+            simulator counts its errors itself).
+    """
+
+    def __init__(self, *, park_s: float | None = None, cache_peers: int = REPLY_CACHE_PEERS,
+                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = log) -> None:
+        if cache_peers < 1:
+            raise ValueError("cache_peers must be >= 1")
+        if park_s is not None and park_s < 0:
+            raise ValueError("park_s must be >= 0")
+        self._park_s = park_s
+        self.cache_peers = cache_peers
+        self.clock = clock
+        self.rejections = RateLimitedLog(logger, clock=clock) if logger is not None else None
+        """One log line per kind of rejected input (the error code) per window, however many."""
+        self._last_reply: OrderedDict[bytes, tuple[int, Reply]] = OrderedDict()
+        self._parked: dict[bytes, Parked] = {}
+        self.peers_seen: set[str] = set()
+        """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
+        peer that only ever sent rejected input is nobody's worker and is not waited for)."""
+        self.peers_done: set[str] = set()
+        """Peers that were answered ``done``."""
+        self.held_total = 0
+        """How many times a request was newly held (for the simulator's statistics)."""
+
+    # --- state, read-only ---------------------------------------------------------------------
+    @property
+    def park_s(self) -> float:
+        return PARK_S if self._park_s is None else self._park_s
+
+    @park_s.setter
+    def park_s(self, value: float | None) -> None:
+        self._park_s = value
+
+    @property
+    def parked(self) -> dict[bytes, Parked]:
+        """A copy of the held requests, by peer."""
+        return dict(self._parked)
+
+    def cached(self, peer: bytes) -> tuple[int, Reply] | None:
+        """The peer's last request id and our reply to it, if still cached."""
+        return self._last_reply.get(peer)
+
+    def next_deadline(self) -> float | None:
+        """When the oldest held request falls due for ``wait(0)`` (None: nothing held)."""
+        if not self._parked:
+            return None
+        return min(p.since for p in self._parked.values()) + self.park_s
+
+    def peers_not_done(self) -> set[str]:
+        """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
+        return self.peers_seen.copy() - self.peers_done.copy()
+
+    # --- a round ------------------------------------------------------------------------------
+    def receive(self, requests: Iterable[PeerRequest]) -> Round:
+        """Sort decoded requests into answers to send now and the batch for the core.
+
+        Nothing here depends on time; holding and releasing do (``answer``, ``tick``).
+        """
+        send: list[Outgoing] = []
+        batch: list[PeerRequest] = []
+        in_batch: dict[bytes, int] = {}
+        parked = self._parked
+        last_reply = self._last_reply
+        wakes = False
+        for peer, request_id, message in requests:
+            held = parked.get(peer)
+            if held is not None:
+                if held.request_id == request_id:
+                    continue  # a resend of a request we are holding: its answer is coming
+                del parked[peer]  # the peer moved on (restarted): drop the old one
+            if in_batch.get(peer) == request_id:
+                continue  # a resend that arrived with the original: answered once, below
+            cached = last_reply.get(peer)
+            if cached is not None and cached[0] == request_id:
+                send.append(Outgoing(peer, request_id, cached[1]))
+                continue
+            claimed = getattr(message, "worker", None)
+            if claimed is not None and not isinstance(message, WorkerLost):
+                sender = peer.decode("utf-8", "replace")
+                if claimed != sender:
+                    if self.rejections is not None:
+                        self.rejections.warning(
+                            "not_leaseholder", "rejected %s from %r: not_leaseholder: it claims to be worker %r",
+                            getattr(message, "TYPE", "?"), sender[:64], claimed[:64])
+                    send.append(Outgoing(peer, request_id,
+                                         Error("not_leaseholder", f"body worker {claimed!r} is not the sender")))
+                    continue
+            if isinstance(message, Report | Fail | WorkerLost):
+                wakes = True
+                if isinstance(message, WorkerLost):
+                    self.peers_seen.discard(message.worker)
+                    parked.pop(message.worker.encode("utf-8"), None)
+            in_batch[peer] = request_id
+            batch.append((peer, request_id, message))
+        # a result or a lost worker can create work or end the run: ask again for every held
+        # request (rarer causes, e.g. an early stop on a heartbeat, wait for park_s at most)
+        return self._round(send, batch, requeue=wakes)
+
+    def answer(self, step: Round, replies: Sequence[Reply], now: float | None = None) -> list[Outgoing]:
+        """Take the core's replies to ``step.messages``: what to send now; ``wait``s are held."""
+        now = self.clock() if now is None else now
+        park_s = self.park_s
+        out: list[Outgoing] = []
+        requeued = step._requeued  # the round is this class's own record
+        for (peer, request_id, message), core_reply in zip(step._requests, replies, strict=True):
+            reply = core_reply
+            if park_s > 0 and isinstance(reply, Wait) and (
+                    isinstance(message, RequestTrial) or (isinstance(message, Report) and message.next)):
+                previous = requeued.get(peer)
+                if previous is None or previous.request_id != request_id:
+                    self._parked[peer] = Parked(request_id, message.worker, now)
+                    self.held_total += 1
+                    continue
+                if now < previous.since + park_s:  # the form next_deadline() uses: exact at the deadline
+                    self._parked[peer] = previous
+                    continue
+                reply = Wait(0.0)  # held long enough: the worker asks again at once
+            out.append(self._record(peer, request_id, message, reply))
+        return out
+
+    def serve(self, step: Round, handle: Callable[[list[Message]], Sequence[Reply]],
+              now: float | None = None) -> list[Outgoing]:
+        """``step.send``, then the core's answers: ``handle(step.messages)`` (if any) through
+        ``answer``. For callers that can call the core in line (the simulator, tests)."""
+        if not step.messages:
+            return step.send
+        return [*step.send, *self.answer(step, handle(step.messages), now)]
+
+    def tick(self, now: float | None = None, *, released: bool = False) -> Round:
+        """The periodic round: after the core's lease expiry released trials (``released``),
+        every held request goes back to the core; otherwise the ones held ``park_s`` are
+        answered ``wait(0)`` (in ``send``)."""
+        now = self.clock() if now is None else now
+        if released and self._parked:
+            return self._round([], [], requeue=True)  # overdue ones still waiting: answer() says wait(0)
+        return Round(self.release_overdue(now), [], {})
+
+    def release_overdue(self, now: float | None = None) -> list[Outgoing]:
+        """Answer requests held for ``park_s`` with ``wait(0)``: the worker asks again at once."""
+        if not self._parked:
+            return []
+        now = self.clock() if now is None else now
+        park_s = self.park_s
+        overdue = [(peer, p) for peer, p in self._parked.items() if now >= p.since + park_s]
+        out = []
+        for peer, parked in overdue:
+            del self._parked[peer]
+            out.append(self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0)))
+        return out
+
+    # --- internals ------------------------------------------------------------------------------------
+    def _round(self, send: list[Outgoing], batch: list[PeerRequest], *, requeue: bool) -> Round:
+        if requeue and self._parked:
+            requeued = self._parked
+            self._parked = {}
+            batch.extend((peer, p.request_id, RequestTrial(p.worker)) for peer, p in requeued.items())
+            return Round(send, batch, requeued)
+        return Round(send, batch, {})
+
+    def _record(self, peer: bytes, request_id: int, message: Message, reply: Reply) -> Outgoing:
+        """Cache the reply we are about to send and account for it."""
+        last_reply = self._last_reply
+        last_reply[peer] = (request_id, reply)
+        last_reply.move_to_end(peer)
+        if len(last_reply) > self.cache_peers:
+            last_reply.popitem(last=False)
+        if isinstance(reply, Error):
+            if self.rejections is not None:
+                sender = peer.decode("utf-8", "replace")
+                self.rejections.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
+                                        sender[:64], reply.code, reply.message[:200])
+        elif not isinstance(message, WorkerLost):
+            sender = peer.decode("utf-8", "replace")
+            self.peers_seen.add(sender)
+            if isinstance(reply, Done):
+                self.peers_done.add(sender)
+        return Outgoing(peer, request_id, reply)

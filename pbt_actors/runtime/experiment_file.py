@@ -1,0 +1,83 @@
+"""Import a user's experiment file: ``experiment = Experiment(...)`` and ``def train(ctx)``.
+
+Layer 4, at the bottom of the worker-process modules (``worker_process`` → ``zygote`` →
+``launch`` import it; it imports none of them). ``launch`` re-exports ``load_experiment_file``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.experiment import Experiment
+
+EXPERIMENT_MODULE_PREFIX = "pbt_experiment_"  # sys.modules name of an imported experiment file
+
+
+def load_module(path: str | os.PathLike[str]) -> ModuleType:
+    """Import ``path`` once per process as ``pbt_experiment_<hash of its path>``, with its
+    folder on ``sys.path`` while its module code runs (so it can import modules beside it)."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ConfigError(f"experiment file {file} does not exist")
+    name = EXPERIMENT_MODULE_PREFIX + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if sys.path and sys.path[0] == str(file.parent):
+            sys.path.pop(0)
+    return module
+
+
+def load_experiment_file(path: str | os.PathLike[str]) -> tuple[Experiment, Callable[..., Any]]:
+    """The file's ``experiment`` and ``train``.
+
+    Raises:
+        ConfigError: missing or wrongly typed ``experiment``/``train``.
+    """
+    module = load_module(path)
+    experiment = getattr(module, "experiment", None)
+    train = getattr(module, "train", None)
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(f"{path} must define `experiment = Experiment(...)`")
+    if not callable(train):
+        raise ConfigError(f"{path} must define `def train(ctx): ...`")
+    return experiment, train
+
+
+def forget_experiment_modules() -> None:
+    """Drop every imported experiment file (and the modules beside it) from ``sys.modules``,
+    so that the next ``load_module`` runs their module code again; what they imported
+    (torch, scikit-learn, ...) stays imported."""
+    folders = set()
+    for name, module in list(sys.modules.items()):
+        if name.startswith(EXPERIMENT_MODULE_PREFIX):
+            file = getattr(module, "__file__", None)
+            if file:
+                folders.add(os.path.dirname(os.path.abspath(file)))
+            del sys.modules[name]
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.dirname(os.path.abspath(file)) in folders:
+            del sys.modules[name]
+
+
+__all__ = ["EXPERIMENT_MODULE_PREFIX", "forget_experiment_modules", "load_experiment_file", "load_module"]

@@ -1,0 +1,82 @@
+"""One trial, run the same way everywhere: build the context, call ``train``, classify the end.
+
+Layer 4. Shared by the worker (``runtime/worker.py``, which adds the network: heartbeats while
+``train`` runs, then delivering the outcome) and the in-process runner
+(``tools/inprocess.py``, which hands the outcome straight to ``ControllerCore.handle``), so the
+two cannot drift apart on what a failure means.
+
+What ``execute`` returns, i.e. what the controller is told:
+
+* ``train`` raised → ``Fail``, retryable unless the exception is a ``CheckpointError`` (the
+  parent's checkpoint cannot be read: no retry of this spec can fix it; the policy picks
+  another parent). Anything else, a ``CheckpointWriteError`` (disk full) included, says
+  nothing about the trial, so it is retried (up to ``max_attempts``). ``KeyboardInterrupt``
+  and ``SystemExit`` are not the trial's failure: they propagate.
+* the process is being preempted (``ctx.preempted``) and the trial did not save a checkpoint
+  at its end step → ``Fail(preempted=True)``, with ``resume`` = the checkpoint it saved on the
+  way (if past its start step) so the retry continues from there;
+* the controller asked the trial to stop (``ctx.stop_event``) → ``None``: nothing to report;
+* otherwise → ``Report`` of the final metrics, the measurements and the saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from pbt_actors.model.errors import CheckpointError
+from pbt_actors.runtime.context import NullLink, TrialContext, TrialLink
+from pbt_actors.transport.messages import Fail, Report, TrialAssignment
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[[TrialContext], Any]
+MAX_ERROR_TEXT = 8000
+"""A failure's traceback is cut to its last this many characters."""
+PREEMPTED = "preempted (SIGTERM)"
+
+
+def build_context(spec: TrialAssignment, checkpoint_root: str, device: str = "cpu", *,
+                  link: TrialLink | None = None, preempt_event: threading.Event | None = None) -> TrialContext:
+    """The ``TrialContext`` a ``train(ctx)`` gets for the assignment ``spec``."""
+    return TrialContext(
+        trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation, hparams=dict(spec.hparams),
+        start_step=spec.start_step, end_step=spec.end_step, checkpoint_root=checkpoint_root,
+        parent_checkpoint=spec.parent_checkpoint, device=device, experiment=spec.experiment,
+        link=link if link is not None else NullLink(),
+        preempt_event=preempt_event if preempt_event is not None else threading.Event(),
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a trial that raised ``exc`` is worth another attempt (see the module docstring)."""
+    return not isinstance(exc, CheckpointError)
+
+
+def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool = False) -> Report | Fail | None:
+    """Run ``train(ctx)`` and return what to tell the controller (see the module docstring).
+
+    ``ask_next``: set ``Report.next`` (the ack brings the next trial along), unless the process
+    is being preempted and will run no other.
+
+    Raises:
+        KeyboardInterrupt, SystemExit: from ``train``, unchanged.
+    """
+    try:
+        returned = train(ctx)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the user's code: report it, never die of it
+        log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, exc)
+        text = "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]
+        return Fail(worker_id, ctx.trial_id, ctx.attempt, text, is_retryable(exc))
+    if ctx.preempted and (ctx.saved is None or ctx.saved.step < ctx.end_step):
+        resume = ctx.saved if ctx.saved is not None and ctx.saved.step > ctx.start_step else None
+        return Fail(worker_id, ctx.trial_id, ctx.attempt, PREEMPTED, True, resume, preempted=True)
+    if ctx.stop_event.is_set():
+        return None
+    return Report(worker_id, ctx.trial_id, ctx.attempt, ctx.final_metrics(returned), tuple(ctx.measurements),
+                  ctx.saved, next=ask_next and not ctx.preempted)
