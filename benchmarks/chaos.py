@@ -109,8 +109,8 @@ def read_traces(folder: Path) -> tuple[dict[tuple[int, int], int], dict[int, tup
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pbt_actors.model.records import TrialStatus
-    from pbt_actors.tools.verify import verify_store
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.tools.verify import verify_store
 
     experiment_file = Path(args.experiment).resolve()
     if not experiment_file.is_file():

@@ -88,6 +88,16 @@ def _echo_client(address: str, seconds: float, counter: mp.Value) -> None:  # ty
     sock.close()
 
 
+def _run_all(procs: list[mp.Process]) -> float:
+    """Start every client process, wait for all of them; the wall seconds that took."""
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return time.monotonic() - started
+
+
 def raw_echo_cycles(workers: int, seconds: float) -> float:
     stop, ready = threading.Event(), threading.Event()
     address_holder.clear()
@@ -95,13 +105,8 @@ def raw_echo_cycles(workers: int, seconds: float) -> float:
     server.start()
     ready.wait(10)
     counter = mp.Value("l", 0)
-    procs = [mp.Process(target=_echo_client, args=(address_holder[0], seconds, counter)) for _ in range(workers)]
-    started = time.monotonic()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    elapsed = time.monotonic() - started
+    elapsed = _run_all([mp.Process(target=_echo_client, args=(address_holder[0], seconds, counter))
+                        for _ in range(workers)])
     stop.set()
     server.join(5)
     return counter.value / max(elapsed, 1e-9)
@@ -132,9 +137,9 @@ def _controller_client(address: str, name: str, seconds: float, counter: mp.Valu
 
 
 def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> tuple[float, int]:
-    from pbt_actors.runtime.controller import Controller
     from pbt_actors.model.experiment import Experiment
     from pbt_actors.model.space import Float
+    from pbt_actors.runtime.controller import Controller
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     experiment = Experiment(name="bench", space={"x": Float(0.0, 1.0)}, objective="score", population=64,
@@ -142,15 +147,9 @@ def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> 
     with tempfile.TemporaryDirectory() as tmp:
         handle = Controller.start(experiment, tmp, "tcp://127.0.0.1:0")
         counter = mp.Value("l", 0)
-        procs = [mp.Process(target=_controller_client,
-                            args=(handle.endpoint, f"bench-{i}", seconds, counter, piggyback))
-                 for i in range(workers)]
-        started = time.monotonic()
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        elapsed = time.monotonic() - started
+        elapsed = _run_all([mp.Process(target=_controller_client,
+                                       args=(handle.endpoint, f"bench-{i}", seconds, counter, piggyback))
+                            for i in range(workers)])
         handle.stop()
         with LmdbTrialStore(tmp, readonly=True) as store:
             from pbt_actors.model.records import TrialStatus
@@ -162,9 +161,9 @@ def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> 
 # --- (b) idle gap ---------------------------------------------------------------------------------------
 def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
     """Per trial: (report sent → next ``train`` entered, report acknowledged → next ``train``)."""
-    from pbt_actors.runtime.controller import Controller
     from pbt_actors.model.experiment import Experiment
     from pbt_actors.model.space import Float
+    from pbt_actors.runtime.controller import Controller
     from pbt_actors.runtime.worker import WorkerClient
 
     experiment = Experiment(name="gap", space={"x": Float(0.0, 1.0)}, objective="score", population=8,

@@ -1,8 +1,8 @@
 """The ``TrialStore`` interface: the trial graph, its indexes, the checkpoint index and meta.
 
-Layer 2: imports only the data model. Two implementations honour it, checked by one contract
-suite (``tests/contract``): ``InMemoryTrialStore`` (simulations, unit tests) and
-``LmdbTrialStore`` (everything real).
+Layer 2: imports only the data model and the key limits of ``schema``. Two implementations
+honour it, checked by one contract suite (``tests/contract``): ``InMemoryTrialStore``
+(simulations, unit tests) and ``LmdbTrialStore`` (everything real).
 
 Contracts every implementation keeps:
 
@@ -28,6 +28,7 @@ from typing import Any
 from pbt_actors.model.errors import SchemaError, TrialNotFound
 from pbt_actors.model.fields import hparams_from
 from pbt_actors.model.records import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
+from pbt_actors.storage.schema import MAX_GENERATION, MAX_ID  # the widths of the index keys on disk
 
 TRIAL_ID_COUNTER = "next_trial_id"
 
@@ -196,10 +197,6 @@ def status_counter(status: TrialStatus) -> str:
     return f"status:{status.value}"
 
 
-MAX_GENERATION = (1 << 32) - 1  # generations are 4-byte keys on disk (pbt_actors.storage.schema)
-MAX_TRIAL_ID = (1 << 64) - 1  # ids are 8-byte keys on disk
-
-
 def _is_index_int(value: object, top: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
 
@@ -223,7 +220,7 @@ def check_spec(spec: TrialSpec) -> None:
         raise ValueError(f"generation {spec.generation!r} must be an integer in "
                          f"[0, {MAX_GENERATION}]")
     for what, value in (("parent_id", spec.parent_id), ("crossover_id", spec.crossover_id)):
-        if value is not None and not _is_index_int(value, MAX_TRIAL_ID):
+        if value is not None and not _is_index_int(value, MAX_ID):
             raise ValueError(f"{what} {value!r} must be None or a non-negative trial id")
 
 

@@ -49,7 +49,7 @@ from typing import Any, Final, TypeVar
 
 import lmdb
 
-from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreRetry
+from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFullRetry
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
@@ -67,14 +67,6 @@ MAX_RESIZE_RETRIES: Final = 16
 ITER_CHUNK: Final = 256
 # Decoded records kept by id (see ``_get_trial``): about the active population and then some.
 DECODE_CACHE: Final = 4096
-
-
-class StoreFullRetry(StoreRetry):
-    """The LMDB map filled up inside ``batch()``.
-
-    Raised after the batch's transaction was aborted (nothing of it was written) and the map
-    was grown. Re-run the whole batch; the next attempt has twice the room.
-    """
 
 
 @dataclass
@@ -576,6 +568,11 @@ class LmdbTrialStore(TrialStore):
         """Ids outside the key range cannot be stored, so queries for them find nothing."""
         return isinstance(trial_id, int) and 0 <= trial_id <= schema.MAX_ID
 
+    @staticmethod
+    def _valid_generation(generation: int) -> bool:
+        """Likewise for generations."""
+        return isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION
+
     # --- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         raw = self._read(lambda txn: txn.get(schema.meta_key(key), db=self._meta))
@@ -669,7 +666,7 @@ class LmdbTrialStore(TrialStore):
                                        for k in self._scan(txn, self._children, prefix)])
 
     def generation(self, generation: int) -> list[int]:
-        if not (isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION):
+        if not self._valid_generation(generation):
             self._check_open()
             return []
         prefix = schema.generation_prefix(generation)
@@ -677,7 +674,7 @@ class LmdbTrialStore(TrialStore):
                                        for k in self._scan(txn, self._generations, prefix)])
 
     def completed_in_generation(self, generation: int) -> list[int]:
-        if not (isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION):
+        if not self._valid_generation(generation):
             self._check_open()
             return []
         prefix = schema.generation_prefix(generation)

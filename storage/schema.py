@@ -74,8 +74,6 @@ _GEN_ID = struct.Struct(">IQ")
 _PAIR = struct.Struct(">QQ")
 _STATUS_ID = struct.Struct(">BQ")
 
-ID_LEN: Final = _ID.size
-GEN_LEN: Final = _GEN.size
 MAX_ID: Final = (1 << 64) - 1
 MAX_GENERATION: Final = (1 << 32) - 1
 

@@ -192,7 +192,6 @@ class ControllerEndpoint(_Owned):
             self._errors.warning("send_again", "reply to %r dropped: peer queue full", identity[:64])
 
 
-
 class WorkerEndpoint(_Owned):
     """A worker's DEALER, connected to the controller, for one request at a time.
 

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from pbt_actors.model.errors import ERROR_CODES, SchemaError
+# ERROR_CODES is re-exported: this module lists the whole protocol (types, version, error codes);
+# it is defined below the transport because ProtocolError checks its code against it.
+from pbt_actors.model.errors import ERROR_CODES, SchemaError  # noqa: F401
 from pbt_actors.model.fields import (
     bool_from,
     float_from,
@@ -299,7 +301,6 @@ class Error:
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Error:
         return cls(str_from(b.get("code"), "code"), str_from(b.get("message"), "message")[:MAX_ERROR_TEXT])
-
 
 
 Request: TypeAlias = Hello | RequestTrial | Heartbeat | Report | Fail | WorkerLost

@@ -52,8 +52,8 @@ def trial_estimate(experiment: Any) -> int | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
 
     experiment, _ = load_experiment_file(args.experiment)
     if args.seed is not None:
@@ -191,8 +191,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
 
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)

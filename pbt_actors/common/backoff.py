@@ -15,7 +15,7 @@ injectable ``rand`` (``random.random`` by default).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -50,10 +50,3 @@ class Backoff:
         if self.jitter:
             base *= 1.0 - self.jitter * rand()
         return base
-
-    def delays(self, rand: Callable[[], float] = random.random) -> Iterator[float]:
-        """The delays before retries 0, 1, 2, ... (endless; take what you need)."""
-        n = 0
-        while True:
-            yield self.delay(n, rand)
-            n += 1

@@ -1,1 +1,2 @@
-"""The pure controller (layer 3): ControllerCore, the policies and the protocol session. No threads, sockets or clocks of their own."""
+"""The pure controller (layer 3): ControllerCore, the policies, the protocol session and where
+a run stands (progress). No threads, sockets or clocks of their own."""

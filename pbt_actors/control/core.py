@@ -25,9 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialNotFound
-from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
 from pbt_actors.control.policies import (
     Decision,
     Event,
@@ -42,6 +39,9 @@ from pbt_actors.control.policies import (
     make_policy,
 )
 from pbt_actors.control.progress import run_finished
+from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialNotFound
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
 from pbt_actors.model.rng import decision_rng
 from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
 from pbt_actors.transport.messages import (
@@ -64,7 +64,6 @@ from pbt_actors.transport.messages import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RETRIES = 8
-
 
 
 class _Poisoned(Exception):
@@ -282,9 +281,7 @@ class ControllerCore:
                 return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
         elif not self._ran_attempt(trial, msg.attempt, msg.worker):
             return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
-        history = trial.history
-        if current:
-            history = (*history, AttemptRecord(msg.attempt, msg.worker, trial.started_at or now, now))
+        history = self._with_attempt_ended(trial, now) if current else trial.history
         completed = trial.evolve(
             status=TrialStatus.COMPLETED, final=dict(msg.final),
             measurements=tuple(msg.measurements) or trial.measurements,
@@ -316,8 +313,7 @@ class ControllerCore:
         A *loss* (``lost``: the machine's fault) counts against ``max_losses``, a failure of
         the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4.
         """
-        worker = trial.lease.worker if trial.lease else (trial.worker or "?")
-        history = (*trial.history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
+        history = self._with_attempt_ended(trial, now)
         resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
         losses = trial.losses + (1 if lost else 0)
         failures = trial.attempt - losses
@@ -364,10 +360,8 @@ class ControllerCore:
             trial = self.store.get_trial(decision.trial_id)
             if not trial.status.active:
                 return
-            history = trial.history
-            if trial.status is TrialStatus.RUNNING:
-                worker = trial.lease.worker if trial.lease else (trial.worker or "?")
-                history = (*history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
+            running = trial.status is TrialStatus.RUNNING
+            history = self._with_attempt_ended(trial, now) if running else trial.history
             stopped = trial.evolve(status=TrialStatus.STOPPED, lease=None, stop_reason=decision.reason,
                                    ended_at=now, history=history)
             self.store.transition(trial.id, trial.status, trial.attempt, stopped)
@@ -381,6 +375,12 @@ class ControllerCore:
     # --- helpers ----------------------------------------------------------------------------------------
     def _leased_to(self, worker: str) -> list[Trial]:
         return self.store.trials(self.store.running_leased_to(worker))
+
+    @staticmethod
+    def _with_attempt_ended(trial: Trial, now: float) -> tuple[AttemptRecord, ...]:
+        """``trial.history`` with its current attempt, run by the leaseholder, ended ``now``."""
+        worker = trial.lease.worker if trial.lease else (trial.worker or "?")
+        return (*trial.history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
 
     @staticmethod
     def _ran_attempt(trial: Trial, attempt: int, worker: str) -> bool:

@@ -14,6 +14,7 @@ reproduce (an uninitiated initiator may yet spawn a child, so the run is not ove
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pbt_actors.model.records import Trial, TrialStatus
@@ -53,6 +54,17 @@ class Counts(NamedTuple):
     waiting: int
     total: int
 
+    @classmethod
+    def of(cls, store: TrialStore, trials: Iterable[Trial]) -> Counts:
+        """The facts counted over ``trials`` (records the caller has read anyway); ``ended`` is
+        read from ``store``."""
+        active = waiting = total = 0
+        for trial in trials:
+            total += 1
+            active += trial.status.active
+            waiting += trial.status is TrialStatus.COMPLETED and not trial.initiated
+        return cls(run_ended(store), active, waiting, total)
+
 
 class StoreFacts:
     """``RunFacts`` read from a store's O(1) indexes, each only when the rule asks for it."""
@@ -64,7 +76,7 @@ class StoreFacts:
 
     @property
     def ended(self) -> bool:
-        return self._store.get_meta(META_FINISHED_AT) is not None
+        return run_ended(self._store)
 
     @property
     def active(self) -> int:
@@ -78,6 +90,11 @@ class StoreFacts:
     @property
     def total(self) -> int:
         return self._store.count()
+
+
+def run_ended(store: TrialStore) -> bool:
+    """The controller recorded the end of the run in ``store`` (``META_FINISHED_AT``)."""
+    return store.get_meta(META_FINISHED_AT) is not None
 
 
 def finished(facts: RunFacts) -> bool:

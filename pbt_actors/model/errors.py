@@ -45,12 +45,12 @@ ERROR_CODES = (
     "not_leaseholder",  # the sender does not hold the trial's lease (forged worker id)
     "internal",  # the controller failed to handle it; the request may be retried
 )
-"""The machine-readable codes of an ``error`` reply (``transport.messages.Error``; DESIGN §5).
+"""The machine-readable codes of an ``error`` reply (``pbt_actors.transport.messages.Error``; DESIGN §5).
 Defined here, below the transport, because ``ProtocolError`` checks its code against them."""
 
 
 class ProtocolError(SchemaError):
-    """A frame that is not a valid protocol envelope (raised by ``transport.codec.decode``).
+    """A frame that is not a valid protocol envelope (raised by ``pbt_actors.transport.codec.decode``).
 
     ``code`` is one of ``ERROR_CODES`` (the codec uses ``malformed``, ``version`` or
     ``unknown_type``); ``request_id`` is the envelope's id when it could be read. The catcher
@@ -72,7 +72,7 @@ class ProtocolError(SchemaError):
 # --- the network: the peer did not answer; the caller decides to resend later or give up ------
 class RequestTimeout(PbtError):
     """No reply with the request's id arrived after the initial send and ``retries`` resends
-    (``transport.endpoints.WorkerEndpoint.request``). The catcher tries again later (a worker
+    (``pbt_actors.transport.endpoints.WorkerEndpoint.request``). The catcher tries again later (a worker
     with a report), or carries on without the answer (a heartbeat, a ``worker_lost`` notice)."""
 
     def __init__(self, message_type: str, request_id: int, sends: int, waited_s: float) -> None:
@@ -97,6 +97,14 @@ class StoreRetry(StoreError):
     """A write batch was rolled back because the store had to grow (LMDB map full). Nothing
     was written; the caller re-runs the whole batch, which is safe because the controller's
     handling is a deterministic function of the stored state."""
+
+
+class StoreFullRetry(StoreRetry):
+    """The LMDB map filled up inside ``batch()`` (``pbt_actors.storage.lmdb_store``).
+
+    Raised after the batch's transaction was aborted (nothing of it was written) and the map
+    was grown. Re-run the whole batch; the next attempt has twice the room.
+    """
 
 
 class SchemaVersionError(StoreError):

@@ -210,13 +210,6 @@ class Fixed:
 
 
 Param: TypeAlias = Float | Int | Discrete | Categorical | Fixed
-PARAM_TYPES: dict[str, type] = {
-    "float": Float,
-    "int": Int,
-    "discrete": Discrete,
-    "categorical": Categorical,
-    "fixed": Fixed,
-}
 
 
 class SearchSpace(Mapping[str, Param]):

@@ -1,1 +1,2 @@
-"""The actor shell (layer 4): controller and worker actors, host supervisor, restart rules, trial context, checkpoint files, worker processes."""
+"""The actor shell (layer 4): controller and worker actors, host supervisor, restart rules, trial
+context and runner, checkpoint files, worker processes (launch, zygote, experiment files)."""

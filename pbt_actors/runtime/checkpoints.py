@@ -1,10 +1,11 @@
 """Checkpoint files: atomic writes, sha256 on the way in, verification before every load.
 
-Layer 4 helper. A checkpoint is written by a worker with ``common.atomic_files.atomic_write``
-(a temp name in the target folder, fsynced, renamed, the folder fsynced), hashed with sha256
-as it streams into the file; its sha256 and size go into the ``CheckpointRef`` the controller
-stores. A child verifies size and hash *before* parsing, so a
-truncated or tampered file is a clear ``CheckpointError`` rather than a crash deep in torch.
+Layer 4 helper. A checkpoint is written by a worker with
+``pbt_actors.common.atomic_files.atomic_write`` (a temp name in the target folder, fsynced,
+renamed, the folder fsynced), hashed with sha256 as it streams into the file; its sha256 and
+size go into the ``CheckpointRef`` the controller stores. A child verifies size and hash
+*before* parsing, so a truncated or tampered file is a clear ``CheckpointError`` rather than a
+crash deep in torch.
 
 Two payload formats, chosen by content: plain data (dicts, lists, numbers, strings: no
 torch needed, e.g. the toy example) is msgpack; anything holding tensors goes through

@@ -7,11 +7,11 @@ Layer 4. Two threads per worker process, so that training never waits on the net
   one thread) and sends every message: requests, periodic heartbeats (told by a small ticker
   thread), reports.
 
-Running a trial (context, ``train``, what its end means) is ``runtime.trial_runner``, shared
-with the in-process runner. ``ctx.report`` only updates shared state; the latest metrics ride
+Running a trial (context, ``train``, what its end means) is ``pbt_actors.runtime.trial_runner``,
+shared with the in-process runner. ``ctx.report`` only updates shared state; the latest metrics ride
 on the next heartbeat and a ``stop`` reply sets ``ctx.should_stop``.
 
-Retrying is one loop, ``WorkerClient._send``, with the one backoff (``common.backoff``):
+Retrying is one loop, ``WorkerClient._send``, with the one backoff (``pbt_actors.common.backoff``):
 
 1. a round is one ``WorkerEndpoint.request``: the same bytes under one request id, resent
    ``RESENDS_PER_ROUND`` times with the endpoint's doubling wait (ZeroMQ may drop a frame);
@@ -220,8 +220,9 @@ class WorkerClient:
                     if grace_s is None or time.monotonic() - preempted_at > grace_s:
                         return None
                 continue
-            internal = isinstance(reply, Error) and reply.code == "internal"
-            if not internal or refused >= internal_retries or self.preempt.is_set():
+            if not isinstance(reply, Error) or reply.code != "internal":
+                return reply
+            if refused >= internal_retries or self.preempt.is_set():
                 return reply
             log.warning("controller failed to apply %s (%s); sending it again", message.TYPE, reply.message[:200])
             self.preempt.wait(INTERNAL_ERROR_BACKOFF.delay(refused))

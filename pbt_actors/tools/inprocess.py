@@ -56,7 +56,7 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
 def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
                    device: str = "cpu") -> Report | Fail | None:
     """Run one assignment inline and build the message a worker would send (the same
-    ``runtime.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
+    ``pbt_actors.runtime.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
     retryable failure, one that cannot be *read* is not). ``None``: the trial was stopped and
     has nothing to report (no controller asks for that in process, so it does not happen)."""
     return execute(build_context(spec, checkpoint_root, device), train, worker)

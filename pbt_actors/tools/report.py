@@ -41,7 +41,7 @@ from typing import Any
 from pbt_actors.control.progress import Counts, best_completed, finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
+from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage import lineage, schedule
 
 FIGURES: tuple[str, ...] = ("fitness", "schedule", "lineage_tree", "progress", "utilisation")
@@ -152,12 +152,7 @@ def collect(store: TrialStore, now: float | None = None) -> ReportData:
     raw = store.get_meta(META_EXPERIMENT)
     experiment = Experiment.from_dict(raw) if raw is not None else None
     trials = list(store.iter_trials())
-    # the run's finished rule, over the records this report reads anyway
-    over = finished(Counts(
-        ended=store.get_meta(META_FINISHED_AT) is not None,
-        active=sum(1 for t in trials if t.status.active),
-        waiting=sum(1 for t in trials if t.status is TrialStatus.COMPLETED and not t.initiated),
-        total=len(trials)))
+    over = finished(Counts.of(store, trials))  # the run's finished rule, over the records read anyway
     if now is None:
         ends = [t.ended_at for t in trials if t.ended_at is not None]
         now = max(ends, default=time.time()) if over else time.time()

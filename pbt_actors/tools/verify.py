@@ -17,7 +17,7 @@ from pbt_actors.control.progress import finished as run_is_finished
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
 from pbt_actors.runtime.checkpoints import verify_file
 from pbt_actors.storage import indexes
-from pbt_actors.storage.base import META_FINISHED_AT, TrialStore
+from pbt_actors.storage.base import TrialStore
 
 MAX_LISTED = 10  # ids named per index problem; the rest are counted
 
@@ -60,9 +60,7 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
                             f"{counts.get(status, 0)}")
     _check_indexes(store, trials, problems)
     if finished is None:
-        active = counts.get(TrialStatus.PENDING, 0) + counts.get(TrialStatus.RUNNING, 0)
-        ended = store.get_meta(META_FINISHED_AT) is not None
-        is_finished = run_is_finished(Counts(ended=ended, active=active, waiting=0, total=len(trials)))
+        is_finished = run_is_finished(Counts.of(store, trials.values())._replace(waiting=0))
     else:
         is_finished = finished
     initiated_children: Counter[int] = Counter()

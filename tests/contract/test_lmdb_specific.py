@@ -18,7 +18,7 @@ import lmdb
 import pytest
 
 from pbt_actors.model import wire
-from pbt_actors.model.errors import SchemaError, SchemaVersionError, StoreError, StoreRetry
+from pbt_actors.model.errors import SchemaError, SchemaVersionError, StoreError, StoreFullRetry, StoreRetry
 from pbt_actors.model.records import (
     AttemptRecord,
     CheckpointRef,
@@ -31,7 +31,7 @@ from pbt_actors.model.records import (
 )
 from pbt_actors.storage import indexes, schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER
-from pbt_actors.storage.lmdb_store import LmdbTrialStore, StoreFullRetry
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.contract.test_trial_store import (
     complete,
     make_ref,

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from pbt_actors.runtime.launch import load_experiment_file
 from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.runtime.launch import load_experiment_file
 from pbt_actors.runtime.worker import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.transport.messages import TrialAssignment
 from tests.faults.harness import (
     Proc,
     env_with,
@@ -36,7 +37,6 @@ from tests.faults.harness import (
 )
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until
-from pbt_actors.transport.messages import TrialAssignment
 
 ENV = env_with(TOY_STEP_SLEEP_S=0.05, TOY_MAX_STEPS=40, TOY_LEASE_S=60)  # 32 trials of ~0.25 s
 KILL_AFTER_COMPLETED = (5, 17)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import OriginKind, TrialStatus
-from pbt_actors.tools.verify import verify_store
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.tools.verify import verify_store
 from tests.faults.harness import EXPERIMENTS, env_with, start
 
 FLAKY = EXPERIMENTS / "flaky.py"

@@ -22,11 +22,11 @@ import zmq
 
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
+from pbt_actors.transport.messages import REPLY_TYPES, Error
 from tests.faults.harness import env_with, finished, start_controller, start_host, trials, verify_cli
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until
-from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
-from pbt_actors.transport.messages import REPLY_TYPES, Error
 
 TARGET = 10_500
 ATTACKERS = 4

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.runs import REPO, TOY, cli, wait_for_line
 from pbt_actors.model.errors import RequestTimeout
 from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import RequestTrial, TrialAssignment
 from pbt_actors.transport.security import load_keypair, load_public_key
+from tests.support.runs import REPO, TOY, cli, wait_for_line
 
 
 def keys(directory: Path, name: str) -> tuple[Path, Path]:

@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.context import TrialContext
 from pbt_actors.tools.inprocess import run_inprocess
-from pbt_actors.model.records import TrialStatus
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits.py"
 

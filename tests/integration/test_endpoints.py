@@ -20,10 +20,20 @@ import pytest
 import zmq
 
 from pbt_actors.model import wire
-from pbt_actors.transport.codec import decode, encode
 from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.transport.codec import decode, encode
 from pbt_actors.transport.endpoints import ControllerEndpoint, Incoming, WorkerEndpoint
-from pbt_actors.transport.messages import PROTOCOL_VERSION, REPLY_TYPES, Ack, Error, Fail, Hello, Message, RequestTrial, Stop
+from pbt_actors.transport.messages import (
+    PROTOCOL_VERSION,
+    REPLY_TYPES,
+    Ack,
+    Error,
+    Fail,
+    Hello,
+    Message,
+    RequestTrial,
+    Stop,
+)
 from pbt_actors.transport.security import generate_keypair, load_keypair, load_public_key, start_authenticator
 
 pytestmark = pytest.mark.timeout(60)

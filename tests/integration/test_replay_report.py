@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 
-from pbt_actors.runtime.checkpoints import load_checkpoint
-from pbt_actors.control.core import ControllerCore
-from pbt_actors.model.errors import CheckpointError, PbtError, ReplayError
-from pbt_actors.tools.inprocess import run_assignment, run_inprocess
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.tools.lineage import Schedule, lineage, resolve_trial, schedule
 from pbt_actors.cli.lineage import add_lineage_parsers
 from pbt_actors.cli.status import watch_status
+from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.errors import CheckpointError, PbtError, ReplayError
 from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.runtime.checkpoints import load_checkpoint
+from pbt_actors.runtime.launch import load_experiment_file
+from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.tools.inprocess import run_assignment, run_inprocess
+from pbt_actors.tools.lineage import Schedule, lineage, resolve_trial, schedule
 from pbt_actors.tools.replay import replay
 from pbt_actors.tools.report import FIGURES, write_report
-from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.transport.messages import Fail, Heartbeat, RequestTrial, TrialAssignment
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.controller import Controller
 from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.worker import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.support.runs import TOY, assert_complete_lineage, cli, wait_for_line

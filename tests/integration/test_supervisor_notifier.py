@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from pbt_actors.runtime.restart_rules import Backoff, ChildSpec, Intensity, Restart
 from pbt_actors.runtime.host_supervisor import HostSupervisor, _LostNotifier
+from pbt_actors.runtime.restart_rules import Backoff, ChildSpec, Intensity, Restart
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from pbt_actors.runtime.checkpoints import load_checkpoint
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.tools.verify import verify_store
+from pbt_actors.runtime.checkpoints import load_checkpoint
 from pbt_actors.storage.base import TrialStore
+from pbt_actors.tools.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "tests" / "integration" / "experiments" / "toy_lineage.py"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from pbt_actors.common.backoff import Backoff
@@ -14,7 +12,6 @@ pytestmark = pytest.mark.timeout(10)
 def test_the_sequence_doubles_and_is_capped() -> None:
     backoff = Backoff(initial_s=0.2, factor=2.0, max_s=1.0)
     assert [backoff.delay(n) for n in range(6)] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
-    assert list(itertools.islice(backoff.delays(), 6)) == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
 
 
 def test_other_factors_and_negative_counts() -> None:

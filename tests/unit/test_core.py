@@ -12,7 +12,6 @@ from pbt_actors.model.experiment import EarlyStop, Experiment
 from pbt_actors.model.records import OriginKind, TrialStatus
 from pbt_actors.model.space import Categorical, Float
 from pbt_actors.storage.memory import InMemoryTrialStore
-from tests.support.driver import Driver, fake_checkpoint, graph, random_run
 from pbt_actors.transport.messages import (
     Ack,
     Done,
@@ -25,6 +24,7 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from tests.support.driver import Driver, fake_checkpoint, graph, random_run
 
 pytestmark = pytest.mark.timeout(60)
 

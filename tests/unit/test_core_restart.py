@@ -15,8 +15,8 @@ from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.space import Categorical, Discrete, Float
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from tests.support.driver import Driver, graph
 from pbt_actors.transport.messages import Done, TrialAssignment, Wait
+from tests.support.driver import Driver, graph
 
 pytestmark = pytest.mark.timeout(120)
 

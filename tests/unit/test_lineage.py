@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pbt_actors.model.errors import LineageError, ReplayError, TrialNotFound
+from pbt_actors.model.records import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
+from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.tools.export import COLUMNS, export_rows, trial_rows, write_rows
 from pbt_actors.tools.lineage import (
     SCHEDULE_FORMAT,
@@ -20,9 +22,7 @@ from pbt_actors.tools.lineage import (
     resolve_trial,
     schedule,
 )
-from pbt_actors.model.records import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
 from pbt_actors.tools.replay import plan, start_checkpoint
-from pbt_actors.storage.memory import InMemoryTrialStore
 
 SEED = Origin(OriginKind.SEED)
 CHILD = Origin(OriginKind.TOURNAMENT)

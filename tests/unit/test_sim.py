@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 
+from pbt_actors.cli.sim import ALL_WINDOW, add_sim_parser, format_table, main, run_sweep
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.tools.sim import (
     LearningCurve,
@@ -23,7 +24,6 @@ from pbt_actors.tools.sim import (
     make_objective,
     simulate,
 )
-from pbt_actors.cli.sim import ALL_WINDOW, add_sim_parser, format_table, main, run_sweep
 from pbt_actors.tools.sim.objectives import nqm_steps
 from pbt_actors.tools.verify import verify_store
 from tests.support.driver import graph
@@ -249,8 +249,8 @@ def test_the_subcommand_names_match_the_registries_and_registering_it_stays_ligh
     import subprocess
     import sys
 
-    from pbt_actors.model.experiment import POLICY_NAMES
     from pbt_actors.cli.sim import OBJECTIVE_NAMES, POLICIES
+    from pbt_actors.model.experiment import POLICY_NAMES
     from pbt_actors.tools.sim.objectives import OBJECTIVES
 
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES and POLICY_NAMES == POLICIES

@@ -1,5 +1,5 @@
 """One trial-execution path: what the end of ``train(ctx)`` means, the same for the worker and
-the in-process runner (``runtime.trial_runner``)."""
+the in-process runner (``pbt_actors.runtime.trial_runner``)."""
 
 from __future__ import annotations
 

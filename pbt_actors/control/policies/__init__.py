@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from pbt_actors.model.experiment import Experiment
 from pbt_actors.control.policies.base import (
     Decision,
     Event,
@@ -23,6 +22,7 @@ from pbt_actors.control.policies.early_stop import early_stop_decision
 from pbt_actors.control.policies.initiator import InitiatorPolicy
 from pbt_actors.control.policies.random_search import RandomPolicy
 from pbt_actors.control.policies.truncation import TruncationPolicy
+from pbt_actors.model.experiment import Experiment
 
 POLICIES: dict[str, type[Policy]] = {
     "initiator": InitiatorPolicy,

@@ -51,6 +51,8 @@ class StopTrial:
 
 
 Decision: TypeAlias = Spawn | Retire | StopTrial
+Reproduce: TypeAlias = Callable[..., Decision]
+"""A policy's reproduction: ``(view, initiator, rngs, *, exclude_parent, replaces) -> Decision``."""
 
 
 # --- events ----------------------------------------------------------------------------------------
@@ -192,6 +194,30 @@ class Policy(ABC):
             return None
         end = min(start + self.experiment.steps_per_trial, self.experiment.max_steps)
         return TrialSpec(generation, hparams, start, end, origin, parent.id, crossover_id)
+
+    def child_or_retire(self, initiator: Trial, parent: Trial, hparams: dict[str, object], origin: Origin,
+                        crossover_id: int | None = None) -> Decision:
+        """``initiator``'s child continuing ``parent``'s weights, or its lineage's end at
+        ``max_steps``. A stand-in for a lost child (``origin.replaces``) does not mark the
+        initiator as having reproduced: it already has."""
+        spec = self.child_spec(parent, hparams, initiator.generation + 1, origin, crossover_id)
+        if spec is None:
+            return Retire(initiator.id, f"lineage reached max_steps ({self.experiment.max_steps})")
+        return Spawn(spec, initiator_id=None if origin.replaces is not None else initiator.id)
+
+    @staticmethod
+    def reproduction_rng(rngs: RngFactory, initiator: Trial, replaces: int | None) -> np.random.Generator:
+        """The generator of one reproduction of ``initiator``, or of a stand-in for ``replaces``."""
+        return rngs(replaces, "replace") if replaces is not None else rngs(initiator.id, "reproduce")
+
+    def replace_by(self, reproduce: Reproduce, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
+        """A stand-in for ``trial``: its initiator reproduces again without ``trial``'s parent as
+        a parent (a generation-0 trial is reseeded); None when that reproduction retires."""
+        if trial.origin.initiator is None:
+            return self.reseed(trial, rngs)
+        decision = reproduce(view, view.trial(trial.origin.initiator), rngs,
+                             exclude_parent=trial.parent_id, replaces=trial.id)
+        return decision if isinstance(decision, Spawn) else None
 
     def replacement_depth(self, view: PopulationView, trial: Trial) -> int:
         """How many replacements deep ``trial`` is (a replacement of a replacement is 2)."""

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pbt_actors.control.policies.base import PopulationView, StopTrial
 from pbt_actors.model.experiment import EarlyStop
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import Trial
-from pbt_actors.control.policies.base import PopulationView, StopTrial
 
 
 def early_stop_decision(view: PopulationView, rule: EarlyStop | None, trial: Trial, step: int,

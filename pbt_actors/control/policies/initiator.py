@@ -11,8 +11,8 @@ few workers emulate a large population; meanwhile workers run the other pending 
 
 from __future__ import annotations
 
-from pbt_actors.model.records import Origin, OriginKind, Trial
 from pbt_actors.control.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
+from pbt_actors.model.records import Origin, OriginKind, Trial
 
 
 class InitiatorPolicy(Policy):
@@ -58,8 +58,7 @@ class InitiatorPolicy(Policy):
         ``exclude_parent`` removes a trial from the candidates *as a parent* (its checkpoint
         or hyperparameters just produced a FAILED/STOPPED child).
         """
-        rng = rngs(replaces if replaces is not None else initiator.id,
-                   "replace" if replaces is not None else "reproduce")
+        rng = self.reproduction_rng(rngs, initiator, replaces)
         candidates = [i for i in self.window_ids(view, initiator.generation) if i not in (initiator.id, exclude_parent)]
         opponent = view.trial(candidates[int(rng.integers(len(candidates)))]) if candidates else None
         initiator_usable = initiator.id != exclude_parent
@@ -80,15 +79,8 @@ class InitiatorPolicy(Policy):
         kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TOURNAMENT
         origin = Origin(kind, initiator=initiator.id, opponent=opponent.id if opponent else None,
                         winner=winner.id, replaces=replaces)
-        spec = self.child_spec(winner, hparams, initiator.generation + 1, origin, crossover_id)
-        if spec is None:
-            return Retire(initiator.id, f"lineage reached max_steps ({self.experiment.max_steps})")
-        return Spawn(spec, initiator_id=None if replaces is not None else initiator.id)
+        return self.child_or_retire(initiator, winner, hparams, origin, crossover_id)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
         """Re-run the initiator's tournament without the failed parent."""
-        if trial.origin.initiator is None:
-            return self.reseed(trial, rngs)
-        decision = self.reproduce(view, view.trial(trial.origin.initiator), rngs,
-                                  exclude_parent=trial.parent_id, replaces=trial.id)
-        return decision if isinstance(decision, Spawn) else None
+        return self.replace_by(self.reproduce, view, trial, rngs)

@@ -6,8 +6,8 @@ comparison against it measures exactly what exploit/explore adds at equal comput
 
 from __future__ import annotations
 
+from pbt_actors.control.policies.base import Decision, Policy, PopulationView, RngFactory, Spawn
 from pbt_actors.model.records import Origin, OriginKind, Trial
-from pbt_actors.control.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 
 
 class RandomPolicy(Policy):
@@ -18,10 +18,7 @@ class RandomPolicy(Policy):
 
     def continue_(self, trial: Trial) -> Decision:
         origin = Origin(OriginKind.CONTINUE, initiator=trial.id, winner=trial.id)
-        spec = self.child_spec(trial, dict(trial.hparams), trial.generation + 1, origin)
-        if spec is None:
-            return Retire(trial.id, f"lineage reached max_steps ({self.experiment.max_steps})")
-        return Spawn(spec, initiator_id=trial.id)
+        return self.child_or_retire(trial, trial, dict(trial.hparams), origin)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
         if trial.parent_id is None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from pbt_actors.model.records import Origin, OriginKind, Trial, TrialStatus
 from pbt_actors.control.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
+from pbt_actors.model.records import Origin, OriginKind, Trial, TrialStatus
 
 
 class TruncationPolicy(Policy):
@@ -35,8 +35,7 @@ class TruncationPolicy(Policy):
 
     def step(self, view: PopulationView, trial: Trial, rngs: RngFactory,
              exclude_parent: int | None = None, replaces: int | None = None) -> Decision:
-        rng = rngs(replaces if replaces is not None else trial.id,
-                   "replace" if replaces is not None else "reproduce")
+        rng = self.reproduction_rng(rngs, trial, replaces)
         ranked = [t for t in self.ranked(view, trial) if t.id != exclude_parent]
         cut = math.ceil(self.experiment.truncation_quantile * len(ranked)) if len(ranked) >= 2 else 0
         top, bottom = ranked[:cut], ranked[len(ranked) - cut:] if cut else []
@@ -53,14 +52,8 @@ class TruncationPolicy(Policy):
             kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.CONTINUE
             origin = Origin(kind, initiator=trial.id, winner=trial.id, replaces=replaces)
             hparams, parent = dict(trial.hparams), trial
-        spec = self.child_spec(parent, hparams, trial.generation + 1, origin)
-        if spec is None:
-            return Retire(trial.id, f"lineage reached max_steps ({self.experiment.max_steps})")
-        return Spawn(spec, initiator_id=None if replaces is not None else trial.id)
+        return self.child_or_retire(trial, parent, hparams, origin)
 
     def replace(self, view: PopulationView, trial: Trial, rngs: RngFactory) -> Spawn | None:
-        if trial.origin.initiator is None:
-            return self.reseed(trial, rngs)
-        decision = self.step(view, view.trial(trial.origin.initiator), rngs,
-                             exclude_parent=trial.parent_id, replaces=trial.id)
-        return decision if isinstance(decision, Spawn) else None
+        """Re-run the initiator's step without the failed parent."""
+        return self.replace_by(self.step, view, trial, rngs)
