@@ -38,6 +38,9 @@ META_EXPERIMENT = "experiment"
 """The experiment definition (``Experiment.to_dict()``), written by the controller at creation."""
 META_FINISHED_AT = "finished_at"
 """Controller clock time at which the controller declared the run over (absent while it runs)."""
+META_RUN_ID = "run_id"
+"""The run id (a uuid4 hex), fixed when the store is first opened by a controller: workers name
+it in every message, so a worker of another run (store) is refused (DESIGN §10, run identity)."""
 
 
 class TrialStore(ABC):

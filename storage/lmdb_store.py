@@ -29,8 +29,10 @@ Map growth
     gate makes resizes wait for running short reads and holds new reads back meanwhile.
 
 Concurrency
-    One writer: the controller. ``readonly=True`` opens the environment read-only with
-    locking, so a CLI in another process reads committed snapshots while the writer works.
+    One writer: the controller, enforced across processes and hosts sharing the folder by an
+    exclusive ``flock`` on ``writer.lock`` (``StoreLocked`` names the holder). ``readonly=True``
+    opens the environment read-only with locking (and never takes that lock), so a CLI in
+    another process reads committed snapshots while the writer works.
     Within one process other threads may read concurrently; they never use the batch's
     transaction (LMDB write transactions are bound to their thread). Never carry an open
     store across ``fork``; LMDB also refuses to open the same folder twice in one process.
@@ -38,7 +40,10 @@ Concurrency
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -49,7 +54,7 @@ from typing import Any, Final, TypeVar
 
 import lmdb
 
-from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFullRetry
+from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFullRetry, StoreLocked
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
@@ -67,6 +72,8 @@ MAX_RESIZE_RETRIES: Final = 16
 ITER_CHUNK: Final = 256
 # Decoded records kept by id (see ``_get_trial``): about the active population and then some.
 DECODE_CACHE: Final = 4096
+# The writer's lock file in the store folder (see ``_take_writer_lock``).
+WRITER_LOCK: Final = "writer.lock"
 
 
 @dataclass
@@ -124,11 +131,13 @@ class LmdbTrialStore(TrialStore):
         self._txn_wrote = False
         self._dirty_counts: set[TrialStatus] = set()
         """Statuses whose counter the current write txn changed, written at its end."""
+        self._lock_fd: int | None = None
         self._env = self._open_env(map_size)
         try:
             self._dbs = self._open_dbs()
         except BaseException:
             self._env.close()
+            self._release_writer_lock()
             self._closed = True
             raise
         self._meta = self._dbs[schema.DB_META]
@@ -159,6 +168,7 @@ class LmdbTrialStore(TrialStore):
             if not os.access(path, os.W_OK | os.X_OK):
                 raise StoreError(f"the store folder {path} is not writable; fix its permissions "
                                  f"or choose another location")
+            self._take_writer_lock()
         try:
             return lmdb.open(
                 # A reader maps what the writer has (0: the size recorded in the file) and
@@ -168,8 +178,49 @@ class LmdbTrialStore(TrialStore):
                 max_dbs=schema.MAX_DBS, sync=False, metasync=False,
             )
         except lmdb.Error as exc:
+            self._release_writer_lock()
             raise StoreError(f"cannot open the store at {path}: {exc} (is it open elsewhere in "
                              f"this process, or not an LMDB store?)") from exc
+
+    def _take_writer_lock(self) -> None:
+        """One writer per store (DESIGN §10): an exclusive ``flock`` on ``WRITER_LOCK`` in the
+        folder, held until ``close`` (or the process dies: the kernel drops it), with this
+        process's pid and host written in it for the next one's error message. Readers never
+        take it.
+
+        Raises:
+            StoreLocked: another open writer (this process or another) holds it.
+        """
+        lock_path = self._path / WRITER_LOCK
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's lock file {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except (OSError, ValueError):
+                holder = {}
+            os.close(fd)
+            if not isinstance(holder, dict):
+                holder = {}
+            raise StoreLocked(f"store {self._path} is in use by pid {holder.get('pid', '?')} on host "
+                              f"{holder.get('host', '?')} (one controller per store: stop that one, or "
+                              f"choose another --store)") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        except OSError:
+            pass  # the lock holds without its note (a full disk): the message says "pid ?"
+        self._lock_fd = fd
+
+    def _release_writer_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)  # drops the flock
 
     def _open_dbs(self) -> dict[bytes, Any]:
         """Open the named databases and check (or, for a new store, write) the schema version."""
@@ -489,6 +540,7 @@ class LmdbTrialStore(TrialStore):
             self._abort(batch.txn)
         self._closed = True
         self._env.close()
+        self._release_writer_lock()
 
     # --- small txn-level helpers --------------------------------------------------------------
     @staticmethod

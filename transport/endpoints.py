@@ -47,6 +47,11 @@ RECONNECT_IVL_MAX_MS = 5_000
 MAX_BACKOFF_S = 30.0
 """Resend waits double from ``timeout_s`` up to this (or ``timeout_s`` if larger)."""
 MAX_IDENTITY_BYTES = 255
+REOPEN_EVERY = 2
+"""A worker replaces its connection after every this many unanswered resends (``_reopen``)."""
+TCP_KEEPALIVE_IDLE_S = 30
+"""A silent connection is probed after this long (then 3 probes 5 s apart): a vanished host's
+connections close, and its workers' routing ids are free for their restart."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,11 @@ class ControllerEndpoint(_Owned):
     ``tcp://HOST:PORT`` (port ``0`` or ``*`` picks a free one), ``ipc://PATH`` or
     ``inproc://NAME``; ``endpoint`` is the address actually bound.
 
-    Socket options: ``ROUTER_HANDOVER=1`` (a restarted worker with the same routing id takes
-    its id over instead of being refused), ``LINGER=0``, ``MAXMSGSIZE=max_message_bytes``
+    Socket options: ``ROUTER_HANDOVER=0``: a routing id belongs to the connection that came
+    with it until that connection closes; ZeroMQ ignores a second connection with a live id,
+    so nobody can take a live worker's id (and its trials) over; a restarted worker gets in
+    once its dead predecessor's connection has closed (the kernel closes it at process exit;
+    TCP keepalive finds connections of vanished hosts). ``LINGER=0``, ``MAXMSGSIZE=max_message_bytes``
     (larger frames are dropped by ZeroMQ and their sender disconnected; not applied on
     inproc, where the codec's own size check still rejects them), high-water marks of
     ``ROUTER_HWM``. With ``curve_secret_key`` the socket is a CURVE server; authorising client
@@ -136,7 +144,11 @@ class ControllerEndpoint(_Owned):
         sock = self._context.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
             sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
@@ -196,8 +208,9 @@ class WorkerEndpoint(_Owned):
     """A worker's DEALER, connected to the controller, for one request at a time.
 
     Construct it in the thread that will use it (see the module docstring). ``identity`` is
-    the worker id; it becomes the socket's ``ROUTING_ID``, so a restarted worker with the same
-    id takes its place at the controller (``ROUTER_HANDOVER``).
+    the worker id; it becomes the socket's ``ROUTING_ID``. The controller's ROUTER ignores a
+    second connection with an id that is connected already (``ROUTER_HANDOVER=0``): a restarted
+    worker takes its place once the old connection has closed.
 
     Socket options: ``LINGER=0``; ``IMMEDIATE=1`` so that nothing is queued while no
     connection is up (a send then waits for the connection instead of piling duplicate
@@ -228,14 +241,23 @@ class WorkerEndpoint(_Owned):
         self._ids = itertools.count(secrets.randbits(48))
         self._errors = RateLimitedLog(log)
         self._context = context if context is not None else zmq.Context.instance()
+        self._raw_id = raw_id
+        self._curve = (curve_server_key, curve_keypair)
+        self.reopened = 0
+        """How often the socket was replaced by a fresh connection (see ``request``)."""
+        self._socket = self._open()
+
+    def _open(self) -> zmq.Socket:
+        curve_server_key, curve_keypair = self._curve
+        connect = self.connect_to
         sock = self._context.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, raw_id)
+            sock.setsockopt(zmq.ROUTING_ID, self._raw_id)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
             sock.setsockopt(zmq.SNDHWM, DEALER_HWM)
             sock.setsockopt(zmq.RCVHWM, DEALER_HWM)
             self.curve = curve_server_key is not None
@@ -248,7 +270,16 @@ class WorkerEndpoint(_Owned):
         except BaseException:
             sock.close(linger=0)
             raise
-        self._socket = sock
+        return sock
+
+    def _reopen(self) -> None:
+        """A fresh socket, hence a fresh connection: the controller ignores a connection whose
+        routing id it still sees connected (``ROUTER_HANDOVER=0``), e.g. when this worker was
+        restarted before its predecessor's connection was noticed closed. Every
+        ``REOPEN_EVERY`` unanswered resends the worker tries a new connection."""
+        self._socket.close(linger=0)
+        self._socket = self._open()
+        self.reopened += 1
 
     def request(self, message: Message, *, timeout_s: float = 5.0, retries: int | None = None) -> Message:
         """Send ``message`` and return the reply that carries its request id.
@@ -282,6 +313,8 @@ class WorkerEndpoint(_Owned):
                 if retries is not None and resends >= retries:
                     raise RequestTimeout(message.TYPE, request_id, sends, now - started)
                 resends += 1
+                if resends % REOPEN_EVERY == 0:
+                    self._reopen()
                 wait = waits.delay(resends)
                 deadline = now + wait
                 unsent = True

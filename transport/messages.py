@@ -11,6 +11,7 @@ with a precise reason. The codec (``transport/codec.py``) wraps bodies in the en
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
@@ -30,10 +31,33 @@ from pbt_actors.model.fields import (
 )
 from pbt_actors.model.records import CheckpointRef, Measurement
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_WORKER_ID_LEN = 256
 MAX_ERROR_TEXT = 64 * 1024
 MAX_MEASUREMENTS = 100_000
+MAX_RUN_ID_LEN = 64
+MAX_HOST_WORKERS = 4096
+MAX_NAME_LEN = 200
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f/\\\x7f]")
+
+
+def _run_id(value: Any) -> str:
+    """A run id (``""``: not known yet): at most ``MAX_RUN_ID_LEN`` characters."""
+    text = str_from(value if value is not None else "", "run")
+    if len(text) > MAX_RUN_ID_LEN:
+        raise SchemaError(f"run id must be at most {MAX_RUN_ID_LEN} characters")
+    return text
+
+
+def safe_name(value: Any, what: str = "experiment") -> str:
+    """A name used as one path component (the experiment's, under the checkpoint root):
+    no ``/``, ``\\``, control characters, ``.``/``..``, at most ``MAX_NAME_LEN`` characters.
+    ``""`` is allowed (the worker then uses a default)."""
+    text = str_from(value, what)
+    if len(text) > MAX_NAME_LEN or _UNSAFE_NAME.search(text) or text in (".", "..") or text.startswith("."):
+        raise SchemaError(f"{what} name {text[:64]!r} is not a safe file name "
+                          "(no /, \\, control characters, no leading dot)")
+    return text
 
 
 def _worker_id(value: Any) -> str:
@@ -60,14 +84,23 @@ class Hello:
     host: str = ""
     pid: int = 0
     device: str = ""
+    run: str = ""
+    """The run id the sender expects; ``""`` on first contact (it learns it from the ``ack``)."""
+    workers: tuple[str, ...] = ()
+    """Only from a host supervisor: the worker ids of its host, which it alone may say are lost."""
 
     def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "host": self.host, "pid": self.pid, "device": self.device}
+        return {"worker": self.worker, "host": self.host, "pid": self.pid, "device": self.device,
+                "run": self.run, "workers": list(self.workers)}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Hello:
-        return cls(_worker_id(b.get("worker")), str_from(b.get("host", ""), "host"),
-                   int_from(b.get("pid", 0), "pid"), str_from(b.get("device", ""), "device"))
+        raw = b.get("workers", [])
+        if not isinstance(raw, list) or len(raw) > MAX_HOST_WORKERS:
+            raise SchemaError(f"workers must be a list of at most {MAX_HOST_WORKERS} worker ids")
+        return cls(_worker_id(b.get("worker")), str_from(b.get("host", ""), "host")[:MAX_WORKER_ID_LEN],
+                   int_from(b.get("pid", 0), "pid"), str_from(b.get("device", ""), "device")[:MAX_WORKER_ID_LEN],
+                   _run_id(b.get("run", "")), tuple(_worker_id(w) for w in raw))
 
 
 @dataclass(frozen=True)
@@ -76,13 +109,14 @@ class RequestTrial:
 
     TYPE: ClassVar[str] = "request_trial"
     worker: str
+    run: str = ""
 
     def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker}
+        return {"worker": self.worker, "run": self.run}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> RequestTrial:
-        return cls(_worker_id(b.get("worker")))
+        return cls(_worker_id(b.get("worker")), _run_id(b.get("run", "")))
 
 
 @dataclass(frozen=True)
@@ -95,17 +129,19 @@ class Heartbeat:
     attempt: int
     step: int
     metrics: Mapping[str, float] | None = None
+    run: str = ""
 
     def to_body(self) -> dict[str, Any]:
         return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
-                "step": self.step, "metrics": dict(self.metrics) if self.metrics is not None else None}
+                "step": self.step, "metrics": dict(self.metrics) if self.metrics is not None else None,
+                "run": self.run}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
         metrics = b.get("metrics")
         return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
                    _positive(b.get("attempt"), "attempt"), int_from(b.get("step"), "step"),
-                   metrics_from(metrics, "metrics") if metrics is not None else None)
+                   metrics_from(metrics, "metrics") if metrics is not None else None, _run_id(b.get("run", "")))
 
 
 @dataclass(frozen=True)
@@ -126,11 +162,13 @@ class Report:
     measurements: tuple[Measurement, ...] = ()
     checkpoint: CheckpointRef | None = None
     next: bool = False
+    run: str = ""
 
     def to_body(self) -> dict[str, Any]:
         return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
                 "final": dict(self.final), "measurements": [m.to_dict() for m in self.measurements],
-                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "next": self.next}
+                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "next": self.next,
+                "run": self.run}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Report:
@@ -142,7 +180,7 @@ class Report:
                    _positive(b.get("attempt"), "attempt"), metrics_from(b.get("final"), "final"),
                    tuple(Measurement.from_dict(m) for m in raw),
                    CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   bool_from(b.get("next", False), "next"))
+                   bool_from(b.get("next", False), "next"), _run_id(b.get("run", "")))
 
 
 @dataclass(frozen=True)
@@ -160,11 +198,13 @@ class Fail:
     resume: CheckpointRef | None = None
     preempted: bool = False
     """The worker was told to go (SIGTERM): a loss, not a failure of the trial."""
+    run: str = ""
 
     def to_body(self) -> dict[str, Any]:
         return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
                 "error": self.error, "retryable": self.retryable,
-                "resume": self.resume.to_dict() if self.resume else None, "preempted": self.preempted}
+                "resume": self.resume.to_dict() if self.resume else None, "preempted": self.preempted,
+                "run": self.run}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Fail:
@@ -173,7 +213,7 @@ class Fail:
                    _positive(b.get("attempt"), "attempt"), str_from(b.get("error"), "error")[:MAX_ERROR_TEXT],
                    bool_from(b.get("retryable", True), "retryable"),
                    CheckpointRef.from_dict(resume) if resume is not None else None,
-                   bool_from(b.get("preempted", False), "preempted"))
+                   bool_from(b.get("preempted", False), "preempted"), _run_id(b.get("run", "")))
 
 
 @dataclass(frozen=True)
@@ -183,13 +223,15 @@ class WorkerLost:
     TYPE: ClassVar[str] = "worker_lost"
     worker: str
     reason: str = ""
+    run: str = ""
 
     def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "reason": self.reason}
+        return {"worker": self.worker, "reason": self.reason, "run": self.run}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> WorkerLost:
-        return cls(_worker_id(b.get("worker")), str_from(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT])
+        return cls(_worker_id(b.get("worker")), str_from(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT],
+                   _run_id(b.get("run", "")))
 
 
 # --- controller → worker --------------------------------------------------------------------------
@@ -225,7 +267,7 @@ class TrialAssignment:
                    int_from(b.get("start_step"), "start_step"), int_from(b.get("end_step"), "end_step"),
                    opt_int_from(b.get("parent_id"), "parent_id"),
                    CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   float_from(b.get("heartbeat_s"), "heartbeat_s"), str_from(b.get("experiment"), "experiment"))
+                   float_from(b.get("heartbeat_s"), "heartbeat_s"), safe_name(b.get("experiment"), "experiment"))
 
 
 @dataclass(frozen=True)
@@ -248,13 +290,15 @@ class Ack:
     """The request was applied (and is durable: acks are sent after the store commits)."""
 
     TYPE: ClassVar[str] = "ack"
+    run: str = ""
+    """In the answer to ``hello``: this controller's run id (the worker sends it from then on)."""
 
     def to_body(self) -> dict[str, Any]:
-        return {}
+        return {"run": self.run} if self.run else {}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Ack:
-        return cls()
+        return cls(_run_id(b.get("run", "")))
 
 
 @dataclass(frozen=True)

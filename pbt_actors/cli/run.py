@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.cli import arguments
 from pbt_actors.cli.live import LiveProgress
-from pbt_actors.cli.security import controller_security, worker_security
+from pbt_actors.cli.security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.summary import fmt_map, print_summary, read_summary
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,11 @@ def trial_estimate(experiment: Any) -> int | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.controller import Controller
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
-    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
+    from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
 
+    check_open_bind(args.bind, args.insecure, "`run` has no CURVE: keep --bind on 127.0.0.1, or run "
+                    "`pbt-actors controller` with --curve-secret/--authorized-keys and `pbt-actors worker` per host")
+    device_slots(args.devices, args.workers)  # a GPU that is not there: refused before anything starts
     experiment, _ = load_experiment_file(args.experiment)
     if args.seed is not None:
         from dataclasses import replace
@@ -70,14 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({**previous, "store": str(store_dir), "resumed": False, "already_finished": True}))
         else:
-            print(f"the store {store_dir} holds a finished run of {experiment.name!r}; nothing to do "
+            held = previous.get("experiment", "?")  # the stored run's name, not the file's
+            other = "" if held == experiment.name else f" (not of {experiment.name!r}, the file given)"
+            print(f"the store {store_dir} holds a finished run of {held!r}{other}; nothing to do "
                   f"(use --store to start another)")
             print_summary(previous, str(store_dir))
         return 0
     started = time.monotonic()
     zygote = _start_zygote(args)  # before Controller.start: the first thread of this process
     try:
-        handle = Controller.start(experiment, store_dir, args.bind)
+        handle = _start_controller(Controller, experiment, store_dir, args.bind)
     except BaseException:
         _close_zygote(zygote)
         raise
@@ -136,6 +142,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.get("finished") else 1
 
 
+def _start_controller(controller: Any, experiment: Any, store_dir: Path, bind: str, **options: Any) -> Any:
+    """``Controller.start``, with an address that cannot be bound as a ``ConfigError``."""
+    import zmq
+
+    from pbt_actors.model.errors import ConfigError
+
+    try:
+        return controller.start(experiment, store_dir, bind, **options)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind {bind}: {exc.strerror} (is it an address of this machine, and the port "
+                          f"free?)") from None
+
+
 def _start_zygote(args: argparse.Namespace) -> Any:
     """A ``Zygote`` to fork workers from, or None (``--no-zygote``, or it refused: one warning)."""
     if getattr(args, "no_zygote", False):
@@ -163,7 +182,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     store_dir = Path(args.store).resolve()
     options, authenticator = controller_security(args)
     try:
-        handle = Controller.start(experiment, store_dir, args.bind, endpoint_options=options)
+        handle = _start_controller(Controller, experiment, store_dir, args.bind, endpoint_options=options)
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -192,8 +211,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
-    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
+    from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
 
+    device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)
     zygote = _start_zygote(args)  # before the supervisor starts threads
@@ -230,13 +250,15 @@ def add_parsers(sub: Any) -> None:
     """Register ``run``, ``controller``, ``worker`` and the internal ``worker-process``."""
     run = sub.add_parser("run", help="controller + local workers on this host (the embedded default)")
     run.add_argument("experiment")
-    run.add_argument("--workers", type=int, default=None, help="worker processes (default: one per GPU, or CPUs)")
-    run.add_argument("--devices", default="all", help="all | cpu | 0,1,...")
+    run.add_argument("--workers", type=arguments.positive_int, default=None,
+                     help="worker processes (default: one per GPU, or CPUs)")
+    run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
     run.add_argument("--store", default=None, help="store folder (default ./pbt-runs/<experiment>)")
     run.add_argument("--checkpoint-root", default=None, help="checkpoint folder (default <store>/checkpoints)")
-    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--seed", type=arguments.seed, default=None, help="0 to 2**64-1")
     run.add_argument("--policy", choices=["initiator", "truncation", "random"], default=None)
-    run.add_argument("--bind", default="tcp://127.0.0.1:0")
+    run.add_argument("--bind", type=arguments.bind_endpoint, default="tcp://127.0.0.1:0")
+    run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",
@@ -247,7 +269,7 @@ def add_parsers(sub: Any) -> None:
     ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
     ctl.add_argument("experiment")
     ctl.add_argument("--store", required=True)
-    ctl.add_argument("--bind", required=True, help="e.g. tcp://0.0.0.0:5555")
+    ctl.add_argument("--bind", type=arguments.bind_endpoint, required=True, help="e.g. tcp://0.0.0.0:5555")
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
     ctl.add_argument("--json", action="store_true")
@@ -258,9 +280,9 @@ def add_parsers(sub: Any) -> None:
 
     wrk = sub.add_parser("worker", help="this host's workers, connecting to a controller")
     wrk.add_argument("experiment")
-    wrk.add_argument("--connect", required=True)
-    wrk.add_argument("--devices", default="all")
-    wrk.add_argument("--workers", type=int, default=None)
+    wrk.add_argument("--connect", type=arguments.connect_endpoint, required=True, help="tcp://HOST:PORT")
+    wrk.add_argument("--devices", type=arguments.devices, default="all")
+    wrk.add_argument("--workers", type=arguments.positive_int, default=None)
     wrk.add_argument("--checkpoint-root", required=True, help="shared folder all hosts see")
     wrk.add_argument("--host-id", default=None, help="prefix of worker ids (default: hostname)")
     wrk.add_argument("--curve-server-key", default=None, help="the controller's public key file (CURVE)")

@@ -23,6 +23,21 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def check_open_bind(bind: str, insecure: bool, remedy: str) -> None:
+    """The one rule for every command that binds a controller without CURVE: a non-loopback
+    address is refused unless ``insecure``, and then it warns.
+
+    Raises:
+        ConfigError: ``bind`` is reachable from the network and ``insecure`` is not set.
+    """
+    if is_loopback(bind):
+        return
+    if not insecure:
+        raise ConfigError(f"refusing to bind {bind} without encryption: {remedy}, or --insecure")
+    print(f"WARNING: {bind} is reachable from the network and NOT encrypted or authenticated (--insecure)",
+          file=sys.stderr)
+
+
 def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Endpoint options and a started authenticator (or None) for ``--curve-secret``/
     ``--authorized-keys``; refuses a non-loopback bind without them unless ``--insecure``."""
@@ -30,12 +45,8 @@ def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if bool(secret) != bool(keys):
         raise ConfigError("CURVE needs both --curve-secret (the controller's key) and --authorized-keys (a folder)")
     if not secret:
-        if not is_loopback(args.bind):
-            if not getattr(args, "insecure", False):
-                raise ConfigError(f"refusing to bind {args.bind} without encryption: give --curve-secret and "
-                                  f"--authorized-keys (see `pbt-actors keys generate`), or --insecure")
-            print(f"WARNING: {args.bind} is reachable from the network and NOT encrypted or authenticated "
-                  f"(--insecure)", file=sys.stderr)
+        check_open_bind(args.bind, getattr(args, "insecure", False),
+                        "give --curve-secret and --authorized-keys (see `pbt-actors keys generate`)")
         return {}, None
     import zmq
 
@@ -62,7 +73,11 @@ def worker_security(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
 def cmd_keys(args: argparse.Namespace) -> int:
     from pbt_actors.transport.security import generate_keypair
 
-    public, secret = generate_keypair(args.dir, args.name)
+    try:
+        public, secret = generate_keypair(args.dir, args.name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write keys into {args.dir}: {exc.strerror or exc}"
+                          f"{f' ({exc.filename})' if exc.filename else ''}") from None
     print(f"public key  {public}   (give it to the other side: controller → workers' --curve-server-key;\n"
           f"                       worker → the controller's --authorized-keys folder)")
     print(f"secret key  {secret}   (keep it on this host: --curve-secret)")

@@ -23,8 +23,20 @@ Protocol semantics it implements (DESIGN §5):
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 
+from pbt_actors.control.deadlines import (
+    AUTO,
+    AUTO_SAMPLE,
+    TIMEOUT_ERROR,
+    completed_durations,
+    death_is_failure,
+    effective_timeout,
+    is_timeout_error,
+    timed_out,
+    timeout_error,
+)
 from pbt_actors.control.policies import (
     Decision,
     Event,
@@ -43,7 +55,7 @@ from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialN
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
 from pbt_actors.model.rng import decision_rng
-from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
+from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, META_RUN_ID, TrialStore
 from pbt_actors.transport.messages import (
     Ack,
     Done,
@@ -82,9 +94,12 @@ class ControllerCore:
                  now: float = 0.0, wait_s: float = 1.0) -> None:
         self.store = store
         self.experiment = self._reconcile(store, experiment)
+        self.run_id = self._run_id(store)
+        """This store's run id: sent in the ``ack`` to ``hello``; workers of another are refused."""
         self.policy = make_policy(self.experiment)
         self.view = PopulationView(store, self.experiment)
         self.wait_s = wait_s
+        self._timeout_cache: tuple[int, float | None] | None = None
         if store.count() == 0:
             with store.batch():
                 for spawn in self.policy.initial(self._rngs):
@@ -97,6 +112,11 @@ class ControllerCore:
         if stored is None:
             if experiment is None:
                 raise ConfigError("the store holds no experiment and none was given")
+            for index, hparams in enumerate(experiment.initial):  # all of it checked before the store is touched
+                try:
+                    experiment.space_.complete(hparams, decision_rng(experiment.seed, index, "check-initial"))
+                except ConfigError as exc:
+                    raise ConfigError(f"experiment {experiment.name!r}: initial[{index}]: {exc}") from exc
             store.put_meta(META_EXPERIMENT, experiment.to_dict())
             return experiment
         on_disk = Experiment.from_dict(stored)
@@ -112,6 +132,16 @@ class ControllerCore:
         if experiment.to_dict() != stored:  # lease, max_trials, ... may change on resume
             store.put_meta(META_EXPERIMENT, experiment.to_dict())
         return experiment
+
+    @staticmethod
+    def _run_id(store: TrialStore) -> str:
+        """The store's run id, made (uuid4 hex) and stored the first time a controller opens it."""
+        stored = store.get_meta(META_RUN_ID)
+        if isinstance(stored, str) and stored:
+            return stored
+        run_id = uuid.uuid4().hex
+        store.put_meta(META_RUN_ID, run_id)
+        return run_id
 
     def _rngs(self, trial_id: int, kind: str):  # type: ignore[no-untyped-def]  # RngFactory
         return decision_rng(self.experiment.seed, trial_id, kind)
@@ -165,16 +195,36 @@ class ControllerCore:
             try:
                 with self.store.batch():
                     released = []
+                    timeout_s = self._trial_timeout()
                     for trial_id in self.store.ids_with_status(TrialStatus.RUNNING):
                         trial = self.store.get_trial(trial_id)
                         if trial.lease is not None and trial.lease.deadline < now:
                             self._release(trial, now, f"lease expired (worker {trial.lease.worker} "
                                                       f"silent for {self.experiment.lease_s:g}s)", lost=True)
                             released.append(trial_id)
+                        elif timed_out(trial.started_at, now, timeout_s):
+                            assert timeout_s is not None and trial.started_at is not None
+                            # a failure, not a loss; its worker hears `stop` (trial timeout) at
+                            # its next heartbeat and ends its process if train does not return
+                            self._release(trial, now, timeout_error(trial.attempt, now - trial.started_at,
+                                                                    timeout_s))
+                            released.append(trial_id)
                 return released
             except StoreRetry:
                 continue
         raise RuntimeError("could not commit lease expiry after repeated store growth")
+
+    def _trial_timeout(self) -> float | None:
+        """``control.deadlines.effective_timeout`` for this experiment; the durations of the
+        last completed trials are read again only when more trials completed."""
+        configured = self.experiment.trial_timeout_s
+        if configured != AUTO:
+            return effective_timeout(configured, ())
+        completed = self.store.count(TrialStatus.COMPLETED)
+        if self._timeout_cache is None or self._timeout_cache[0] != completed:
+            recent = self.store.ids_with_status(TrialStatus.COMPLETED)[-AUTO_SAMPLE:]
+            self._timeout_cache = (completed, effective_timeout(AUTO, completed_durations(self.store.trials(recent))))
+        return self._timeout_cache[1]
 
     @property
     def finished(self) -> bool:
@@ -196,10 +246,11 @@ class ControllerCore:
             return self._fail(message, now)
         if isinstance(message, WorkerLost):
             for trial in self._leased_to(message.worker):
-                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "), lost=True)
+                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "), lost=True,
+                              death=True)
             return Ack()
         if isinstance(message, Hello):
-            return Ack()
+            return Ack(self.run_id)
         return Error("unknown_type", f"{type(message).__name__} is not a request")
 
     def _request_trial(self, msg: RequestTrial, now: float) -> Reply:
@@ -247,6 +298,8 @@ class ControllerCore:
         if trial.status is not TrialStatus.RUNNING or trial.attempt != msg.attempt:
             if not self._ran_attempt(trial, msg.attempt, msg.worker):
                 return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
+            if msg.attempt == trial.attempt - 1 and is_timeout_error(trial.error):
+                return Stop(trial.id, trial.error or TIMEOUT_ERROR)  # it timed out: end it
             return Ack()  # an older attempt may still finish first: let it
         assert trial.lease is not None
         if trial.lease.worker != msg.worker:
@@ -281,6 +334,12 @@ class ControllerCore:
                 return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
         elif not self._ran_attempt(trial, msg.attempt, msg.worker):
             return Error("not_leaseholder", f"{msg.worker} did not run attempt {msg.attempt}")
+        missing = [name for name in self.experiment.objective_.names if name not in msg.final]
+        if missing:  # the worker checks this too (trial_runner); a report must not complete with {}
+            if current:
+                self._release(trial, now, f"attempt {msg.attempt} reported no value for the objective metric "
+                                          f"{', '.join(map(repr, missing))} (final {dict(msg.final)!r:.200})")
+            return Ack()
         history = self._with_attempt_ended(trial, now) if current else trial.history
         completed = trial.evolve(
             status=TrialStatus.COMPLETED, final=dict(msg.final),
@@ -307,14 +366,20 @@ class ControllerCore:
 
     # --- state changes ------------------------------------------------------------------------------
     def _release(self, trial: Trial, now: float, error: str, *, retryable: bool = True,
-                 resume: Fail | None = None, lost: bool = False) -> None:
+                 resume: Fail | None = None, lost: bool = False, death: bool = False) -> None:
         """Take a RUNNING trial back: re-queue with ``attempt + 1`` or, past a limit, FAIL.
 
         A *loss* (``lost``: the machine's fault) counts against ``max_losses``, a failure of
-        the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4.
+        the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4. A
+        ``death`` (its worker process died) is a loss the first time, a failure after that
+        (``control.deadlines.death_is_failure``).
         """
         history = self._with_attempt_ended(trial, now)
         resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
+        deaths = trial.deaths + (1 if death else 0)
+        if death and death_is_failure(deaths):
+            lost = False
+            error = f"{error} (death {deaths} of a worker running this trial: counted as its failure)"
         losses = trial.losses + (1 if lost else 0)
         failures = trial.attempt - losses
         if lost:
@@ -323,12 +388,12 @@ class ControllerCore:
             again = retryable and failures < self.experiment.max_attempts
         if again:
             queued = trial.evolve(status=TrialStatus.PENDING, attempt=trial.attempt + 1, lease=None,
-                                  error=error, history=history, resume=resume_ref, losses=losses)
+                                  error=error, history=history, resume=resume_ref, losses=losses, deaths=deaths)
             self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, queued)
             log.info("trial %d re-queued as attempt %d: %s", trial.id, queued.attempt, error)
             return
         failed = trial.evolve(status=TrialStatus.FAILED, lease=None, error=error, ended_at=now,
-                              history=history, losses=losses)
+                              history=history, losses=losses, deaths=deaths)
         self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, failed)
         log.warning("trial %d FAILED after %d attempt(s): %s", trial.id, trial.attempt, error)
         self._decide(TrialEnded(failed), now)

@@ -18,10 +18,22 @@ the session decides *how a conversation with a peer goes* (docs/protocol.md §4�
   ``wait``; after ``park_s`` it is answered ``wait(0)`` and the worker asks again at once.
   A resend of a held request is dropped (its answer is coming), a new request from the same
   peer replaces the held one (the peer moved on), ``worker_lost`` drops the lost worker's.
+* **Run identity** (with ``run_id``, the networked controller; DESIGN §10) — a request that
+  names another run than ``run_id`` is refused ``wrong_run`` (the worker then exits: it belongs
+  to an older or another store's run); ``""`` means "not known yet" (a first ``hello``).
+* **Host ownership** (with ``run_id``) — a host supervisor says ``hello`` with its host id and
+  its worker ids (``Hello.workers``) and repeats it every few seconds; while it does (within
+  ``host_lease_s``), another peer's ``hello`` for that host id, or for one of those worker ids
+  as a supervisor, is refused ``host_taken``, and ``worker_lost`` is accepted only from the
+  supervisor that owns that worker (else ``not_owner``).
 * **Clean exit** — which peers got a non-error answer and which were told ``done``, so the
   controller can linger until every worker heard ``done``.
 * **Rejections are logged rate-limited** — one line per error code per window, so a hostile
   flood cannot flood the log.
+* **Bounded** — every per-peer structure has a cap (least recently used out first), so a
+  flood of ever new identities cannot grow memory without limit: ``cache_peers`` replies,
+  ``MAX_TRACKED_PEERS`` seen/done peers, ``MAX_PARKED`` held requests (the oldest is answered
+  ``wait(0)`` early), ``MAX_HOSTS`` hosts and ``MAX_OWNED_WORKERS`` owned worker ids.
 
 Why a class of its own: these rules used to live in the ZeroMQ bridge thread, where only
 socket tests could reach them and the simulator, which drives ``ControllerCore`` directly,
@@ -54,7 +66,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pbt_actors.transport.messages import Done, Error, Fail, Message, Reply, Report, RequestTrial, Wait, WorkerLost
+from pbt_actors.transport.messages import (
+    Done,
+    Error,
+    Fail,
+    Hello,
+    Message,
+    Reply,
+    Report,
+    RequestTrial,
+    Wait,
+    WorkerLost,
+)
 from pbt_actors.transport.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -65,6 +88,18 @@ PARK_S = 2.0
 REPLY_CACHE_PEERS = 4096
 """Peers whose last reply is cached (least recently answered first out): bounded, so that a
 flood from ever new identities cannot grow the controller's memory without limit."""
+
+MAX_TRACKED_PEERS = 16_384
+"""Peers remembered as seen / told ``done`` (for the clean exit), least recently seen out first."""
+MAX_PARKED = 16_384
+"""Requests held at once; past it the oldest is answered ``wait(0)`` at once (it asks again)."""
+MAX_HOSTS = 4096
+"""Host supervisors whose host id is bound to their connection."""
+MAX_OWNED_WORKERS = 65_536
+"""Worker ids bound to the supervisor that owns them."""
+HOST_LEASE_S = 15.0
+"""A supervisor's claim on its host id lasts this long after its last ``hello`` (they repeat it
+every ``HOST_HELLO_S`` = 3 s), so a supervisor that died frees its host id for a restart."""
 
 PeerRequest = tuple[bytes, int, Message]
 """``(peer, request_id, message)``: a decoded request. ``peer`` is the routing identity."""
@@ -109,6 +144,50 @@ class Round:
         return f"Round(send={self.send!r}, messages={self.messages!r})"
 
 
+class LruSet:
+    """A set of at most ``cap`` strings; adding past the cap drops the least recently added."""
+
+    __slots__ = ("_items", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._items: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, item: str) -> None:
+        items = self._items
+        items[item] = None
+        items.move_to_end(item)
+        if len(items) > self.cap:
+            items.popitem(last=False)
+
+    def discard(self, item: str) -> None:
+        self._items.pop(item, None)
+
+    def copy(self) -> set[str]:
+        return set(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._items))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LruSet):
+            return set(self._items) == set(other._items)
+        if isinstance(other, set | frozenset):
+            return set(self._items) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LruSet({set(self._items)!r}, cap={self.cap})"
+
+
 class ProtocolSession:
     """The per-peer protocol state of one controller (see the module docstring).
 
@@ -122,10 +201,18 @@ class ProtocolSession:
             rate-limit windows.
         logger: where rejected input is logged (rate-limited); ``None``: not logged (the
             simulator counts its errors itself).
+        run_id: this controller's run id: turns on the run-identity and host-ownership rules
+            (the networked controller). ``None``: off (the simulator, whose virtual peers are
+            trusted; most unit tests of the other rules).
+        host_lease_s: how long a supervisor's claim on its host id outlives its last ``hello``.
+        max_peers: cap of the seen/done peer sets and of held requests.
     """
 
     def __init__(self, *, park_s: float | None = None, cache_peers: int = REPLY_CACHE_PEERS,
-                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = log) -> None:
+                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = log,
+                 run_id: str | None = None, host_lease_s: float = HOST_LEASE_S,
+                 max_peers: int = MAX_TRACKED_PEERS, max_hosts: int = MAX_HOSTS,
+                 max_owned: int = MAX_OWNED_WORKERS) -> None:
         if cache_peers < 1:
             raise ValueError("cache_peers must be >= 1")
         if park_s is not None and park_s < 0:
@@ -137,11 +224,20 @@ class ProtocolSession:
         """One log line per kind of rejected input (the error code) per window, however many."""
         self._last_reply: OrderedDict[bytes, tuple[int, Reply]] = OrderedDict()
         self._parked: dict[bytes, Parked] = {}
-        self.peers_seen: set[str] = set()
+        self.max_parked = max_peers
+        self.peers_seen = LruSet(max_peers)
         """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
         peer that only ever sent rejected input is nobody's worker and is not waited for)."""
-        self.peers_done: set[str] = set()
+        self.peers_done = LruSet(max_peers)
         """Peers that were answered ``done``."""
+        self.run_id = run_id
+        self.host_lease_s = host_lease_s
+        self.max_hosts = max_hosts
+        self.max_owned = max_owned
+        self._hosts: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        """host id -> (the supervisor peer that said hello as it, when it last did)."""
+        self._owners: OrderedDict[str, bytes] = OrderedDict()
+        """worker id -> the supervisor peer of its host (who alone may say it is lost)."""
         self.held_total = 0
         """How many times a request was newly held (for the simulator's statistics)."""
 
@@ -159,6 +255,19 @@ class ProtocolSession:
         """A copy of the held requests, by peer."""
         return dict(self._parked)
 
+    def sizes(self) -> dict[str, int]:
+        """How many entries each per-peer structure holds (all bounded; for tests and stats)."""
+        return {"reply_cache": len(self._last_reply), "parked": len(self._parked),
+                "peers_seen": len(self.peers_seen), "peers_done": len(self.peers_done),
+                "hosts": len(self._hosts), "owners": len(self._owners)}
+
+    def host_owner(self, host: str) -> bytes | None:
+        """The supervisor peer bound to ``host`` (None: none, or its claim lapsed)."""
+        entry = self._hosts.get(host)
+        if entry is None or self.clock() - entry[1] > self.host_lease_s:
+            return None
+        return entry[0]
+
     def cached(self, peer: bytes) -> tuple[int, Reply] | None:
         """The peer's last request id and our reply to it, if still cached."""
         return self._last_reply.get(peer)
@@ -174,10 +283,11 @@ class ProtocolSession:
         return self.peers_seen.copy() - self.peers_done.copy()
 
     # --- a round ------------------------------------------------------------------------------
-    def receive(self, requests: Iterable[PeerRequest]) -> Round:
+    def receive(self, requests: Iterable[PeerRequest], now: float | None = None) -> Round:
         """Sort decoded requests into answers to send now and the batch for the core.
 
-        Nothing here depends on time; holding and releasing do (``answer``, ``tick``).
+        Only host claims depend on time here (``now``, default ``clock()``); holding and
+        releasing do too (``answer``, ``tick``).
         """
         send: list[Outgoing] = []
         batch: list[PeerRequest] = []
@@ -197,6 +307,11 @@ class ProtocolSession:
             if cached is not None and cached[0] == request_id:
                 send.append(Outgoing(peer, request_id, cached[1]))
                 continue
+            if self.run_id is not None:
+                refusal = self._identity_check(peer, message, self.clock() if now is None else now)
+                if refusal is not None:
+                    self._refuse(send, peer, request_id, message, refusal)
+                    continue
             claimed = getattr(message, "worker", None)
             if claimed is not None and not isinstance(message, WorkerLost):
                 sender = peer.decode("utf-8", "replace")
@@ -233,6 +348,7 @@ class ProtocolSession:
                 if previous is None or previous.request_id != request_id:
                     self._parked[peer] = Parked(request_id, message.worker, now)
                     self.held_total += 1
+                    out.extend(self._shed_parked())
                     continue
                 if now < previous.since + park_s:  # the form next_deadline() uses: exact at the deadline
                     self._parked[peer] = previous
@@ -271,6 +387,59 @@ class ProtocolSession:
             out.append(self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0)))
         return out
 
+    # --- identity rules (run_id set) -------------------------------------------------------------
+    def _identity_check(self, peer: bytes, message: Message, now: float) -> Error | None:
+        """The run-identity and host-ownership rules (module docstring); None: accepted. An
+        accepted supervisor ``hello`` (re)binds its host id and worker ids to ``peer``."""
+        run = getattr(message, "run", "")
+        if run and run != self.run_id:
+            return Error("wrong_run", f"this controller serves run {self.run_id}, not run {run} "
+                                      "(the worker belongs to another run or store: it must exit)")
+        if isinstance(message, WorkerLost):
+            owner = self._owners.get(message.worker)
+            if owner != peer:
+                return Error("not_owner", f"worker {message.worker!r} is not a worker of the sender's host "
+                                          "(only its host supervisor, after its hello, may say it is lost)")
+            return None
+        if isinstance(message, Hello) and message.workers:
+            return self._claim_host(peer, message, now)
+        return None
+
+    def _claim_host(self, peer: bytes, hello: Hello, now: float) -> Error | None:
+        host = hello.host or hello.worker
+        entry = self._hosts.get(host)
+        if entry is not None and entry[0] != peer and now - entry[1] <= self.host_lease_s:
+            return Error("host_taken", f"host id {host!r} is in use by another host supervisor "
+                                       f"(it said hello {now - entry[1]:.0f}s ago); give each host a distinct "
+                                       "--host-id")
+        for worker in hello.workers:
+            owner = self._owners.get(worker)
+            if owner is not None and owner != peer:
+                claim = next((h for h, (p, t) in self._hosts.items() if p == owner and now - t <= self.host_lease_s),
+                             None)
+                if claim is not None:
+                    return Error("host_taken", f"worker id {worker!r} belongs to the live supervisor of host "
+                                               f"{claim!r}; give each host a distinct --host-id")
+        hosts = self._hosts
+        hosts[host] = (peer, now)
+        hosts.move_to_end(host)
+        while len(hosts) > self.max_hosts:
+            hosts.popitem(last=False)
+        owners = self._owners
+        for worker in hello.workers:
+            owners[worker] = peer
+            owners.move_to_end(worker)
+        while len(owners) > self.max_owned:
+            owners.popitem(last=False)
+        return None
+
+    def _refuse(self, send: list[Outgoing], peer: bytes, request_id: int, message: Message, error: Error) -> None:
+        """Answer ``error`` now, without caching it (a resend is checked afresh) or the core."""
+        if self.rejections is not None:
+            self.rejections.warning(error.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
+                                    peer.decode("utf-8", "replace")[:64], error.code, error.message[:200])
+        send.append(Outgoing(peer, request_id, error))
+
     # --- internals ------------------------------------------------------------------------------------
     def _round(self, send: list[Outgoing], batch: list[PeerRequest], *, requeue: bool) -> Round:
         if requeue and self._parked:
@@ -279,6 +448,16 @@ class ProtocolSession:
             batch.extend((peer, p.request_id, RequestTrial(p.worker)) for peer, p in requeued.items())
             return Round(send, batch, requeued)
         return Round(send, batch, {})
+
+    def _shed_parked(self) -> list[Outgoing]:
+        """Past ``max_parked`` held requests, answer the oldest ``wait(0)`` now (dicts keep
+        insertion order: the first is the one held longest)."""
+        out = []
+        while len(self._parked) > self.max_parked:
+            peer = next(iter(self._parked))
+            parked = self._parked.pop(peer)
+            out.append(self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0)))
+        return out
 
     def _record(self, peer: bytes, request_id: int, message: Message, reply: Reply) -> Outgoing:
         """Cache the reply we are about to send and account for it."""

@@ -44,6 +44,9 @@ ERROR_CODES = (
     "bad_attempt",  # attempt number from the future
     "not_leaseholder",  # the sender does not hold the trial's lease (forged worker id)
     "internal",  # the controller failed to handle it; the request may be retried
+    "wrong_run",  # the sender expects another run (store) than this controller's: it must exit
+    "host_taken",  # another live supervisor said hello with this host id
+    "not_owner",  # worker_lost for a worker that the sender's host does not own
 )
 """The machine-readable codes of an ``error`` reply (``pbt_actors.transport.messages.Error``; DESIGN §5).
 Defined here, below the transport, because ``ProtocolError`` checks its code against them."""
@@ -155,3 +158,8 @@ class ZygoteError(PbtError):
     """The fork server (``runtime/zygote.py``) cannot start (threads already running, CUDA
     initialised) or cannot fork a worker (it died, or fork failed). The catcher starts the
     worker as a fresh interpreter instead and says so once."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's writer lock (one writer per store: DESIGN §10). The
+    message names its pid and host; stop that one, or choose another ``--store``."""

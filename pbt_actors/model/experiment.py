@@ -73,6 +73,12 @@ class Experiment:
         max_replacements: how many times a FAILED/STOPPED trial's slot is refilled.
         lease_s: a RUNNING trial with no heartbeat for this long returns to the queue.
         heartbeat_s: how often workers heartbeat (a third of the lease by default).
+        trial_timeout_s: how long one attempt may train before it counts as failed and its
+            worker process is restarted (a hung ``train``): seconds, ``None``/0 (default) for no
+            limit, or ``"auto"``: 10 × the median duration of completed attempts, at least 60 s
+            (no limit before one completed; ``pbt_actors.control.deadlines``). Not yet the
+            default: a completing attempt resumed from a preemption checkpoint ran only part
+            of the trial, which skews the median (the simulator showed it).
         seed: every decision's randomness derives from it.
     """
 
@@ -96,6 +102,7 @@ class Experiment:
     max_replacements: int = 2
     lease_s: float = 60.0
     heartbeat_s: float | None = None
+    trial_timeout_s: float | str | None = None
     seed: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
@@ -127,6 +134,9 @@ class Experiment:
             (self.max_losses >= 1, "max_losses must be >= 1"),
             (self.max_replacements >= 0, "max_replacements must be >= 0"),
             (self.lease_s > 0, "lease_s must be > 0"),
+            (self.trial_timeout_s is None or self.trial_timeout_s == "auto"
+             or (isinstance(self.trial_timeout_s, int | float) and not isinstance(self.trial_timeout_s, bool)
+                 and self.trial_timeout_s >= 0), "trial_timeout_s must be seconds >= 0, None or 'auto'"),
             (len(self.initial) <= self.population, "more initial configurations than population"),
             (not self.budget_mode or self.policy == "initiator", "budget_mode needs the initiator policy"),
         ]
@@ -175,6 +185,7 @@ class Experiment:
             "max_replacements": self.max_replacements,
             "lease_s": self.lease_s,
             "heartbeat_s": self.heartbeat_s,
+            "trial_timeout_s": self.trial_timeout_s,
             "seed": self.seed,
             "metadata": dict(self.metadata),
         }
@@ -194,6 +205,7 @@ class Experiment:
     def decision_fields(self) -> dict[str, Any]:
         """The settings that change decisions; a resumed store must agree on all of them."""
         d = self.to_dict()
-        for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "max_attempts", "max_losses"):
+        for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "max_attempts", "max_losses",
+                         "trial_timeout_s"):
             d.pop(volatile)
         return d

@@ -211,6 +211,9 @@ class Trial:
     completed_attempt: int | None = None
     losses: int = 0
     """Attempts lost to the machine (expiry, worker lost, preemption), not to the trial."""
+    deaths: int = 0
+    """Worker processes that died while running this trial (``worker_lost``); from the second on,
+    a death is the trial's failure, not a loss (DESIGN §10, ``control.deadlines``)."""
     initiated: bool = False
     created_at: float = 0.0
     started_at: float | None = None
@@ -268,6 +271,7 @@ class Trial:
             "resume": self.resume.to_dict() if self.resume else None,
             "completed_attempt": self.completed_attempt,
             "losses": self.losses,
+            "deaths": self.deaths,
             "initiated": self.initiated,
             "created_at": self.created_at,
             "started_at": self.started_at,
@@ -309,6 +313,7 @@ class Trial:
             resume=CheckpointRef.from_dict(d["resume"]) if d.get("resume") is not None else None,
             completed_attempt=opt_int_from(d.get("completed_attempt"), "trial.completed_attempt"),
             losses=int_from(d.get("losses", 0), "trial.losses"),
+            deaths=int_from(d.get("deaths", 0), "trial.deaths"),
             initiated=bool(d.get("initiated", False)),
             created_at=float_from(d.get("created_at", 0.0), "trial.created_at"),
             started_at=opt_float_from(d.get("started_at"), "trial.started_at"),

@@ -14,13 +14,15 @@ torch needed, e.g. the toy example) is msgpack; anything holding tensors goes th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 from typing import IO, Any, cast
 
-from pbt_actors.common.atomic_files import atomic_write
+from pbt_actors.common.atomic_files import atomic_write, fsync_dir
 from pbt_actors.model import wire
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, WireError
 from pbt_actors.model.records import CheckpointRef
@@ -81,17 +83,49 @@ def _decode(data: bytes, where: str) -> Any:
         raise CheckpointError(f"checkpoint {where} could not be loaded safely: {exc}") from exc
 
 
+def inside_root(root: str | os.PathLike[str], relative_uri: str) -> Path:
+    """``root/relative_uri``, refused unless it stays inside ``root`` (after resolving ``..``
+    and symbolic links): a name from the network must never write or read elsewhere.
+
+    Raises:
+        CheckpointError: an absolute uri, or one that escapes the root.
+    """
+    base = Path(root).resolve()
+    if not relative_uri or os.path.isabs(relative_uri) or "\x00" in relative_uri:
+        raise CheckpointError(f"checkpoint uri {relative_uri[:200]!r} is not a relative path")
+    target = (base / relative_uri).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise CheckpointError(f"checkpoint uri {relative_uri[:200]!r} escapes the checkpoint root {base}")
+    return target
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any, step: int) -> CheckpointRef:
     """Write ``state`` atomically under ``root/relative_uri`` and describe it.
 
+    Put-once: a file already under that name is never replaced by different content (it may
+    be a completed trial's checkpoint that children load); writing the same bytes again is a
+    no-op. The new file is written under a temp name and linked into place (``os.link`` fails
+    if the name exists, atomically), so two writers cannot both win.
+
     Raises:
-        CheckpointWriteError: the disk is full or the folder is not writable; no file is left
-            behind (neither the temp file nor one under the final name).
+        CheckpointError: the uri escapes the root (``inside_root``).
+        CheckpointWriteError: the disk is full or the folder is not writable, or a file with
+            different content exists under that name; no file is left behind (neither the
+            temp file nor one under the final name).
     """
     payload = _msgpack_payload(state)
-    target = Path(root) / relative_uri
+    target = inside_root(root, relative_uri)
+    staging = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.staging")
     try:
-        with atomic_write(target) as handle:
+        with atomic_write(staging) as handle:
             sink = _HashingWriter(handle)
             if payload is not None:
                 sink.write(_MSGPACK_MAGIC)
@@ -100,6 +134,19 @@ def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any,
                 _torch_save(state, sink)
     except OSError as exc:
         raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            os.link(staging, target)
+            fsync_dir(target.parent)
+        except FileExistsError:
+            if _file_sha256(target) != sink.hexdigest():
+                raise CheckpointWriteError(f"checkpoint {target} exists with different content: it is never "
+                                           "overwritten (another run's or attempt's file?)") from None
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
     return CheckpointRef(relative_uri, sink.size, sink.hexdigest(), step)
 
 
@@ -109,7 +156,7 @@ def read_verified(root: str | os.PathLike[str], ref: CheckpointRef) -> bytes:
     Raises:
         CheckpointError: missing, truncated, or hash mismatch (with what was expected).
     """
-    path = Path(root) / ref.uri
+    path = inside_root(root, ref.uri)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

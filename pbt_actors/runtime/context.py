@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,17 +95,79 @@ class TrialContext:
         return self.saved
 
     def report(self, step: int, **metrics: float) -> bool:
-        """Record metrics at ``step``; returns whether to keep going."""
-        clean = {k: float(v) for k, v in metrics.items()}
+        """Record metrics at ``step``; returns whether to keep going.
+
+        Raises:
+            MetricError: a value that is not a number (``"abc"``, None, ``10**400``); inside
+                ``train`` that is the attempt's failure, with this message.
+        """
+        clean = clean_metrics(metrics, f"ctx.report(step={step!r})")
         self.measurements.append(Measurement(int(step), clean))
         if not self.link.record(int(step), clean):
             self.stop_event.set()
         return not self.should_stop
 
-    def final_metrics(self, returned: Any) -> dict[str, float]:
-        """What ``train`` returned (a metrics dict), else the last reported metrics."""
+    def final_metrics(self, returned: Any, objective: Sequence[str] = ()) -> dict[str, float]:
+        """The trial's final metrics: what ``train`` returned (a metrics dict), completed by the
+        last value ``ctx.report`` recorded for each ``objective`` metric it lacks; when ``train``
+        returned no dict (None, a list, ...), the metrics of the last report.
+
+        Raises:
+            MetricError: a returned value that is not a number, or an ``objective`` metric that
+                was neither returned nor reported.
+        """
         if isinstance(returned, Mapping):
-            return {str(k): float(v) for k, v in returned.items()}
-        if self.measurements:
-            return dict(self.measurements[-1].metrics)
-        return {}
+            final = clean_metrics(returned, "the dict train returned")
+            what = f"train returned {_short(returned)}"
+        else:
+            final = dict(self.measurements[-1].metrics) if self.measurements else {}
+            what = f"train returned {_short(returned)} (not a dict of metrics)"
+        for name in objective:
+            if name not in final:
+                last = next((m.metrics[name] for m in reversed(self.measurements) if name in m.metrics), None)
+                if last is not None:
+                    final[name] = last
+        missing = [name for name in objective if name not in final]
+        if missing:
+            raise MetricError(f"{what} without the objective metric {', '.join(map(repr, missing))}, "
+                              f"and it was never reported with ctx.report")
+        return final
+
+
+class MetricError(ValueError):
+    """A metric that is not a number, or a trial that ends without its objective metric."""
+
+
+def metric_value(name: str, value: Any, where: str = "metric") -> float:
+    """``value`` as a float metric, or ``MetricError`` saying which metric and what it was.
+
+    Numbers (and numeric scalars such as numpy's or 0-d tensors: anything ``float()`` takes
+    that is not text, bytes or None) are accepted; NaN and infinities too (they lose, and the
+    early-stop rule treats them as divergence). ``10**400`` overflows a float: refused.
+    """
+    if value is None or isinstance(value, str | bytes | bytearray):
+        raise MetricError(f"{where}: metric {name!r} must be a number, got {_short(value)} "
+                          f"({type(value).__name__})")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MetricError(f"{where}: metric {name!r} must be a number, got {_short(value)} "
+                          f"({type(value).__name__}): {exc}") from None
+
+
+def clean_metrics(metrics: Mapping[Any, Any], where: str) -> dict[str, float]:
+    """Validated ``{name: float}`` (names must be non-empty strings)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key:
+            raise MetricError(f"{where}: metric names must be non-empty strings, got {_short(key)}")
+        out[key] = metric_value(key, value, where)
+    return out
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose repr raises
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -47,6 +47,7 @@ class StatusSnapshot:
     best: Trial | None
     running_workers: list[str]
     finished: bool
+    run_id: str = ""
 
 
 class ControllerActor(pykka.ThreadingActor):
@@ -106,7 +107,7 @@ class ControllerActor(pykka.ThreadingActor):
         return StatusSnapshot(
             total=store.count(), by_status={s.value: store.count(s) for s in TrialStatus},
             best=best_completed(store, self.core.experiment), running_workers=sorted(running),
-            finished=self.core.finished,
+            finished=self.core.finished, run_id=self.core.run_id,
         )
 
 
@@ -135,7 +136,8 @@ class _Bridge(threading.Thread):
     forms, and sends what the session says, in that order (replies after the core committed).
     """
 
-    def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any]) -> None:
+    def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any],
+                 run_id: str | None = None) -> None:
         super().__init__(name="pbt-controller-bridge", daemon=True)
         self.actor = actor
         self.bind = bind
@@ -144,8 +146,9 @@ class _Bridge(threading.Thread):
         self.ready = threading.Event()
         self.address: str | None = None
         self.startup_error: BaseException | None = None
-        self.session = ProtocolSession(clock=time.monotonic)
-        """The protocol rules; monotonic time, as parking measures intervals, not dates."""
+        self.session = ProtocolSession(clock=time.monotonic, run_id=run_id)
+        """The protocol rules; monotonic time, as parking measures intervals, not dates. With
+        the store's run id: workers of another run are refused, hosts own their workers."""
 
     def run(self) -> None:
         try:
@@ -259,14 +262,14 @@ class Controller:
         errors: list[BaseException] = []
         actor = ControllerActor.start(open_store, experiment, clock, errors)
         try:
-            actor.ask(_Status(), timeout=60)
+            snapshot = cast(StatusSnapshot, actor.ask(_Status(), timeout=60))
         except pykka.ActorDeadError:
             raise errors[0] if errors else RuntimeError("controller failed to start (see log)") from None
         except BaseException:  # the store could not be opened: its error, and no actor left behind
             if actor.is_alive():
                 actor.stop(timeout=30)
             raise
-        bridge = _Bridge(actor, bind, dict(endpoint_options or {}))
+        bridge = _Bridge(actor, bind, dict(endpoint_options or {}), run_id=snapshot.run_id)
         bridge.start()
         bridge.ready.wait(30)
         if bridge.startup_error is not None:

@@ -38,6 +38,9 @@ def load_module(path: str | os.PathLike[str]) -> ModuleType:
     sys.path.insert(0, str(file.parent))
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(name, None)
+        raise ConfigError(_syntax_error(file, exc)) from None
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -47,11 +50,25 @@ def load_module(path: str | os.PathLike[str]) -> ModuleType:
     return module
 
 
+def _syntax_error(file: Path, exc: SyntaxError) -> str:
+    """``FILE:LINE:COL: syntax error: MESSAGE`` and the line with a caret: the user's file, not our frames."""
+    where = f"{exc.filename or file}:{exc.lineno or '?'}" + (f":{exc.offset}" if exc.offset else "")
+    message = f"{where}: syntax error in the experiment file: {exc.msg}"
+    if exc.text:
+        text = exc.text.rstrip("\n")
+        stripped = text.lstrip()
+        message += f"\n    {stripped}"
+        if exc.offset:
+            message += "\n    " + " " * max(0, exc.offset - 1 - (len(text) - len(stripped))) + "^"
+    return message
+
+
 def load_experiment_file(path: str | os.PathLike[str]) -> tuple[Experiment, Callable[..., Any]]:
     """The file's ``experiment`` and ``train``.
 
     Raises:
-        ConfigError: missing or wrongly typed ``experiment``/``train``.
+        ConfigError: missing or wrongly typed ``experiment``/``train``, or a syntax error
+            (the message names file, line and column).
     """
     module = load_module(path)
     experiment = getattr(module, "experiment", None)

@@ -35,15 +35,29 @@ import pykka
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.runtime.restart_rules import ChildSpec, Intensity, Restart, RestartTracker
+from pbt_actors.runtime.restart_rules import ChildSpec, Intensity, Restart, RestartDecision, RestartTracker
+from pbt_actors.runtime.trial_marker import RUNNING_DIR, marker_path, take_marker
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import WorkerLost
+from pbt_actors.transport.messages import Ack, Error, Hello, WorkerLost
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.05
+HOST_HELLO_S = 3.0
+"""The supervisor repeats its ``hello`` (host id, worker ids) this often: its claim on them at
+the controller lasts ``control.session.HOST_LEASE_S`` past the last one."""
+REFUSALS = ("host_taken", "wrong_run")
+"""Answers to the supervisor's ``hello`` that stop the whole host (docs/protocol.md §4)."""
+FINAL_EXIT_REASONS = {5: "the controller serves another run: this worker is stale, not restarted"}
+"""Why a final exit code (``ChildSpec.final_exit_codes``) ends a worker: 5 is
+``worker_process.EXIT_WRONG_RUN``."""
 HOST_STATE_DIR = ".pbt-hosts"
 HOST_STATE_VERSION = 1
+# The state file is rewritten at least this often (a heartbeat: ``updated_at``), and says so
+# (``refresh_s``); a reader calls a host that missed ``HOST_LOST_AFTER`` refreshes lost
+# (``read_host_states``): its supervisor died without saying so (SIGKILL, power, network).
+HOST_STATE_REFRESH_S = 5.0
+HOST_LOST_AFTER = 3
 
 
 @dataclass
@@ -79,6 +93,11 @@ class _Exited:
 
 
 @dataclass(frozen=True)
+class _Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
 class _StartChild:
     child_id: str
 
@@ -86,6 +105,11 @@ class _StartChild:
 @dataclass(frozen=True)
 class _Status:
     pass
+
+
+@dataclass(frozen=True)
+class _RefreshState:
+    """Rewrite the host state file (its periodic heartbeat)."""
 
 
 @dataclass
@@ -102,9 +126,14 @@ class HostSupervisorActor(pykka.ThreadingActor):
     def __init__(self, children: Sequence[ChildSpec], *, controller: str | None = None,
                  intensity: Intensity | None = None, backoff: Backoff | None = None,
                  endpoint_options: Mapping[str, Any] | None = None, state_path: str | os.PathLike[str] | None = None,
-                 host: str | None = None) -> None:
+                 host: str | None = None, markers: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         self.state_path = Path(state_path) if state_path is not None else None
+        # which trial each worker runs (``trial_marker``): beside the state file by default,
+        # i.e. ``<checkpoint root>/.pbt-hosts/running``, where the workers write them
+        if markers is None and self.state_path is not None:
+            markers = self.state_path.parent / RUNNING_DIR.name
+        self.markers = Path(markers) if markers is not None else None
         self.host = host or socket.gethostname()
         self.state_write_failed = False
         self.children = {spec.id: ChildState(spec, RestartTracker(intensity or Intensity(), backoff or Backoff()))
@@ -116,11 +145,15 @@ class HostSupervisorActor(pykka.ThreadingActor):
         self.watch_stop = threading.Event()
         self.all_done = threading.Event()
         self.timers: list[threading.Timer] = []
+        self.refused: str | None = None
+        """Why the controller refused this host (``host_taken``, ``wrong_run``): every worker
+        was stopped and none is restarted."""
 
     def on_start(self) -> None:
         if self.controller is not None:
             identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
-            self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options)
+            self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options, host=self.host,
+                                          workers=tuple(self.children), on_refused=self._tell_refused)
         threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
         for child_id in self.children:
             self._start(child_id)
@@ -141,12 +174,16 @@ class HostSupervisorActor(pykka.ThreadingActor):
         self.on_stop()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Exited):
+        if isinstance(message, _Refused):
+            self._on_refused(message.reason)
+        elif isinstance(message, _Exited):
             self._on_exit(message.child_id, message.exit_code)
         elif isinstance(message, _StartChild):
             self._start(message.child_id)
         elif isinstance(message, _Status):
             return self._infos()
+        elif isinstance(message, _RefreshState):
+            self._write_state()
         else:
             raise TypeError(f"HostSupervisorActor got an unknown message {message!r}")
         return None
@@ -160,7 +197,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
         if self.state_path is None:
             return
         state = {"v": HOST_STATE_VERSION, "host": self.host, "pid": os.getpid(), "updated_at": time.time(),
-                 "stopped": stopped, "children": [asdict(info) for info in self._infos()]}
+                 "refresh_s": HOST_STATE_REFRESH_S, "stopped": stopped,
+                 "children": [asdict(info) for info in self._infos()]}
         try:
             write_atomically(self.state_path, json.dumps(state))
         except OSError as exc:
@@ -169,8 +207,26 @@ class HostSupervisorActor(pykka.ThreadingActor):
             self.state_write_failed = True
 
     # --- life cycle of one child ------------------------------------------------------------
+    def _tell_refused(self, reason: str) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_Refused(reason))
+
+    def _on_refused(self, reason: str) -> None:
+        """The controller refused this host: stop every worker, restart none, and be done."""
+        log.error("the controller refuses this host: %s; stopping its workers", reason)
+        self.refused = reason
+        for timer in self.timers:
+            timer.cancel()
+        for child in self.children.values():
+            _terminate(child.process)
+            child.state, child.reason, child.since = "gave_up", f"refused by the controller: {reason}", time.time()
+        self._write_state()
+        self.all_done.set()
+
     def _start(self, child_id: str) -> None:
         child = self.children[child_id]
+        if self.refused is not None:
+            return
         if child.state in ("gave_up", "exited") and child.starts:
             return
         try:
@@ -189,11 +245,23 @@ class HostSupervisorActor(pykka.ThreadingActor):
     def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
         child = self.children[child_id]
         child.last_exit = exit_code
-        decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic())
+        if self.refused is not None:  # stopped because the controller refused the host
+            return
+        running = take_marker(marker_path(self.markers, child_id)) if self.markers is not None else None
+        if exit_code is not None and exit_code in child.spec.final_exit_codes:
+            why = FINAL_EXIT_REASONS.get(exit_code, "not restarted")
+            decision = RestartDecision(False, give_up=True, reason=f"exit code {exit_code} is final: {why}")
+        else:
+            decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic(),
+                                             trial=running[0] if running is not None else None)
         restart = None
         if decision.restart:
             child.state, child.reason = "waiting", f"restarting in {decision.delay_s:.2f}s after {decision.reason}"
-            log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
+            if decision.explained:
+                log.warning("worker %s died; restart in %.2fs, not counted against this host: %s", child_id,
+                            decision.delay_s, decision.reason)
+            else:
+                log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
             restart = functools.partial(self._restart_later, child_id, decision.delay_s)
         if exit_code != 0 and self.notifier is not None:
             # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
@@ -223,7 +291,12 @@ class HostSupervisorActor(pykka.ThreadingActor):
             self.actor_ref.tell(_StartChild(child_id))
 
     def _watch_loop(self) -> None:
+        refresh_at = time.monotonic() + HOST_STATE_REFRESH_S
         while not self.watch_stop.wait(WATCH_INTERVAL_S):
+            if time.monotonic() >= refresh_at:  # the state file's heartbeat, even when nothing changed
+                refresh_at = time.monotonic() + HOST_STATE_REFRESH_S
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.actor_ref.tell(_RefreshState())
             with self.watch.lock:
                 exited = [(cid, p.poll()) for cid, p in self.watch.processes.items() if p.poll() is not None]
                 for cid, _ in exited:
@@ -240,13 +313,24 @@ class _LostNotifier:
 
     Each notice is tried 3 times (2 s apart) and then given up (the lease expires instead);
     ``after`` (the restart, if any) runs once the notice was answered or given up.
+
+    It also says ``hello`` for the host (host id, worker ids) at once and every
+    ``HOST_HELLO_S``: the controller then knows this connection owns those workers (only it may
+    say they are lost), and refuses a second host with the same id. An answer in ``REFUSALS``
+    (another live supervisor has this host id; the controller serves another run than the one
+    this host joined) goes to ``on_refused`` and the hellos stop. ``run`` is learned from the
+    first ``ack`` and sent in every later message.
     """
 
     TRIES = 3
     TIMEOUT_S = 2.0
 
-    def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any]) -> None:
+    def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any], *, host: str = "",
+                 workers: tuple[str, ...] = (), on_refused: Callable[[str], None] | None = None) -> None:
         self.controller, self.identity, self.endpoint_options = controller, identity, dict(endpoint_options)
+        self.host, self.workers, self.on_refused = host, workers, on_refused
+        self.run = ""
+        self.refused: str | None = None
         self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | None] = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pbt-supervisor-notifier", daemon=True)
@@ -262,14 +346,40 @@ class _LostNotifier:
 
     def _run(self) -> None:
         endpoint = WorkerEndpoint(self.controller, self.identity, **self.endpoint_options)
+        next_hello = time.monotonic()
         try:
-            while (item := self.queue.get()) is not None:
+            while True:
+                if self.workers and self.refused is None and time.monotonic() >= next_hello:
+                    self._hello(endpoint)
+                    next_hello = time.monotonic() + HOST_HELLO_S
+                try:
+                    item = self.queue.get(timeout=max(0.0, next_hello - time.monotonic())
+                                          if self.workers and self.refused is None else None)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
                 message, after = item
+                if self.run:
+                    message = WorkerLost(message.worker, message.reason, self.run)
                 self._notify(endpoint, message)
                 if after is not None and not self.stopping.is_set():
                     after()
         finally:
             endpoint.close()
+
+    def _hello(self, endpoint: WorkerEndpoint) -> None:
+        hello = Hello(self.identity, self.host, os.getpid(), "", self.run, self.workers)
+        try:
+            reply = endpoint.request(hello, timeout_s=self.TIMEOUT_S, retries=0)
+        except RequestTimeout:
+            return  # the controller is not up (yet): try again later
+        if isinstance(reply, Ack) and reply.run:
+            self.run = reply.run
+        elif isinstance(reply, Error) and reply.code in REFUSALS:
+            self.refused = reply.message
+            if self.on_refused is not None:
+                self.on_refused(f"{reply.code}: {reply.message}")
 
     def _notify(self, endpoint: WorkerEndpoint, message: WorkerLost) -> None:
         for _ in range(self.TRIES):
@@ -310,8 +420,14 @@ def host_state_path(checkpoint_root: str | os.PathLike[str], host: str) -> Path:
     return Path(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
 
 
-def read_host_states(checkpoint_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every host state file under ``checkpoint_root``, by host name; unreadable ones skipped."""
+def read_host_states(checkpoint_root: str | os.PathLike[str], now: float | None = None) -> list[dict[str, Any]]:
+    """Every host state file under ``checkpoint_root``, by host name; unreadable ones skipped.
+
+    Each gets ``lost``: True when its supervisor did not stop but has not rewritten the file for
+    ``HOST_LOST_AFTER`` of its refresh intervals (it died unannounced); then its children that
+    it last saw running or waiting are in state ``lost`` (their processes were its children).
+    """
+    now = time.time() if now is None else now
     folder = Path(checkpoint_root) / HOST_STATE_DIR
     states = []
     for path in sorted(folder.glob("supervisor-*.json")) if folder.is_dir() else []:
@@ -320,8 +436,20 @@ def read_host_states(checkpoint_root: str | os.PathLike[str]) -> list[dict[str, 
         except (OSError, ValueError):
             continue
         if isinstance(state, dict) and isinstance(state.get("children"), list):
-            states.append(state)
+            states.append(_judge_lost(state, now))
     return sorted(states, key=lambda s: str(s.get("host")))
+
+
+def _judge_lost(state: dict[str, Any], now: float) -> dict[str, Any]:
+    refresh, updated = state.get("refresh_s"), state.get("updated_at")
+    lost = (not state.get("stopped") and isinstance(refresh, (int, float)) and isinstance(updated, (int, float))
+            and now - updated > HOST_LOST_AFTER * refresh)  # files without refresh_s: no heartbeat to judge by
+    state["lost"] = bool(lost)
+    if lost:
+        for child in state["children"]:
+            if isinstance(child, dict) and child.get("state") in ("running", "waiting", "starting"):
+                child["state"], child["reason"] = "lost", "its host supervisor stopped updating its state"
+    return state
 
 
 def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None = None) -> list[str]:
@@ -331,6 +459,8 @@ def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None 
     for state in states:
         age = max(0.0, now - float(state.get("updated_at", now)))
         stopped = " (supervisor stopped)" if state.get("stopped") else ""
+        if state.get("lost"):
+            stopped = f" (LOST: no heartbeat for {age:.0f}s; its workers are gone)"
         lines.append(f"host {state.get('host')}  supervisor pid {state.get('pid')}  updated {age:.0f}s ago{stopped}")
         for child in state["children"]:
             line = f"  worker {child.get('id')}  {child.get('state')}  starts {child.get('starts')}"

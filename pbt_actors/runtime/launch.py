@@ -7,7 +7,9 @@ experiment's libraries already imported), else, or when the zygote cannot spawn 
 warning), a fresh interpreter running ``python -m pbt_actors.cli worker-process``. Either
 way the factory returns what ``subprocess.Popen`` offers the host supervisor (``pid``,
 ``poll``, ``wait``, ``terminate``, ``kill``), with stdout and stderr appended to the slot's
-log file. ``load_experiment_file`` is re-exported from ``experiment_file`` for its callers.
+log file. Every worker gets the read end of this process's ``Lifeline`` and exits when this
+process is gone (``worker_process``'s module doc). ``load_experiment_file`` is re-exported
+from ``experiment_file`` for its callers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from pbt_actors.model.errors import ConfigError, ZygoteError
 from pbt_actors.runtime.experiment_file import load_experiment_file, load_module
 from pbt_actors.runtime.restart_rules import ChildSpec, Restart
-from pbt_actors.runtime.worker_process import WorkerProcessConfig
+from pbt_actors.runtime.worker_process import EXIT_WRONG_RUN, LIFELINE_ENV, Lifeline, WorkerProcessConfig
 from pbt_actors.runtime.zygote import ForkedWorker, Zygote
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,12 @@ def device_slots(devices: str, workers: int | None) -> list[str | None]:
         slots = [d.strip() for d in devices.split(",") if d.strip()]
         if not slots or not all(s.isdigit() for s in slots if s):
             raise ConfigError(f"--devices must be all, cpu or a list like 0,1; got {devices!r}")
+        count = gpu_count()  # a GPU that is not there would quietly train on the CPU
+        missing = [s for s in slots if s is not None and int(s) >= count]
+        if missing:
+            have = f"GPUs 0-{count - 1}" if count else "no GPU (nvidia-smi finds none)"
+            raise ConfigError(f"--devices {devices}: this machine has {have}, not GPU {', '.join(missing)}; "
+                              f"use --devices cpu or all")
     if workers is not None:  # several workers per GPU, round robin
         slots = [slots[i % len(slots)] for i in range(workers)]
     return slots
@@ -86,7 +94,8 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
             env.setdefault("OMP_NUM_THREADS", str(threads))
             env.setdefault("MKL_NUM_THREADS", str(threads))
         log_path = Path(log_dir) / f"{worker_id}.log" if log_dir else None
-        specs.append(ChildSpec(worker_id, _factory(config, env, log_path, zygote, warned), Restart.TRANSIENT))
+        specs.append(ChildSpec(worker_id, _factory(config, env, log_path, zygote, warned), Restart.TRANSIENT,
+                               final_exit_codes=frozenset({EXIT_WRONG_RUN})))  # a stale worker: never restarted
     return specs
 
 
@@ -100,17 +109,20 @@ def _factory(config: WorkerProcessConfig, env: dict[str, str], log_path: Path | 
     def start() -> WorkerProcess:
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
+        lifeline = Lifeline.get().read_fd  # the worker exits when this process is gone (orphans)
         if zygote is not None:
             try:
-                return zygote.spawn(config, env, log_path)
+                return zygote.spawn(config, env, log_path, lifeline_fd=lifeline)
             except ZygoteError as exc:
                 if not warned:
                     warned.append(True)
                     log.warning("cannot fork workers from the zygote (%s); starting fresh processes instead", exc)
+        fresh_env = {**env, LIFELINE_ENV: str(lifeline)}
         if log_path is None:
-            return subprocess.Popen(worker_command(config), env=env)
+            return subprocess.Popen(worker_command(config), env=fresh_env, pass_fds=(lifeline,))
         with open(log_path, "ab") as sink:
-            return subprocess.Popen(worker_command(config), env=env, stdout=sink, stderr=subprocess.STDOUT)
+            return subprocess.Popen(worker_command(config), env=fresh_env, pass_fds=(lifeline,), stdout=sink,
+                                    stderr=subprocess.STDOUT)
 
     return start
 

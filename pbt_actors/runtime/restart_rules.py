@@ -42,6 +42,9 @@ class ChildSpec:
     id: str
     factory: Callable[[], Any]
     restart: Restart = Restart.PERMANENT
+    final_exit_codes: frozenset[int] = frozenset()
+    """Exit codes that mean "never restart this child" (a worker of another run): the
+    supervisor gives up on it at once, with the reason (``RestartDecision`` below)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class RestartDecision:
     delay_s: float = 0.0
     give_up: bool = False
     reason: str = ""
+    explained: bool = False
+    """The death is the trial's doing, not the host's: it did not count against the intensity."""
+
+
+KILLERS_REMEMBERED = 64
+EXIT_TRIAL_TIMEOUT = 6
+"""A worker process ends itself with this code when its trial timed out and ``train`` did not
+return after ``stop`` (a thread stuck in C code cannot be interrupted): the trial's doing."""
 
 
 @dataclass
@@ -62,12 +73,36 @@ class RestartTracker:
     backoff: Backoff = field(default_factory=Backoff)
     restarts: deque[float] = field(default_factory=deque)
     consecutive: int = 0
+    killers: deque[int] = field(default_factory=lambda: deque(maxlen=KILLERS_REMEMBERED))
+    """Trials whose run ended in a death of this child (most recent last)."""
 
-    def on_exit(self, restart: Restart, exit_code: int | None, started_at: float, now: float) -> RestartDecision:
-        """Decide what follows an exit with ``exit_code`` (None/negative: killed by a signal)."""
+    def on_exit(self, restart: Restart, exit_code: int | None, started_at: float, now: float,
+                trial: int | None = None) -> RestartDecision:
+        """Decide what follows an exit with ``exit_code`` (None/negative: killed by a signal).
+
+        ``trial``: the trial the child was running when it died (``trial_marker``), if any.
+        DESIGN §10, "death while running a trial counts against that trial first": a death
+        while running a trial that already killed this child before is *explained* by that
+        trial (a configuration that gets its process OOM-killed, say): it restarts after the
+        first backoff delay and does not count against the intensity, so one poison
+        configuration cannot make the host give up (the controller fails that trial after
+        ``max_attempts`` such deaths). The first death in a trial still counts: a host that
+        kills every trial it starts (a broken install, a dead GPU) gives up after
+        ``max_restarts`` *different* trials died on it, instead of failing them one by one.
+        """
         normal = exit_code == 0
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and normal):
             return RestartDecision(False, reason="exited normally" if normal else "temporary child")
+        if exit_code == EXIT_TRIAL_TIMEOUT:
+            return RestartDecision(True, delay_s=self.backoff.delay(0), explained=True, reason=(
+                f"exit code {exit_code}: its trial{'' if trial is None else f' {trial}'} timed out "
+                f"(counted against the trial, not the host)"))
+        if not normal and trial is not None:
+            if trial in self.killers:
+                return RestartDecision(True, delay_s=self.backoff.delay(0), explained=True, reason=(
+                    f"exit code {exit_code} running trial {trial}, which killed this worker before "
+                    f"(counted against the trial, not the host)"))
+            self.killers.append(trial)
         if now - started_at >= self.intensity.stable_s:
             self.restarts.clear()
             self.consecutive = 0

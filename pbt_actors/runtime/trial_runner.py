@@ -10,8 +10,18 @@ What ``execute`` returns, i.e. what the controller is told:
 * ``train`` raised → ``Fail``, retryable unless the exception is a ``CheckpointError`` (the
   parent's checkpoint cannot be read: no retry of this spec can fix it; the policy picks
   another parent). Anything else, a ``CheckpointWriteError`` (disk full) included, says
-  nothing about the trial, so it is retried (up to ``max_attempts``). ``KeyboardInterrupt``
-  and ``SystemExit`` are not the trial's failure: they propagate.
+  nothing about the trial, so it is retried (up to ``max_attempts``). A ``ctx.report`` of a
+  value that is not a number raises ``MetricError`` inside ``train``: the same failure.
+* ``train`` called ``sys.exit`` (``SystemExit``, whatever its code) → a retryable ``Fail``
+  saying so: user code ending "the process" must not end the worker, which serves the whole
+  run. ``KeyboardInterrupt`` alone propagates: in a worker process it is the real interrupt
+  of the process (SIGINT, e.g. Ctrl-C on ``pbt-actors run``, which reaches the whole process
+  group); graceful preemption is SIGTERM, which sets ``ctx.preempted`` and never raises.
+  A ``train`` that raises ``KeyboardInterrupt`` itself is indistinguishable from that, and
+  is treated like it: the worker process ends and its trial counts as a death during a trial.
+* ``train`` returned, but its metrics are unusable → a retryable ``Fail`` with the reason
+  (``TrialContext.final_metrics``): a value that is not a number, or no value for an
+  objective metric (returned ``None``/a list/a dict without it, and never ``ctx.report``-ed).
 * the process is being preempted (``ctx.preempted``) and the trial did not save a checkpoint
   at its end step → ``Fail(preempted=True)``, with ``resume`` = the checkpoint it saved on the
   way (if past its start step) so the retry continues from there;
@@ -24,11 +34,11 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pbt_actors.model.errors import CheckpointError
-from pbt_actors.runtime.context import NullLink, TrialContext, TrialLink
+from pbt_actors.runtime.context import MetricError, NullLink, TrialContext, TrialLink
 from pbt_actors.transport.messages import Fail, Report, TrialAssignment
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,7 @@ TrainFn = Callable[[TrialContext], Any]
 MAX_ERROR_TEXT = 8000
 """A failure's traceback is cut to its last this many characters."""
 PREEMPTED = "preempted (SIGTERM)"
+BAD_RESULT = "unusable trial result"
 
 
 def build_context(spec: TrialAssignment, checkpoint_root: str, device: str = "cpu", *,
@@ -56,19 +67,25 @@ def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, CheckpointError)
 
 
-def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool = False) -> Report | Fail | None:
+def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool = False,
+            objective: Sequence[str] = ()) -> Report | Fail | None:
     """Run ``train(ctx)`` and return what to tell the controller (see the module docstring).
 
     ``ask_next``: set ``Report.next`` (the ack brings the next trial along), unless the process
-    is being preempted and will run no other.
+    is being preempted and will run no other. ``objective``: the metric names a completed
+    trial must have (returned or reported); without them, any metric will do.
 
     Raises:
-        KeyboardInterrupt, SystemExit: from ``train``, unchanged.
+        KeyboardInterrupt: from ``train``, unchanged.
     """
     try:
         returned = train(ctx)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         raise
+    except SystemExit as exc:
+        text = f"train called sys.exit({exc.code!r}) (SystemExit): a trial must return or raise, not end the process"
+        log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, text)
+        return Fail(worker_id, ctx.trial_id, ctx.attempt, text[:MAX_ERROR_TEXT], True)
     except BaseException as exc:  # the user's code: report it, never die of it
         log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, exc)
         text = "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]
@@ -78,5 +95,13 @@ def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool
         return Fail(worker_id, ctx.trial_id, ctx.attempt, PREEMPTED, True, resume, preempted=True)
     if ctx.stop_event.is_set():
         return None
-    return Report(worker_id, ctx.trial_id, ctx.attempt, ctx.final_metrics(returned), tuple(ctx.measurements),
+    try:
+        final = ctx.final_metrics(returned, objective)
+        if not final:
+            raise MetricError(f"train returned {returned!r:.80} and no metric was reported with ctx.report")
+    except MetricError as exc:
+        text = f"{BAD_RESULT}: {exc}"
+        log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, text)
+        return Fail(worker_id, ctx.trial_id, ctx.attempt, text[:MAX_ERROR_TEXT], True)
+    return Report(worker_id, ctx.trial_id, ctx.attempt, final, tuple(ctx.measurements),
                   ctx.saved, next=ask_next and not ctx.preempted)

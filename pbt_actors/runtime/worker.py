@@ -34,15 +34,18 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pykka
 
 from pbt_actors.common.backoff import Backoff
+from pbt_actors.control.deadlines import TIMEOUT_ERROR
 from pbt_actors.model.errors import PbtError, RequestTimeout
 from pbt_actors.runtime.context import TrialContext, default_device
+from pbt_actors.runtime.restart_rules import EXIT_TRIAL_TIMEOUT
+from pbt_actors.runtime.trial_marker import clear_marker, marker_path, markers_dir, write_marker
 from pbt_actors.runtime.trial_runner import TrainFn, build_context, execute
 from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import (
@@ -62,6 +65,8 @@ from pbt_actors.transport.messages import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_TIMEOUT_S = 2.0
+TIMEOUT_GRACE_S = 5.0
+"""After a trial timeout, how long ``train`` has to return before the process ends itself."""
 PREEMPT_GRACE_S = 20.0
 RESENDS_PER_ROUND = 2
 """Resends within one round (one request id) before the worker checks for a preemption."""
@@ -69,6 +74,19 @@ INTERNAL_ERROR_RETRIES = 8
 INTERNAL_ERROR_BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=30.0)
 """A report answered ``error(internal)`` is sent again after 0.2, 0.4, ... s (8 times, ~50 s in
 all); after that the trial is left to its lease expiry, like a report that never arrived."""
+
+
+class WrongRun(PbtError):
+    """The controller serves another run than the one this worker joined (``error(wrong_run)``):
+    this worker is stale (its run ended while it was away). It must exit, not take the new
+    run's trials (``worker_process`` exits with ``EXIT_WRONG_RUN``, which is not restarted)."""
+
+
+def stamp_run(message: Message, run: str) -> Message:
+    """``message`` carrying the run id ``run`` (requests have a ``run`` field; "" leaves it)."""
+    if run and getattr(message, "run", None) == "":
+        return replace(message, run=run)  # type: ignore[arg-type]
+    return message
 
 
 @dataclass
@@ -81,6 +99,10 @@ class _Progress:
     metrics: Mapping[str, float] | None = None
     fresh: bool = False
     ctx: TrialContext | None = None
+    run: str = ""
+    """The run id learned from the ``hello`` answer; every request carries it."""
+    wrong_run: str = ""
+    """Set when the controller answered ``wrong_run`` (its message)."""
     heartbeat_queued: bool = False
     """A heartbeat is told and not yet started: the ticker tells no other (while the controller
     is unreachable each heartbeat waits its timeout, and unbounded tells would pile up)."""
@@ -133,18 +155,46 @@ class WorkerActor(pykka.ThreadingActor):
             step, metrics, fresh = self.progress.step, self.progress.metrics, self.progress.fresh
             self.progress.fresh = False
             self.progress.heartbeat_queued = False
+            run = self.progress.run
         if spec is None or self.endpoint is None:
             return
         payload = dict(metrics) if fresh and metrics else None
-        message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, payload)
+        message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, payload, run)
         try:
             reply = self.endpoint.request(message, timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
         except RequestTimeout:
             log.info("heartbeat for trial %d unanswered; training on", spec.trial_id)
             return
+        if isinstance(reply, Error) and reply.code == "wrong_run":
+            log.error("controller refuses this worker: %s", reply.message)
+            with self.progress.lock:
+                self.progress.wrong_run = reply.message
+            if ctx is not None:
+                ctx.stop_event.set()
+            return
         if isinstance(reply, Stop) and ctx is not None:
             log.info("controller stops trial %d: %s", spec.trial_id, reply.reason)
             ctx.stop_event.set()
+            if TIMEOUT_ERROR in reply.reason:
+                self._end_if_stuck(spec, reply.reason)
+
+    def _end_if_stuck(self, spec: TrialAssignment, reason: str) -> None:
+        """The trial timed out (the controller already counted the attempt as failed). ``train``
+        may still notice ``ctx.should_stop`` and return; if it is still running the same
+        attempt ``TIMEOUT_GRACE_S`` later, it is stuck (maybe in C code, which no thread can
+        interrupt): the process ends with ``EXIT_TRIAL_TIMEOUT`` and its supervisor restarts
+        it without counting that against the host."""
+        def check() -> None:
+            with self.progress.lock:
+                stuck = self.progress.spec is spec
+            if stuck:
+                log.error("trial %d attempt %d is stuck after its timeout (%s); ending this worker process",
+                          spec.trial_id, spec.attempt, reason)
+                os._exit(EXIT_TRIAL_TIMEOUT)
+
+        timer = threading.Timer(TIMEOUT_GRACE_S, check)
+        timer.daemon = True
+        timer.start()
 
 
 class _ActorLink:
@@ -173,8 +223,10 @@ class WorkerClient:
 
     def __init__(self, connect: str, train: TrainFn, checkpoint_root: str, *, worker_id: str | None = None,
                  device: str | None = None, endpoint_options: Mapping[str, Any] | None = None,
-                 request_timeout_s: float = 5.0) -> None:
+                 request_timeout_s: float = 5.0, objective: Sequence[str] = ()) -> None:
         self.train = train
+        self.objective = tuple(objective)
+        """The objective's metric names: a trial that ends without them is a failed attempt."""
         self.checkpoint_root = checkpoint_root
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.device = device or default_device()
@@ -189,6 +241,8 @@ class WorkerClient:
         self._ticker = threading.Thread(target=self._tick, name=f"{self.worker_id}-ticker", daemon=True)
         self._ticker.start()
         self.trials_run = 0
+        self._marker = marker_path(markers_dir(checkpoint_root), self.worker_id)
+        """Names the trial this process runs, for its host supervisor (``trial_marker``)."""
         self._next_reply: Message | None = None
         """The controller's answer about the next trial, when it came with a report's ack."""
 
@@ -210,6 +264,10 @@ class WorkerClient:
         """
         preempted_at: float | None = None
         refused = 0
+        progress: _Progress | None = getattr(self, "progress", None)  # None: a bare client in tests
+        if progress is not None:
+            with progress.lock:
+                message = stamp_run(message, progress.run)
         while True:
             try:
                 reply = self._request(message, retries=RESENDS_PER_ROUND)
@@ -220,6 +278,12 @@ class WorkerClient:
                     if grace_s is None or time.monotonic() - preempted_at > grace_s:
                         return None
                 continue
+            if isinstance(reply, Error) and reply.code == "wrong_run":
+                if progress is not None:
+                    with progress.lock:
+                        progress.wrong_run = reply.message
+                log.error("controller refuses worker %s: %s; exiting", self.worker_id, reply.message)
+                raise WrongRun(reply.message)
             if not isinstance(reply, Error) or reply.code != "internal":
                 return reply
             if refused >= internal_retries or self.preempt.is_set():
@@ -229,7 +293,26 @@ class WorkerClient:
             refused += 1
 
     def hello(self) -> Message | None:
-        return self._send(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device), grace_s=None)
+        """Introduce this worker; the ``ack`` names the run id that later requests carry.
+
+        Raises:
+            WrongRun: this worker already belongs to another run (a second hello after the
+                controller was replaced by another run's).
+        """
+        with self.progress.lock:
+            run = self.progress.run
+        reply = self._send(Hello(self.worker_id, socket.gethostname(), os.getpid(), self.device, run),
+                           grace_s=None)
+        if isinstance(reply, Ack) and reply.run:
+            with self.progress.lock:
+                self.progress.run = reply.run
+        return reply
+
+    @property
+    def run_id(self) -> str:
+        """The run this worker joined ("" before its hello was answered)."""
+        with self.progress.lock:
+            return self.progress.run
 
     def _tick(self) -> None:
         # Sleeps until the next heartbeat is due (not a fixed short poll): every wake-up takes
@@ -256,6 +339,10 @@ class WorkerClient:
         """Ask for one trial and run it. Returns False when the experiment is done."""
         reply, self._next_reply = self._next_reply, None
         if reply is None:
+            with self.progress.lock:
+                wrong_run = self.progress.wrong_run
+            if wrong_run:  # a heartbeat heard it: do not ask the new run for work
+                raise WrongRun(wrong_run)
             reply = self._send(RequestTrial(self.worker_id), grace_s=None)
         if reply is None:
             return False
@@ -288,10 +375,12 @@ class WorkerClient:
             self.progress.step, self.progress.metrics, self.progress.fresh = spec.start_step, None, False
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
         self._ticker_wake.set()
+        write_marker(self._marker, spec.trial_id, spec.attempt)
         try:
             # ``ask_next``: the ack brings the next trial along (one round trip)
-            outcome = execute(ctx, self.train, self.worker_id, ask_next=True)
+            outcome = execute(ctx, self.train, self.worker_id, ask_next=True, objective=self.objective)
         finally:
+            clear_marker(self._marker)
             self._clear()
         if outcome is not None:  # None: the controller stopped it; nothing to report
             self._deliver(outcome)

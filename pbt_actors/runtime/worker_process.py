@@ -10,22 +10,119 @@ builds the same typed config for both ways.
 The process leaves with ``EXIT_DONE`` (0) when the controller said ``done``, or with
 ``EXIT_PREEMPTED`` (3) after a SIGTERM (graceful preemption: the running trial hands back a
 resume checkpoint if it can); a restart rule treats anything else as a crash.
+
+Orphans: the process that supervises workers (``pbt-actors run`` or ``pbt-actors worker``)
+holds the write end of a *lifeline* pipe (``Lifeline``, one per supervising process); every
+worker gets its read end (fd number in ``PBT_LIFELINE_FD``: passed with ``pass_fds`` to a
+fresh interpreter, with ``SCM_RIGHTS`` through the zygote) and watches it from a daemon
+thread. End-of-file means the supervisor is gone, even by SIGKILL (the kernel closes its
+fds): the worker preempts itself (SIGTERM: the running trial hands back a resume
+checkpoint if it can) and leaves with ``EXIT_ORPHANED`` after ``ORPHAN_GRACE_S`` at the
+latest. A pipe, not only ``PR_SET_PDEATHSIG``: a forked worker's parent is the zygote, not
+its supervisor, and the pipe has no race (a parent already gone reads as end-of-file).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.runtime.experiment_file import load_experiment_file
-from pbt_actors.runtime.worker import WorkerClient
+from pbt_actors.runtime.worker import WorkerClient, WrongRun
+
+log = logging.getLogger(__name__)
 
 EXIT_DONE = 0
 EXIT_PREEMPTED = 3
+EXIT_ORPHANED = 4
+EXIT_WRONG_RUN = 5
+"""The controller serves another run (``error(wrong_run)``): this worker is stale; the host
+supervisor does not restart it (``launch.worker_specs``: a final exit code)."""
+LIFELINE_ENV = "PBT_LIFELINE_FD"
+ORPHAN_GRACE_S = 3.0
+
+
+class Lifeline:
+    """The supervising process's end of the lifeline pipe (see the module doc): ``read_fd``
+    goes to every worker; the write end stays open, unshared, until this process ends."""
+
+    _instance: Lifeline | None = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # both non-inheritable: exec'd children get read_fd via pass_fds
+        self.owner = os.getpid()
+
+    @classmethod
+    def get(cls) -> Lifeline:
+        """This process's lifeline (made on first use; a forked child makes its own)."""
+        with cls._guard:
+            if cls._instance is None or cls._instance.owner != os.getpid():
+                cls._instance = Lifeline()
+            return cls._instance
+
+    @classmethod
+    def drop_inherited(cls) -> None:
+        """In a child forked from the owner (the zygote): close the inherited write end, which
+        would keep every worker's lifeline open after the owner died."""
+        with cls._guard:
+            inherited, cls._instance = cls._instance, None
+        if inherited is not None:
+            for fd in (inherited.read_fd, inherited.write_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def watch_lifeline(fd: int, grace_s: float = ORPHAN_GRACE_S) -> threading.Thread:
+    """Start a daemon thread that preempts this process (SIGTERM to itself) when ``fd``
+    reads end-of-file, and ``os._exit(EXIT_ORPHANED)`` ``grace_s`` later if it still runs."""
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        while True:
+            with contextlib.suppress(InterruptedError):
+                if poller.poll():
+                    try:
+                        if os.read(fd, 1) == b"":  # nobody ever writes: data would be a bug; EOF = gone
+                            break
+                    except OSError:
+                        break
+        print(f"pbt-actors: worker pid {os.getpid()}: its supervisor is gone; stopping", file=sys.stderr,
+              flush=True)
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(EXIT_ORPHANED)
+
+    thread = threading.Thread(target=watch, name="pbt-lifeline", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch_inherited_lifeline() -> None:
+    raw = os.environ.pop(LIFELINE_ENV, None)
+    if raw is None:
+        return
+    try:
+        fd = int(raw)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        log.warning("ignoring %s=%r: not an open file descriptor", LIFELINE_ENV, raw)
+        return
+    watch_lifeline(fd)
 
 
 @dataclass(frozen=True)
@@ -84,13 +181,17 @@ def run(config: WorkerProcessConfig) -> int:
     Raises:
         ConfigError: a broken experiment file or half a CURVE key pair.
     """
-    _, train = load_experiment_file(config.experiment)
+    _watch_inherited_lifeline()
+    experiment, train = load_experiment_file(config.experiment)
     client = WorkerClient(config.connect, train, config.checkpoint_root, worker_id=config.worker_id,
-                          endpoint_options=_endpoint_options(config))
+                          endpoint_options=_endpoint_options(config), objective=experiment.objective_.names)
     client.install_sigterm_handler()
     try:
         client.hello()
         client.run()
+    except WrongRun as exc:
+        log.error("worker %s exits: the controller serves another run (%s)", config.worker_id, exc)
+        return EXIT_WRONG_RUN
     finally:
         client.close()
     return EXIT_PREEMPTED if client.preempt.is_set() else EXIT_DONE
@@ -107,4 +208,5 @@ def _endpoint_options(config: WorkerProcessConfig) -> dict[str, Any]:
             "curve_keypair": load_keypair(config.curve_secret)}
 
 
-__all__ = ["EXIT_DONE", "EXIT_PREEMPTED", "WorkerProcessConfig", "main", "run"]
+__all__ = ["EXIT_DONE", "EXIT_ORPHANED", "EXIT_PREEMPTED", "EXIT_WRONG_RUN", "LIFELINE_ENV", "Lifeline",
+           "WorkerProcessConfig", "main", "run", "watch_lifeline"]

@@ -16,7 +16,9 @@ Protocol: one ``AF_UNIX`` ``SOCK_SEQPACKET`` socket pair (a request is one datag
 framing). A request is a JSON map ``{"config": WorkerProcessConfig fields, "env": {...},
 "log": path | null}`` with one file descriptor attached (``SCM_RIGHTS``): the write end of a
 pipe the parent made for this worker, its *status pipe*. Into it the zygote writes 4-byte
-big-endian signed ints: the worker's pid (or ``-errno`` if it could not fork it), later its
+big-endian signed ints (a second descriptor, if attached, is the read end of the parent's
+lifeline pipe, ``worker_process.Lifeline``: the worker gets it as ``PBT_LIFELINE_FD`` and
+exits when its supervisor is gone): the worker's pid (or ``-errno`` if it could not fork it), later its
 exit code (``subprocess``'s convention: the exit status, or ``-signal``), then closes it.
 Each worker has its own channel, so concurrent spawns need no lock and the parent no reader
 thread: ``ForkedWorker.poll`` is a non-blocking read. A worker keeps its own copy of that
@@ -27,7 +29,8 @@ SIGKILLed: an abnormal exit, so a supervisor restarts the slot).
 The zygote is single-threaded, reaps with ``waitpid(-1, WNOHANG)`` woken by SIGCHLD
 (``signal.set_wakeup_fd``), ignores SIGINT and SIGTERM (a Ctrl-C or a group SIGTERM reaches
 the workers and the CLI, which stops them) and exits at end-of-file on its socket: when the
-parent calls ``close`` or dies. It stays in the CLI's process group, as do its workers.
+parent calls ``close`` or dies (and it asks the kernel for a SIGKILL when its parent dies,
+``PR_SET_PDEATHSIG``, in case it is busy). It stays in the CLI's process group, as do its workers.
 
 A worker child restores a fresh interpreter's signal handlers, replaces ``os.environ`` by
 the request's ``env`` (and applies ``OMP_NUM_THREADS`` to torch, whose OpenMP runtime read
@@ -67,7 +70,7 @@ from collections.abc import Mapping, Sequence
 from pbt_actors.model.errors import PbtError, ZygoteError
 from pbt_actors.runtime import worker_process
 from pbt_actors.runtime.experiment_file import forget_experiment_modules
-from pbt_actors.runtime.worker_process import WorkerProcessConfig
+from pbt_actors.runtime.worker_process import LIFELINE_ENV, Lifeline, WorkerProcessConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +157,13 @@ class Zygote:
         modules = default_preload() if preload is None else list(preload)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         _flush_stdio()  # or the child would write our buffered output again
+        parent_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the zygote
             code = 1
             try:
+                _die_with_parent(parent_pid)
+                Lifeline.drop_inherited()
                 parent_sock.close()
                 for other in _PARENT_SOCKETS:  # other zygotes' parent ends: theirs, not ours
                     other.close()
@@ -174,9 +180,10 @@ class Zygote:
         return cls(pid, parent_sock)
 
     def spawn(self, config: WorkerProcessConfig, env: Mapping[str, str],
-              log_path: str | os.PathLike[str] | None = None) -> ForkedWorker:
+              log_path: str | os.PathLike[str] | None = None, lifeline_fd: int | None = None) -> ForkedWorker:
         """Fork a worker running ``worker_process.run(config)`` with exactly ``env``, its stdout
-        and stderr appended to ``log_path`` (else the zygote's).
+        and stderr appended to ``log_path`` (else the zygote's); with ``lifeline_fd`` (the read
+        end of ``Lifeline``) the worker exits when this process is gone.
 
         Raises:
             ZygoteError: the zygote is closed or dead, did not answer, or could not fork.
@@ -188,7 +195,7 @@ class Zygote:
             with self._lock:
                 if self._sock is None:
                     raise ZygoteError(f"the zygote (pid {self.pid}) is closed")
-                socket.send_fds(self._sock, [request], [status_w])
+                socket.send_fds(self._sock, [request], [status_w] if lifeline_fd is None else [status_w, lifeline_fd])
         except OSError as exc:
             os.close(status_r)
             raise ZygoteError(f"the zygote (pid {self.pid}) is not running: {exc}") from exc
@@ -236,6 +243,19 @@ def default_preload() -> list[str]:
     """What a zygote imports when ``preload`` is not given: ``torch._dynamo`` (which the first
     ``torch.optim`` optimizer imports lazily) when torch is imported."""
     return ["torch._dynamo"] if "torch" in sys.modules else []
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when its parent dies; exit now if it already has (the race
+    between ``fork`` and ``prctl``). Elsewhere a no-op: the socket's end-of-file still ends us."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 # --- pipe helpers --------------------------------------------------------------------------------
@@ -294,7 +314,7 @@ def _serve(sock: socket.socket, preload: list[str]) -> int:
                     pass
         if sock.fileno() in readable:
             try:
-                data, fds, flags, _ = socket.recv_fds(sock, _MAX_REQUEST, 1)
+                data, fds, flags, _ = socket.recv_fds(sock, _MAX_REQUEST, 2)  # status pipe, lifeline
             except ConnectionError:
                 return 0
             if not data and not fds:  # end-of-file: the parent closed its end, or died
@@ -308,8 +328,20 @@ def _fork_worker(data: bytes, fds: list[int], flags: int, statuses: dict[int, in
         log.warning("zygote: ignoring a request without its status pipe")
         return
     status_fd = fds[0]
-    for fd in fds[1:]:
+    lifeline_fd = fds[1] if len(fds) > 1 else None
+    if lifeline_fd is not None:
+        os.set_inheritable(lifeline_fd, False)
+    for fd in fds[2:]:
         os.close(fd)
+    try:
+        _fork_worker_with(data, status_fd, lifeline_fd, flags, statuses, own_fds)
+    finally:
+        if lifeline_fd is not None:  # the worker has its copy; the zygote needs none
+            os.close(lifeline_fd)
+
+
+def _fork_worker_with(data: bytes, status_fd: int, lifeline_fd: int | None, flags: int, statuses: dict[int, int],
+                      own_fds: list[int]) -> None:
     os.set_inheritable(status_fd, False)  # SCM_RIGHTS fds arrive inheritable: keep them from exec'd programs
     try:
         if flags & socket.MSG_TRUNC:
@@ -318,6 +350,8 @@ def _fork_worker(data: bytes, fds: list[int], flags: int, statuses: dict[int, in
         config = WorkerProcessConfig(**request["config"])
         env = {str(k): str(v) for k, v in dict(request["env"]).items()}
         log_path = None if request.get("log") is None else str(request["log"])
+        if lifeline_fd is not None:
+            env[LIFELINE_ENV] = str(lifeline_fd)
     except (ValueError, TypeError, KeyError) as exc:
         log.warning("zygote: bad request: %r", exc)
         _write_int(status_fd, -errno.EINVAL)

@@ -9,7 +9,7 @@ run that sees the same event order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,16 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
                 raise RuntimeError("in-process run is waiting with nothing running: a policy stalled")
             continue
         for name, spec in leased:
-            outcome = run_assignment(name, spec, train, str(checkpoint_root), device)
+            outcome = run_assignment(name, spec, train, str(checkpoint_root), device,
+                                     objective=experiment.objective_.names)
             if outcome is not None:
                 core.handle(outcome, clock())
 
 
 def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
-                   device: str = "cpu") -> Report | Fail | None:
+                   device: str = "cpu", *, objective: Sequence[str] = ()) -> Report | Fail | None:
     """Run one assignment inline and build the message a worker would send (the same
     ``pbt_actors.runtime.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
     retryable failure, one that cannot be *read* is not). ``None``: the trial was stopped and
     has nothing to report (no controller asks for that in process, so it does not happen)."""
-    return execute(build_context(spec, checkpoint_root, device), train, worker)
+    return execute(build_context(spec, checkpoint_root, device), train, worker, objective=objective)

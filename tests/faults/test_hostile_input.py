@@ -23,7 +23,7 @@ import zmq
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
-from pbt_actors.transport.messages import REPLY_TYPES, Error
+from pbt_actors.transport.messages import PROTOCOL_VERSION, REPLY_TYPES, Error
 from tests.faults.harness import env_with, finished, start_controller, start_host, trials, verify_cli
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until
@@ -34,11 +34,14 @@ WINDOW = 150  # answerable requests in flight per attacker socket
 OVERSIZED = 12
 
 
+V = PROTOCOL_VERSION
+
+
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def _env(tag: Any, body: Any, rid: int, version: Any = 1) -> bytes:
+def _env(tag: Any, body: Any, rid: int, version: Any = PROTOCOL_VERSION) -> bytes:
     return _pack({"v": version, "t": tag, "id": rid, "b": body})
 
 
@@ -68,16 +71,16 @@ KINDS: list[Kind] = [
     ("deep nesting", lambda r, me, rid: [_env("report", _nested(r.randint(20, 400)), rid)], None),
     ("not a map", lambda r, me, rid: [_pack([1, "two", 3.0])], None),
     ("integer map keys", lambda r, me, rid: [_pack({1: 2, "id": rid})], None),
-    ("invalid request id", lambda r, me, rid: [_pack({"v": 1, "t": "hello", "id": -rid - 1, "b": {}})], None),
+    ("invalid request id", lambda r, me, rid: [_pack({"v": V, "t": "hello", "id": -rid - 1, "b": {}})], None),
     ("extra frames", lambda r, me, rid: [_env("hello", {"worker": me}, rid), b"surprise"], None),
     ("empty frame", lambda r, me, rid: [b""], None),
     ("wrong body types", lambda r, me, rid: [_env("report", {"worker": me, "trial_id": "one", "attempt": 1.5,
                                                               "final": [1, 2]}, rid)], "malformed"),
     ("wrong envelope types", lambda r, me, rid: [_pack({"v": "1", "t": "hello", "id": rid, "b": {}})], "malformed"),
-    ("no body", lambda r, me, rid: [_pack({"v": 1, "t": "heartbeat", "id": rid})], "malformed"),
+    ("no body", lambda r, me, rid: [_pack({"v": V, "t": "heartbeat", "id": rid})], "malformed"),
     ("unknown type", lambda r, me, rid: [_env(f"launch_missiles_{r.randint(0, 9)}", {}, rid)], "unknown_type"),
     ("reply type sent as a request", lambda r, me, rid: [_env("done", {}, rid)], "unknown_type"),
-    ("wrong protocol version", lambda r, me, rid: [_env("hello", {"worker": me}, rid, r.choice([0, 2, 99]))],
+    ("wrong protocol version", lambda r, me, rid: [_env("hello", {"worker": me}, rid, r.choice([0, V + 1, 99]))],
      "version"),
     ("report for an unknown trial", lambda r, me, rid: [_env("report", _report(me, 10**9 + rid, 1), rid)],
      "unknown_trial"),

@@ -392,15 +392,21 @@ def test_malformed_payloads_become_errors(transport: str, context: zmq.Context, 
         raw.close()
 
 
-def test_restarted_worker_takes_over_its_identity(context: zmq.Context, servers: list[Server]) -> None:
+def test_a_live_identity_cannot_be_taken_over(context: zmq.Context, servers: list[Server]) -> None:
+    """ROUTER_HANDOVER=0: while the first connection with an id is open, a second one with the
+    same id is ignored (its frames never arrive) and the first keeps working; once the first
+    closes, a restarted worker with that id gets through."""
     server = Server("tcp://127.0.0.1:0", context).start()
     servers.append(server)
     old = WorkerEndpoint(server.endpoint, "w1", context=context)
     assert old.request(Hello("w1"), timeout_s=5, retries=2) == Ack()
-    # the old connection may still be open when the new process (same id) connects
     with WorkerEndpoint(server.endpoint, "w1", context=context) as new:
-        assert new.request(Hello("w1", pid=2), timeout_s=0.5, retries=20) == Ack()
+        with pytest.raises(RequestTimeout):
+            new.request(Hello("w1", pid=2), timeout_s=0.3, retries=1)
+        assert old.request(Hello("w1"), timeout_s=5, retries=2) == Ack()  # the owner is unharmed
     old.close()
+    with WorkerEndpoint(server.endpoint, "w1", context=context) as restarted:
+        assert restarted.request(Hello("w1", pid=3), timeout_s=0.5, retries=20) == Ack()
 
 
 # --- ownership and arguments ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pbt_actors.model.records import CheckpointRef
 from pbt_actors.model.space import Float
 from pbt_actors.runtime.controller import Controller, ControllerHandle
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Done, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
+from pbt_actors.transport.messages import Done, Hello, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,6 +134,8 @@ def test_a_lost_worker_s_trial_goes_at_once_to_a_held_request(controller: Contro
         b.ask(RequestTrial("wb"))  # held: the only trial runs on wa
         with pytest.raises(queue.Empty):
             b.replies.get(timeout=0.3)
+        supervisor.ask(Hello("supervisor-host-1", host="host-1", workers=("wa",)))  # it owns wa
+        assert supervisor.reply()[0].TYPE == "ack"
         supervisor.ask(WorkerLost("wa", "SIGKILL"))
         assert supervisor.reply()[0].TYPE == "ack"
         retry, _ = b.reply()  # the re-queued trial, without waiting for a lease or a retry

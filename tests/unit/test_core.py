@@ -270,7 +270,7 @@ def test_losses_have_their_own_budget_so_preemption_storms_do_not_fail_trials() 
     for attempt in (1, 2, 3):  # three leases lost: more than max_attempts, fewer than max_losses
         spec = d.lease("w0")
         assert spec.attempt == attempt
-        d.core.handle(WorkerLost("w0", "SIGKILL"), d.now)
+        assert d.core.tick(d.now + 1000) == [1]  # expired: the host vanished (no worker death seen)
     trial = d.trial(1)
     assert trial.status is TrialStatus.PENDING and trial.losses == 3
     spec = d.lease("w0")
@@ -285,8 +285,18 @@ def test_a_trial_that_keeps_killing_its_worker_still_ends_at_max_losses() -> Non
     d = driver(max_losses=3)
     for _ in range(3):
         d.lease("w0")
-        d.core.handle(WorkerLost("w0", "segfault"), d.now)
+        d.core.tick(d.now + 1000)
     assert d.trial(1).status is TrialStatus.FAILED and d.trial(1).losses == 3
+
+
+def test_a_trial_whose_workers_die_fails_after_one_loss_and_max_attempts_failures() -> None:
+    # DESIGN §10: death while running a trial counts against that trial first
+    d = driver(max_attempts=2, max_losses=10)
+    for _ in range(3):
+        d.lease("w0")
+        d.core.handle(WorkerLost("w0", "segfault"), d.now)
+    trial = d.trial(1)
+    assert trial.status is TrialStatus.FAILED and (trial.losses, trial.deaths) == (1, 3)
 
 
 def test_a_report_with_next_is_applied_and_answered_with_the_next_trial() -> None:

@@ -129,9 +129,9 @@ def test_a_resend_that_arrives_with_its_original_is_handled_once() -> None:
 def test_the_reply_cache_keeps_the_last_answered_peers_only() -> None:
     h = Harness(cache_peers=2)
     for request_id, peer in enumerate((b"p1", b"p2", b"p3"), start=1):
-        assert only(h.send((peer, request_id, Hello(peer.decode())))).reply == Ack()
+        assert only(h.send((peer, request_id, Hello(peer.decode())))).reply == Ack(h.core.run_id)
     assert h.session.cached(b"p1") is None  # the least recently answered went out
-    assert h.session.cached(b"p2") == (2, Ack()) and h.session.cached(b"p3") == (3, Ack())
+    assert h.session.cached(b"p2") == (2, Ack(h.core.run_id)) and h.session.cached(b"p3") == (3, Ack(h.core.run_id))
     handled = len(h.handled)
     h.send((b"p1", 1, Hello("p1")))  # no longer cached: handled afresh
     assert len(h.handled) == handled + 1
@@ -141,7 +141,7 @@ def test_the_reply_cache_keeps_the_last_answered_peers_only() -> None:
     # answering a cached peer again makes it the most recent: p1 (older) goes, not p3
     h.send((b"p3", 4, Hello("p3")))
     h.send((b"p4", 1, Hello("p4")))
-    assert h.session.cached(b"p1") is None and h.session.cached(b"p3") == (4, Ack())
+    assert h.session.cached(b"p1") is None and h.session.cached(b"p3") == (4, Ack(h.core.run_id))
 
 
 # --- long poll ------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_a_new_request_from_a_peer_with_a_held_one_replaces_it() -> None:
     assert [(o.peer, o.request_id) for o in out] == [(WA, 2), (WB, 8)]  # nothing for the old id 7
     # whatever the new request is: a restarted worker saying hello abandons its held request
     park(h, WA, 3)
-    assert h.send((WA, 4, Hello("wa"))) == [Outgoing(WA, 4, Ack())]
+    assert h.send((WA, 4, Hello("wa"))) == [Outgoing(WA, 4, Ack(h.core.run_id))]
     assert h.session.parked == {}
     child = out[1].reply
     assert isinstance(child, TrialAssignment)

@@ -1,0 +1,62 @@
+"""Which trial a worker process is running, told to its host supervisor through a small file.
+
+Layer 4. DESIGN §10: "Death while running a trial counts against that trial first." When a
+worker process dies, its supervisor must know whether the death is explained by the trial it
+was running (a configuration that gets its process OOM-killed, segfaults, ``os._exit``s) or
+not (a broken install, a CUDA driver that cannot start): only the latter may exhaust the
+host's restart intensity (``RestartTracker``). The simplest robust channel that survives a
+SIGKILL is a file the worker writes before ``train`` starts and removes after it returned:
+one per worker slot, ``<checkpoint root>/.pbt-hosts/running/<worker id>``, holding
+``"<trial id> <attempt>"``. The supervisor reads (and removes) it when the process exits. A
+missing or unreadable marker means "not running a trial": the death counts against the host,
+which is the old, conservative behaviour. The controller keeps its own, authoritative count
+(``Trial.deaths``, from ``worker_lost``); this file only feeds the host's restart rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+RUNNING_DIR = Path(".pbt-hosts") / "running"
+"""Under the checkpoint root, beside the host state files (``host_supervisor.HOST_STATE_DIR``)."""
+
+
+def markers_dir(checkpoint_root: str | os.PathLike[str]) -> Path:
+    return Path(checkpoint_root) / RUNNING_DIR
+
+
+def marker_path(folder: str | os.PathLike[str], worker_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id) or "worker"
+    return Path(folder) / safe
+
+
+def write_marker(path: Path, trial_id: int, attempt: int) -> None:
+    """Record that the process runs ``(trial_id, attempt)`` (atomic rename; never raises)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(f"{trial_id} {attempt}\n")
+        os.replace(tmp, path)
+    except OSError:  # no marker: a death then counts against the host, as it always did
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def clear_marker(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def take_marker(path: Path) -> tuple[int, int] | None:
+    """The ``(trial_id, attempt)`` a dead process was running, or None; the marker is removed."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    clear_marker(path)
+    parts = text.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
