@@ -40,6 +40,7 @@ Concurrency
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -54,7 +55,7 @@ from typing import Any, Final, TypeVar
 
 import lmdb
 
-from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFullRetry, StoreLocked
+from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFull, StoreFullRetry, StoreLocked
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import schema
 from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
@@ -74,6 +75,18 @@ ITER_CHUNK: Final = 256
 DECODE_CACHE: Final = 4096
 # The writer's lock file in the store folder (see ``_take_writer_lock``).
 WRITER_LOCK: Final = "writer.lock"
+# errno values of a commit or flush that mean "the disk is full (or failing)", not a bug: a short
+# write() is reported by LMDB as EIO (seen with RLIMIT_FSIZE), a failed one as ENOSPC / EFBIG / EDQUOT.
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT})
+
+
+def disk_error(path: Path, what: str, exc: lmdb.Error) -> StoreError:
+    """The ``StoreError`` for an LMDB error of a commit or flush: ``StoreFull`` when the disk is
+    full or failing (``DISK_FULL_ERRNOS``; the transaction is aborted and the store keeps its last
+    committed state), a plain ``StoreError`` otherwise."""
+    if isinstance(exc, lmdb.DiskError) or getattr(exc, "code", None) in DISK_FULL_ERRNOS:
+        return StoreFull(f"{what} {path} failed: {exc}")
+    return StoreError(f"{what} {path} failed: {exc}")
 
 
 @dataclass
@@ -414,7 +427,7 @@ class LmdbTrialStore(TrialStore):
                 continue
             except lmdb.Error as exc:
                 self._abort(txn)
-                raise StoreError(f"write to {self._path} failed: {exc}") from exc
+                raise disk_error(self._path, "write to", exc) from exc
             except BaseException:
                 self._abort(txn)
                 raise
@@ -478,7 +491,7 @@ class LmdbTrialStore(TrialStore):
             try:
                 self._env.sync(True)
             except lmdb.Error as exc:
-                raise StoreError(f"flushing {self._path} to disk failed: {exc}") from exc
+                raise disk_error(self._path, "flushing", exc) from exc
 
     @contextmanager
     def batch(self, durable: bool = True) -> Iterator[None]:
@@ -529,7 +542,7 @@ class LmdbTrialStore(TrialStore):
             raise self._doomed() from None
         except lmdb.Error as exc:
             self._abort(batch.txn)
-            raise StoreError(f"commit to {self._path} failed: {exc}") from exc
+            raise disk_error(self._path, "commit to", exc) from exc
 
     def close(self) -> None:
         """Abort any open batch and close the environment. Idempotent."""

@@ -27,13 +27,13 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Self
 
 import zmq
 
 from pbt_actors.common.backoff import Backoff
-from pbt_actors.model.errors import ProtocolError, RequestTimeout
+from pbt_actors.model.errors import MessageTooLarge, ProtocolError, RequestTimeout
 from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
 from pbt_actors.transport.messages import REPLY_TYPES, REQUEST_TYPES, Message
 from pbt_actors.transport.ratelimit import RateLimitedLog
@@ -67,6 +67,18 @@ class Incoming:
     request_id: int | None
     message: Message | None
     error: ProtocolError | None
+    key: str = ""
+    """Who the sender authenticated as: the ZAP ``User-Id`` of its connection (with CURVE and
+    ``security.start_authenticator``: the client's public key, Z85); ``""`` without ZAP."""
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The ZAP ``User-Id`` of the connection ``frame`` came on (``""``: none)."""
+    try:
+        value = frame.get("User-Id")
+    except zmq.ZMQError:  # no metadata: no ZAP handler answered for this connection
+        return ""
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
 
 
 def _set_curve_server(sock: zmq.Socket, secret_key: bytes | None, public_key: bytes | None) -> bool:
@@ -173,6 +185,12 @@ class ControllerEndpoint(_Owned):
             return out
         while len(out) < max_batch:
             try:
+                if self.curve:  # frames, for the connection's metadata: who said it
+                    parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                    incoming = self._incoming([p.bytes for p in parts])
+                    key = _user_id(parts[-1])
+                    out.append(replace(incoming, key=key) if key else incoming)
+                    continue
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
@@ -291,6 +309,12 @@ class WorkerEndpoint(_Owned):
         raised once ``retries`` resends went unanswered. Replies with other ids (late answers to
         earlier requests) and undecodable frames are dropped. An ``error`` reply is returned
         like any other (a ``messages.Error``): the caller decides.
+
+        Raises:
+            MessageTooLarge: the encoded message is longer than ``max_message_bytes`` (the
+                frame limit both sides use): it is never sent, since the controller would drop
+                it unseen (``MAXMSGSIZE``) and every resend with it.
+            RequestTimeout: ``retries`` resends went unanswered.
         """
         self._check_thread()
         if timeout_s <= 0:
@@ -299,6 +323,8 @@ class WorkerEndpoint(_Owned):
             raise ValueError("retries must be >= 0 or None")
         request_id = next(self._ids)
         data = encode(message, request_id)
+        if len(data) > self.max_message_bytes:
+            raise MessageTooLarge(message.TYPE, len(data), self.max_message_bytes)
         waits = Backoff(initial_s=timeout_s, factor=2.0, max_s=max(MAX_BACKOFF_S, timeout_s))
         started = time.monotonic()
         deadline = started + waits.delay(0)

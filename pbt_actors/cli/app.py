@@ -22,7 +22,11 @@ import sys
 from collections.abc import Sequence
 
 from pbt_actors.cli import lineage, run, security, sim, status
-from pbt_actors.model.errors import PbtError
+from pbt_actors.model.errors import PbtError, StoreFull
+
+EXIT_STORE_FULL = 75
+"""``run``/``controller``: the store's disk filled up (``StoreFull``). The store keeps its last
+committed state; free space and run the same command again to resume (sysexits' EX_TEMPFAIL)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except StoreFull as exc:
+        print(f"pbt-actors: the store's disk is full ({exc}); free space and run again to resume", file=sys.stderr)
+        return EXIT_STORE_FULL
     except PbtError as exc:
         print(f"pbt-actors: {exc}", file=sys.stderr)
         return 2

@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         stop.restore()
         interrupted = stop.requested
-        if not interrupted:
+        if not interrupted and handle.fatal is None:  # (fatal: no `done` will come; StoreFull propagates)
             supervisor.wait(10)  # let idle workers hear `done` and exit on their own
         try:
             children = supervisor.status()

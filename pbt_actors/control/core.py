@@ -23,6 +23,7 @@ Protocol semantics it implements (DESIGN §5):
 from __future__ import annotations
 
 import logging
+import statistics
 import uuid
 from collections.abc import Sequence
 
@@ -30,7 +31,8 @@ from pbt_actors.control.deadlines import (
     AUTO,
     AUTO_SAMPLE,
     TIMEOUT_ERROR,
-    completed_durations,
+    attempt_steps,
+    completed_rates,
     death_is_failure,
     effective_timeout,
     is_timeout_error,
@@ -99,7 +101,7 @@ class ControllerCore:
         self.policy = make_policy(self.experiment)
         self.view = PopulationView(store, self.experiment)
         self.wait_s = wait_s
-        self._timeout_cache: tuple[int, float | None] | None = None
+        self._timeout_cache: tuple[int, tuple[float, ...]] | None = None
         if store.count() == 0:
             with store.batch():
                 for spawn in self.policy.initial(self._rngs):
@@ -195,9 +197,10 @@ class ControllerCore:
             try:
                 with self.store.batch():
                     released = []
-                    timeout_s = self._trial_timeout()
+                    configured, rates = self.experiment.trial_timeout_s, self._timeout_rates()
                     for trial_id in self.store.ids_with_status(TrialStatus.RUNNING):
                         trial = self.store.get_trial(trial_id)
+                        timeout_s = effective_timeout(configured, rates, attempt_steps(trial))
                         if trial.lease is not None and trial.lease.deadline < now:
                             self._release(trial, now, f"lease expired (worker {trial.lease.worker} "
                                                       f"silent for {self.experiment.lease_s:g}s)", lost=True)
@@ -214,16 +217,17 @@ class ControllerCore:
                 continue
         raise RuntimeError("could not commit lease expiry after repeated store growth")
 
-    def _trial_timeout(self) -> float | None:
-        """``control.deadlines.effective_timeout`` for this experiment; the durations of the
-        last completed trials are read again only when more trials completed."""
-        configured = self.experiment.trial_timeout_s
-        if configured != AUTO:
-            return effective_timeout(configured, ())
+    def _timeout_rates(self) -> tuple[float, ...]:
+        """With ``trial_timeout_s="auto"``: the median seconds per step of the last completed
+        attempts (one number; none before any completed) for ``effective_timeout``; else ().
+        Read again only when more trials completed."""
+        if self.experiment.trial_timeout_s != AUTO:
+            return ()
         completed = self.store.count(TrialStatus.COMPLETED)
         if self._timeout_cache is None or self._timeout_cache[0] != completed:
             recent = self.store.ids_with_status(TrialStatus.COMPLETED)[-AUTO_SAMPLE:]
-            self._timeout_cache = (completed, effective_timeout(AUTO, completed_durations(self.store.trials(recent))))
+            rates = completed_rates(self.store.trials(recent))
+            self._timeout_cache = (completed, (statistics.median(rates),) if rates else ())
         return self._timeout_cache[1]
 
     @property
@@ -445,7 +449,8 @@ class ControllerCore:
     def _with_attempt_ended(trial: Trial, now: float) -> tuple[AttemptRecord, ...]:
         """``trial.history`` with its current attempt, run by the leaseholder, ended ``now``."""
         worker = trial.lease.worker if trial.lease else (trial.worker or "?")
-        return (*trial.history, AttemptRecord(trial.attempt, worker, trial.started_at or now, now))
+        started = trial.started_at if trial.started_at is not None else now  # 0.0 is a time (virtual clocks)
+        return (*trial.history, AttemptRecord(trial.attempt, worker, started, now))
 
     @staticmethod
     def _ran_attempt(trial: Trial, attempt: int, worker: str) -> bool:

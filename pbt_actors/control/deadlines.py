@@ -6,10 +6,15 @@ counts against that trial first). ``ControllerCore`` applies them: ``tick`` fail
 past their deadline, ``worker_lost`` counts deaths.
 
 Timeouts. ``Experiment.trial_timeout_s`` is a number of seconds, ``None``/``0`` (no timeout)
-or ``"auto"`` (the default): ``AUTO_FACTOR`` × the median duration of the last
-``AUTO_SAMPLE`` completed attempts, at least ``AUTO_FLOOR_S``; before any attempt completed
-there is nothing to derive it from, and there is no timeout. A timed-out attempt is a
-*failure* of the trial (``max_attempts``), not a loss.
+or ``"auto"`` (the default): ``AUTO_FACTOR`` × the median *time per step* of the last
+``AUTO_SAMPLE`` completed attempts × the steps the running attempt itself trains, at least
+``AUTO_FLOOR_S``; before any attempt completed there is nothing to derive it from, and there
+is no timeout. Per step, not per attempt: an attempt resumed from a preemption checkpoint
+trains only the rest of its trial, so its whole duration is short and would pull a median of
+durations down (the simulator, with preemptions, timed out healthy full-length attempts);
+per step it is as fast as any other, and a resumed attempt gets a limit for the steps it has
+left (still at least the floor). A timed-out attempt is a *failure* of the trial
+(``max_attempts``), not a loss.
 
 Deaths. The first worker death during a trial is a loss (``max_losses``: it may be the
 machine's fault); every further one is a failure (``max_attempts``): a configuration that
@@ -36,16 +41,29 @@ DEATHS_BEFORE_FAILURE = 1
 """Deaths of a trial's workers that count as losses; the ones after count as failures."""
 
 
-def effective_timeout(configured: float | str | None, durations: Sequence[float]) -> float | None:
-    """The timeout in seconds for ``configured`` (see the module docstring), or None."""
+def effective_timeout(configured: float | str | None, rates: Sequence[float], steps: int = 1) -> float | None:
+    """The timeout in seconds for ``configured`` (see the module docstring), or None.
+
+    For ``"auto"``: ``rates`` are the seconds per step of completed attempts
+    (``completed_rates``) and ``steps`` those of the attempt to time (``attempt_steps``);
+    with ``steps`` = 1 and whole durations as ``rates`` it is the median of durations.
+    """
     if configured is None:
         return None
     if configured == AUTO:
-        if not durations:
+        if not rates:
             return None
-        return max(AUTO_FACTOR * statistics.median(durations), AUTO_FLOOR_S)
+        return max(AUTO_FACTOR * statistics.median(rates) * max(1, steps), AUTO_FLOOR_S)
     limit = float(configured)
     return limit if limit > 0 else None
+
+
+def attempt_steps(trial: Trial) -> int:
+    """How many steps the trial's current attempt (or, once COMPLETED, its completing attempt)
+    trains: from its resume checkpoint's step when it resumes one (a preempted attempt saved
+    it), else from ``start_step``, to ``end_step``; at least 1."""
+    first = trial.resume.step if trial.resume is not None else trial.start_step
+    return max(1, trial.end_step - max(trial.start_step, min(first, trial.end_step)))
 
 
 def completed_durations(trials: Iterable[Trial]) -> list[float]:
@@ -55,6 +73,20 @@ def completed_durations(trials: Iterable[Trial]) -> list[float]:
         for record in trial.history:
             if record.attempt == trial.completed_attempt and record.ended_at >= record.started_at:
                 out.append(record.ended_at - record.started_at)
+    return out
+
+
+def completed_rates(trials: Iterable[Trial]) -> list[float]:
+    """Seconds per step of the completing attempt of each COMPLETED trial: its duration over
+    the steps it trained (``attempt_steps``: a resumed attempt trained only the rest). A late
+    report of an older attempt that started before the resume point is counted over the fewer
+    steps: a higher rate, a longer limit, never a false timeout."""
+    out = []
+    for trial in trials:
+        steps = attempt_steps(trial)
+        for record in trial.history:
+            if record.attempt == trial.completed_attempt and record.ended_at >= record.started_at:
+                out.append((record.ended_at - record.started_at) / steps)
     return out
 
 

@@ -26,6 +26,11 @@ the session decides *how a conversation with a peer goes* (docs/protocol.md §4�
   ``host_lease_s``), another peer's ``hello`` for that host id, or for one of those worker ids
   as a supervisor, is refused ``host_taken``, and ``worker_lost`` is accepted only from the
   supervisor that owns that worker (else ``not_owner``).
+* **Key binding** (with ``run_id`` and CURVE: the bridge passes each sender's key, the ZAP
+  ``User-Id`` = its public key) — the first key heard for a worker id (the sender's routing
+  id, and for a supervisor's ``hello`` also its host id and its ``workers``) is bound to it;
+  anything from that id, or a ``hello`` claiming it, with another key is refused ``not_owner``.
+  So a second authorised key can neither report for the first key's workers nor claim its host.
 * **Clean exit** — which peers got a non-error answer and which were told ``done``, so the
   controller can linger until every worker heard ``done``.
 * **Rejections are logged rate-limited** — one line per error code per window, so a hostile
@@ -62,7 +67,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -238,6 +243,8 @@ class ProtocolSession:
         """host id -> (the supervisor peer that said hello as it, when it last did)."""
         self._owners: OrderedDict[str, bytes] = OrderedDict()
         """worker id -> the supervisor peer of its host (who alone may say it is lost)."""
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        """worker, supervisor or ``host:<host id>`` -> the CURVE key (ZAP User-Id) bound to it."""
         self.held_total = 0
         """How many times a request was newly held (for the simulator's statistics)."""
 
@@ -259,7 +266,7 @@ class ProtocolSession:
         """How many entries each per-peer structure holds (all bounded; for tests and stats)."""
         return {"reply_cache": len(self._last_reply), "parked": len(self._parked),
                 "peers_seen": len(self.peers_seen), "peers_done": len(self.peers_done),
-                "hosts": len(self._hosts), "owners": len(self._owners)}
+                "hosts": len(self._hosts), "owners": len(self._owners), "keys": len(self._keys)}
 
     def host_owner(self, host: str) -> bytes | None:
         """The supervisor peer bound to ``host`` (None: none, or its claim lapsed)."""
@@ -283,11 +290,13 @@ class ProtocolSession:
         return self.peers_seen.copy() - self.peers_done.copy()
 
     # --- a round ------------------------------------------------------------------------------
-    def receive(self, requests: Iterable[PeerRequest], now: float | None = None) -> Round:
+    def receive(self, requests: Iterable[PeerRequest], now: float | None = None, *,
+                keys: Mapping[bytes, str] | None = None) -> Round:
         """Sort decoded requests into answers to send now and the batch for the core.
 
         Only host claims depend on time here (``now``, default ``clock()``); holding and
-        releasing do too (``answer``, ``tick``).
+        releasing do too (``answer``, ``tick``). ``keys``: peer -> the key its connection
+        authenticated with (CURVE; the key-binding rule), for the peers that have one.
         """
         send: list[Outgoing] = []
         batch: list[PeerRequest] = []
@@ -308,7 +317,8 @@ class ProtocolSession:
                 send.append(Outgoing(peer, request_id, cached[1]))
                 continue
             if self.run_id is not None:
-                refusal = self._identity_check(peer, message, self.clock() if now is None else now)
+                refusal = self._identity_check(peer, message, self.clock() if now is None else now,
+                                               keys.get(peer, "") if keys else "")
                 if refusal is not None:
                     self._refuse(send, peer, request_id, message, refusal)
                     continue
@@ -388,13 +398,28 @@ class ProtocolSession:
         return out
 
     # --- identity rules (run_id set) -------------------------------------------------------------
-    def _identity_check(self, peer: bytes, message: Message, now: float) -> Error | None:
-        """The run-identity and host-ownership rules (module docstring); None: accepted. An
-        accepted supervisor ``hello`` (re)binds its host id and worker ids to ``peer``."""
+    def _identity_check(self, peer: bytes, message: Message, now: float, key: str = "") -> Error | None:
+        """The run-identity, key-binding and host-ownership rules (module docstring); None:
+        accepted. An accepted supervisor ``hello`` (re)binds its host id and worker ids to
+        ``peer`` (and, with ``key``, to that key)."""
         run = getattr(message, "run", "")
         if run and run != self.run_id:
             return Error("wrong_run", f"this controller serves run {self.run_id}, not run {run} "
                                       "(the worker belongs to another run or store: it must exit)")
+        claims: list[str] = []
+        if key:
+            claims.append(peer.decode("utf-8", "replace"))
+            if isinstance(message, Hello) and message.workers:
+                claims.append(f"host:{message.host or message.worker}")
+                claims.extend(message.workers)
+            for claim in claims:
+                bound = self._keys.get(claim)
+                if bound is not None and bound != key:
+                    what = f"host id {claim[5:]!r}" if claim.startswith("host:") else f"worker id {claim!r}"
+                    return Error("not_owner", f"{what} is bound to another CURVE key (the one that said hello "
+                                              "with it first); this key may not speak for it")
+            if not (isinstance(message, Hello) and message.workers):
+                self._bind_keys(claims, key)  # a supervisor's claims are bound once accepted, below
         if isinstance(message, WorkerLost):
             owner = self._owners.get(message.worker)
             if owner != peer:
@@ -402,8 +427,19 @@ class ProtocolSession:
                                           "(only its host supervisor, after its hello, may say it is lost)")
             return None
         if isinstance(message, Hello) and message.workers:
-            return self._claim_host(peer, message, now)
+            refusal = self._claim_host(peer, message, now)
+            if refusal is None and key:
+                self._bind_keys(claims, key)
+            return refusal
         return None
+
+    def _bind_keys(self, claims: list[str], key: str) -> None:
+        bound = self._keys
+        for claim in claims:
+            bound[claim] = key
+            bound.move_to_end(claim)
+        while len(bound) > self.max_owned:
+            bound.popitem(last=False)
 
     def _claim_host(self, peer: bytes, hello: Hello, now: float) -> Error | None:
         host = hello.host or hello.worker

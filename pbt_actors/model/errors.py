@@ -90,6 +90,23 @@ class RequestTimeout(PbtError):
         return (type(self), (self.message_type, self.request_id, self.sends, self.waited_s))
 
 
+class MessageTooLarge(PbtError):
+    """A message whose encoding exceeds the frame limit (``MAXMSGSIZE``), refused before it was
+    sent (``pbt_actors.transport.endpoints.WorkerEndpoint.request``): the peer would drop it
+    silently and a resend could never succeed. The catcher sends something smaller instead
+    (a worker: a ``fail`` of the trial saying so)."""
+
+    def __init__(self, message_type: str, size: int, limit: int) -> None:
+        super().__init__(f"{message_type} message is {size} bytes encoded, over the {limit}-byte frame "
+                         f"limit; it was not sent")
+        self.message_type = message_type
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message_type, self.size, self.limit))
+
+
 # --- storage ---------------------------------------------------------------------------------
 class StoreError(PbtError):
     """The trial store cannot be used (wrong schema version, unwritable folder). Fatal for the
@@ -108,6 +125,13 @@ class StoreFullRetry(StoreRetry):
     Raised after the batch's transaction was aborted (nothing of it was written) and the map
     was grown. Re-run the whole batch; the next attempt has twice the room.
     """
+
+
+class StoreFull(StoreError):
+    """The store's disk is full (or failing): an LMDB commit or flush failed with ENOSPC or
+    EIO (``pbt_actors.storage.lmdb_store``). The transaction was aborted, so the store holds
+    its last committed state. Fatal for the controller, which stops serving; the CLI exits with
+    ``EXIT_STORE_FULL`` and a rerun with space resumes from the store."""
 
 
 class SchemaVersionError(StoreError):

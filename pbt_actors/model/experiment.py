@@ -74,11 +74,11 @@ class Experiment:
         lease_s: a RUNNING trial with no heartbeat for this long returns to the queue.
         heartbeat_s: how often workers heartbeat (a third of the lease by default).
         trial_timeout_s: how long one attempt may train before it counts as failed and its
-            worker process is restarted (a hung ``train``): seconds, ``None``/0 (default) for no
-            limit, or ``"auto"``: 10 × the median duration of completed attempts, at least 60 s
-            (no limit before one completed; ``pbt_actors.control.deadlines``). Not yet the
-            default: a completing attempt resumed from a preemption checkpoint ran only part
-            of the trial, which skews the median (the simulator showed it).
+            worker process is restarted (a hung ``train``): seconds, ``None``/0 for no limit,
+            or ``"auto"`` (the default): 10 × the median time per step of completed attempts ×
+            the steps the attempt trains, at least 60 s (no limit before one completed;
+            ``pbt_actors.control.deadlines``; per step, so that attempts resumed from a
+            preemption checkpoint, which train only the rest of their trial, do not skew it).
         seed: every decision's randomness derives from it.
     """
 
@@ -102,7 +102,7 @@ class Experiment:
     max_replacements: int = 2
     lease_s: float = 60.0
     heartbeat_s: float | None = None
-    trial_timeout_s: float | str | None = None
+    trial_timeout_s: float | str | None = "auto"
     seed: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
 

@@ -7,6 +7,7 @@ progress goes through a ``TrialLink`` (the worker's connection, or nothing in re
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,13 @@ from typing import Any, Protocol
 
 from pbt_actors.model.records import CheckpointRef, Measurement
 from pbt_actors.runtime.checkpoints import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+MAX_MEASUREMENTS = 1000
+"""Measurements a trial keeps (``TrialContext.report``). Past it they are thinned evenly, so
+that a trial reporting every one of 60,000 steps still ends in a report that fits one frame
+(``transport.codec.DEFAULT_MAX_MESSAGE_BYTES``) and a store record of sane size."""
 
 
 class TrialLink(Protocol):
@@ -66,6 +74,15 @@ class TrialContext:
     saved: CheckpointRef | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     preempt_event: threading.Event = field(default_factory=threading.Event)
+    max_measurements: int = MAX_MEASUREMENTS
+    reports: int = 0
+    """How often ``report`` was called (the measurements kept may be fewer: ``_keep``)."""
+    _index: list[int] = field(default_factory=list, repr=False)
+    """For each kept measurement, the number of the ``report`` call that made it (0-based)."""
+    _latest: dict[str, int] = field(default_factory=dict, repr=False)
+    """For each metric name, the number of the last ``report`` call that carried it."""
+    _stride: int = field(default=1, repr=False)
+    _thinned: bool = field(default=False, repr=False)
 
     @property
     def should_stop(self) -> bool:
@@ -102,10 +119,51 @@ class TrialContext:
                 ``train`` that is the attempt's failure, with this message.
         """
         clean = clean_metrics(metrics, f"ctx.report(step={step!r})")
-        self.measurements.append(Measurement(int(step), clean))
+        self._keep(Measurement(int(step), clean))
         if not self.link.record(int(step), clean):
             self.stop_event.set()
         return not self.should_stop
+
+    def _keep(self, measurement: Measurement) -> None:
+        """Append ``measurement``, keeping at most ``max_measurements`` (+ one per metric name).
+
+        Kept are the reports whose number is a multiple of a stride (1 at first, doubled at
+        each thinning: evenly spread, the first one always among them), the latest report,
+        and for each metric name the latest report that carried it (``final_metrics`` falls
+        back on those, and a metric reported rarely must not vanish). Amortised O(1).
+        """
+        number = self.reports
+        self.reports += 1
+        kept, index = self.measurements, self._index
+        if len(kept) != len(index):  # the list was replaced from outside: start over from it
+            index[:] = range(len(kept))
+        if index and index[-1] % self._stride and not self._carries_latest(index[-1], measurement):
+            kept.pop()  # the previous "latest" is off the grid and nothing else needs it
+            index.pop()
+        kept.append(measurement)
+        index.append(number)
+        for name in measurement.metrics:
+            self._latest[name] = number
+        if len(kept) > max(2, self.max_measurements):
+            self._thin()
+
+    def _carries_latest(self, number: int, replacing: Measurement) -> bool:
+        """Whether report ``number`` is the latest carrier of a metric ``replacing`` lacks."""
+        return any(last == number and name not in replacing.metrics for name, last in self._latest.items())
+
+    def _thin(self) -> None:
+        self._stride *= 2
+        needed = set(self._latest.values())
+        last = self._index[-1]
+        pairs = [(n, m) for n, m in zip(self._index, self.measurements, strict=True)
+                 if n % self._stride == 0 or n == last or n in needed]
+        self._index[:] = [n for n, _ in pairs]
+        self.measurements[:] = [m for _, m in pairs]
+        if not self._thinned:
+            self._thinned = True
+            log.warning("trial %d attempt %d: ctx.report was called more than %d times; keeping at most "
+                        "that many measurements, evenly thinned (the first, the latest and each metric's "
+                        "latest value are kept)", self.trial_id, self.attempt, self.max_measurements)
 
     def final_metrics(self, returned: Any, objective: Sequence[str] = ()) -> dict[str, float]:
         """The trial's final metrics: what ``train`` returned (a metrics dict), completed by the

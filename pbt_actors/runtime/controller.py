@@ -26,6 +26,7 @@ import pykka
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.progress import best_completed
 from pbt_actors.control.session import ProtocolSession, Round
+from pbt_actors.model.errors import StoreFull
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.base import TrialStore
@@ -61,6 +62,10 @@ class ControllerActor(pykka.ThreadingActor):
         self.clock = clock
         self.core: ControllerCore | None = None
         self.startup_errors = startup_errors if startup_errors is not None else []
+        self.fatal: StoreFull | None = None
+        """Set when the store's disk filled up (``StoreFull``): the store holds its last committed
+        state, and every later request raises this instead of touching it (the controller stops
+        serving; the CLI exits with ``EXIT_STORE_FULL``)."""
 
     def on_start(self) -> None:
         # A failure here (unwritable store folder, another experiment's store, ...) is the
@@ -92,6 +97,17 @@ class ControllerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if self.core is None:
             raise self.startup_errors[-1] if self.startup_errors else RuntimeError("controller has no store")
+        if self.fatal is not None:
+            raise self.fatal
+        try:
+            return self._dispatch(message)
+        except StoreFull as exc:
+            log.info("the store's disk is full; the controller stops serving: %s", exc)
+            self.fatal = exc
+            raise
+
+    def _dispatch(self, message: Any) -> Any:
+        assert self.core is not None
         if isinstance(message, _HandleBatch):
             return self.core.handle_batch(message.messages, self.clock())
         if isinstance(message, _Tick):
@@ -146,6 +162,8 @@ class _Bridge(threading.Thread):
         self.ready = threading.Event()
         self.address: str | None = None
         self.startup_error: BaseException | None = None
+        self.fatal: StoreFull | None = None
+        """The store's disk filled up: this thread stopped serving (see ``ControllerActor.fatal``)."""
         self.session = ProtocolSession(clock=time.monotonic, run_id=run_id)
         """The protocol rules; monotonic time, as parking measures intervals, not dates. With
         the store's run id: workers of another run are refused, hosts own their workers."""
@@ -161,7 +179,7 @@ class _Bridge(threading.Thread):
         self.ready.set()
         next_tick = time.monotonic() + TICK_S
         try:
-            while not self.stop_event.is_set():
+            while not self.stop_event.is_set() and self.fatal is None:
                 incoming = endpoint.recv_batch(POLL_S)
                 if incoming:
                     self._serve(endpoint, incoming)
@@ -171,6 +189,9 @@ class _Bridge(threading.Thread):
                         released = self.actor.ask(_Tick(), timeout=30)
                     except pykka.ActorDeadError:
                         log.error("controller actor is gone; bridge stops")
+                        return
+                    except StoreFull as exc:
+                        self.fatal = exc
                         return
                     self._exchange(endpoint, self.session.tick(released=bool(released)))
         finally:
@@ -184,7 +205,9 @@ class _Bridge(threading.Thread):
                     endpoint.send(item.identity, item.request_id, Error(item.error.code, str(item.error)))
                 continue
             requests.append((item.identity, item.request_id, item.message))
-        self._exchange(endpoint, self.session.receive(requests))
+        # with CURVE, who said it (the ZAP User-Id: the client's public key) for the key binding
+        keys = {item.identity: item.key for item in incoming if getattr(item, "key", "")}
+        self._exchange(endpoint, self.session.receive(requests, keys=keys or None))
 
     def _exchange(self, endpoint: ControllerEndpoint, step: Round) -> None:
         """Send the session's immediate answers, have the actor handle its batch, send the rest."""
@@ -194,6 +217,9 @@ class _Bridge(threading.Thread):
             return
         try:
             replies = cast(list[Reply], self.actor.ask(_HandleBatch(step.messages), timeout=60))
+        except StoreFull as exc:  # nothing of the batch was committed: answer nothing, stop serving
+            self.fatal = exc
+            return
         except Exception as exc:  # the actor is the one that must never die of input
             log.exception("controller failed a batch of %d requests", len(step.messages))
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in step.messages]
@@ -217,7 +243,20 @@ class ControllerHandle:
         """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
         return self.bridge.session.peers_not_done()
 
+    @property
+    def fatal(self) -> StoreFull | None:
+        """Why the controller stopped serving before the run finished (its store's disk filled
+        up), or None."""
+        return self.bridge.fatal
+
     def status(self, timeout_s: float = 30) -> StatusSnapshot:
+        """A summary of the run.
+
+        Raises:
+            StoreFull: the store's disk filled up and the controller stopped serving.
+        """
+        if self.bridge.fatal is not None:
+            raise self.bridge.fatal
         snapshot = cast(StatusSnapshot, self.actor.ask(_Status(), timeout=timeout_s))
         return snapshot
 

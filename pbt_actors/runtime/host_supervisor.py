@@ -35,7 +35,14 @@ import pykka
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.runtime.restart_rules import ChildSpec, Intensity, Restart, RestartDecision, RestartTracker
+from pbt_actors.runtime.restart_rules import (
+    ChildSpec,
+    Intensity,
+    Restart,
+    RestartDecision,
+    RestartTracker,
+    fresh_worker_id,
+)
 from pbt_actors.runtime.trial_marker import RUNNING_DIR, marker_path, take_marker
 from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import Ack, Error, Hello, WorkerLost
@@ -73,6 +80,9 @@ class ChildState:
     last_exit: int | None = None
     reason: str = ""
     since: float = field(default_factory=time.time)  # wall clock of the last state change
+    worker_id: str = ""
+    """The worker id of the slot's current (or last) process: the slot id, or with
+    ``ChildSpec.fresh_ids`` one of its own per start (``<slot>-<6 hex>``)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class ChildInfo:
     last_exit: int | None
     reason: str
     since: float = 0.0
+    worker: str = ""
+    """The worker id of the slot's current (or last) process (``id`` is the slot)."""
 
 
 @dataclass(frozen=True)
@@ -150,10 +162,12 @@ class HostSupervisorActor(pykka.ThreadingActor):
         was stopped and none is restarted."""
 
     def on_start(self) -> None:
+        for child in self.children.values():  # the first processes' ids, in the first hello
+            child.worker_id = fresh_worker_id(child.spec.id) if child.spec.fresh_ids else child.spec.id
         if self.controller is not None:
             identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
             self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options, host=self.host,
-                                          workers=tuple(self.children), on_refused=self._tell_refused)
+                                          workers=self._worker_ids(), on_refused=self._tell_refused)
         threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
         for child_id in self.children:
             self._start(child_id)
@@ -190,7 +204,11 @@ class HostSupervisorActor(pykka.ThreadingActor):
 
     def _infos(self) -> list[ChildInfo]:
         return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason,
-                          c.since) for c in self.children.values()]
+                          c.since, c.worker_id) for c in self.children.values()]
+
+    def _worker_ids(self) -> tuple[str, ...]:
+        """The worker ids of the slots' current processes (what the host's ``hello`` lists)."""
+        return tuple(c.worker_id or c.spec.id for c in self.children.values())
 
     def _write_state(self, *, stopped: bool = False) -> None:
         """Publish the children's state to ``state_path`` (atomically; never raises)."""
@@ -229,8 +247,15 @@ class HostSupervisorActor(pykka.ThreadingActor):
             return
         if child.state in ("gave_up", "exited") and child.starts:
             return
+        if child.spec.fresh_ids and child.starts:
+            # a restart: a worker id of its own, announced (the host's hello) before anything
+            # can be said about it, so that the controller lets this supervisor report it lost
+            # and never mixes it up with its dead predecessor
+            child.worker_id = fresh_worker_id(child.spec.id)
+            if self.notifier is not None:
+                self.notifier.announce(self._worker_ids())
         try:
-            child.process = child.spec.factory()
+            child.process = child.spec.factory(child.worker_id) if child.spec.fresh_ids else child.spec.factory()
         except Exception as exc:
             log.exception("could not start worker %s", child_id)
             self._on_exit(child_id, None, reason=f"start failed: {exc}")
@@ -239,7 +264,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
         child.starts += 1
         with self.watch.lock:
             self.watch.processes[child_id] = child.process
-        log.info("worker %s started (pid %s, start #%d)", child_id, child.process.pid, child.starts)
+        log.info("worker %s started as %s (pid %s, start #%d)", child_id, child.worker_id, child.process.pid,
+                 child.starts)
         self._write_state()
 
     def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
@@ -247,7 +273,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
         child.last_exit = exit_code
         if self.refused is not None:  # stopped because the controller refused the host
             return
-        running = take_marker(marker_path(self.markers, child_id)) if self.markers is not None else None
+        worker_id = child.worker_id or child_id  # the process that died (markers are by worker id)
+        running = take_marker(marker_path(self.markers, worker_id)) if self.markers is not None else None
         if exit_code is not None and exit_code in child.spec.final_exit_codes:
             why = FINAL_EXIT_REASONS.get(exit_code, "not restarted")
             decision = RestartDecision(False, give_up=True, reason=f"exit code {exit_code} is final: {why}")
@@ -267,7 +294,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
             # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
             # resends) never blocks this actor; the restart waits for it, so that the controller
             # hears "lost" before the same worker id asks for new work
-            self.notifier.tell(WorkerLost(child_id, reason or f"process exited with code {exit_code}"), restart)
+            self.notifier.tell(WorkerLost(worker_id, reason or f"process exited with code {exit_code}"), restart)
         elif restart is not None:
             restart()
         if decision.give_up:
@@ -308,6 +335,13 @@ class HostSupervisorActor(pykka.ThreadingActor):
                     return
 
 
+@dataclass(frozen=True)
+class _Announce:
+    """For ``_LostNotifier``: the host's worker ids are now ``workers``."""
+
+    workers: tuple[str, ...]
+
+
 class _LostNotifier:
     """Tells the controller ``worker_lost`` from a thread of its own (which owns the DEALER).
 
@@ -319,7 +353,9 @@ class _LostNotifier:
     say they are lost), and refuses a second host with the same id. An answer in ``REFUSALS``
     (another live supervisor has this host id; the controller serves another run than the one
     this host joined) goes to ``on_refused`` and the hellos stop. ``run`` is learned from the
-    first ``ack`` and sent in every later message.
+    first ``ack`` and sent in every later message. ``announce`` replaces the worker ids (a
+    slot restarted under a new id) and says ``hello`` with them at once, in turn with the
+    notices: a ``worker_lost`` told after it is sent after that ``hello``.
     """
 
     TRIES = 3
@@ -331,13 +367,17 @@ class _LostNotifier:
         self.host, self.workers, self.on_refused = host, workers, on_refused
         self.run = ""
         self.refused: str | None = None
-        self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | None] = queue.Queue()
+        self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | _Announce | None] = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pbt-supervisor-notifier", daemon=True)
         self.thread.start()
 
     def tell(self, message: WorkerLost, after: Callable[[], None] | None) -> None:
         self.queue.put((message, after))
+
+    def announce(self, workers: tuple[str, ...]) -> None:
+        """The host's worker ids are now ``workers``: say ``hello`` with them (in turn)."""
+        self.queue.put(_Announce(tuple(workers)))
 
     def stop(self, timeout_s: float = 3.0) -> None:
         self.stopping.set()
@@ -359,6 +399,12 @@ class _LostNotifier:
                     continue
                 if item is None:
                     break
+                if isinstance(item, _Announce):
+                    self.workers = item.workers
+                    if self.refused is None:
+                        self._hello(endpoint)
+                        next_hello = time.monotonic() + HOST_HELLO_S
+                    continue
                 message, after = item
                 if self.run:
                     message = WorkerLost(message.worker, message.reason, self.run)
@@ -464,6 +510,8 @@ def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None 
         lines.append(f"host {state.get('host')}  supervisor pid {state.get('pid')}  updated {age:.0f}s ago{stopped}")
         for child in state["children"]:
             line = f"  worker {child.get('id')}  {child.get('state')}  starts {child.get('starts')}"
+            if child.get("worker") and child.get("worker") != child.get("id"):
+                line += f"  as {child.get('worker')}"
             if child.get("last_exit") is not None:
                 line += f"  last exit {child.get('last_exit')}"
             if child.get("state") != "running" and child.get("reason"):

@@ -14,6 +14,7 @@ from ``experiment_file`` for its callers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -76,7 +77,10 @@ def default_cpu_workers() -> int:
 def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devices: str, workers: int | None,
                  *, prefix: str | None = None, extra_args: list[str] | None = None,
                  log_dir: str | None = None, zygote: Zygote | None = None) -> list[ChildSpec]:
-    """One ``ChildSpec`` per slot (see the module doc). ``extra_args``: more ``worker-process``
+    """One ``ChildSpec`` per slot (see the module doc). The spec's id is the slot,
+    ``<host>-w<N>`` (``-gpu<D>`` with a device), which names its log file; each process started
+    for it gets a worker id of its own (``ChildSpec.fresh_ids``: the supervisor passes it to the
+    factory; called without one, the factory uses the slot id). ``extra_args``: more ``worker-process``
     arguments (the CURVE key files)."""
     slots = device_slots(devices, workers)
     host = prefix or socket.gethostname()
@@ -95,7 +99,8 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
             env.setdefault("MKL_NUM_THREADS", str(threads))
         log_path = Path(log_dir) / f"{worker_id}.log" if log_dir else None
         specs.append(ChildSpec(worker_id, _factory(config, env, log_path, zygote, warned), Restart.TRANSIENT,
-                               final_exit_codes=frozenset({EXIT_WRONG_RUN})))  # a stale worker: never restarted
+                               final_exit_codes=frozenset({EXIT_WRONG_RUN}),  # a stale worker: never restarted
+                               fresh_ids=True))  # each process its own worker id: <slot>-<6 hex>
     return specs
 
 
@@ -106,22 +111,24 @@ def worker_command(config: WorkerProcessConfig) -> list[str]:
 
 def _factory(config: WorkerProcessConfig, env: dict[str, str], log_path: Path | None, zygote: Zygote | None,
              warned: list[bool]) -> Callable[[], WorkerProcess]:
-    def start() -> WorkerProcess:
+    def start(worker_id: str | None = None) -> WorkerProcess:
+        """Start the slot's worker process as ``worker_id`` (None: the slot's id itself)."""
+        process_config = config if worker_id is None else dataclasses.replace(config, worker_id=worker_id)
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         lifeline = Lifeline.get().read_fd  # the worker exits when this process is gone (orphans)
         if zygote is not None:
             try:
-                return zygote.spawn(config, env, log_path, lifeline_fd=lifeline)
+                return zygote.spawn(process_config, env, log_path, lifeline_fd=lifeline)
             except ZygoteError as exc:
                 if not warned:
                     warned.append(True)
                     log.warning("cannot fork workers from the zygote (%s); starting fresh processes instead", exc)
         fresh_env = {**env, LIFELINE_ENV: str(lifeline)}
         if log_path is None:
-            return subprocess.Popen(worker_command(config), env=fresh_env, pass_fds=(lifeline,))
+            return subprocess.Popen(worker_command(process_config), env=fresh_env, pass_fds=(lifeline,))
         with open(log_path, "ab") as sink:
-            return subprocess.Popen(worker_command(config), env=fresh_env, pass_fds=(lifeline,), stdout=sink,
+            return subprocess.Popen(worker_command(process_config), env=fresh_env, pass_fds=(lifeline,), stdout=sink,
                                     stderr=subprocess.STDOUT)
 
     return start

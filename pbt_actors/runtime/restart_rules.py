@@ -8,6 +8,7 @@ the one backoff of ``pbt_actors.common.backoff`` (re-exported here as ``Backoff`
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +41,21 @@ class ChildSpec:
     stopped actor or exited process is never reused."""
 
     id: str
-    factory: Callable[[], Any]
+    factory: Callable[..., Any]  # () -> process; (worker_id) -> process with fresh_ids
     restart: Restart = Restart.PERMANENT
     final_exit_codes: frozenset[int] = frozenset()
     """Exit codes that mean "never restart this child" (a worker of another run): the
     supervisor gives up on it at once, with the reason (``RestartDecision`` below)."""
+    fresh_ids: bool = False
+    """Each start of this slot gets a worker id of its own, ``<id>-<6 hex digits>``
+    (``fresh_worker_id``), which the supervisor passes to ``factory`` as its one argument and
+    announces to the controller: two processes, even of the same slot or of two runs sharing
+    a store, never share a worker id. ``id`` stays the slot's name (logs, ``status``)."""
+
+
+def fresh_worker_id(slot: str) -> str:
+    """A worker id for one start of ``slot``: the slot, a dash and 6 random hex digits."""
+    return f"{slot}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import pykka
 
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.control.deadlines import TIMEOUT_ERROR
-from pbt_actors.model.errors import PbtError, RequestTimeout
+from pbt_actors.model.errors import MessageTooLarge, PbtError, RequestTimeout
 from pbt_actors.runtime.context import TrialContext, default_device
 from pbt_actors.runtime.restart_rules import EXIT_TRIAL_TIMEOUT
 from pbt_actors.runtime.trial_marker import clear_marker, marker_path, markers_dir, write_marker
@@ -52,6 +52,7 @@ from pbt_actors.transport.messages import (
     Ack,
     Done,
     Error,
+    Fail,
     Heartbeat,
     Hello,
     Message,
@@ -161,7 +162,12 @@ class WorkerActor(pykka.ThreadingActor):
         payload = dict(metrics) if fresh and metrics else None
         message = Heartbeat(self.worker_id, spec.trial_id, spec.attempt, step, payload, run)
         try:
-            reply = self.endpoint.request(message, timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
+            try:
+                reply = self.endpoint.request(message, timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
+            except MessageTooLarge as exc:  # metrics too many to fit: renew the lease without them
+                log.warning("trial %d: heartbeat metrics dropped: %s", spec.trial_id, exc)
+                reply = self.endpoint.request(replace(message, metrics=None), timeout_s=HEARTBEAT_TIMEOUT_S,
+                                              retries=0)
         except RequestTimeout:
             log.info("heartbeat for trial %d unanswered; training on", spec.trial_id)
             return
@@ -387,8 +393,23 @@ class WorkerClient:
         self.trials_run += 1
 
     def _deliver(self, message: Message) -> None:
-        """Send a report/fail until acknowledged (``_send``) and take in the answer."""
-        reply = self._send(message, grace_s=PREEMPT_GRACE_S, internal_retries=INTERNAL_ERROR_RETRIES)
+        """Send a report/fail until acknowledged (``_send``) and take in the answer.
+
+        A message too large for a frame (``MessageTooLarge``: it would be dropped unseen and
+        resent forever) becomes a retryable ``fail`` of the attempt that says so; a ``fail``
+        that is itself too large leaves the trial to its lease expiry."""
+        try:
+            reply = self._send(message, grace_s=PREEMPT_GRACE_S, internal_retries=INTERNAL_ERROR_RETRIES)
+        except MessageTooLarge as exc:
+            if not isinstance(message, Report):
+                log.error("cannot deliver %s for trial %d: %s; it will be re-run after its lease expires",
+                          message.TYPE, getattr(message, "trial_id", -1), exc)
+                return
+            text = (f"the trial's result is too large to send ({exc}): {len(message.measurements)} "
+                    f"measurements, {len(message.final)} final metrics; report fewer or smaller metrics")
+            log.error("trial %d attempt %d failed: %s", message.trial_id, message.attempt, text)
+            self._deliver(Fail(self.worker_id, message.trial_id, message.attempt, text, True))
+            return
         if reply is None:
             log.error("preempted before the controller acknowledged %s for a trial; it will be re-run",
                       message.TYPE)

@@ -6,6 +6,7 @@ poisoned trial used to take the only worker down."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,32 @@ def test_a_hung_train_times_out_and_the_run_goes_on(tmp_path: Path) -> None:
     assert out.count("exited (code") == 0, out[-4000:]  # no death counted against the host
     assert out.count("timed out (counted against the trial, not the host)") == 2, out[-4000:]
     assert "GIVING UP" not in out
+
+
+@pytest.mark.timeout(250)
+def test_a_trial_that_reports_60000_times_completes_thinned(tmp_path: Path) -> None:
+    # item 11: its report was larger than a frame (1 MiB): the controller dropped it unseen and
+    # the worker resent it forever, with nothing in any log
+    _, trials = run_with(tmp_path, "flood", timeout_s=200)
+    flooded = next(t for t in trials if t.id == BAD_TRIAL)
+    assert all(t.status is TrialStatus.COMPLETED for t in trials), [(t.id, t.status, t.error) for t in trials]
+    assert flooded.attempt == 1 and "Q" in flooded.final
+    steps = [m.step for m in flooded.measurements]
+    assert 500 <= len(steps) <= 1001, len(steps)
+    assert steps[0] == flooded.start_step and steps[-1] == flooded.start_step + 59_999
+    gaps = {b - a for a, b in itertools.pairwise(steps)}
+    assert len(gaps - {max(gaps)}) <= 1, sorted(gaps)  # evenly spaced (but for the very last)
+    worker_logs = "".join(p.read_text() for p in (tmp_path / "run" / "logs").glob("*.log"))
+    warned = f"trial {BAD_TRIAL} attempt 1: ctx.report was called more than 1000 times; keeping at most"
+    assert worker_logs.count(warned) == 1, worker_logs[-4000:]  # once per trial, not per thinning
+
+
+@pytest.mark.timeout(250)
+def test_a_result_too_large_for_a_frame_is_a_failed_attempt(tmp_path: Path) -> None:
+    # item 11: even thinned, a result can be too large (60 000 final metrics): the worker
+    # refuses to send it and fails the attempt instead of resending it forever
+    out, trials = run_with(tmp_path, "fat", timeout_s=200)
+    bad = assert_only_the_bad_trial_failed(trials, "the trial's result is too large to send",
+                                           "over the 1048576-byte frame limit; it was not sent")
+    assert bad.attempt == 2 and bad.losses == 0
+    assert "restart in" not in out

@@ -44,16 +44,17 @@ def test_sigterm_preempts_a_trial_which_resumes_from_its_checkpoint(tmp_path: Pa
                 env=env)
     victim, _ = wait_until(lambda: _mid_trial(store, trace, min_done=4), 90, "a trial 4 steps into its first attempt")
     assert victim.lease is not None
-    worker = victim.lease.worker
-    old_pid = wait_until(lambda: worker_pids(ckpt).get(worker), 10, f"the pid of {worker}")
+    worker = victim.lease.worker  # this process's own id: <slot>-<6 hex>; worker_pids are by slot
+    slot = worker.rsplit("-", 1)[0]
+    old_pid = wait_until(lambda: worker_pids(ckpt).get(slot), 10, f"the pid of {worker}")
     os.kill(old_pid, signal.SIGTERM)
 
     # the supervisor starts a fresh process for the same slot (exit code 3 = preempted)
-    new_pid = wait_until(lambda: (p := worker_pids(ckpt).get(worker)) not in (None, old_pid) and p, 60,
-                         f"a restarted {worker}", poll_s=0.02)
+    new_pid = wait_until(lambda: (p := worker_pids(ckpt).get(slot)) not in (None, old_pid) and p, 60,
+                         f"a restarted {slot}", poll_s=0.02)
     assert new_pid != old_pid
     assert run.wait(180) == 0, run.output()
-    assert f"worker {worker} exited (code 3)" in run.output()
+    assert f"worker {slot} exited (code 3)" in run.output()
 
     with LmdbTrialStore(store, readonly=True) as s:
         report = verify_store(s, ckpt, finished=True)

@@ -133,3 +133,49 @@ def test_a_full_checkpoint_disk_fails_cleanly_and_the_trials_are_retried(tmp_pat
     assert all(verify_file(ckpt, ref) is None for ref in referenced.values())
     assert verify_cli(store, ckpt)["ok"]
 
+
+
+STORE_FILE_LIMIT = 512 * 1024
+
+
+def _store_disk_full() -> None:
+    """``preexec_fn``: no file of this process (or its children) may grow past
+    ``STORE_FILE_LIMIT``; LMDB's short ``write`` of a commit then fails with EIO, as on a full
+    disk (the worker logs and the toy's checkpoints stay far below it)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (STORE_FILE_LIMIT, resource.RLIM_INFINITY))
+
+
+@pytest.mark.timeout(300)
+def test_a_full_store_disk_stops_the_run_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+    # hardening item 17: the run used to print 56 tracebacks ("mdb_txn_commit: No space left
+    # on device", then "Input/output error") and hang with no progress until interrupted
+    from pbt_actors.cli.app import EXIT_STORE_FULL
+
+    store = tmp_path / "run"
+    env = env_with(MISBEHAVE="", FAULT_POPULATION=4, FAULT_MAX_STEPS=1000)
+    argv = ("run", str(EXPERIMENTS / "misbehaving.py"), "--workers", "2", "--devices", "cpu", "--store", str(store),
+            "--json")
+    full = start(*argv, env=env, preexec_fn=_store_disk_full)
+    code = full.wait(120)
+    out = full.output()
+    assert code == EXIT_STORE_FULL, out[-6000:]
+    lines = [line for line in out.splitlines() if line.startswith("pbt-actors: ")]
+    assert len(lines) == 1 and lines[0].startswith("pbt-actors: the store's disk is full ("), out[-6000:]
+    # a write(2) that stops at the limit: LMDB says EIO for a short write, EFBIG for a refused one
+    assert f"{store} failed: mdb_txn_commit: " in lines[0], lines
+    assert "Input/output error" in lines[0] or "File too large" in lines[0], lines
+    assert lines[0].endswith("); free space and run again to resume"), lines
+    assert "Traceback" not in out, out[-6000:]
+    assert (store / "data.mdb").stat().st_size <= STORE_FILE_LIMIT
+    with LmdbTrialStore(store, readonly=True) as s:
+        before = s.count(TrialStatus.COMPLETED)
+    assert before > 10  # it got somewhere before the disk filled
+    assert verify_cli(store, store / "checkpoints")["ok"]  # consistent as it stands
+
+    resumed = start(*argv, env=env)  # space again: the same store resumes and finishes
+    assert resumed.wait(240) == 0, resumed.output()[-6000:]
+    summary = json.loads(resumed.output().strip().splitlines()[-1])
+    assert summary["finished"] and summary["by_status"]["completed"] > before, summary
+    assert verify_cli(store, store / "checkpoints")["ok"]

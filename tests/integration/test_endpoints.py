@@ -11,6 +11,7 @@ import queue
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import zmq
 
 from pbt_actors.model import wire
-from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.model.errors import MessageTooLarge, PbtError, RequestTimeout
 from pbt_actors.transport.codec import decode, encode
 from pbt_actors.transport.endpoints import ControllerEndpoint, Incoming, WorkerEndpoint
 from pbt_actors.transport.messages import (
@@ -339,6 +340,29 @@ def test_oversized_frame_is_dropped_and_the_worker_recovers(context: zmq.Context
     # ZeroMQ dropped the big frame itself (MAXMSGSIZE): not even a decode error reached us
     assert all(i.error is None for i in arrived), arrived
     assert {i.message for i in arrived} == {RequestTrial("w1")}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "inproc"])
+def test_an_oversized_request_is_refused_before_sending(transport: str, context: zmq.Context, short_dir: Path,
+                                                         servers: list[Server]) -> None:
+    # hardening item 11: the controller drops it unseen (MAXMSGSIZE) and the worker used to
+    # resend it forever; now the worker refuses it at once and nothing goes on the wire
+    server = Server(address(transport, short_dir), context, max_message_bytes=4096).start()
+    servers.append(server)
+    with WorkerEndpoint(server.endpoint, "w1", context=context, max_message_bytes=4096) as worker:
+        big = Fail("w1", 1, 1, "x" * 10_000)
+        started = time.monotonic()
+        with pytest.raises(MessageTooLarge) as raised:
+            worker.request(big, timeout_s=5, retries=None)  # retries=None: it would resend forever
+        assert time.monotonic() - started < 1.0
+        assert isinstance(raised.value, PbtError)
+        assert (raised.value.message_type, raised.value.limit) == ("fail", 4096)
+        assert raised.value.size > 4096
+        assert str(raised.value) == (f"fail message is {raised.value.size} bytes encoded, over the 4096-byte "
+                                     f"frame limit; it was not sent")
+        # the socket is fine and the big message never went out
+        assert worker.request(Hello("w1"), timeout_s=5, retries=2) == Ack()
+    assert [i.message for i in server.drained()] == [Hello("w1")]
 
 
 def test_oversized_frame_inproc_is_rejected_by_the_codec(context: zmq.Context, servers: list[Server]) -> None:

@@ -106,7 +106,7 @@ def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
     from pbt_actors.runtime.host_supervisor import read_host_states
 
     pids = [c["pid"] for state in read_host_states(checkpoint_root) for c in state["children"]
-            if c["id"] == worker_id and c["state"] == "running"]
+            if c.get("worker", c["id"]) == worker_id and c["state"] == "running"]  # id: the slot
     return pids[0] if pids else None
 
 

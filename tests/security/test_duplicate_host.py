@@ -35,12 +35,14 @@ def test_a_second_host_with_the_same_host_id_is_refused(tmp_path: Path, monkeypa
     handle = Controller.start(experiment, tmp_path / "store", address)
     try:
         first = worker_host(address, tmp_path / "ckpt")
-        wait_until(lambda: "h1-w0" in handle.status().running_workers, 60, "the first host's worker to run")
+        # worker ids are per process, <slot>-<6 hex>: match the slot h1-w0
+        wait_until(lambda: any(w.startswith("h1-w0-") for w in handle.status().running_workers), 60,
+                   "the first host's worker to run")
         second = worker_host(address, tmp_path / "ckpt")
         out, _ = second.communicate(timeout=60)
         assert second.returncode == 1, out
         assert "host_taken" in out and "h1" in out, out
         assert first.poll() is None, "the first host must keep running"
-        assert "h1-w0" in handle.status().running_workers
+        assert any(w.startswith("h1-w0-") for w in handle.status().running_workers)
     finally:
         handle.stop()

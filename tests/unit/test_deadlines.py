@@ -9,7 +9,9 @@ from pbt_actors.control import deadlines
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.deadlines import (
     AUTO,
+    attempt_steps,
     completed_durations,
+    completed_rates,
     death_is_failure,
     effective_timeout,
     is_timeout_error,
@@ -17,7 +19,7 @@ from pbt_actors.control.deadlines import (
     timeout_error,
 )
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import AttemptRecord, Origin, OriginKind, Trial, TrialStatus
+from pbt_actors.model.records import AttemptRecord, CheckpointRef, Origin, OriginKind, Trial, TrialStatus
 from pbt_actors.model.space import Float
 from pbt_actors.runtime.restart_rules import Backoff, Intensity, Restart, RestartTracker
 from pbt_actors.storage.memory import InMemoryTrialStore
@@ -129,3 +131,63 @@ def test_auto_timeout_waits_for_observed_durations() -> None:
                                                            lease_s=1e9, trial_timeout_s=AUTO))
     core.handle(RequestTrial("w"), 0.0)
     assert core.tick(1e6) == []  # nothing completed yet: no limit
+
+
+# --- "auto", the default: per step of what the attempt trains (issue item 10) -----------------------
+def completed(trial_id: int, steps: int, seconds: float, resumed_at: int | None = None) -> Trial:
+    """A COMPLETED trial of ``steps`` steps whose completing attempt (2) took ``seconds``;
+    with ``resumed_at`` that attempt resumed a preemption checkpoint of that step."""
+    resume = CheckpointRef(f"r{trial_id}", 1, "0" * 64, resumed_at) if resumed_at is not None else None
+    return Trial(trial_id, 0, {}, 0, steps, Origin(OriginKind.SEED), status=TrialStatus.COMPLETED,
+                 completed_attempt=2, resume=resume,
+                 history=(AttemptRecord(1, "w", 0.0, 50.0), AttemptRecord(2, "w", 100.0, 100.0 + seconds)))
+
+
+def test_the_default_trial_timeout_is_auto() -> None:
+    assert Experiment(name="e", space={"x": Float(0, 1)}, objective="Q").trial_timeout_s == AUTO
+
+
+def test_an_attempt_trains_from_its_resume_checkpoint_or_its_start() -> None:
+    assert attempt_steps(completed(1, 10, 1.0)) == 10
+    assert attempt_steps(completed(1, 10, 1.0, resumed_at=8)) == 2
+    assert attempt_steps(completed(1, 10, 1.0, resumed_at=10)) == 1  # never 0: no division by zero
+
+
+def test_rates_are_seconds_per_step_trained() -> None:
+    assert completed_rates([completed(1, 10, 20.0), completed(2, 10, 4.0, resumed_at=8)]) == [2.0, 2.0]
+
+
+@pytest.mark.parametrize(("rates", "steps", "expected"), [
+    ([2.0], 100, 2000.0),  # 10 × 2 s/step × 100 steps
+    ([2.0], 2, deadlines.AUTO_FLOOR_S),  # a resumed attempt with 2 steps left: the floor
+    ([1.0, 2.0, 3.0], 10, 200.0),  # the median rate
+    ([], 100, None),
+])
+def test_the_auto_timeout_scales_with_the_attempts_steps(rates: list[float], steps: int,
+                                                         expected: float | None) -> None:
+    assert effective_timeout(AUTO, rates, steps) == expected
+
+
+def test_resumed_attempts_do_not_pull_the_auto_timeout_below_a_full_attempt() -> None:
+    # three attempts resumed with 1 step of 100 left (1 s each) and one full attempt (100 s):
+    # the median duration is 1 s (a 60 s limit would time out every healthy full attempt),
+    # the median rate is 1 s/step (a full attempt gets 1000 s, a resumed one the floor)
+    trials = [completed(i, 100, 1.0, resumed_at=99) for i in (1, 2, 3)] + [completed(4, 100, 100.0)]
+    assert effective_timeout(AUTO, completed_durations(trials)) == deadlines.AUTO_FLOOR_S  # the old rule
+    rates = completed_rates(trials)
+    assert effective_timeout(AUTO, rates, 100) == 1000.0
+    assert effective_timeout(AUTO, rates, 1) == deadlines.AUTO_FLOOR_S
+
+
+def test_the_tick_times_each_attempt_by_its_own_steps() -> None:
+    store = InMemoryTrialStore()
+    core = ControllerCore(store, Experiment(name="e", space={"x": Float(0, 1)}, objective="Q", population=2,
+                                            steps_per_trial=100, max_steps=100, lease_s=1e9))  # the default: auto
+    first, second = core.handle(RequestTrial("a"), 0.0), core.handle(RequestTrial("b"), 0.0)
+    assert isinstance(first, TrialAssignment) and isinstance(second, TrialAssignment)
+    from pbt_actors.transport.messages import Report
+    core.handle(Report("a", first.trial_id, 1, {"Q": 1.0}), 100.0)  # 100 steps in 100 s: 1 s/step
+    assert store.get_trial(first.trial_id).status is TrialStatus.COMPLETED
+    assert core.tick(999.0) == []  # the other full attempt may run 10 × 100 s
+    assert core.tick(1000.5) == [second.trial_id]
+    assert is_timeout_error(store.get_trial(second.trial_id).error)

@@ -39,8 +39,9 @@ class Harness:
     def handle(self, messages: list[Message]) -> list[Reply]:
         return self.core.handle_batch(messages, self.now)
 
-    def one(self, peer: bytes, request_id: int, message: Message) -> Reply:
-        out = self.session.serve(self.session.receive([(peer, request_id, message)]), self.handle, self.now)
+    def one(self, peer: bytes, request_id: int, message: Message, key: str = "") -> Reply:
+        step = self.session.receive([(peer, request_id, message)], keys={peer: key} if key else None)
+        out = self.session.serve(step, self.handle, self.now)
         assert len(out) == 1
         return out[0].reply
 
@@ -123,13 +124,52 @@ def test_a_flood_of_fresh_identities_keeps_every_per_peer_structure_under_its_ca
         if i % 10 == 0:
             batch.append((f"s{i}".encode(), 1, Hello(f"s{i}", host=f"host{i}", workers=(f"host{i}-w0",
                                                                                        f"host{i}-w1"))))
-        session.serve(session.receive(batch, 0.0), handle, 0.0)
+        keys = {p: f"key{i}" for p, _, _ in batch}  # CURVE: every peer its own key, all bound
+        session.serve(session.receive(batch, 0.0, keys=keys), handle, 0.0)
         requests += len(batch)
         if i % 10_000 == 0:
             sizes = session.sizes()
             assert sizes["reply_cache"] <= 512 and sizes["peers_seen"] <= 512 and sizes["peers_done"] <= 512
             assert sizes["parked"] <= 512 and sizes["hosts"] <= 64 and sizes["owners"] <= 256
+            assert sizes["keys"] <= 256
     sizes = session.sizes()
     assert sizes == {"reply_cache": 512, "parked": 512, "peers_seen": 512, "peers_done": 0, "hosts": 64,
-                     "owners": 256}, sizes
+                     "owners": 256, "keys": 256}, sizes
     assert requests > 200_000
+
+
+# --- CURVE: a worker id is bound to the key that said hello with it (issue item 5) ----------------
+def test_a_worker_id_is_bound_to_the_key_that_said_hello_and_another_key_cannot_speak_for_it() -> None:
+    h = Harness()
+    assert isinstance(h.one(b"h1-w0-aaaaaa", 1, Hello("h1-w0-aaaaaa"), key="KEY-A"), Ack)
+    trial = h.one(b"h1-w0-aaaaaa", 2, RequestTrial("h1-w0-aaaaaa"), key="KEY-A")
+    assert isinstance(trial, TrialAssignment)
+    # the same routing id over a connection with another authorised key (the first one closed)
+    for request_id, message in enumerate([Hello("h1-w0-aaaaaa"), RequestTrial("h1-w0-aaaaaa"),
+                                          Heartbeat("h1-w0-aaaaaa", trial.trial_id, 1, 0, None),
+                                          Report("h1-w0-aaaaaa", trial.trial_id, 1, {"score": 9.0})], start=3):
+        reply = h.one(b"h1-w0-aaaaaa", request_id, message, key="KEY-B")
+        assert isinstance(reply, Error) and reply.code == "not_owner", reply
+    assert h.core.store.get_trial(trial.trial_id).final is None  # the forged report never reached the core
+    assert h.core.store.running_leased_to("h1-w0-aaaaaa")
+    # the key that said hello still may
+    assert isinstance(h.one(b"h1-w0-aaaaaa", 9, Report("h1-w0-aaaaaa", trial.trial_id, 1, {"score": 1.0}),
+                            key="KEY-A"), Ack)
+
+
+def test_a_supervisors_host_and_worker_ids_are_bound_to_its_key() -> None:
+    h = Harness()
+    assert isinstance(h.one(b"sup-1", 1, Hello("sup-1", host="h1", workers=("h1-w0-aaaaaa",)), key="KEY-A"), Ack)
+    # a worker of another key cannot say hello as a worker the first host announced...
+    reply = h.one(b"h1-w0-aaaaaa", 1, Hello("h1-w0-aaaaaa"), key="KEY-B")
+    assert isinstance(reply, Error) and reply.code == "not_owner"
+    # ...nor can another key's supervisor claim the host id, even after the first one's claim lapsed
+    h.now += 3600
+    reply = h.one(b"sup-2", 1, Hello("sup-2", host="h1", workers=("h1-w0-bbbbbb",)), key="KEY-B")
+    assert isinstance(reply, Error) and reply.code == "not_owner" and "'h1'" in reply.message
+    # the first host's own worker (same key) and a restarted supervisor with the same key may
+    assert isinstance(h.one(b"h1-w0-aaaaaa", 2, Hello("h1-w0-aaaaaa"), key="KEY-A"), Ack)
+    assert isinstance(h.one(b"sup-3", 1, Hello("sup-3", host="h1", workers=("h1-w0-cccccc",)), key="KEY-A"), Ack)
+    # without keys (no CURVE) nothing is bound
+    assert h.session.sizes()["keys"] == 5
+    assert isinstance(h.one(b"h1-w0-aaaaaa", 3, Hello("h1-w0-aaaaaa")), Ack)

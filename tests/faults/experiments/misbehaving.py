@@ -15,6 +15,8 @@
     ``train`` sleeps forever (a stuck C call: not interruptible);
 ``flood``
     ``ctx.report`` is called ``MISBEHAVE_REPORTS`` (default 60 000) times.
+``fat``
+    ``train`` returns ``Q`` and 60 000 more metrics: a result too large for one frame.
 
 Other trials are the plain toy of ``_common.py``."""
 
@@ -58,6 +60,8 @@ def misbehave(ctx, state):
         for i in range(int(knob("MISBEHAVE_REPORTS", 60_000))):
             ctx.report(ctx.start_step + i, Q=q(state))
         return {"Q": q(state)}
+    if HOW == "fat":
+        return {"Q": q(state), **{f"extra_metric_{i:06d}": 0.5 for i in range(60_000)}}
     raise AssertionError(f"unknown MISBEHAVE={HOW!r}")
 
 
