@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,10 @@ def test_status_shows_a_sigkilled_hosts_workers_as_lost_not_running(tmp_path: Pa
         answer: dict[str, Any] = json.loads(proc.output())
         return answer
 
-    time.sleep(HOST_STATE_REFRESH_S * 1.5)  # a live host keeps its state fresh though nothing changed
+    # a live host keeps its state fresh though nothing changed: wait for a heartbeat rewrite
+    first = status()["hosts"][0]["updated_at"]
+    wait_until(lambda: status()["hosts"][0]["updated_at"] > first, HOST_STATE_REFRESH_S * 3 + 15,
+               "a heartbeat rewrite of the host state", poll_s=0.5)
     (alive,) = status()["hosts"]
     assert alive["lost"] is False and {c["state"] for c in alive["children"]} == {"running"}
     host.kill_group()  # supervisor and workers, no last word
