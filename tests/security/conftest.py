@@ -1,24 +1,18 @@
-"""Security-suite helpers: a controller embedded in the test process, workers as real processes."""
+"""Security-suite helpers: a controller embedded in the test process, workers as real processes.
+
+Waiting and port picking are the fault suite's (one copy each); this file only adds what the
+security tests share.
+"""
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
+from tests.faults.harness import free_port
+from tests.support.waiting import wait_until
 
 STEP_ENV = {"TOY_STEP_SLEEP_S": "0.1", "TOY_LEASE_S": "30"}
 
+__all__ = ["STEP_ENV", "free_tcp_address", "wait_until"]
+
 
 def free_tcp_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    return f"tcp://127.0.0.1:{free_port()}"
