@@ -38,7 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parsers(sub)
     lineage.add_lineage_parsers(sub)
     sim.add_sim_parser(sub)
+    _hide_internal_commands(sub)
     return parser
+
+
+INTERNAL_COMMANDS = frozenset({"worker-process"})
+"""Subcommands the CLI runs itself (a worker host starts them); not for users, so not listed."""
+
+
+def _hide_internal_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """List only the user's commands in ``--help`` and usage lines (argparse would show every choice)."""
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in INTERNAL_COMMANDS) + "}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
