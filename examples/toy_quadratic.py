@@ -32,6 +32,9 @@ def train(ctx):
     for step in range(ctx.start_step, ctx.end_step):
         t0, t1 = t0 - ALPHA * 2 * h0 * t0, t1 - ALPHA * 2 * h1 * t1
         if not ctx.report(step + 1, Q=1.2 - (t0 * t0 + t1 * t1)):
-            break
+            # stopped or preempted (SIGTERM): save where we are, so a preempted trial resumes
+            # here instead of counting as trained to end_step
+            ctx.save_checkpoint({"theta": [t0, t1]}, step=step + 1)
+            return {"Q": 1.2 - (t0 * t0 + t1 * t1)}
     ctx.save_checkpoint({"theta": [t0, t1]})
     return {"Q": 1.2 - (t0 * t0 + t1 * t1)}

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "Objective": "pbt_actors.model.fitness",
     "Experiment": "pbt_actors.model.experiment",
     "EarlyStop": "pbt_actors.model.experiment",
+    "Retention": "pbt_actors.model.experiment",
     "Trial": "pbt_actors.model.records",
     "TrialStatus": "pbt_actors.model.records",
     "CheckpointRef": "pbt_actors.model.records",
@@ -40,7 +41,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "Categorical", "CheckpointRef", "Controller", "ControllerCore", "ControllerHandle", "Discrete", "EarlyStop",
-    "Experiment", "Fixed", "Float", "Int", "Measurement", "Metric", "Objective", "SearchSpace", "Trial",
+    "Experiment", "Fixed", "Float", "Int", "Measurement", "Metric", "Objective", "Retention", "SearchSpace", "Trial",
     "TrialContext", "TrialStatus", "WorkerClient", "run_inprocess",
 ]
 

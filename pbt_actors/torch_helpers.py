@@ -33,6 +33,15 @@ What a checkpoint holds (all weights_only-safe)
 RNG states are rewritten as plain lists and ints (numpy arrays and numpy scalar types would
 make ``weights_only=True`` refuse the file). ``extra`` is the caller's and must obey the same
 rule.
+
+Devices
+-------
+A checkpoint saved on ``cuda:0`` must load in a child on another GPU or on a CPU-only host.
+``ctx.load_checkpoint`` therefore always loads onto the CPU (``map_location="cpu"``,
+``weights_only=True``; ``runtime/checkpoints.py``); ``restore_training_state`` then copies
+the weights into a model already on ``ctx.device`` (``load_state_dict`` copies into the
+existing parameters; the optimizer casts its state to each parameter's device). Tensors a
+train function keeps from the state outside those (``extra``) go through ``to_device``.
 """
 
 from __future__ import annotations
@@ -190,6 +199,21 @@ def restore_training_state(state: Mapping[str, Any], model: torch.nn.Module,
     if optimizer is not None and hparams is not None:
         apply_hparams(optimizer, hparams, mapping)  # after load_state_dict: the new values must win
     return int(state["step"])
+
+
+def to_device(value: Any, device: str | torch.device) -> Any:
+    """``value`` with every tensor in it (through dicts, lists and tuples) moved to ``device``:
+    for tensors of a loaded state that no ``load_state_dict`` places (``extra``), since
+    ``ctx.load_checkpoint`` returns them on the CPU whatever device saved them."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_device(item, device) for item in value]
+    if isinstance(value, tuple):
+        return tuple(to_device(item, device) for item in value)
+    return value
 
 
 def seed_everything(seed: int) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from pbt_actors.model.errors import SchemaError, TrialNotFound
 from pbt_actors.model.fields import hparams_from
+from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage.schema import MAX_GENERATION, MAX_ID  # the widths of the index keys on disk
 
@@ -38,6 +39,9 @@ META_EXPERIMENT = "experiment"
 """The experiment definition (``Experiment.to_dict()``), written by the controller at creation."""
 META_FINISHED_AT = "finished_at"
 """Controller clock time at which the controller declared the run over (absent while it runs)."""
+META_EXPERIMENT_FILE = "experiment_file"
+"""``{"path": absolute path, "sha256": hex}`` of the experiment file the run was last started
+from (``run``/``controller``), so ``replay`` can default to it and tell when it changed."""
 META_RUN_ID = "run_id"
 """The run id (a uuid4 hex), fixed when the store is first opened by a controller: workers name
 it in every message, so a worker of another run (store) is refused (DESIGN §10, run identity)."""
@@ -114,6 +118,40 @@ class TrialStore(ABC):
         index (the LMDB writer does); this default reads every RUNNING record."""
         return [trial_id for trial_id in self.ids_with_status(TrialStatus.RUNNING)
                 if (lease := self.get_trial(trial_id).lease) is not None and lease.worker == worker]
+
+    def count_uninitiated(self) -> int:
+        """``len(uninitiated())``; a store may answer without listing them (LMDB: O(1))."""
+        return len(self.uninitiated())
+
+    @abstractmethod
+    def followers(self, initiator: int) -> list[int]:
+        """COMPLETED trials whose ``origin.initiator`` is ``initiator``, ascending (the
+        ``FOLLOWED`` index)."""
+
+    def population_tails(self) -> list[int] | None:
+        """The current population (``pbt_actors.storage.population_index``): COMPLETED trials no
+        COMPLETED trial names as initiator, ascending. O(population); None when this store does
+        not keep the index (callers walk the records)."""
+        return None
+
+    def step_totals(self) -> tuple[int, int] | None:
+        """``(leased, queued)`` steps (``pbt_actors.storage.step_totals``) from the writer's
+        counters, O(1); None when this store does not keep them (callers sum the records)."""
+        from pbt_actors.storage.step_totals import LEASED, META_STEP_TOTALS, QUEUED
+
+        if self.get_meta(META_STEP_TOTALS) is None:
+            return None
+        return self.counter(LEASED), self.counter(QUEUED)
+
+    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int] | None:
+        """Up to ``limit`` ids from the best index (``pbt_actors.storage.best_index``), best first:
+        COMPLETED trials with valid metrics by (weighted scalar desc, id asc), for a Pareto
+        objective only the non-dominated front. O(log n + limit).
+
+        Returns None when the store keeps no index for ``objective`` (a store written before the
+        index existed, or another objective): callers then scan the COMPLETED records.
+        """
+        return None
 
     @abstractmethod
     def children(self, trial_id: int) -> list[int]:

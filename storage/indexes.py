@@ -54,13 +54,16 @@ COMPLETED: Final = "completed"
 """key: the generation, item: the id of a COMPLETED trial (the opponent pools)."""
 UNINITIATED: Final = "uninitiated"
 """key: None (one set), item: the id of a COMPLETED trial that has not reproduced yet."""
+FOLLOWED: Final = "followed"
+"""key: an initiator's id, item: the id of a COMPLETED trial whose ``origin.initiator`` it is (the
+current population, ``pbt_actors.storage.population_index``, is the COMPLETED trials not followed)."""
 LEASE: Final = "lease"
 """key: the worker holding the lease, item: the id of a RUNNING trial. Not stored on disk: the
 LMDB writer keeps it in memory only, readers elsewhere scan the RUNNING records."""
 CHECKPOINT: Final = "checkpoint"
 """The map index: key: the id, item: its ``CheckpointRef``; only ever ``ADD`` (a put)."""
 
-SET_INDEXES: Final = (STATUS, GENERATION, CHILDREN, COMPLETED, UNINITIATED, LEASE)
+SET_INDEXES: Final = (STATUS, GENERATION, CHILDREN, COMPLETED, UNINITIATED, LEASE, FOLLOWED)
 
 ADD: Final = 1
 REMOVE: Final = -1
@@ -84,7 +87,7 @@ def index_edits(old: Trial | None, new: Trial) -> list[Edit]:
     status = new.status
     edits: list[Edit] = []
     if old is None:
-        old_status = old_holder = old_checkpoint = None
+        old_status = old_holder = old_checkpoint = old_follows = None
         was_waiting = False
         edits.append((GENERATION, ADD, new.generation, trial_id))
         if new.parent_id is not None:
@@ -95,6 +98,7 @@ def index_edits(old: Trial | None, new: Trial) -> list[Edit]:
         old_lease = old.lease
         old_holder = old_lease.worker if old_lease is not None and old_status is _RUNNING else None
         old_checkpoint = old.checkpoint
+        old_follows = old.origin.initiator if old_status is _COMPLETED else None
     # status, and completed-per-generation (the generation is the same in old and new)
     if old_status is not status:
         if old_status is not None:
@@ -116,6 +120,13 @@ def index_edits(old: Trial | None, new: Trial) -> list[Edit]:
             edits.append((LEASE, REMOVE, old_holder, trial_id))
         if holder is not None:
             edits.append((LEASE, ADD, holder, trial_id))
+    # followed: a COMPLETED trial with an initiator, filed under it
+    follows = new.origin.initiator if status is _COMPLETED else None
+    if old_follows != follows:
+        if old_follows is not None:
+            edits.append((FOLLOWED, REMOVE, old_follows, trial_id))
+        if follows is not None:
+            edits.append((FOLLOWED, ADD, follows, trial_id))
     # checkpoint: put when the record brings a new one; never removed by a record change
     checkpoint = new.checkpoint
     if checkpoint is not old_checkpoint and checkpoint is not None and checkpoint != old_checkpoint:

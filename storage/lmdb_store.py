@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -55,14 +56,36 @@ from typing import Any, Final, TypeVar
 
 import lmdb
 
+from pbt_actors.model import wire
 from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFull, StoreFullRetry, StoreLocked
+from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
-from pbt_actors.storage import schema
-from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, check_spec, check_transition, status_counter
+from pbt_actors.storage import schema, step_totals
+from pbt_actors.storage.base import (
+    META_EXPERIMENT,
+    TRIAL_ID_COUNTER,
+    TrialStore,
+    check_spec,
+    check_transition,
+    status_counter,
+)
+from pbt_actors.storage.best_index import (
+    FRONT,
+    META_BEST_INDEX,
+    RANKED,
+    BestEdit,
+    BestEntry,
+    BestRule,
+    pareto_front,
+    sort_key,
+)
 from pbt_actors.storage.index_mirror import MIRRORED, IndexMirror
 from pbt_actors.storage.indexes import ADD, STATUS, index_edits
+from pbt_actors.storage.population_index import META_POPULATION_INDEX, tail_edits, tails_of
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_COMPLETED = TrialStatus.COMPLETED
 
 # Doubling from even 64 KiB reaches the 64-bit address-space limit long before this many tries;
 # the bound only turns a pathological loop (e.g. one value larger than any map) into an error.
@@ -161,10 +184,27 @@ class LmdbTrialStore(TrialStore):
         self._uninitiated = self._dbs[schema.DB_UNINITIATED]
         self._checkpoints = self._dbs[schema.DB_CHECKPOINTS]
         self._completed = self._dbs[schema.DB_COMPLETED]
+        # The best index (``pbt_actors.storage.best_index``); None for a reader of a store no v2
+        # writer has opened yet. ``_best_rules`` caches the rule per stored META_BEST_INDEX bytes,
+        # so the rule a write applies is always the one its own transaction records.
+        self._best_dbs = {RANKED: self._dbs.get(schema.DB_BEST_RANKED), FRONT: self._dbs.get(schema.DB_BEST_FRONT)}
+        self._best_rules: dict[bytes, BestRule | None] = {}
+        self._best_warned = False
         # index -> (database, key encoder, value encoder or None): where ``_put_trial`` applies
         # the edits of ``pbt_actors.storage.indexes.index_edits``
         self._layout = {index: (self._dbs[layout.db], layout.key, layout.value)
-                        for index, layout in schema.INDEX_LAYOUT.items()}
+                        for index, layout in schema.INDEX_LAYOUT.items()
+                        if layout.db in self._dbs}  # (a reader of a v1 store lacks v2's; it never writes)
+        self._followed = self._dbs.get(schema.DB_FOLLOWED)
+        self._tails = self._dbs.get(schema.DB_TAILS)
+        if not readonly:
+            try:
+                self._run_write(self._sync_best_index)  # builds the index once for an older store
+                self._run_write(self._sync_step_totals)  # likewise the step counters
+                self._run_write(self._sync_population_index)  # and the current population
+            except BaseException:
+                self.close()
+                raise
 
     # --- opening ------------------------------------------------------------------------------
     def _open_env(self, map_size: int) -> lmdb.Environment:
@@ -239,7 +279,10 @@ class LmdbTrialStore(TrialStore):
         """Open the named databases and check (or, for a new store, write) the schema version."""
         if self._readonly:
             try:
-                dbs = {name: self._env.open_db(name, create=False) for name in schema.ALL_DBS}
+                dbs = {name: self._env.open_db(name, create=False) for name in schema.V1_DBS}
+                for name in schema.V2_DBS:  # absent until a v2 writer migrated the store
+                    with suppress(lmdb.NotFoundError):
+                        dbs[name] = self._env.open_db(name, create=False)
             except lmdb.NotFoundError:
                 raise StoreError(f"no pbt-actors store at {self._path} (LMDB environment "
                                  f"without our databases)") from None
@@ -258,10 +301,10 @@ class LmdbTrialStore(TrialStore):
             meta = self._env.open_db(schema.DB_META, txn=txn, create=True)
             key = schema.meta_key(schema.SCHEMA_VERSION_KEY)
             raw = txn.get(key, db=meta)
-            if raw is None:
+            if raw is None or self._check_version(raw) < schema.STORE_SCHEMA_VERSION:
+                # new store, or an older one this writer migrates (``_sync_best_index`` fills the
+                # index right after, before any other write can see the new version)
                 txn.put(key, schema.encode_meta(schema.STORE_SCHEMA_VERSION), db=meta)
-            else:
-                self._check_version(raw)
             dbs = {schema.DB_META: meta}
             for name in schema.ALL_DBS[1:]:
                 dbs[name] = self._env.open_db(name, txn=txn, create=True)
@@ -269,7 +312,8 @@ class LmdbTrialStore(TrialStore):
 
         return self._run_write(init)
 
-    def _check_version(self, raw: schema.Buf) -> None:
+    def _check_version(self, raw: schema.Buf) -> int:
+        """The stored schema version, if this build can read it."""
         version = schema.decode_meta(schema.SCHEMA_VERSION_KEY, raw)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise StoreError(f"the store at {self._path} has an invalid schema version "
@@ -279,6 +323,7 @@ class LmdbTrialStore(TrialStore):
                 f"the store at {self._path} has storage schema v{version}, written by a newer "
                 f"pbt-actors; this build reads up to v{schema.STORE_SCHEMA_VERSION}. Upgrade "
                 f"pbt-actors to open it (never let an older build write to it).")
+        return version
 
     # --- transaction plumbing -----------------------------------------------------------------
     def _check_open(self) -> None:
@@ -607,6 +652,13 @@ class LmdbTrialStore(TrialStore):
         # Records are frozen, so handing ``new`` back on a later read is what the in-memory
         # store does too. Should this txn abort, the bytes on disk differ and it goes unused.
         self._remember(new.id, data, new)
+        if new.status is _COMPLETED or (old is not None and old.status is _COMPLETED):
+            self._put_best(txn, old, new)
+        leased, queued = step_totals.deltas(old, new)
+        if leased:
+            self._incr(txn, step_totals.LEASED, leased)
+        if queued:
+            self._incr(txn, step_totals.QUEUED, queued)
         edits = index_edits(old, new)
         if not edits:  # e.g. a heartbeat: the record changed, no index entry did
             return
@@ -627,6 +679,23 @@ class LmdbTrialStore(TrialStore):
                     self._dirty_counts.add(key)  # written once at the txn's end
         if mirror is not None:
             mirror.apply(edits)
+        if new.status is _COMPLETED or (old is not None and old.status is _COMPLETED):
+            self._put_tails(txn, old, new)
+
+    def _put_tails(self, txn: lmdb.Transaction, old: Trial | None, new: Trial) -> None:
+        """Apply the current-population edits (``population_index.tail_edits``), after this
+        write's FOLLOWED edits are in the txn."""
+        def followed(initiator: int) -> bool:
+            return next(self._scan(txn, self._followed, schema.children_prefix(initiator)), None) is not None
+
+        def completed(trial_id: int) -> bool:
+            return txn.get(schema.status_key(_COMPLETED, trial_id), db=self._status) is not None
+
+        for op, trial_id in tail_edits(old, new, followed, completed):
+            if op == ADD:
+                txn.put(schema.encode_id(trial_id), b"", db=self._tails)
+            else:
+                txn.delete(schema.encode_id(trial_id), db=self._tails)
 
     @staticmethod
     def _valid_id(trial_id: int) -> bool:
@@ -638,6 +707,147 @@ class LmdbTrialStore(TrialStore):
         """Likewise for generations."""
         return isinstance(generation, int) and 0 <= generation <= schema.MAX_GENERATION
 
+    # --- the best index (see pbt_actors.storage.best_index) ----------------------------------
+    def _best_rule(self, txn: lmdb.Transaction) -> BestRule | None:
+        """The rule of the index this transaction sees (None: no index kept)."""
+        raw = txn.get(schema.meta_key(META_BEST_INDEX), db=self._meta)
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        if raw not in self._best_rules:
+            stored = schema.decode_meta(META_BEST_INDEX, raw)
+            objective = stored.get("objective") if isinstance(stored, dict) else None
+            self._best_rules[raw] = BestRule.from_experiment({"objective": objective})
+        return self._best_rules[raw]
+
+    def _best_entries(self, txn: lmdb.Transaction, index: str, limit: int | None = None) -> Iterator[BestEntry]:
+        """Entries of ``RANKED`` or ``FRONT``, best first."""
+        db = self._best_dbs[index]
+        if db is None:
+            return
+        cursor = txn.cursor(db=db)
+        if not cursor.first():
+            return
+        for n, (key, value) in enumerate(cursor.iternext(keys=True, values=True)):
+            if limit is not None and n >= limit:
+                return
+            scalar, trial_id = schema.decode_best_key(bytes(key))
+            yield BestEntry(scalar, trial_id, schema.decode_oriented(trial_id, bytes(value)))
+
+    def _apply_best(self, txn: lmdb.Transaction, edits: list[BestEdit]) -> None:
+        for index, op, entry in edits:
+            key = sort_key(entry.scalar, entry.trial_id)
+            if op > 0:
+                txn.put(key, wire.pack(list(entry.oriented)), db=self._best_dbs[index])
+            else:
+                txn.delete(key, db=self._best_dbs[index])
+
+    def _put_best(self, txn: lmdb.Transaction, old: Trial | None, new: Trial) -> None:
+        """Apply the best-index edits of one completed record's write (same transaction)."""
+        rule = self._best_rule(txn)
+        if rule is not None:
+            self._apply_best(txn, rule.edits(old, new, self._best_entries(txn, FRONT),
+                                             self._best_entries(txn, RANKED)))
+
+    def _sync_best_index(self, txn: lmdb.Transaction) -> None:
+        """Make the index describe the stored experiment's objective: rebuild it from the
+        COMPLETED records when it was built for another objective or never built (a store
+        written before the index existed: once, at the writer's first open)."""
+        raw = txn.get(schema.meta_key(META_EXPERIMENT), db=self._meta)
+        try:
+            experiment = None if raw is None else schema.decode_meta(META_EXPERIMENT, raw)
+        except Exception:  # a damaged experiment: no index; ``status`` reports the damage
+            experiment = None
+        rule = BestRule.from_experiment(experiment)
+        stored_raw = txn.get(schema.meta_key(META_BEST_INDEX), db=self._meta)
+        stored = None if stored_raw is None else schema.decode_meta(META_BEST_INDEX, stored_raw)
+        if rule is None and stored is None:
+            return
+        if rule is not None and rule.matches(stored):
+            return
+        for db in self._best_dbs.values():
+            if db is not None:  # (always, in the writer: it creates every database)
+                txn.drop(db, delete=False)
+        if rule is None:
+            txn.delete(schema.meta_key(META_BEST_INDEX), db=self._meta)
+            return
+        prefix = schema.status_prefix(_COMPLETED)
+        completed = [schema.decode_status_key(k)[1] for k in self._scan(txn, self._status, prefix)]
+        if completed:
+            log.info("building the best index of %s over %d completed trials (once)", self._path, len(completed))
+        entries = [e for i in completed if (e := rule.entry(self._existing(txn, i))) is not None]
+        self._apply_best(txn, [(RANKED, 1, e) for e in entries])
+        if rule.pareto:
+            self._apply_best(txn, [(FRONT, 1, e) for e in pareto_front(entries)])
+        txn.put(schema.meta_key(META_BEST_INDEX), schema.encode_meta({"objective": rule.fingerprint}), db=self._meta)
+
+    def _sync_step_totals(self, txn: lmdb.Transaction) -> None:
+        """Start the step counters of a store written before them, from its records (once)."""
+        if txn.get(schema.meta_key(step_totals.META_STEP_TOTALS), db=self._meta) is not None:
+            return
+        leased = queued = 0
+        cursor = txn.cursor(db=self._trials)
+        for key, value in cursor.iternext(keys=True, values=True):
+            trial_id = schema.decode_id(key)
+            charged = step_totals.charges(self._decode_trial(trial_id, bytes(value)))
+            leased, queued = leased + charged[0], queued + charged[1]
+        for name, total in ((step_totals.LEASED, leased), (step_totals.QUEUED, queued)):
+            txn.put(schema.counter_key(name), schema.encode_meta(total), db=self._meta)
+        txn.put(schema.meta_key(step_totals.META_STEP_TOTALS), schema.encode_meta(1), db=self._meta)
+
+    def _sync_population_index(self, txn: lmdb.Transaction) -> None:
+        """Build FOLLOWED and TAILS for a store written before them, from its COMPLETED records
+        (once; a new store is marked at creation, with nothing to build)."""
+        if txn.get(schema.meta_key(META_POPULATION_INDEX), db=self._meta) is not None:
+            return
+        prefix = schema.status_prefix(_COMPLETED)
+        completed = [self._existing(txn, schema.decode_status_key(k)[1])
+                     for k in list(self._scan(txn, self._status, prefix))]
+        for trial in completed:
+            if trial.origin.initiator is not None:
+                txn.put(schema.children_key(trial.origin.initiator, trial.id), b"", db=self._followed)
+        for trial_id in tails_of(completed):
+            txn.put(schema.encode_id(trial_id), b"", db=self._tails)
+        txn.put(schema.meta_key(META_POPULATION_INDEX), schema.encode_meta(1), db=self._meta)
+
+    def followers(self, initiator: int) -> list[int]:
+        if not self._valid_id(initiator):
+            self._check_open()
+            return []
+        prefix = schema.children_prefix(initiator)
+        return self._read(lambda txn: [] if self._followed is None else [
+            schema.decode_children_key(k)[1] for k in self._scan(txn, self._followed, prefix)])
+
+    def population_tails(self) -> list[int] | None:
+        def op(txn: lmdb.Transaction) -> list[int] | None:
+            if self._tails is None or txn.get(schema.meta_key(META_POPULATION_INDEX), db=self._meta) is None:
+                return None
+            return [schema.decode_id(k) for k in self._scan(txn, self._tails)]
+
+        return self._read(op)
+
+    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int] | None:
+        fingerprint = objective.to_dict()
+
+        def op(txn: lmdb.Transaction) -> list[int] | None:
+            rule = self._best_rule(txn) if self._best_dbs[RANKED] is not None else None
+            if rule is None or rule.fingerprint != fingerprint:
+                return None
+            index = FRONT if rule.pareto else RANKED
+            return [e.trial_id for e in self._best_entries(txn, index, limit)]
+
+        ids = self._read(op)
+        if ids is None and not self._best_warned:
+            self._best_warned = True
+            log.info("the store at %s has no best index for this objective (written by an older "
+                     "pbt-actors, and no controller has opened it since): scanning its completed trials",
+                     self._path)
+        return ids
+
+    def count_uninitiated(self) -> int:
+        return self._indexed(lambda mirror: len(mirror.uninitiated_ids()),
+                             lambda txn: int(txn.stat(self._uninitiated)["entries"]))
+
     # --- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         raw = self._read(lambda txn: txn.get(schema.meta_key(key), db=self._meta))
@@ -645,7 +855,13 @@ class LmdbTrialStore(TrialStore):
 
     def put_meta(self, key: str, value: Any) -> None:
         data = schema.encode_meta(value)  # fail on non-msgpack data before opening a txn
-        self._write(lambda txn: txn.put(schema.meta_key(key), data, db=self._meta))
+
+        def op(txn: lmdb.Transaction) -> None:
+            txn.put(schema.meta_key(key), data, db=self._meta)
+            if key == META_EXPERIMENT:  # the objective may be new: the index follows it
+                self._sync_best_index(txn)
+
+        self._write(op)
 
     def incr_counter(self, name: str, delta: int = 1) -> int:
         return self._write(lambda txn: self._incr(txn, name, delta))

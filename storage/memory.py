@@ -10,24 +10,30 @@ where an edit goes (a dict of sets per index).
 from __future__ import annotations
 
 import copy
+import heapq
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pbt_actors.model import wire
+from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
+from pbt_actors.storage import step_totals
 from pbt_actors.storage.base import (
+    META_EXPERIMENT,
     TRIAL_ID_COUNTER,
     TrialStore,
     check_spec,
     check_transition,
     status_counter,
 )
+from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestEntry, BestRule, pareto_front
 from pbt_actors.storage.indexes import (
     ADD,
     CHECKPOINT,
     CHILDREN,
     COMPLETED,
+    FOLLOWED,
     GENERATION,
     LEASE,
     SET_INDEXES,
@@ -36,6 +42,7 @@ from pbt_actors.storage.indexes import (
     Edit,
     index_edits,
 )
+from pbt_actors.storage.population_index import META_POPULATION_INDEX, tail_edits
 
 
 class InMemoryTrialStore(TrialStore):
@@ -53,7 +60,15 @@ class InMemoryTrialStore(TrialStore):
         self._uninitiated = self._indexes[UNINITIATED]
         self._leases = self._indexes[LEASE]
         self._checkpoints: dict[int, CheckpointRef] = {}
+        # the best index (pbt_actors.storage.best_index): id -> entry per index, and the rule
+        # (under key "rule", in a dict so the undo log can restore it)
+        self._best: dict[str, dict[int, BestEntry]] = {RANKED: {}, FRONT: {}}
+        self._best_rule: dict[str, BestRule] = {}
         self._undo: list[Callable[[], None]] | None = None
+        self._meta[step_totals.META_STEP_TOTALS] = 1  # kept from the start (storage/step_totals.py)
+        self._meta[META_POPULATION_INDEX] = 1  # likewise the current population
+        self._tails: set[int] = set()
+        self._followed = self._indexes[FOLLOWED]
         self._depth = 0
         self._closed = False
 
@@ -114,6 +129,48 @@ class InMemoryTrialStore(TrialStore):
         self._check_open()
         # A msgpack round trip, as on disk: same refusals, and tuples come back as lists.
         self._set_item(self._meta, key, wire.unpack(wire.pack(value)))
+        if key == META_EXPERIMENT:
+            self._sync_best_index()
+
+    def _sync_best_index(self) -> None:
+        """Rebuild the best index when the stored objective changed (as the LMDB store does)."""
+        rule = BestRule.from_experiment(self._meta.get(META_EXPERIMENT))
+        current = self._best_rule.get("rule")
+        if rule is not None and current is not None and rule.fingerprint == current.fingerprint:
+            return
+        if rule is None and current is None:
+            return
+        for index in (RANKED, FRONT):
+            for trial_id in list(self._best[index]):
+                self._del_item(self._best[index], trial_id)
+        if rule is None:
+            self._del_item(self._best_rule, "rule")
+            self._del_item(self._meta, META_BEST_INDEX)
+            return
+        self._set_item(self._best_rule, "rule", rule)
+        completed = sorted(self._by_status.get(TrialStatus.COMPLETED, ()))
+        entries = [e for i in completed if (e := rule.entry(self._trials[i])) is not None]
+        self._apply_best([(RANKED, 1, e) for e in entries])
+        if rule.pareto:
+            self._apply_best([(FRONT, 1, e) for e in pareto_front(entries)])
+        self._set_item(self._meta, META_BEST_INDEX, {"objective": rule.fingerprint})
+
+    def _apply_best(self, edits: list[BestEdit]) -> None:
+        for index, op, entry in edits:
+            if op > 0:
+                self._set_item(self._best[index], entry.trial_id, entry)
+            else:
+                self._del_item(self._best[index], entry.trial_id)
+
+    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int] | None:
+        """O(indexed) here (a heap selection): this store serves simulations and tests, where
+        the LMDB store's ordered keys would buy nothing."""
+        self._check_open()
+        rule = self._best_rule.get("rule")
+        if rule is None or rule.fingerprint != objective.to_dict():
+            return None
+        entries = self._best[FRONT if rule.pareto else RANKED].values()
+        return [e.trial_id for e in heapq.nsmallest(limit, entries, key=lambda e: e.order)]
 
     def incr_counter(self, name: str, delta: int = 1) -> int:
         self._check_open()
@@ -155,7 +212,29 @@ class InMemoryTrialStore(TrialStore):
     def _write(self, old: Trial | None, new: Trial) -> None:
         """Write a record and keep every derived index consistent with it."""
         self._set_item(self._trials, new.id, new)
+        rule = self._best_rule.get("rule")
+        if rule is not None and (new.status is TrialStatus.COMPLETED
+                                 or (old is not None and old.status is TrialStatus.COMPLETED)):
+            self._apply_best(rule.edits(old, new, self._best[FRONT].values(), self._best[RANKED].values()))
+        leased, queued = step_totals.deltas(old, new)
+        if leased:
+            self.incr_counter(step_totals.LEASED, leased)
+        if queued:
+            self.incr_counter(step_totals.QUEUED, queued)
         self._apply(index_edits(old, new))
+        if new.status is TrialStatus.COMPLETED or (old is not None and old.status is TrialStatus.COMPLETED):
+            completed = self._by_status.get(TrialStatus.COMPLETED, set())
+            for op, trial_id in tail_edits(old, new, lambda i: bool(self._followed.get(i)),
+                                           lambda i: i in completed):
+                (self._set_add if op == ADD else self._set_discard)(self._tails, trial_id)
+
+    def followers(self, initiator: int) -> list[int]:
+        self._check_open()
+        return sorted(self._followed.get(initiator, ()))
+
+    def population_tails(self) -> list[int] | None:
+        self._check_open()
+        return sorted(self._tails)
 
     def _apply(self, edits: list[Edit]) -> None:
         """Apply index edits (undoable); ``STATUS`` edits also move the per-status counter."""

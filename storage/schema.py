@@ -32,13 +32,16 @@ from typing import Any, Final, NamedTuple, TypeAlias
 from pbt_actors.model import wire
 from pbt_actors.model.errors import SchemaError
 from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
-from pbt_actors.storage import indexes
+from pbt_actors.storage import best_index, indexes
 
 # What py-lmdb hands back: bytes, or memoryview when a txn is opened with buffers=True.
 Buf: TypeAlias = bytes | memoryview
 
 # Bump when a key shape, a database or a status code changes; older builds refuse newer stores.
-STORE_SCHEMA_VERSION: Final = 1
+# v2 added the best index (``DB_BEST_RANKED``, ``DB_BEST_FRONT``): a v1 build writing to a v2
+# store would leave it stale, so it must refuse. A v2 writer migrates a v1 store at open
+# (creates and fills the index, then writes 2); v2 readers of a v1 store scan instead.
+STORE_SCHEMA_VERSION: Final = 2
 
 # --- named databases --------------------------------------------------------------------------
 DB_META: Final = b"meta"  # utf-8 name -> pack(value); counters live here as "counter:<name>"
@@ -50,8 +53,18 @@ DB_UNINITIATED: Final = b"uninitiated"  # id(8) -> b""
 DB_CHECKPOINTS: Final = b"checkpoints"  # id(8) -> pack(checkpoint.to_dict())
 DB_COMPLETED: Final = b"completed"  # generation(4) | id(8) -> b"" for COMPLETED trials (opponent pools)
 
-ALL_DBS: Final = (DB_META, DB_TRIALS, DB_CHILDREN, DB_GENERATIONS, DB_STATUS, DB_UNINITIATED,
-                  DB_CHECKPOINTS, DB_COMPLETED)
+DB_BEST_RANKED: Final = b"best_ranked"  # sort_key(scalar, id)(16) -> pack(oriented) (storage.best_index)
+DB_BEST_FRONT: Final = b"best_front"  # same keys, Pareto objectives only: the non-dominated front
+
+V1_DBS: Final = (DB_META, DB_TRIALS, DB_CHILDREN, DB_GENERATIONS, DB_STATUS, DB_UNINITIATED,
+                 DB_CHECKPOINTS, DB_COMPLETED)
+DB_FOLLOWED: Final = b"followed"  # initiator(8) | id(8) -> b"" for COMPLETED trials naming it
+DB_TAILS: Final = b"tails"  # id(8) -> b"": the current population (storage.population_index)
+
+BEST_DBS: Final = (DB_BEST_RANKED, DB_BEST_FRONT)
+V2_DBS: Final = (*BEST_DBS, DB_FOLLOWED, DB_TAILS)
+"""Added by schema v2: a reader of a store no v2 writer has opened yet finds them missing."""
+ALL_DBS: Final = V1_DBS + V2_DBS
 # Headroom over len(ALL_DBS) so a later schema can add databases without a max_dbs change.
 MAX_DBS: Final = 16
 
@@ -174,6 +187,22 @@ def checkpoint_key(trial_id: int, _ref: CheckpointRef) -> bytes:
     return encode_id(trial_id)
 
 
+def decode_best_key(key: Buf) -> tuple[float, int]:
+    """``(scalar, trial_id)`` of a best-index key (``best_index.sort_key``)."""
+    return best_index.decode_sort_key(key)
+
+
+def decode_oriented(trial_id: int, data: Buf) -> tuple[float, ...]:
+    """A best-index value: the oriented metric vector.
+
+    Raises: SchemaError naming the trial whose entry is damaged."""
+    try:
+        values = wire.unpack(bytes(data))
+        return tuple(float(v) for v in values)
+    except Exception as exc:
+        raise SchemaError(f"trial {trial_id}: corrupt best index entry: {type(exc).__name__}: {exc}") from exc
+
+
 def meta_key(name: str) -> bytes:
     return name.encode("utf-8")
 
@@ -261,6 +290,7 @@ INDEX_LAYOUT: Final[dict[str, IndexLayout]] = {
     indexes.CHILDREN: IndexLayout(DB_CHILDREN, children_key, None, decode_children_key),
     indexes.COMPLETED: IndexLayout(DB_COMPLETED, generation_key, None, decode_generation_key),
     indexes.UNINITIATED: IndexLayout(DB_UNINITIATED, uninitiated_key, None, decode_uninitiated_key),
+    indexes.FOLLOWED: IndexLayout(DB_FOLLOWED, children_key, None, decode_children_key),
     indexes.CHECKPOINT: IndexLayout(DB_CHECKPOINTS, checkpoint_key, encode_checkpoint, None),
     # indexes.LEASE has no database: only the writer needs it, from memory (IndexMirror).
 }

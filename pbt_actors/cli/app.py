@@ -7,6 +7,8 @@
 | ``cli.lineage`` | ``lineage``, ``replay``, ``export``, ``report`` |
 | ``cli.sim`` | ``sim`` |
 | ``cli.security`` | ``keys`` |
+| ``cli.dashboard`` | ``dashboard`` (the live web page; ``run --dashboard``) |
+| ``cli.retention`` | ``gc``, ``pin`` |
 
 Command modules import their heavy dependencies (torch, ZeroMQ, matplotlib) inside the
 command, so ``pbt-actors status`` starts in a fraction of ``run``'s time.
@@ -21,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pbt_actors.cli import lineage, run, security, sim, status
+from pbt_actors.cli import dashboard, lineage, retention, run, security, sim, status
 from pbt_actors.model.errors import PbtError, StoreFull
 
 EXIT_STORE_FULL = 75
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parsers(sub)
     lineage.add_lineage_parsers(sub)
     sim.add_sim_parser(sub)
+    dashboard.add_parser(sub)
+    retention.add_parsers(sub)
     _hide_internal_commands(sub)
     return parser
 
@@ -46,7 +50,7 @@ INTERNAL_COMMANDS = frozenset({"worker-process"})
 """Subcommands the CLI runs itself (a worker host starts them); not for users, so not listed."""
 
 
-def _hide_internal_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _hide_internal_commands(sub: argparse._SubParsersAction) -> None:
     """List only the user's commands in ``--help`` and usage lines (argparse would show every choice)."""
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in INTERNAL_COMMANDS) + "}"
 

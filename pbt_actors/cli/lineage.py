@@ -4,14 +4,16 @@
 opens the store read-only, so it can run while a controller writes.
 
     pbt-actors lineage --store DIR TRIAL|best [--json]
-    pbt-actors replay  --store DIR TRIAL|best --experiment EXP.py [--from-step A] [--to-step B]
+    pbt-actors replay  --store DIR TRIAL|best [--experiment EXP.py] [--from-step A] [--to-step B]
                        [--schedule-out FILE] [--out DIR] [--same-data] [--dry-run] [--json]
     pbt-actors replay  --schedule FILE --experiment EXP.py ...      (no store needed)
     pbt-actors export  --store DIR --format csv|json [--out FILE]
+    pbt-actors export  --store DIR --format tensorboard --out DIR [--follow]
     pbt-actors report  --store DIR [--out DIR] [--json]
 
-``replay`` needs the experiment file because the store records the experiment's definition
-but not where its ``train`` lives: ``--experiment`` is required.
+``replay`` runs the experiment file's ``train``: by default the file the run was started from
+(``run``/``controller`` record its path and sha256 in the store; a warning when it changed),
+else ``--experiment`` (required with ``--schedule``).
 """
 
 from __future__ import annotations
@@ -47,9 +49,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     print()
     print(f"schedule (the warm-start chain: {len(sched.segments)} segments; crossover sources gave "
           f"hyperparameters, not weights)")
-    rows = [[f"{s.start_step}-{s.end_step}", str(s.trial_id), fmt_map(s.hparams)] for s in sched.segments]
-    for line in table(["steps", "trial", "hparams"], rows):
+    rows = [[f"{s.start_step}-{s.end_step}", str(s.trial_id),
+             "collected" if s.collected else ("kept" if s.checkpoint is not None else "-"), fmt_map(s.hparams)]
+            for s in sched.segments]
+    for line in table(["steps", "trial", "checkpoint", "hparams"], rows):
         print("  " + line)
+    if any(s.collected for s in sched.segments):
+        print("  (checkpoint collected: retention deleted it; `replay` from step "
+              f"{sched.segments[0].start_step} needs none)")
     return 0
 
 
@@ -62,18 +69,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.schedule is None and args.store is None:
         raise ConfigError("replay needs --store DIR (with TRIAL or 'best') or --schedule FILE")
+    experiment_file = args.experiment
     if args.schedule is not None:
+        if experiment_file is None:
+            raise ConfigError("replay --schedule needs --experiment EXP.py (a schedule file names no experiment file)")
         sched = Schedule.load(args.schedule)
     else:
         with open_store_readonly(args.store) as store:
             sched = schedule(store, resolve_trial(store, args.trial))
+            if experiment_file is None:  # the file the run was started from (recorded in the store)
+                from pbt_actors.tools.experiment_file import recorded_experiment_file
+
+                recorded = recorded_experiment_file(store)
+                experiment_file = str(recorded.path)
+                if recorded.warning():
+                    print(recorded.warning(), file=sys.stderr)
     if args.schedule_out:
         sched.save(args.schedule_out)
         if not args.json:
             print(f"schedule of trial {sched.trial_id} written to {args.schedule_out}")
-    experiment, train = load_experiment_file(args.experiment)
+    experiment, train = load_experiment_file(experiment_file)
     if sched.experiment and experiment.name != sched.experiment:
-        print(f"warning: the schedule comes from experiment {sched.experiment!r} but {args.experiment} defines "
+        print(f"warning: the schedule comes from experiment {sched.experiment!r} but {experiment_file} defines "
               f"{experiment.name!r}", file=sys.stderr)
     steps = plan(sched, args.from_step, args.to_step)
     source_root = args.checkpoint_root or (str(Path(args.store) / "checkpoints") if args.store else None)
@@ -126,6 +143,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pbt_actors.tools.export import export_store
 
+    if args.format == "tensorboard":
+        from pbt_actors.cli.export_tensorboard import cmd_export_tensorboard
+
+        return cmd_export_tensorboard(args)
+    if args.follow:
+        raise ConfigError("--follow needs --format tensorboard")
     with open_store_readonly(args.store) as store:
         if args.out in (None, "-"):
             count = export_store(store, sys.stdout, args.format)
@@ -168,15 +191,17 @@ def add_lineage_parsers(subparsers: Any) -> None:
                     "--from-step. ctx.replay is True unless --same-data.")
     rep.add_argument("--store", default=None, help="the search's store (or give --schedule)")
     rep.add_argument("trial", nargs="?", default="best", help="trial id or 'best' (default)")
-    rep.add_argument("--experiment", "-e", required=True,
-                     help="the experiment file whose train(ctx) to run (the store does not record its path)")
+    rep.add_argument("--experiment", "-e", default=None,
+                     help="the experiment file whose train(ctx) to run (default with --store: the file the run "
+                          "was started from, recorded in the store; a warning if it changed since)")
     rep.add_argument("--schedule", default=None, help="replay a schedule JSON file instead of reading the store")
     rep.add_argument("--schedule-out", default=None, help="also write the schedule as JSON to this file")
     rep.add_argument("--from-step", type=int, default=None,
                      help="start from the search's checkpoint at this step (a segment boundary)")
     rep.add_argument("--to-step", type=int, default=None, help="stop at this step (default: the trial's end)")
     rep.add_argument("--checkpoint-root", default=None,
-                     help="the search's checkpoint folder, read for --from-step (default <store>/checkpoints)")
+                     help="the search's checkpoint folder or URL (s3://bucket/prefix), read for --from-step "
+                          "(default <store>/checkpoints)")
     rep.add_argument("--out", default=None,
                      help="folder for the replay's checkpoints (default ./pbt-replays/<experiment>/trial-<id>)")
     rep.add_argument("--same-data", action="store_true",
@@ -186,10 +211,14 @@ def add_lineage_parsers(subparsers: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print one JSON object with the result")
     rep.set_defaults(func=cmd_replay)
 
-    exp = subparsers.add_parser("export", help="one row per trial and measurement, as CSV or JSON")
+    exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
     exp.add_argument("--store", required=True)
-    exp.add_argument("--format", choices=["csv", "json"], default="csv")
-    exp.add_argument("--out", default=None, help="file to write (default: standard output)")
+    exp.add_argument("--format", choices=["csv", "json", "tensorboard"], default="csv",
+                     help="tensorboard: one run per lineage, event files under --out DIR")
+    exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
+    exp.add_argument("--follow", action="store_true",
+                     help="tensorboard: keep appending trials as they complete until the run ends")
+    exp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (--follow)")
     exp.set_defaults(func=cmd_export)
 
     rpt = subparsers.add_parser("report", help="PNG figures and an index.html for a finished or running store")

@@ -21,40 +21,92 @@ from typing import Any
 from pbt_actors.cli import arguments
 from pbt_actors.cli.live import LiveProgress
 from pbt_actors.cli.security import check_open_bind, controller_security, worker_security
-from pbt_actors.cli.summary import fmt_map, print_summary, read_summary
+from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_summary
 
 log = logging.getLogger(__name__)
 
 
-class StopOnSignal:
-    """SIGINT/SIGTERM set ``requested`` instead of killing the process, so that a command can
-    stop its workers and controller cleanly; ``restore`` puts the old handlers back."""
+EXIT_NO_CONTROLLER = 69
+"""``worker``: no reply from the controller for ``--controller-timeout`` seconds; the host gave
+up (sysexits' EX_UNAVAILABLE). The same number as ``runtime.worker_process.EXIT_NO_CONTROLLER``
+(tested), spelled out here so that ``--help`` needs no runtime import."""
+EXIT_SIGTERM = 143
+"""``worker``: stopped by SIGTERM (a cluster manager's preemption) before the run was done; the
+workers handed their trials back (128 + 15, what a shell reports for a SIGTERM, so that a
+Kubernetes Job or SLURM sees a stopped task, not a completed one). SIGINT: 130."""
 
-    def __init__(self) -> None:
+
+class StopOnSignal:
+    """SIGINT/SIGTERM set ``requested`` (and ``signum``) instead of killing the process, so that
+    a command can stop its workers and controller cleanly; ``then`` runs in the handler too (it
+    must only set flags); ``restore`` puts the old handlers back."""
+
+    def __init__(self, then: Any = None) -> None:
         self.requested = False
+        self.signum: int | None = None
+        self._then = then
         self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = self.signum or signum
+        if self._then is not None:
+            self._then()
 
     def restore(self) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
-def trial_estimate(experiment: Any) -> int | None:
-    """How many trials the run will take: ``max_trials``, else one per trial-length of every
-    lineage (an estimate: failures, retries and stops change it; shown only while not passed)."""
-    if experiment.max_trials:
-        return int(experiment.max_trials)
-    per_lineage = -(-experiment.max_steps // experiment.steps_per_trial)
-    return int(experiment.population * per_lineage)
+def trial_estimate(experiment: Any, status: Any = None) -> int:
+    """How many trials will *complete*: the controller's re-estimate from the run's frontier
+    (``status.estimate``, ``control/estimate.py``) once it has one, else the guess before the run
+    (every slot from step 0 to ``max_steps``, at most ``max_trials``).
+
+    The progress line counts completed trials against it, not all trials: a FAILED or STOPPED
+    trial is replaced by a stand-in, so the total created exceeds it by the failures (shown
+    apart, ``progress_text``); and it is re-made as slots exploit members behind or ahead of
+    them, instead of a fixed guess that runs were seen to overrun by a third."""
+    from pbt_actors.control.estimate import initial_estimate
+
+    known = getattr(status, "estimate", None)
+    return int(known) if known is not None else initial_estimate(experiment)
+
+
+def progress_text(by_status: dict[str, int]) -> str:
+    """``failed/stopped 3 (replaced)  `` when any trial was lost: those are not in the count."""
+    lost = by_status.get("failed", 0) + by_status.get("stopped", 0)
+    return f"failed/stopped {lost} (replaced)  " if lost else ""
+
+
+def finished_store_message(store_dir: Path, previous: dict[str, Any], experiment: Any,
+                           args: argparse.Namespace) -> str:
+    """What ``run`` says when the store already holds a finished run: it does nothing, so say
+    which of the flags given (``--seed``, ``--policy``, ``--budget-steps``) differ from the stored
+    run and where a new run would go."""
+    held = previous.get("experiment", "?")  # the stored run's name, not the file's
+    other = "" if held == experiment.name else f" (not of {experiment.name!r}, the file given)"
+    stored_budget = (previous.get("budget") or {}).get("budget_steps")
+    flags = [(f"--seed {args.seed}", f"seed {previous.get('seed')}", args.seed, previous.get("seed")),
+             (f"--policy {args.policy}", f"policy {previous.get('policy')}", args.policy, previous.get("policy")),
+             (f"--budget-steps {args.budget_steps}", f"budget_steps {stored_budget}", args.budget_steps,
+              stored_budget)]
+    differ = [(given, stored) for given, stored, value, held_value in flags
+              if value is not None and value != held_value]
+    suggestion = store_dir.parent / f"{store_dir.name}-2"
+    text = f"the store {store_dir} holds a finished run of {held!r}{other}; nothing to do"
+    if differ:
+        text = (f"warning: {', '.join(g for g, _ in differ)} differ(s) from the finished run in {store_dir} "
+                f"({', '.join(s for _, s in differ)}): the flags were not applied and nothing was run")
+    return f"{text}\nto start a new run, give a new store path, e.g. --store {suggestion}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.controller import Controller
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
     from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.runtime.retention import checkpoint_deleter
+    from pbt_actors.storage.checkpoint_urls import normalize_root
 
     check_open_bind(args.bind, args.insecure, "`run` has no CURVE: keep --bind on 127.0.0.1, or run "
                     "`pbt-actors controller` with --curve-secret/--authorized-keys and `pbt-actors worker` per host")
@@ -69,26 +121,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         experiment = replace(experiment, policy=args.policy)
+    if args.budget_steps is not None:
+        from dataclasses import replace
+
+        experiment = replace(experiment, budget_steps=args.budget_steps)
+    if args.max_trials is not None:
+        from dataclasses import replace
+
+        experiment = replace(experiment, max_trials=args.max_trials)
     previous = read_summary(store_dir)
     if previous is not None and previous["finished"]:
         if args.json:
             print(json.dumps({**previous, "store": str(store_dir), "resumed": False, "already_finished": True}))
         else:
-            held = previous.get("experiment", "?")  # the stored run's name, not the file's
-            other = "" if held == experiment.name else f" (not of {experiment.name!r}, the file given)"
-            print(f"the store {store_dir} holds a finished run of {held!r}{other}; nothing to do "
-                  f"(use --store to start another)")
+            print(finished_store_message(store_dir, previous, experiment, args))
             print_summary(previous, str(store_dir))
         return 0
     started = time.monotonic()
     zygote = _start_zygote(args)  # before Controller.start: the first thread of this process
     try:
-        handle = _start_controller(Controller, experiment, store_dir, args.bind)
+        handle = _start_controller(Controller, experiment, store_dir, args.bind, meta=_file_meta(args.experiment),
+                                   checkpoint_delete=checkpoint_deleter(  # retention deletes here
+                                       normalize_root(args.checkpoint_root or store_dir / "checkpoints")))
     except BaseException:
         _close_zygote(zygote)
         raise
     try:
-        checkpoint_root = str(Path(args.checkpoint_root or store_dir / "checkpoints").resolve())
+        checkpoint_root = normalize_root(args.checkpoint_root or store_dir / "checkpoints")
         specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
                              log_dir=str(store_dir / "logs"), zygote=zygote)
         host = socket.gethostname()
@@ -98,16 +157,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         handle.stop()
         _close_zygote(zygote)
         raise
-    progress = LiveProgress(not args.json and not args.quiet, "trials")
-    estimate = trial_estimate(experiment)
+    dashboard = None
+    if args.dashboard:  # a child process: web requests never share the controller's interpreter
+        from pbt_actors.cli.dashboard import start_dashboard_process
+
+        dashboard = start_dashboard_process(store_dir, args.dashboard_port)
+    progress = LiveProgress(not args.json and not args.quiet, "trials completed (~total, re-estimated)")
     stop = StopOnSignal()
     try:
         while not stop.requested:
             status = handle.status()
             best = "-" if status.best is None else fmt_map(status.best.final)
             done = status.by_status["completed"]
-            progress.update(done, estimate if estimate is None or done < estimate else None,
-                            f"best {best}  workers busy {len(status.running_workers)}/{len(specs)}",
+            estimate = trial_estimate(experiment, status)
+            progress.update(done, estimate if done < estimate else None,
+                            f"{progress_text(status.by_status)}"
+                            f"{budget_text(status.leased_steps, experiment.budget_steps)}best {best}  "
+                            f"workers busy {len(status.running_workers)}/{len(specs)}",
                             final=status.finished)
             if status.finished or supervisor.wait(0.5):
                 break
@@ -124,6 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         supervisor.stop()  # SIGTERM: a worker mid-trial hands back a resume checkpoint if it can
         handle.stop()
         _close_zygote(zygote)
+        if dashboard is not None:
+            from pbt_actors.cli.dashboard import stop_dashboard_process
+
+            stop_dashboard_process(dashboard)
     summary = read_summary(store_dir) or {}
     supervisor_failures = [c for c in children if c.state == "gave_up"]
     elapsed = time.monotonic() - started
@@ -155,6 +225,14 @@ def _start_controller(controller: Any, experiment: Any, store_dir: Path, bind: s
                           f"free?)") from None
 
 
+def _file_meta(experiment_file: str) -> dict[str, Any]:
+    """The store's record of the experiment file (path and sha256), for ``replay``'s default."""
+    from pbt_actors.storage.base import META_EXPERIMENT_FILE
+    from pbt_actors.tools.experiment_file import experiment_file_record
+
+    return {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
+
+
 def _start_zygote(args: argparse.Namespace) -> Any:
     """A ``Zygote`` to fork workers from, or None (``--no-zygote``, or it refused: one warning)."""
     if getattr(args, "no_zygote", False):
@@ -182,7 +260,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
     store_dir = Path(args.store).resolve()
     options, authenticator = controller_security(args)
     try:
-        handle = _start_controller(Controller, experiment, store_dir, args.bind, endpoint_options=options)
+        delete = None
+        if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
+            from pbt_actors.runtime.retention import checkpoint_deleter
+            from pbt_actors.storage.checkpoint_urls import normalize_root
+
+            delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
+        handle = _start_controller(Controller, experiment, store_dir, args.bind, endpoint_options=options,
+                                   checkpoint_delete=delete, meta=_file_meta(args.experiment))
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -212,31 +297,78 @@ def cmd_controller(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
     from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.storage.checkpoint_urls import normalize_root
 
     device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)
+    if args.controller_timeout:
+        extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]
     zygote = _start_zygote(args)  # before the supervisor starts threads
     try:
-        specs = worker_specs(args.experiment, args.connect, str(Path(args.checkpoint_root).resolve()), args.devices,
+        specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
         host = args.host_id or socket.gethostname()
         supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
-                                    state_path=host_state_path(args.checkpoint_root, host))
+                                    state_path=host_state_path(args.checkpoint_root, host),
+                                    stop_grace_s=args.stop_grace)
     except BaseException:
         _close_zygote(zygote)
         raise
-    stop = StopOnSignal()
+    # a cluster manager's SIGTERM reaches this process and its workers at once: no worker that
+    # exits from it may be restarted (begin_stop), each hands its trial back (fail(preempted))
+    stop = StopOnSignal(then=supervisor.begin_stop)
     try:
         while not stop.requested and not supervisor.wait(0.5):
             pass
-        failures = [c for c in supervisor.status() if c.state == "gave_up"]
+        children = supervisor.status()
     finally:
-        supervisor.stop()
+        supervisor.stop()  # SIGTERM to the workers, SIGKILL after --stop-grace
         _close_zygote(zygote)
+        stop.restore()
+    return _worker_exit_code(args, children, stop)
+
+
+def _worker_exit_code(args: argparse.Namespace, children: list[Any], stop: StopOnSignal) -> int:
+    """``worker``'s exit code (its ``--help`` lists them) and the line that explains it."""
+    from pbt_actors.runtime.worker_process import EXIT_NO_CONTROLLER as WORKER_NO_CONTROLLER
+
+    failures = [c for c in children if c.state == "gave_up"]
+    no_controller = [c for c in failures if c.last_exit == WORKER_NO_CONTROLLER]
+    if no_controller and not stop.requested:
+        print(f"pbt-actors: no controller at {args.connect} for {args.controller_timeout:g} s; giving up",
+              file=sys.stderr)
+        return EXIT_NO_CONTROLLER
     for child in failures:
         print(f"worker {child.id} gave up: {child.reason}", file=sys.stderr)
+    if stop.requested:
+        return 130 if stop.signum == signal.SIGINT else EXIT_SIGTERM
     return 1 if failures else 0
+
+
+DEFAULT_CONTROLLER_TIMEOUT_S = 300.0
+"""``worker --controller-timeout``: long enough for a controller to be rescheduled and restart
+on its store (a preempted pod or requeued job), short enough that a host whose controller is
+gone for good frees its GPUs within minutes."""
+WORKER_EXIT_CODES = f"""exit codes:
+  0    the run is done (the controller said so)
+  1    a worker slot gave up (it kept crashing, or the controller refused this host)
+  2    a problem to fix (the experiment file, an argument)
+  {EXIT_NO_CONTROLLER}   no reply from the controller for --controller-timeout seconds (it is gone)
+  130  stopped by SIGINT
+  {EXIT_SIGTERM}  stopped by SIGTERM (a cluster's preemption): the running trials were handed back
+       (fail(preempted) with a resume checkpoint) and run again elsewhere"""
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds >= 0 (``--controller-timeout``, ``--stop-grace``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def cmd_worker_process(args: argparse.Namespace) -> int:
@@ -254,12 +386,23 @@ def add_parsers(sub: Any) -> None:
                      help="worker processes (default: one per GPU, or CPUs)")
     run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
     run.add_argument("--store", default=None, help="store folder (default ./pbt-runs/<experiment>)")
-    run.add_argument("--checkpoint-root", default=None, help="checkpoint folder (default <store>/checkpoints)")
-    run.add_argument("--seed", type=arguments.seed, default=None, help="0 to 2**64-1")
+    run.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint folder or fsspec URL, e.g. s3://bucket/prefix (default <store>/checkpoints)")
+    run.add_argument("--seed", type=arguments.seed, default=None,
+                     help="the seed every decision's randomness derives from (0 to 2**64-1; default the "
+                          "experiment's, 0 unless set). Shown in the summary and --json. The same seed does not "
+                          "repeat a run: trials finish in a different order each time")
+    run.add_argument("--max-trials", type=arguments.positive_int, default=None,
+                     help="cap on the trials created, failed ones included (overrides the experiment's "
+                          "max_trials; default none: each of the population's lineages runs to max_steps)")
     run.add_argument("--policy", choices=["initiator", "truncation", "random"], default=None)
+    run.add_argument("--budget-steps", type=arguments.positive_int, default=None,
+                     help="total training steps the search may spend (counted from trials leased)")
     run.add_argument("--bind", type=arguments.bind_endpoint, default="tcp://127.0.0.1:0")
     run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
+    run.add_argument("--dashboard", action="store_true", help="serve the live web dashboard on 127.0.0.1 while it runs")
+    run.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",
                      help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
@@ -269,6 +412,9 @@ def add_parsers(sub: Any) -> None:
     ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
     ctl.add_argument("experiment")
     ctl.add_argument("--store", required=True)
+    ctl.add_argument("--checkpoint-root", default=None,
+                     help="the workers' checkpoint folder or URL: retention deletes unneeded checkpoints there "
+                          "(without it every checkpoint is kept; `pbt-actors gc` can collect later)")
     ctl.add_argument("--bind", type=arguments.bind_endpoint, required=True, help="e.g. tcp://0.0.0.0:5555")
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
@@ -278,15 +424,25 @@ def add_parsers(sub: Any) -> None:
     ctl.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
     ctl.set_defaults(func=cmd_controller)
 
-    wrk = sub.add_parser("worker", help="this host's workers, connecting to a controller")
+    wrk = sub.add_parser("worker", help="this host's workers, connecting to a controller",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=WORKER_EXIT_CODES)
     wrk.add_argument("experiment")
     wrk.add_argument("--connect", type=arguments.connect_endpoint, required=True, help="tcp://HOST:PORT")
     wrk.add_argument("--devices", type=arguments.devices, default="all")
     wrk.add_argument("--workers", type=arguments.positive_int, default=None)
-    wrk.add_argument("--checkpoint-root", required=True, help="shared folder all hosts see")
+    wrk.add_argument("--checkpoint-root", required=True,
+                     help="where checkpoints live: a folder all hosts share, or an fsspec URL such as "
+                          "s3://bucket/prefix or gs://bucket/prefix (credentials from the environment, never the URL)")
     wrk.add_argument("--host-id", default=None, help="prefix of worker ids (default: hostname)")
     wrk.add_argument("--curve-server-key", default=None, help="the controller's public key file (CURVE)")
     wrk.add_argument("--curve-secret", default=None, help="this host's secret key file (CURVE)")
+    wrk.add_argument("--controller-timeout", type=_seconds, default=DEFAULT_CONTROLLER_TIMEOUT_S, metavar="SECONDS",
+                     help=f"give up after this long without any reply from the controller and exit "
+                          f"{EXIT_NO_CONTROLLER} (default {DEFAULT_CONTROLLER_TIMEOUT_S:g}; 0 = wait forever); a "
+                          f"controller restarted within it is found again")
+    wrk.add_argument("--stop-grace", type=_seconds, default=25.0, metavar="SECONDS",
+                     help="on SIGTERM, how long the workers get to checkpoint and hand their trials back before "
+                          "SIGKILL (default 25; keep it below the cluster's grace period)")
     wrk.add_argument("--no-zygote", action="store_true",
                      help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
                           "zygote (for experiment files that are not fork-safe: CUDA or threads at import)")

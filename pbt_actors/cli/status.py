@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from pbt_actors.cli.live import LiveText
 from pbt_actors.cli.summary import (
+    final_population_text,
     fmt_map,
     open_store_readonly,
     print_summary,
@@ -23,6 +24,7 @@ from pbt_actors.cli.summary import (
     stored_experiment,
     table,
 )
+from pbt_actors.control.progress import top_completed
 from pbt_actors.model.records import TrialStatus
 
 STATUS_RUNNING_ROWS = 20
@@ -39,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if summary is None:
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
-    hosts = read_host_states(Path(args.checkpoint_root) if args.checkpoint_root else store_dir / "checkpoints")
+    hosts = read_host_states(args.checkpoint_root or store_dir / "checkpoints")  # a folder or a URL
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir), "hosts": hosts}))
     else:
@@ -50,19 +52,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from pbt_actors.storage.checkpoint_urls import is_url
     from pbt_actors.tools.verify import verify_store
 
     store_dir = Path(args.store).resolve()
     if not (store_dir / "data.mdb").exists():
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
-    root = Path(args.checkpoint_root) if args.checkpoint_root else store_dir / "checkpoints"
+    root: str | Path = args.checkpoint_root or store_dir / "checkpoints"  # a folder or a URL (s3://...)
     with open_store_readonly(store_dir) as store:
-        report = verify_store(store, root if root.exists() else None)
+        report = verify_store(store, root if is_url(root) or Path(root).exists() else None)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        print(f"{report.trials} trials, {report.checkpoints_checked} checkpoints checked: "
+        collected = f" ({report.checkpoints_collected} collected by retention)" if report.checkpoints_collected else ""
+        print(f"{report.trials} trials, {report.checkpoints_checked} checkpoints checked{collected}: "
               + ("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)"))
         for problem in report.problems:
             print(f"  - {problem}")
@@ -88,12 +92,10 @@ def watch_snapshot(store: Any, store_dir: str) -> dict[str, Any] | None:
             "step": last.step if last else None, "metrics": dict(last.metrics) if last else None,
             "elapsed_s": round(now - trial.started_at, 3) if trial.started_at is not None else None,
         })
-    completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
-    keys = experiment.objective_.rank_keys([t.final for t in completed]) if completed else []
-    ranked = sorted(range(len(completed)), key=lambda i: (keys[i], -completed[i].id), reverse=True)
-    top = [{"trial_id": completed[i].id, "generation": completed[i].generation, "end_step": completed[i].end_step,
-            "final": dict(completed[i].final or {}), "hparams": dict(completed[i].hparams)}
-           for i in ranked[:STATUS_TOP_ROWS]]
+    # from the writer's best index: a refresh never rescans the completed trials
+    top = [{"trial_id": t.id, "generation": t.generation, "end_step": t.end_step,
+            "final": dict(t.final or {}), "hparams": dict(t.hparams)}
+           for t in top_completed(store, experiment, STATUS_TOP_ROWS)]
     return {**summary, "store": store_dir, "running": running, "top": top, "refreshed_at": now}
 
 
@@ -107,9 +109,12 @@ def render_watch(snap: dict[str, Any], interval_s: float) -> str:
         f"max generation {snap['max_generation']}",
     ]
     best = snap["best"]
-    lines.append("best       " + ("(no completed trial yet)" if best is None else
+    lines.append("best overall " + ("(no completed trial yet)" if best is None else
                                   f"trial {best['trial_id']} (gen {best['generation']}, step {best['end_step']})  "
                                   f"{fmt_map(best['final'])}   {fmt_map(best['hparams'])}"))
+    population = snap.get("final_population")
+    if population and population["best"] is not None:
+        lines.append(final_population_text(population))
     lines.append("")
     running = snap["running"]
     lines.append(f"RUNNING ({len(running)})")
@@ -181,6 +186,7 @@ def add_parsers(sub: Any) -> None:
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
     ver.add_argument("--store", required=True)
-    ver.add_argument("--checkpoint-root", default=None, help="default <store>/checkpoints")
+    ver.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint folder or fsspec URL such as s3://bucket/prefix (default <store>/checkpoints)")
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_verify)

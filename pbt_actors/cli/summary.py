@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.control.budget import read_budget_summary
+from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
@@ -46,8 +48,17 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
             "trial_id": best.id, "generation": best.generation, "final": dict(best.final or {}),
             "hparams": dict(best.hparams), "end_step": best.end_step,
         },
+        "final_population": read_final_population(store, experiment).to_dict(),
+        "seed": experiment.seed,  # shown: the same seed does not repeat a run (trials are asynchronous)
         "max_generation": store.max_generation(),
+        "budget": read_budget_summary(store, experiment.budget_steps),  # O(1): the writer's counters
     }
+
+
+def budget_text(leased_steps: int, budget_steps: int | None) -> str:
+    """``steps 1,200/4,000  `` (or ``steps 1,200  `` without a budget) for progress lines."""
+    total = "" if budget_steps is None else f"/{budget_steps:,}"
+    return f"steps {leased_steps:,}{total}  "
 
 
 def stored_experiment(store: TrialStore) -> Experiment | None:
@@ -82,17 +93,37 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
     print(f"experiment   {summary['experiment']}  (policy {summary['policy']})")
     print(f"store        {store_dir}")
     print(f"trials       {summary['trials']}  " + "  ".join(f"{k} {v}" for k, v in counts.items() if v))
+    budget = summary.get("budget")
+    if budget:
+        print(f"{budget_text(budget['leased_steps'], budget['budget_steps']).rstrip():<12} leased"
+              + (f" (budget {budget['budget_steps']:,})" if budget["budget_steps"] is not None else ""))
+    if summary.get("seed") is not None:
+        print(f"seed         {summary['seed']}  (the same seed picks the same decisions, yet trials finish "
+              f"in a different order: runs differ)")
     if elapsed_s is not None:
         print(f"wall time    {elapsed_s:.1f}s")
     if best is None:
-        print("best         (no completed trial yet)")
+        print("best overall (no completed trial yet)")
         return
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in best["final"].items())
     where = f"(generation {best['generation']}, step {best['end_step']})"
-    print(f"best         trial {best['trial_id']} {where}  {metrics}")
+    print(f"best overall trial {best['trial_id']} {where}  {metrics}")
     width = max(len(k) for k in best["hparams"]) if best["hparams"] else 0
     for key, value in best["hparams"].items():
         print(f"  {key:<{width}}  {fmt_value(value)}")
+    population = summary.get("final_population")
+    if population and population["best"] is not None:
+        print(final_population_text(population))
+
+
+def final_population_text(population: Mapping[str, Any]) -> str:
+    """``final pop.   8 trials (8 at max_steps 1000): best trial 170 acc=0.97  mean acc=0.95``:
+    what users compare, next to the best trial at any step."""
+    best = population["best"]
+    reached = f"{population['at_max_steps']} at max_steps {population['max_steps']:,}"
+    mean = "  ".join(f"{k}={fmt_value(v)}" for k, v in population["mean"].items())
+    return (f"final pop.   {population['size']} trials ({reached}): best trial {best['trial_id']} "
+            f"{fmt_map(best['final'])}  mean {mean or '-'}")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -18,6 +18,10 @@ Protocol semantics it implements (DESIGN §5):
   ``max_attempts``; then it is FAILED and the policy may refill its slot.
 * Every acknowledged change is in the store when the caller sends the reply, provided the
   caller sends replies after ``handle_batch`` returns (it commits before returning).
+* ``budget_steps`` (``control/budget.py``): a spawn that would commit steps past the budget is
+  not made (its initiator retires, like ``max_trials``), and a never-leased trial that does not
+  fit (a budget lowered on resume) is STOPPED instead of leased. The ledger is derived from the
+  stored trials, rebuilt on start and after any rolled-back batch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import uuid
 from collections.abc import Sequence
 
+from pbt_actors.control.budget import BudgetLedger, trial_cost, was_leased
 from pbt_actors.control.deadlines import (
     AUTO,
     AUTO_SAMPLE,
@@ -99,9 +104,10 @@ class ControllerCore:
         self.run_id = self._run_id(store)
         """This store's run id: sent in the ``ack`` to ``hello``; workers of another are refused."""
         self.policy = make_policy(self.experiment)
-        self.view = PopulationView(store, self.experiment)
+        self.view = PopulationView(store, self.experiment, committed_steps=lambda: self.ledger.committed)
         self.wait_s = wait_s
         self._timeout_cache: tuple[int, tuple[float, ...]] | None = None
+        self._ledger: BudgetLedger | None = None
         if store.count() == 0:
             with store.batch():
                 for spawn in self.policy.initial(self._rngs):
@@ -184,8 +190,10 @@ class ControllerCore:
                             raise _Poisoned(index, exc) from exc
                 return replies
             except StoreRetry:
+                self._ledger = None  # the batch rolled back: recount from the store
                 log.info("store grew its map; re-running a batch of %d messages", len(messages))
             except _Poisoned as bad:
+                self._ledger = None
                 log.exception("internal error handling %r", messages[bad.index], exc_info=bad.error)
                 poisoned[bad.index] = Error("internal", f"{type(bad.error).__name__}: {bad.error}")
         raise RuntimeError("could not commit a batch after repeated store growth")
@@ -214,6 +222,7 @@ class ControllerCore:
                             released.append(trial_id)
                 return released
             except StoreRetry:
+                self._ledger = None
                 continue
         raise RuntimeError("could not commit lease expiry after repeated store growth")
 
@@ -229,6 +238,19 @@ class ControllerCore:
             rates = completed_rates(self.store.trials(recent))
             self._timeout_cache = (completed, (statistics.median(rates),) if rates else ())
         return self._timeout_cache[1]
+
+    @property
+    def ledger(self) -> BudgetLedger:
+        """Leased and queued steps against ``budget_steps`` (``control/budget.py``), counted
+        from the stored trials once, then kept current by this core's own changes."""
+        if self._ledger is None:
+            self._ledger = BudgetLedger.of(self.experiment.budget_steps, self.store.iter_trials())
+        return self._ledger
+
+    @property
+    def leased_steps(self) -> int:
+        """Steps of the trials leased so far (what the budget has spent)."""
+        return self.ledger.leased
 
     @property
     def finished(self) -> bool:
@@ -266,18 +288,34 @@ class ControllerCore:
         if trial_id is None:
             self._decide(Idle(), now)
             trial_id = self.store.first_with_status(TrialStatus.PENDING)
-        if trial_id is None:
+        trial = self.store.get_trial(trial_id) if trial_id is not None else None
+        if trial is not None and not was_leased(trial) and not self.ledger.admits_lease(trial_cost(trial)):
+            self._drop_unaffordable(now)  # only a budget lowered on resume gets here
+            trial_id = self.store.first_with_status(TrialStatus.PENDING)  # a retry, charged already
+            trial = self.store.get_trial(trial_id) if trial_id is not None else None
+        if trial is None:
             if self.store.count(TrialStatus.RUNNING) == 0:
                 self.store.put_meta(META_FINISHED_AT, now)
                 return Done()
             return Wait(self.wait_s)
-        trial = self.store.get_trial(trial_id)
+        if not was_leased(trial):
+            self.ledger.leased_first(trial_cost(trial))
         running = trial.evolve(status=TrialStatus.RUNNING,
                                lease=Lease(msg.worker, now + self.experiment.lease_s),
                                started_at=now, worker=msg.worker)
-        if not self.store.transition(trial_id, TrialStatus.PENDING, trial.attempt, running):
-            raise RuntimeError(f"trial {trial_id} changed under a single writer")
+        if not self.store.transition(trial.id, TrialStatus.PENDING, trial.attempt, running):
+            raise RuntimeError(f"trial {trial.id} changed under a single writer")
         return self._assignment(running)
+
+    def _drop_unaffordable(self, now: float) -> None:
+        """STOP every never-leased PENDING trial the budget cannot lease (no refill: there is no
+        budget for one). Leased-before trials (retries) stay: they are charged already."""
+        for trial in self.store.trials(self.store.ids_with_status(TrialStatus.PENDING)):
+            if was_leased(trial) or self.ledger.admits_lease(trial_cost(trial)):
+                continue
+            stopped = trial.evolve(status=TrialStatus.STOPPED, stop_reason="compute budget spent", ended_at=now)
+            if self.store.transition(trial.id, TrialStatus.PENDING, trial.attempt, stopped):
+                self.ledger.dropped(trial_cost(trial))
 
     def _assignment(self, trial: Trial) -> TrialAssignment:
         parent_ckpt = trial.resume
@@ -414,11 +452,13 @@ class ControllerCore:
                 if initiator.initiated:
                     return  # exactly once, whatever the event history
             cap = self.experiment.max_trials
-            if cap is not None and self.store.count() >= cap:
+            cost = max(0, decision.spec.end_step - decision.spec.start_step)
+            if (cap is not None and self.store.count() >= cap) or not self.ledger.admits_new(cost):
                 if initiator is not None:
                     self._mark_initiated(initiator)
                 return
             self.store.create_trial(decision.spec, now)
+            self.ledger.created(cost)
             if initiator is not None:
                 self._mark_initiated(initiator)
         elif isinstance(decision, Retire):
@@ -430,6 +470,8 @@ class ControllerCore:
             if not trial.status.active:
                 return
             running = trial.status is TrialStatus.RUNNING
+            if not was_leased(trial):
+                self.ledger.dropped(trial_cost(trial))
             history = self._with_attempt_ended(trial, now) if running else trial.history
             stopped = trial.evolve(status=TrialStatus.STOPPED, lease=None, stop_reason=decision.reason,
                                    ended_at=now, history=history)

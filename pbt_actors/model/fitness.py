@@ -3,6 +3,13 @@
 Layer 1. A metric value that is NaN, infinite or missing makes the whole metric vector
 *invalid*: an invalid vector loses to every valid one and ties with other invalid ones. That
 is the only safe reading of a diverged run's "inf accuracy" or "NaN loss".
+
+Smoothing (``Objective(..., smoothing=k)``): a single evaluation at a trial's end is noisy
+(a small validation batch, a lucky minibatch), and a binary tournament between two noisy
+numbers is close to a coin toss. With ``k > 1`` the policies compare the *fitness*: the mean
+of the last ``k`` reports of the lineage (the trial's final metrics and the measurements
+before them, then its ancestors'), see ``Objective.smooth``. Stored metrics, "best trial"
+and summaries stay the raw values.
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ class Objective:
 
     metrics: tuple[Metric, ...]
     comparison: Comparison = "weighted"
+    smoothing: int = 1
 
-    def __init__(self, metrics: Sequence[Metric] | Metric, comparison: Comparison = "weighted") -> None:
+    def __init__(self, metrics: Sequence[Metric] | Metric, comparison: Comparison = "weighted",
+                 smoothing: int = 1) -> None:
         items = (metrics,) if isinstance(metrics, Metric) else tuple(metrics)
         if not items:
             raise ConfigError("an objective needs at least one metric")
@@ -51,20 +60,37 @@ class Objective:
             raise ConfigError("objective metric names must be unique")
         if comparison not in ("weighted", "pareto"):
             raise ConfigError(f"comparison must be 'weighted' or 'pareto', got {comparison!r}")
+        if not isinstance(smoothing, int) or isinstance(smoothing, bool) or smoothing < 1:
+            raise ConfigError(f"smoothing must be an int >= 1 (reports averaged), got {smoothing!r}")
         object.__setattr__(self, "metrics", items)
         object.__setattr__(self, "comparison", comparison)
+        object.__setattr__(self, "smoothing", smoothing)
 
     @classmethod
-    def maximize(cls, name: str) -> Objective:
-        return cls(Metric(name, "max"))
+    def maximize(cls, name: str, smoothing: int = 1) -> Objective:
+        return cls(Metric(name, "max"), smoothing=smoothing)
 
     @classmethod
-    def minimize(cls, name: str) -> Objective:
-        return cls(Metric(name, "min"))
+    def minimize(cls, name: str, smoothing: int = 1) -> Objective:
+        return cls(Metric(name, "min"), smoothing=smoothing)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.metrics)
+
+    # -- smoothing ------------------------------------------------------------------------
+    def smooth(self, reports: Sequence[Metrics | None]) -> dict[str, float] | None:
+        """The fitness of a lineage from its reports, oldest first (the newest is the trial's
+        final metrics): per objective metric, the mean over the last ``smoothing`` reports.
+
+        The newest report decides validity: if it is invalid (diverged now) so is the fitness,
+        whatever came before. Older invalid reports are left out of the mean rather than
+        poisoning it. ``None`` when there is no report at all.
+        """
+        if not reports or not self.is_valid(reports[-1]):
+            return None if not reports or reports[-1] is None else dict(reports[-1])
+        window = [r for r in reports[-self.smoothing:] if self.is_valid(r)]
+        return {name: sum(float(r[name]) for r in window if r is not None) / len(window) for name in self.names}
 
     # -- the primitives -------------------------------------------------------------------
     def oriented(self, values: Metrics | None) -> tuple[float, ...] | None:
@@ -122,14 +148,20 @@ class Objective:
         return keys
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The stored form; ``smoothing`` only when it is on, so stores written before it
+        existed read back equal."""
+        out: dict[str, Any] = {
             "comparison": self.comparison,
             "metrics": [{"name": m.name, "goal": m.goal, "weight": m.weight} for m in self.metrics],
         }
+        if self.smoothing != 1:
+            out["smoothing"] = self.smoothing
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Objective:
-        return cls([Metric(m["name"], m["goal"], m["weight"]) for m in data["metrics"]], data["comparison"])
+        return cls([Metric(m["name"], m["goal"], m["weight"]) for m in data["metrics"]], data["comparison"],
+                   smoothing=data.get("smoothing", 1))
 
 
 def _dominance(a: tuple[float, ...], b: tuple[float, ...]) -> int:

@@ -223,6 +223,11 @@ class Trial:
     worker: str | None = None  # who ran the attempt that completed (or last ran) it
     history: tuple[AttemptRecord, ...] = field(default=())
     """Past attempts, oldest first (stored as ``[attempt, worker, started_at, ended_at]``)."""
+    collected_at: float | None = None
+    """When retention deleted this trial's checkpoint file (controller clock), or None. The
+    record keeps ``checkpoint`` (what it was); ``lineage``/``replay``/``report`` say
+    "checkpoint collected" instead of failing. Stored only when set, so records of stores
+    without retention are byte-identical to before and older readers ignore the key."""
 
     @classmethod
     def from_spec(cls, trial_id: int, spec: TrialSpec, now: float) -> Trial:
@@ -280,6 +285,7 @@ class Trial:
             "stop_reason": self.stop_reason,
             "worker": self.worker,
             "history": [list(h) for h in self.history],
+            **({"collected_at": self.collected_at} if self.collected_at is not None else {}),
         }
 
     @classmethod
@@ -322,6 +328,7 @@ class Trial:
             stop_reason=opt_str_from(d.get("stop_reason"), "trial.stop_reason"),
             worker=opt_str_from(d.get("worker"), "trial.worker"),
             history=history,
+            collected_at=opt_float_from(d.get("collected_at"), "trial.collected_at"),
         )
 
 

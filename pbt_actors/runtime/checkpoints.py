@@ -1,11 +1,13 @@
-"""Checkpoint files: atomic writes, sha256 on the way in, verification before every load.
+"""Checkpoint payloads: encoded and hashed on the way out, verified before every load.
 
-Layer 4 helper. A checkpoint is written by a worker with
-``pbt_actors.common.atomic_files.atomic_write`` (a temp name in the target folder, fsynced,
-renamed, the folder fsynced), hashed with sha256 as it streams into the file; its sha256 and
-size go into the ``CheckpointRef`` the controller stores. A child verifies size and hash
-*before* parsing, so a truncated or tampered file is a clear ``CheckpointError`` rather than a
-crash deep in torch.
+Layer 4 helper over a ``CheckpointStore`` (``pbt_actors.storage.checkpoint_store``: a local
+folder or any fsspec URL such as ``s3://bucket/prefix``). A checkpoint is streamed by the
+worker into a local staging file the store names (in the target folder, or in the local
+cache for a URL), hashed with sha256 as it streams (never held twice in memory), then
+committed put-once under its final key; only then does its ``CheckpointRef`` (sha256, size)
+exist to be reported, so the controller never records a checkpoint whose upload did not
+finish. A child verifies size and hash *before* parsing, so a truncated or tampered file is a
+clear ``CheckpointError`` rather than a crash deep in torch.
 
 Two payload formats, chosen by content: plain data (dicts, lists, numbers, strings: no
 torch needed, e.g. the toy example) is msgpack; anything holding tensors goes through
@@ -15,17 +17,21 @@ torch needed, e.g. the toy example) is msgpack; anything holding tensors goes th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
-import threading
-from pathlib import Path
 from typing import IO, Any, cast
 
-from pbt_actors.common.atomic_files import atomic_write, fsync_dir
+from pbt_actors.common.atomic_files import atomic_write
 from pbt_actors.model import wire
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, WireError
 from pbt_actors.model.records import CheckpointRef
+from pbt_actors.storage.checkpoint_store import CheckpointStore, keyed_name
+from pbt_actors.storage.checkpoint_urls import open_store
+from pbt_actors.storage.local_checkpoints import inside_root
+
+__all__ = ["inside_root", "load_checkpoint", "read_verified", "save_checkpoint", "store_for", "verify_file"]
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
@@ -69,10 +75,10 @@ def _torch_save(state: Any, sink: _HashingWriter) -> None:
     torch.save(state, cast("IO[bytes]", sink))  # torch needs only write() and flush()
 
 
-def _decode(data: bytes, where: str) -> Any:
+def _decode(data: bytes | bytearray, where: str) -> Any:
     if data.startswith(_MSGPACK_MAGIC):
         try:
-            return wire.unpack(data[len(_MSGPACK_MAGIC):], max_bytes=len(data), max_depth=64)
+            return wire.unpack(bytes(data[len(_MSGPACK_MAGIC):]), max_bytes=len(data), max_depth=64)
         except WireError as exc:
             raise CheckpointError(f"checkpoint {where} is not valid msgpack: {exc}") from exc
     import torch
@@ -83,103 +89,76 @@ def _decode(data: bytes, where: str) -> Any:
         raise CheckpointError(f"checkpoint {where} could not be loaded safely: {exc}") from exc
 
 
-def inside_root(root: str | os.PathLike[str], relative_uri: str) -> Path:
-    """``root/relative_uri``, refused unless it stays inside ``root`` (after resolving ``..``
-    and symbolic links): a name from the network must never write or read elsewhere.
+def store_for(root: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:
+    """The store of ``root`` (a folder, a URL, or already a store); one per root and process."""
+    if isinstance(root, CheckpointStore):
+        return root
+    return _store_for(str(root), os.getpid())
+
+
+@functools.lru_cache(maxsize=32)
+def _store_for(root: str, pid: int) -> CheckpointStore:
+    return open_store(root)
+
+
+Root = str | os.PathLike[str] | CheckpointStore
+
+
+def save_checkpoint(root: Root, relative_uri: str, state: Any, step: int, *, keyed: bool = False) -> CheckpointRef:
+    """Write ``state`` once under ``relative_uri`` of the store at ``root`` and describe it.
+
+    Put-once: a key already holding different content is never replaced (it may be a
+    completed trial's checkpoint that children load); writing the same bytes again is a
+    no-op. ``keyed``: the final key carries the content's sha256 (``keyed_name``:
+    ``name-<sha16>.ckpt``), which object stores need (no rename, no create-if-absent) and
+    which makes two writers of one key harmless everywhere.
 
     Raises:
-        CheckpointError: an absolute uri, or one that escapes the root.
+        CheckpointError: the uri escapes the root.
+        CheckpointWriteError: the disk is full, the folder not writable, the upload failed,
+            or different content exists under that key; no staging file is left behind.
     """
-    base = Path(root).resolve()
-    if not relative_uri or os.path.isabs(relative_uri) or "\x00" in relative_uri:
-        raise CheckpointError(f"checkpoint uri {relative_uri[:200]!r} is not a relative path")
-    target = (base / relative_uri).resolve()
-    if target == base or not target.is_relative_to(base):
-        raise CheckpointError(f"checkpoint uri {relative_uri[:200]!r} escapes the checkpoint root {base}")
-    return target
-
-
-def _file_sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-def save_checkpoint(root: str | os.PathLike[str], relative_uri: str, state: Any, step: int) -> CheckpointRef:
-    """Write ``state`` atomically under ``root/relative_uri`` and describe it.
-
-    Put-once: a file already under that name is never replaced by different content (it may
-    be a completed trial's checkpoint that children load); writing the same bytes again is a
-    no-op. The new file is written under a temp name and linked into place (``os.link`` fails
-    if the name exists, atomically), so two writers cannot both win.
-
-    Raises:
-        CheckpointError: the uri escapes the root (``inside_root``).
-        CheckpointWriteError: the disk is full or the folder is not writable, or a file with
-            different content exists under that name; no file is left behind (neither the
-            temp file nor one under the final name).
-    """
+    store = store_for(root)
     payload = _msgpack_payload(state)
-    target = inside_root(root, relative_uri)
-    staging = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.staging")
-    try:
-        with atomic_write(staging) as handle:
-            sink = _HashingWriter(handle)
-            if payload is not None:
-                sink.write(_MSGPACK_MAGIC)
-                sink.write(payload)
-            else:
-                _torch_save(state, sink)
-    except OSError as exc:
-        raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+    staging = store.staging_path(relative_uri)
     try:
         try:
-            os.link(staging, target)
-            fsync_dir(target.parent)
-        except FileExistsError:
-            if _file_sha256(target) != sink.hexdigest():
-                raise CheckpointWriteError(f"checkpoint {target} exists with different content: it is never "
-                                           "overwritten (another run's or attempt's file?)") from None
+            with atomic_write(staging) as handle:
+                sink = _HashingWriter(handle)
+                if payload is not None:
+                    sink.write(_MSGPACK_MAGIC)
+                    sink.write(payload)
+                else:
+                    _torch_save(state, sink)
         except OSError as exc:
-            raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+            raise CheckpointWriteError(f"cannot write checkpoint {store.describe(relative_uri)}: "
+                                       f"{exc.strerror or exc}") from exc
+        final = keyed_name(relative_uri, sink.hexdigest()) if keyed else relative_uri
+        store.commit(staging, final, sink.size, sink.hexdigest())
     finally:
         with contextlib.suppress(OSError):
             os.unlink(staging)
-    return CheckpointRef(relative_uri, sink.size, sink.hexdigest(), step)
+    return CheckpointRef(final, sink.size, sink.hexdigest(), step)
 
 
-def read_verified(root: str | os.PathLike[str], ref: CheckpointRef) -> bytes:
+def read_verified(root: Root, ref: CheckpointRef) -> bytes | bytearray:
     """The checkpoint's bytes after checking presence, size and sha256.
 
     Raises:
         CheckpointError: missing, truncated, or hash mismatch (with what was expected).
     """
-    path = inside_root(root, ref.uri)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {ref.uri} is missing (expected under {root})") from None
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {ref.uri} cannot be read: {exc}") from exc
-    if len(data) != ref.bytes:
-        raise CheckpointError(f"checkpoint {ref.uri} is {len(data)} bytes, expected {ref.bytes} (truncated?)")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.sha256:
-        raise CheckpointError(f"checkpoint {ref.uri} sha256 is {digest[:12]}…, expected {ref.sha256[:12]}…")
-    return data
+    return store_for(root).read_verified(ref)
 
 
-def load_checkpoint(root: str | os.PathLike[str], ref: CheckpointRef) -> Any:
+def load_checkpoint(root: Root, ref: CheckpointRef) -> Any:
     """Verify, then decode (msgpack, or torch with ``weights_only=True``)."""
     return _decode(read_verified(root, ref), ref.uri)
 
 
-def verify_file(root: str | os.PathLike[str], ref: CheckpointRef) -> str | None:
+def verify_file(root: Root, ref: CheckpointRef) -> str | None:
     """None if the file matches its reference, else the problem (for ``verify``)."""
     try:
-        read_verified(root, ref)
+        store_for(root).read_verified(ref, use_cache=False)  # the stored object, not a cached copy
     except CheckpointError as exc:
         return str(exc)
     return None

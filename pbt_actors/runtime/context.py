@@ -105,10 +105,11 @@ class TrialContext:
         return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
 
     def save_checkpoint(self, state: Any, step: int | None = None) -> CheckpointRef:
-        """Save this trial's state atomically (temp file, fsync, rename) and record its sha256."""
+        """Save this trial's state put-once under a key carrying its sha256 (a local file linked
+        into place, or an upload that finished) and record it; the report names it only after."""
         at = self.end_step if step is None else step
         uri = f"{self.experiment or 'exp'}/trial-{self.trial_id:06d}/a{self.attempt}-s{at}.ckpt"
-        self.saved = save_checkpoint(self.checkpoint_root, uri, state, at)
+        self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
         return self.saved
 
     def report(self, step: int, **metrics: float) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -24,14 +24,17 @@ from typing import Any, cast
 import pykka
 
 from pbt_actors.control.core import ControllerCore
+from pbt_actors.control.estimate import read_estimate
 from pbt_actors.control.progress import best_completed
+from pbt_actors.control.retention import plan_retention
 from pbt_actors.control.session import ProtocolSession, Round
 from pbt_actors.model.errors import StoreFull
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.runtime.retention import Collector, Deleter, record_with_retries, uris_of
 from pbt_actors.storage.base import TrialStore
 from pbt_actors.transport.endpoints import ControllerEndpoint
-from pbt_actors.transport.messages import Error, Message, Reply
+from pbt_actors.transport.messages import Error, Message, Reply, Report
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,22 @@ class StatusSnapshot:
     running_workers: list[str]
     finished: bool
     run_id: str = ""
+    leased_steps: int = 0
+    """Steps of the trials leased so far (``control/budget.py``), for the progress line."""
+    estimate: int | None = None
+    """Trials the run will complete, re-estimated from its frontier (``control/estimate.py``)."""
 
 
 class ControllerActor(pykka.ThreadingActor):
     """Serialises the core. The store is opened in ``on_start`` (LMDB: on this thread)."""
 
     def __init__(self, open_store: Callable[[], TrialStore], experiment: Experiment | None,
-                 clock: Callable[[], float] = time.time, startup_errors: list[BaseException] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, startup_errors: list[BaseException] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self.meta = dict(meta or {})
+        """Meta entries written once the store accepted the experiment (the experiment file's
+        path and hash: ``replay`` defaults to it); a refused start writes none."""
         self.open_store = open_store
         self.experiment = experiment
         self.clock = clock
@@ -76,6 +87,8 @@ class ControllerActor(pykka.ThreadingActor):
             store = self.open_store()
             try:
                 self.core = ControllerCore(store, self.experiment, now=self.clock())
+                for key, value in self.meta.items():
+                    store.put_meta(key, value)
             except BaseException:
                 store.close()
                 raise
@@ -114,6 +127,13 @@ class ControllerActor(pykka.ThreadingActor):
             return self.core.tick(self.clock())
         if isinstance(message, _Status):
             return self._status()
+        if isinstance(message, _PlanRetention):
+            if not self.core.experiment.retention.enabled:
+                return []
+            plan = plan_retention(self.core.store, self.core.experiment)
+            return uris_of(self.core.store, plan.delete)
+        if isinstance(message, _RecordCollected):
+            return record_with_retries(self.core.store, message.trial_ids, self.clock())
         raise TypeError(f"ControllerActor got an unknown message {message!r}")
 
     def _status(self) -> StatusSnapshot:
@@ -123,7 +143,8 @@ class ControllerActor(pykka.ThreadingActor):
         return StatusSnapshot(
             total=store.count(), by_status={s.value: store.count(s) for s in TrialStatus},
             best=best_completed(store, self.core.experiment), running_workers=sorted(running),
-            finished=self.core.finished, run_id=self.core.run_id,
+            finished=self.core.finished, run_id=self.core.run_id, leased_steps=self.core.leased_steps,
+            estimate=read_estimate(store, self.core.experiment),
         )
 
 
@@ -140,6 +161,18 @@ class _Tick:
 @dataclass(frozen=True)
 class _Status:
     pass
+
+
+@dataclass(frozen=True)
+class _PlanRetention:
+    """Which checkpoints may be deleted now: ``[(trial id, uri)]`` (a short read)."""
+
+
+@dataclass(frozen=True)
+class _RecordCollected:
+    """Record these trials' checkpoints as collected (their files are gone), in one commit."""
+
+    trial_ids: list[int]
 
 
 class _Bridge(threading.Thread):
@@ -164,6 +197,8 @@ class _Bridge(threading.Thread):
         self.startup_error: BaseException | None = None
         self.fatal: StoreFull | None = None
         """The store's disk filled up: this thread stopped serving (see ``ControllerActor.fatal``)."""
+        self.after_reports: Callable[[], None] | None = None
+        """Called after a batch holding reports was committed (the retention collector's nudge)."""
         self.session = ProtocolSession(clock=time.monotonic, run_id=run_id)
         """The protocol rules; monotonic time, as parking measures intervals, not dates. With
         the store's run id: workers of another run are refused, hosts own their workers."""
@@ -225,14 +260,19 @@ class _Bridge(threading.Thread):
             replies = [Error("internal", f"{type(exc).__name__}: {exc}") for _ in step.messages]
         for out in self.session.answer(step, replies):
             endpoint.send(out.peer, out.request_id, out.reply)
+        if self.after_reports is not None and any(isinstance(m, Report) for m in step.messages):
+            self.after_reports()
 
 
 class ControllerHandle:
     """A running controller embedded in this process."""
 
-    def __init__(self, actor: pykka.ActorRef[ControllerActor], bridge: _Bridge) -> None:
+    def __init__(self, actor: pykka.ActorRef[ControllerActor], bridge: _Bridge,
+                 collector: Collector | None = None) -> None:
         self.actor = actor
         self.bridge = bridge
+        self.collector = collector
+        """The retention collector (None when retention is off or no deleter was given)."""
 
     @property
     def endpoint(self) -> str:
@@ -272,6 +312,8 @@ class ControllerHandle:
     def stop(self) -> None:
         self.bridge.stop_event.set()
         self.bridge.join(timeout=10)
+        if self.collector is not None and self.actor.is_alive():
+            self.collector.stop(final_pass=self.bridge.fatal is None)  # a finished run keeps only its best
         if self.actor.is_alive():
             self.actor.stop(timeout=30)
 
@@ -282,11 +324,16 @@ class Controller:
     @staticmethod
     def start(experiment: Experiment | None, store: str | Path | Callable[[], TrialStore],
               bind: str = "tcp://127.0.0.1:0", *, endpoint_options: dict[str, Any] | None = None,
-              clock: Callable[[], float] = time.time) -> ControllerHandle:
+              clock: Callable[[], float] = time.time, checkpoint_delete: Deleter | None = None,
+              retention_interval_s: float = 5.0, meta: Mapping[str, Any] | None = None) -> ControllerHandle:
         """Open (or resume) the store, start the actor and the bridge, return a handle.
 
         ``store`` is a folder (an LMDB store is created or resumed there) or a factory
-        returning any ``TrialStore`` (called on the actor's thread).
+        returning any ``TrialStore`` (called on the actor's thread). ``checkpoint_delete``
+        deletes one checkpoint by uri (``runtime.retention.local_deleter(root)``, or a
+        ``CheckpointStore``'s ``delete``): with it, and retention on in the experiment, a
+        collector thread deletes checkpoints no trial can need any more, after completions
+        and every ``retention_interval_s``; without it the controller keeps every file.
         """
         if callable(store):
             open_store = store
@@ -299,7 +346,7 @@ class Controller:
                 return LmdbTrialStore(path)
 
         errors: list[BaseException] = []
-        actor = ControllerActor.start(open_store, experiment, clock, errors)
+        actor = ControllerActor.start(open_store, experiment, clock, errors, meta=meta)
         try:
             snapshot = cast(StatusSnapshot, actor.ask(_Status(), timeout=60))
         except pykka.ActorDeadError:
@@ -309,9 +356,17 @@ class Controller:
                 actor.stop(timeout=30)
             raise
         bridge = _Bridge(actor, bind, dict(endpoint_options or {}), run_id=snapshot.run_id)
+        collector = None
+        if checkpoint_delete is not None:  # plans are empty while the experiment has retention off
+            collector = Collector(lambda: cast(list[tuple[int, str]], actor.ask(_PlanRetention(), timeout=60)),
+                                  lambda ids: actor.ask(_RecordCollected(ids), timeout=60),
+                                  checkpoint_delete, retention_interval_s)
+            bridge.after_reports = collector.nudge
         bridge.start()
         bridge.ready.wait(30)
         if bridge.startup_error is not None:
             actor.stop()
             raise bridge.startup_error
-        return ControllerHandle(actor, bridge)
+        if collector is not None:
+            collector.start()
+        return ControllerHandle(actor, bridge, collector)

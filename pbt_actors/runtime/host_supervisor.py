@@ -44,6 +44,8 @@ from pbt_actors.runtime.restart_rules import (
     fresh_worker_id,
 )
 from pbt_actors.runtime.trial_marker import RUNNING_DIR, marker_path, take_marker
+from pbt_actors.runtime.worker_process import EXIT_NO_CONTROLLER, EXIT_WRONG_RUN
+from pbt_actors.storage.checkpoint_urls import local_state_folder
 from pbt_actors.transport.endpoints import WorkerEndpoint
 from pbt_actors.transport.messages import Ack, Error, Hello, WorkerLost
 
@@ -55,9 +57,14 @@ HOST_HELLO_S = 3.0
 the controller lasts ``control.session.HOST_LEASE_S`` past the last one."""
 REFUSALS = ("host_taken", "wrong_run")
 """Answers to the supervisor's ``hello`` that stop the whole host (docs/protocol.md §4)."""
-FINAL_EXIT_REASONS = {5: "the controller serves another run: this worker is stale, not restarted"}
-"""Why a final exit code (``ChildSpec.final_exit_codes``) ends a worker: 5 is
-``worker_process.EXIT_WRONG_RUN``."""
+FINAL_EXIT_REASONS = {
+    EXIT_WRONG_RUN: "the controller serves another run: this worker is stale, not restarted",
+    EXIT_NO_CONTROLLER: "no reply from the controller for --controller-timeout seconds: not restarted",
+}
+"""Why a final exit code (``ChildSpec.final_exit_codes``) ends a worker."""
+STOP_GRACE_S = 5.0
+"""How long ``stop`` lets the workers finish after their SIGTERM (checkpoint, report the trial
+preempted) before it SIGKILLs them; ``pbt-actors worker --stop-grace`` sets it."""
 HOST_STATE_DIR = ".pbt-hosts"
 HOST_STATE_VERSION = 1
 # The state file is rewritten at least this often (a heartbeat: ``updated_at``), and says so
@@ -138,8 +145,13 @@ class HostSupervisorActor(pykka.ThreadingActor):
     def __init__(self, children: Sequence[ChildSpec], *, controller: str | None = None,
                  intensity: Intensity | None = None, backoff: Backoff | None = None,
                  endpoint_options: Mapping[str, Any] | None = None, state_path: str | os.PathLike[str] | None = None,
-                 host: str | None = None, markers: str | os.PathLike[str] | None = None) -> None:
+                 host: str | None = None, markers: str | os.PathLike[str] | None = None,
+                 stop_grace_s: float = STOP_GRACE_S, stopping: threading.Event | None = None) -> None:
         super().__init__()
+        self.stop_grace_s = stop_grace_s
+        self.stopping = stopping if stopping is not None else threading.Event()
+        """Set when the host is shutting down (``HostSupervisor.begin_stop``, from a signal
+        handler): a worker that exits now (it got the same SIGTERM) is not restarted."""
         self.state_path = Path(state_path) if state_path is not None else None
         # which trial each worker runs (``trial_marker``): beside the state file by default,
         # i.e. ``<checkpoint root>/.pbt-hosts/running``, where the workers write them
@@ -174,11 +186,11 @@ class HostSupervisorActor(pykka.ThreadingActor):
         self._write_state()
 
     def on_stop(self) -> None:
+        self.stopping.set()
         self.watch_stop.set()
         for timer in self.timers:
             timer.cancel()
-        for child in self.children.values():
-            _terminate(child.process)
+        _terminate_all([child.process for child in self.children.values()], self.stop_grace_s)
         if self.notifier is not None:
             self.notifier.stop()
         self._write_state(stopped=True)
@@ -243,7 +255,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
 
     def _start(self, child_id: str) -> None:
         child = self.children[child_id]
-        if self.refused is not None:
+        if self.refused is not None or self.stopping.is_set():
             return
         if child.state in ("gave_up", "exited") and child.starts:
             return
@@ -275,7 +287,9 @@ class HostSupervisorActor(pykka.ThreadingActor):
             return
         worker_id = child.worker_id or child_id  # the process that died (markers are by worker id)
         running = take_marker(marker_path(self.markers, worker_id)) if self.markers is not None else None
-        if exit_code is not None and exit_code in child.spec.final_exit_codes:
+        if self.stopping.is_set():  # the host is being stopped (SIGTERM to it, or to its whole group)
+            decision = RestartDecision(False, reason=f"exit code {exit_code} while the host stops: not restarted")
+        elif exit_code is not None and exit_code in child.spec.final_exit_codes:
             why = FINAL_EXIT_REASONS.get(exit_code, "not restarted")
             decision = RestartDecision(False, give_up=True, reason=f"exit code {exit_code} is final: {why}")
         else:
@@ -290,7 +304,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
             else:
                 log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
             restart = functools.partial(self._restart_later, child_id, decision.delay_s)
-        if exit_code != 0 and self.notifier is not None:
+        if exit_code not in (0, EXIT_NO_CONTROLLER) and self.notifier is not None:  # (nobody to tell)
             # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
             # resends) never blocks this actor; the restart waits for it, so that the controller
             # hears "lost" before the same worker id asks for new work
@@ -443,8 +457,16 @@ class HostSupervisor:
     """Handle for a running ``HostSupervisorActor``."""
 
     def __init__(self, children: Sequence[ChildSpec], **options: Any) -> None:
-        self.ref = HostSupervisorActor.start(children, **options)
+        self._stopping = threading.Event()
+        self._stop_grace_s = float(options.get("stop_grace_s", STOP_GRACE_S))
+        self.ref = HostSupervisorActor.start(children, stopping=self._stopping, **options)
         self._done: threading.Event = self.ref.proxy().all_done.get()
+
+    def begin_stop(self) -> None:
+        """From now on no worker is (re)started. Safe in a signal handler (it sets an event):
+        a cluster manager's SIGTERM reaches the host and its workers at once, and a worker that
+        exits before ``stop`` runs must not be restarted in between."""
+        self._stopping.set()
 
     def status(self) -> list[ChildInfo]:
         info = cast(list[ChildInfo], self.ref.ask(_Status(), timeout=10))
@@ -455,15 +477,17 @@ class HostSupervisor:
         return self._done.wait(timeout_s)
 
     def stop(self) -> None:
+        """SIGTERM every worker, SIGKILL those still running ``stop_grace_s`` later, and stop."""
+        self.begin_stop()
         if self.ref.is_alive():
-            self.ref.stop(timeout=30)
+            self.ref.stop(timeout=self._stop_grace_s + 30)
 
 
 # --- the host state files that `pbt-actors status` shows ------------------------------------------
 def host_state_path(checkpoint_root: str | os.PathLike[str], host: str) -> Path:
     """Where the supervisor of ``host`` publishes its children's state (see the module doc)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "host"
-    return Path(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
+    return local_state_folder(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
 
 
 def read_host_states(checkpoint_root: str | os.PathLike[str], now: float | None = None) -> list[dict[str, Any]]:
@@ -474,7 +498,7 @@ def read_host_states(checkpoint_root: str | os.PathLike[str], now: float | None 
     it last saw running or waiting are in state ``lost`` (their processes were its children).
     """
     now = time.time() if now is None else now
-    folder = Path(checkpoint_root) / HOST_STATE_DIR
+    folder = local_state_folder(checkpoint_root) / HOST_STATE_DIR  # a URL root: this host's local folder
     states = []
     for path in sorted(folder.glob("supervisor-*.json")) if folder.is_dir() else []:
         try:
@@ -521,14 +545,24 @@ def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None 
 
 
 def _terminate(process: Any, grace_s: float = 5.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    _terminate_all([process], grace_s)
+
+
+def _terminate_all(processes: Sequence[Any], grace_s: float) -> None:
+    """SIGTERM every live process at once, then give them ``grace_s`` together (not each in
+    turn: a host of 8 workers must fit a cluster manager's grace period too), then SIGKILL."""
+    live = [p for p in processes if p is not None and p.poll() is None]
+    for process in live:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in live:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %s did not stop within %.0fs of its SIGTERM; killing it", process.pid, grace_s)
+            process.kill()
+            process.wait(5)
 
 
 __all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart",

@@ -1,7 +1,8 @@
 """Worker processes of one host: ``--devices``/``--workers`` → one ``ChildSpec`` per slot.
 
 Layer 4. ``worker_specs`` gives each slot a ``WorkerProcessConfig`` and an environment
-(``CUDA_VISIBLE_DEVICES`` pinned, OpenMP threads shared out) and a factory that starts the
+(``CUDA_VISIBLE_DEVICES`` pinned to one of the GPUs granted to this process:
+``visible_devices``; OpenMP threads shared out) and a factory that starts the
 worker process: forked from the ``Zygote`` when one is given (milliseconds, torch and the
 experiment's libraries already imported), else, or when the zygote cannot spawn (one
 warning), a fresh interpreter running ``python -m pbt_actors.cli worker-process``. Either
@@ -21,13 +22,19 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pbt_actors.model.errors import ConfigError, ZygoteError
 from pbt_actors.runtime.experiment_file import load_experiment_file, load_module
 from pbt_actors.runtime.restart_rules import ChildSpec, Restart
-from pbt_actors.runtime.worker_process import EXIT_WRONG_RUN, LIFELINE_ENV, Lifeline, WorkerProcessConfig
+from pbt_actors.runtime.worker_process import (
+    EXIT_NO_CONTROLLER,
+    EXIT_WRONG_RUN,
+    LIFELINE_ENV,
+    Lifeline,
+    WorkerProcessConfig,
+)
 from pbt_actors.runtime.zygote import ForkedWorker, Zygote
 
 log = logging.getLogger(__name__)
@@ -36,9 +43,10 @@ WorkerProcess = ForkedWorker | subprocess.Popen[bytes]
 
 
 def gpu_count() -> int:
-    """GPUs visible to this host, without importing torch (nvidia-smi, else 0)."""
+    """GPUs of this host, without touching CUDA (which would keep the zygote from forking
+    workers that use it): ``nvidia-smi -L``, else NVML when ``pynvml`` is installed, else 0."""
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return _nvml_gpu_count()
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -46,25 +54,68 @@ def gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def _nvml_gpu_count() -> int:
+    """NVML's device count (the driver's management library, not CUDA: safe before a fork)."""
+    try:
+        import pynvml  # type: ignore[import-not-found,unused-ignore]  # nvidia-ml-py: optional
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver: pynvml raises its own NVMLError
+        return 0
+
+
+def visible_devices(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The GPUs this process may use by ``CUDA_VISIBLE_DEVICES`` (as a cluster manager such as
+    SLURM or Kubernetes' device plugin sets it): its entries (indexes, ``GPU-``/``MIG-`` UUIDs),
+    [] when it hides every GPU (empty, or starting with ``-1``), None when it is unset (every
+    GPU ``nvidia-smi`` lists). Why: ``nvidia-smi`` ignores the variable, so a worker pinned to
+    ``CUDA_VISIBLE_DEVICES=0`` would take the node's first GPU, not the first one granted."""
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    entries = [entry.strip() for entry in value.split(",")]
+    visible: list[str] = []
+    for entry in entries:
+        if not entry or entry.startswith("-"):  # CUDA stops at the first invalid entry
+            break
+        visible.append(entry)
+    return visible
+
+
 def device_slots(devices: str, workers: int | None) -> list[str | None]:
-    """``--devices`` → one entry per worker: a CUDA device index, or None for CPU."""
+    """``--devices`` → one entry per worker: what its ``CUDA_VISIBLE_DEVICES`` is set to (a GPU
+    index or UUID), or None for CPU. With ``CUDA_VISIBLE_DEVICES`` set, ``all`` means its
+    entries and an index ``i`` its ``i``-th entry (``visible_devices``)."""
     if devices == "cpu":
         return [None] * (workers or default_cpu_workers())
+    count = gpu_count()
+    visible = visible_devices() if count else []  # no GPU at all: whatever the variable says
+    granted = [str(i) for i in range(count)] if visible is None else visible
     if devices == "all":
-        count = gpu_count()
-        if count == 0:
+        if not granted:
             return [None] * (workers or default_cpu_workers())
-        slots: list[str | None] = [str(i) for i in range(count)]
+        slots: list[str | None] = list(granted)
     else:
-        slots = [d.strip() for d in devices.split(",") if d.strip()]
-        if not slots or not all(s.isdigit() for s in slots if s):
+        wanted = [d.strip() for d in devices.split(",") if d.strip()]
+        if not wanted or not all(s.isdigit() for s in wanted):
             raise ConfigError(f"--devices must be all, cpu or a list like 0,1; got {devices!r}")
-        count = gpu_count()  # a GPU that is not there would quietly train on the CPU
-        missing = [s for s in slots if s is not None and int(s) >= count]
+        missing = [s for s in wanted if int(s) >= len(granted)]  # it would quietly train on the CPU
         if missing:
-            have = f"GPUs 0-{count - 1}" if count else "no GPU (nvidia-smi finds none)"
-            raise ConfigError(f"--devices {devices}: this machine has {have}, not GPU {', '.join(missing)}; "
+            if visible is None or not count:
+                have = f"GPUs 0-{count - 1}" if count else "no GPU (nvidia-smi finds none)"
+                raise ConfigError(f"--devices {devices}: this machine has {have}, not GPU {', '.join(missing)}; "
+                                  f"use --devices cpu or all")
+            shown = f" (0-{len(visible) - 1})" if visible else ""
+            raise ConfigError(f"--devices {devices}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} "
+                              f"makes {len(visible)} GPU(s) visible{shown}, not GPU {', '.join(missing)}; "
                               f"use --devices cpu or all")
+        slots = [granted[int(s)] for s in wanted]
     if workers is not None:  # several workers per GPU, round robin
         slots = [slots[i % len(slots)] for i in range(workers)]
     return slots
@@ -89,7 +140,7 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
     specs = []
     warned: list[bool] = []  # shared by the slots: say once that the zygote failed
     for index, device in enumerate(slots):
-        worker_id = f"{host}-w{index}" + (f"-gpu{device}" if device is not None else "")
+        worker_id = f"{host}-w{index}" + (f"-gpu{_gpu_name(device, slots)}" if device is not None else "")
         config = WorkerProcessConfig.parse([str(experiment_file), "--connect", connect, "--worker-id", worker_id,
                                             "--checkpoint-root", checkpoint_root, *(extra_args or [])])
         env = dict(os.environ)
@@ -99,9 +150,14 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
             env.setdefault("MKL_NUM_THREADS", str(threads))
         log_path = Path(log_dir) / f"{worker_id}.log" if log_dir else None
         specs.append(ChildSpec(worker_id, _factory(config, env, log_path, zygote, warned), Restart.TRANSIENT,
-                               final_exit_codes=frozenset({EXIT_WRONG_RUN}),  # a stale worker: never restarted
+                               final_exit_codes=frozenset({EXIT_WRONG_RUN, EXIT_NO_CONTROLLER}),  # never restarted
                                fresh_ids=True))  # each process its own worker id: <slot>-<6 hex>
     return specs
+
+
+def _gpu_name(device: str, slots: list[str | None]) -> str:
+    """How a worker id names its GPU: the index, or for a UUID its position among the slots."""
+    return device if device.isdigit() else str(list(dict.fromkeys(slots)).index(device))
 
 
 def worker_command(config: WorkerProcessConfig) -> list[str]:
@@ -135,4 +191,4 @@ def _factory(config: WorkerProcessConfig, env: dict[str, str], log_path: Path | 
 
 
 __all__ = ["WorkerProcess", "default_cpu_workers", "device_slots", "gpu_count", "load_experiment_file",
-           "load_module", "worker_command", "worker_specs"]
+           "load_module", "visible_devices", "worker_command", "worker_specs"]

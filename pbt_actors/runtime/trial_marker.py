@@ -24,7 +24,10 @@ RUNNING_DIR = Path(".pbt-hosts") / "running"
 
 
 def markers_dir(checkpoint_root: str | os.PathLike[str]) -> Path:
-    return Path(checkpoint_root) / RUNNING_DIR
+    """Under the root's host-local folder (the root itself, or a local folder for a URL root)."""
+    from pbt_actors.storage.checkpoint_urls import local_state_folder
+
+    return local_state_folder(checkpoint_root) / RUNNING_DIR
 
 
 def marker_path(folder: str | os.PathLike[str], worker_id: str) -> Path:

@@ -19,7 +19,13 @@ Retrying is one loop, ``WorkerClient._send``, with the one backoff (``pbt_actors
    controller may be restarting: a worker outlives it with its result intact), and once the
    process is being preempted, for ``PREEMPT_GRACE_S`` more for a report or fail, not at all
    for a request that can simply be dropped (``hello``, ``request_trial``);
-3. a report or fail answered ``error(internal)`` (the controller could not apply it, which
+3. with a controller timeout (``controller_timeout_s``, ``pbt-actors worker --controller-timeout``)
+   each round is cut to fit the time left, and once no reply at all has come for that long
+   (counted from the last one, heartbeats included) the worker gives up: ``ControllerGone``
+   (the process exits with ``worker_process.EXIT_NO_CONTROLLER``), so that a cluster manager
+   can reschedule a job whose controller is gone for good. A running trial is told to stop
+   (``ctx.should_stop``) by the ticker thread, which checks the same clock;
+4. a report or fail answered ``error(internal)`` (the controller could not apply it, which
    says nothing about the result) is sent again as a new request (a resend under the old id
    would get the cached error) after ``INTERNAL_ERROR_BACKOFF.delay(n)``, up to
    ``INTERNAL_ERROR_RETRIES`` times; after that the trial is left to its lease expiry, like a
@@ -35,7 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pykka
@@ -77,6 +83,13 @@ INTERNAL_ERROR_BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=30.0)
 all); after that the trial is left to its lease expiry, like a report that never arrived."""
 
 
+class ControllerGone(PbtError):
+    """No reply at all from the controller for ``controller_timeout_s``: it is gone for good (a
+    preempted or deleted controller job). The worker stops (``worker_process`` exits with
+    ``EXIT_NO_CONTROLLER``, which its host supervisor does not restart) instead of waiting
+    forever, so that the cluster manager can reschedule or end the job."""
+
+
 class WrongRun(PbtError):
     """The controller serves another run than the one this worker joined (``error(wrong_run)``):
     this worker is stale (its run ended while it was away). It must exit, not take the new
@@ -104,6 +117,9 @@ class _Progress:
     """The run id learned from the ``hello`` answer; every request carries it."""
     wrong_run: str = ""
     """Set when the controller answered ``wrong_run`` (its message)."""
+    last_reply: float = field(default_factory=time.monotonic)
+    """``time.monotonic()`` of the last reply from the controller (any message; at first, when
+    the worker started): what ``controller_timeout_s`` counts from."""
     heartbeat_queued: bool = False
     """A heartbeat is told and not yet started: the ticker tells no other (while the controller
     is unreachable each heartbeat waits its timeout, and unbounded tells would pile up)."""
@@ -147,7 +163,14 @@ class WorkerActor(pykka.ThreadingActor):
 
     def request(self, message: Message, timeout_s: float = 5.0, retries: int | None = None) -> Message:
         assert self.endpoint is not None
-        return self.endpoint.request(message, timeout_s=timeout_s, retries=retries)
+        reply = self.endpoint.request(message, timeout_s=timeout_s, retries=retries)
+        self._heard()
+        return reply
+
+    def _heard(self) -> None:
+        """A reply came: the controller is there (``WorkerClient.controller_timeout_s``)."""
+        with self.progress.lock:
+            self.progress.last_reply = time.monotonic()
 
     def heartbeat(self) -> None:
         """Send one heartbeat for the running trial (told by the ticker; never raises)."""
@@ -171,6 +194,7 @@ class WorkerActor(pykka.ThreadingActor):
         except RequestTimeout:
             log.info("heartbeat for trial %d unanswered; training on", spec.trial_id)
             return
+        self._heard()
         if isinstance(reply, Error) and reply.code == "wrong_run":
             log.error("controller refuses this worker: %s", reply.message)
             with self.progress.lock:
@@ -222,14 +246,24 @@ class WorkerClient:
     Args:
         connect: the controller's endpoint (``tcp://host:port``, ``ipc://...``).
         train: the user's ``train(ctx)``.
-        checkpoint_root: the folder (shared between hosts) holding checkpoint files.
+        checkpoint_root: where checkpoint files live: a folder (shared between hosts) or an
+            fsspec URL such as ``s3://bucket/prefix`` (``pbt_actors.storage.checkpoint_urls``).
         worker_id: unique per worker slot; stable across restarts of that slot.
         device: what ``ctx.device`` says (default: ``cuda:0`` when pinned to a GPU, else cpu).
+        controller_timeout_s: give up (``ControllerGone``) after this long without any reply
+            from the controller; 0 waits forever (the module doc, retry rule 3).
     """
 
     def __init__(self, connect: str, train: TrainFn, checkpoint_root: str, *, worker_id: str | None = None,
                  device: str | None = None, endpoint_options: Mapping[str, Any] | None = None,
-                 request_timeout_s: float = 5.0, objective: Sequence[str] = ()) -> None:
+                 request_timeout_s: float = 5.0, objective: Sequence[str] = (),
+                 controller_timeout_s: float = 0.0) -> None:
+        if controller_timeout_s < 0:
+            raise ValueError("controller_timeout_s must be >= 0 (0: wait forever)")
+        self.connect = connect
+        self.controller_timeout_s = controller_timeout_s
+        self.controller_gone = threading.Event()
+        """Set once the controller was silent for ``controller_timeout_s``: this worker stops."""
         self.train = train
         self.objective = tuple(objective)
         """The objective's metric names: a trial that ends without them is a failed attempt."""
@@ -254,9 +288,46 @@ class WorkerClient:
 
     # --- network through the actor -----------------------------------------------------------
     def _request(self, message: Message, retries: int | None = None) -> Message:
-        future = self.actor.ask(_Call("request", (message, self.request_timeout_s, retries)), block=False)
+        timeout_s = self.request_timeout_s
+        left = self._controller_time_left()
+        if left is not None and retries is not None:
+            # the whole round (the first wait and ``retries`` doubling resends) fits in the time
+            # left, so the give-up comes on time; resends keep the id, so a request the
+            # controller holds (long poll, ``PARK_S``) is still answered within the round
+            timeout_s = min(timeout_s, max(0.05, left / (2 ** (retries + 1) - 1)))
+        future = self.actor.ask(_Call("request", (message, timeout_s, retries)), block=False)
         result: Message = future.get()
         return result
+
+    def _controller_time_left(self) -> float | None:
+        """Seconds until this worker gives up on a silent controller; None: never (timeout 0)."""
+        if getattr(self, "controller_timeout_s", 0.0) <= 0:  # (absent: a bare client in tests)
+            return None
+        progress: _Progress | None = getattr(self, "progress", None)
+        if progress is None:
+            return None
+        with progress.lock:
+            last = progress.last_reply
+        return last + self.controller_timeout_s - time.monotonic()
+
+    def _check_controller(self) -> None:
+        """Give up on a controller silent for ``controller_timeout_s``: set ``controller_gone``
+        and stop the running trial (``ctx.should_stop``, through the preempt event: the trial
+        may save a resume checkpoint, though with no controller to record it a later attempt
+        starts from the last recorded one). Called by the ticker and by ``_send``."""
+        left = self._controller_time_left()
+        if left is None or left > 0 or self.controller_gone.is_set():
+            return
+        self.controller_gone.set()
+        self.preempt.set()
+        log.error("no controller at %s for %g s; giving up", self.connect, self.controller_timeout_s)
+
+    def _raise_if_gone(self) -> None:
+        if self._controller_time_left() is None:
+            return
+        self._check_controller()
+        if self.controller_gone.is_set():
+            raise ControllerGone(f"no controller at {self.connect} for {self.controller_timeout_s:g} s; giving up")
 
     def _send(self, message: Message, *, grace_s: float | None, internal_retries: int = 0) -> Message | None:
         """The worker's one retry loop (module docstring): send ``message`` until answered.
@@ -267,6 +338,10 @@ class WorkerClient:
             internal_retries: how often an ``error(internal)`` answer is sent again.
         Returns:
             The reply, or None when the process was preempted before one came.
+
+        Raises:
+            ControllerGone: no reply at all for ``controller_timeout_s`` (before or during this).
+            WrongRun: the controller serves another run.
         """
         preempted_at: float | None = None
         refused = 0
@@ -275,10 +350,12 @@ class WorkerClient:
             with progress.lock:
                 message = stamp_run(message, progress.run)
         while True:
+            self._raise_if_gone()
             try:
                 reply = self._request(message, retries=RESENDS_PER_ROUND)
             except RequestTimeout:
                 log.info("controller silent for a %s; still trying", message.TYPE)
+                self._raise_if_gone()
                 if self.preempt.is_set():
                     preempted_at = preempted_at or time.monotonic()
                     if grace_s is None or time.monotonic() - preempted_at > grace_s:
@@ -329,6 +406,7 @@ class WorkerClient:
             self._ticker_wake.clear()
             if self._ticker_stop.is_set():
                 return
+            self._check_controller()  # stops a trial that trains on with nobody to report to
             if time.monotonic() - last >= self._heartbeat_s:
                 last = time.monotonic()
                 with self.progress.lock:
@@ -355,17 +433,25 @@ class WorkerClient:
         if isinstance(reply, Done):
             return False
         if isinstance(reply, Wait):
-            self.preempt.wait(min(reply.retry_after_s, 5.0))
+            self._pause(min(reply.retry_after_s, 5.0))
             return not self.preempt.is_set()
         if isinstance(reply, Error):
             log.warning("controller refused request_trial: %s %s", reply.code, reply.message)
-            self.preempt.wait(1.0)
+            self._pause(1.0)
             return not self.preempt.is_set()
         if not isinstance(reply, TrialAssignment):
             log.warning("unexpected reply to request_trial: %r", reply)
             return True
         self.run_trial(reply)
         return not self.preempt.is_set()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait as a reply said (or until preempted). That pause is not the controller's
+        silence: the controller timeout counts from its end (set in advance, so that the
+        ticker's check during a pause longer than the timeout does not give up either)."""
+        with self.progress.lock:
+            self.progress.last_reply = max(self.progress.last_reply, time.monotonic() + seconds)
+        self.preempt.wait(seconds)
 
     def run(self) -> None:
         """Run trials until the experiment is done or the process is being preempted."""

@@ -7,9 +7,10 @@ hidden command ``python -m pbt_actors.cli worker-process EXP --connect ... --wor
 writes those arguments and ``WorkerProcessConfig.parse`` reads them back, so ``launch``
 builds the same typed config for both ways.
 
-The process leaves with ``EXIT_DONE`` (0) when the controller said ``done``, or with
+The process leaves with ``EXIT_DONE`` (0) when the controller said ``done``, with
 ``EXIT_PREEMPTED`` (3) after a SIGTERM (graceful preemption: the running trial hands back a
-resume checkpoint if it can); a restart rule treats anything else as a crash.
+resume checkpoint if it can), or with ``EXIT_NO_CONTROLLER`` (69) when no controller answered for
+``--controller-timeout`` seconds; a restart rule treats anything else as a crash.
 
 Orphans: the process that supervises workers (``pbt-actors run`` or ``pbt-actors worker``)
 holds the write end of a *lifeline* pipe (``Lifeline``, one per supervising process); every
@@ -40,7 +41,7 @@ from typing import Any
 
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.runtime.experiment_file import load_experiment_file
-from pbt_actors.runtime.worker import WorkerClient, WrongRun
+from pbt_actors.runtime.worker import ControllerGone, WorkerClient, WrongRun
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ EXIT_ORPHANED = 4
 EXIT_WRONG_RUN = 5
 """The controller serves another run (``error(wrong_run)``): this worker is stale; the host
 supervisor does not restart it (``launch.worker_specs``: a final exit code)."""
+EXIT_NO_CONTROLLER = 69
+"""No reply from the controller for ``--controller-timeout`` seconds (``worker.ControllerGone``):
+it is gone for good. Final like ``EXIT_WRONG_RUN`` (a restarted worker would find nobody
+either); ``pbt-actors worker`` then exits with the same code (``cli.run.EXIT_NO_CONTROLLER``;
+sysexits' EX_UNAVAILABLE), so a cluster manager can tell it from a crash and reschedule."""
 LIFELINE_ENV = "PBT_LIFELINE_FD"
 ORPHAN_GRACE_S = 3.0
 
@@ -135,6 +141,7 @@ class WorkerProcessConfig:
     checkpoint_root: str
     curve_server_key: str | None = None  # the controller's public key file (CURVE)
     curve_secret: str | None = None  # this host's secret key file (CURVE)
+    controller_timeout_s: float = 0.0  # give up after this long without a reply; 0: never
 
     def argv(self) -> list[str]:
         """The ``worker-process`` arguments that ``parse`` reads back into this config."""
@@ -144,6 +151,8 @@ class WorkerProcessConfig:
             args += ["--curve-server-key", self.curve_server_key]
         if self.curve_secret is not None:
             args += ["--curve-secret", self.curve_secret]
+        if self.controller_timeout_s:
+            args += ["--controller-timeout", repr(float(self.controller_timeout_s))]
         return args
 
     @classmethod
@@ -167,7 +176,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-root", required=True)
     parser.add_argument("--curve-server-key", default=None)
     parser.add_argument("--curve-secret", default=None)
+    parser.add_argument("--controller-timeout", dest="controller_timeout_s", type=_seconds, default=0.0)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A timeout in seconds: a finite number >= 0 (0: no timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0: wait forever), not {text!r}")
+    return value
 
 
 def main(argv: Sequence[str]) -> int:
@@ -184,7 +205,8 @@ def run(config: WorkerProcessConfig) -> int:
     _watch_inherited_lifeline()
     experiment, train = load_experiment_file(config.experiment)
     client = WorkerClient(config.connect, train, config.checkpoint_root, worker_id=config.worker_id,
-                          endpoint_options=_endpoint_options(config), objective=experiment.objective_.names)
+                          endpoint_options=_endpoint_options(config), objective=experiment.objective_.names,
+                          controller_timeout_s=config.controller_timeout_s)
     client.install_sigterm_handler()
     try:
         client.hello()
@@ -192,8 +214,14 @@ def run(config: WorkerProcessConfig) -> int:
     except WrongRun as exc:
         log.error("worker %s exits: the controller serves another run (%s)", config.worker_id, exc)
         return EXIT_WRONG_RUN
+    except ControllerGone:
+        pass  # the exit code below says it
     finally:
         client.close()
+    if client.controller_gone.is_set():
+        print(f"pbt-actors: worker {config.worker_id}: no controller at {config.connect} for "
+              f"{config.controller_timeout_s:g} s; giving up", file=sys.stderr, flush=True)
+        return EXIT_NO_CONTROLLER
     return EXIT_PREEMPTED if client.preempt.is_set() else EXIT_DONE
 
 
@@ -208,5 +236,5 @@ def _endpoint_options(config: WorkerProcessConfig) -> dict[str, Any]:
             "curve_keypair": load_keypair(config.curve_secret)}
 
 
-__all__ = ["EXIT_DONE", "EXIT_ORPHANED", "EXIT_PREEMPTED", "EXIT_WRONG_RUN", "LIFELINE_ENV", "Lifeline",
-           "WorkerProcessConfig", "main", "run", "watch_lifeline"]
+__all__ = ["EXIT_DONE", "EXIT_NO_CONTROLLER", "EXIT_ORPHANED", "EXIT_PREEMPTED", "EXIT_WRONG_RUN", "LIFELINE_ENV",
+           "Lifeline", "WorkerProcessConfig", "main", "run", "watch_lifeline"]

@@ -42,8 +42,23 @@ worker's environment. Randomness: CPython reseeds ``random`` in a forked child; 
 torch's global generators are inherited, which our code never relies on (explicit seeds).
 
 Fallback: ``Zygote.start`` refuses (``ZygoteError``) when the process already has another
-thread or torch has initialised CUDA; the CLI then warns once and starts fresh interpreters,
-as ``launch`` does when ``spawn`` fails (the zygote died). ``--no-zygote`` always does.
+thread or has touched CUDA; the CLI then warns once and starts fresh interpreters, as
+``launch`` does when ``spawn`` fails (the zygote died). ``--no-zygote`` always does.
+
+CUDA: a process forked after its parent touched the CUDA driver cannot use CUDA ("Cannot
+re-initialize CUDA in forked subprocess"). Two ways an experiment file does that at import:
+``torch.cuda.init()`` or a CUDA tensor (``torch.cuda.is_initialized()``: checked in the parent
+before forking) and ``torch.cuda.is_available()``, which queries the driver without
+initialising torch's CUDA state but *poisons fork* all the same (torch marks its forked
+children as in a "bad fork"; ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` avoids it). The second is
+invisible from the parent, so the zygote checks ``torch.cuda._is_in_bad_fork()`` in itself
+once it has preloaded (and in a probe child it forks, in case preloading touched CUDA), and
+its first datagram to the parent is ``ready`` or the reason it refuses; ``start`` waits for it
+(the first spawn would wait for the preloading anyway). The CLI loads the experiment file before it starts the
+zygote, so both checks run right after that file's module code. A worker selects its GPU by
+``CUDA_VISIBLE_DEVICES`` in its ``env`` (``launch``): the child writes its environment with
+``os.environ`` (``putenv``) before anything touches CUDA, and since the parent never did, the
+driver reads it at the child's first CUDA call, as in a fresh process.
 """
 
 from __future__ import annotations
@@ -78,6 +93,12 @@ EXIT_UNKNOWN = -signal.SIGKILL  # the returncode of a worker whose exit the dead
 REPLY_TIMEOUT_S = 30.0
 _INT = struct.Struct(">i")
 _MAX_REQUEST = 1024 * 1024
+_READY = b"ready"  # the zygote's first (and only) datagram to its parent, unless it refuses
+_PROBE_POISONED = 3  # exit code of the zygote's probe child when it finds itself in a bad fork
+START_TIMEOUT_S = 120.0  # for the zygote's "ready": it preloads first (torch._dynamo: ~2 s, more on a busy host)
+CUDA_HINT = ("before forking, and forked children could not use CUDA. Avoid touching CUDA when the "
+             "experiment file is imported (do it in train(ctx), e.g. through ctx.device; or set "
+             "PYTORCH_NVML_BASED_CUDA_CHECK=1 for torch.cuda.is_available()), or pass --no-zygote")
 
 # The parent ends of every open zygote's socket: a zygote forked later closes them, so that
 # each zygote sees end-of-file when its own parent closes it.
@@ -144,16 +165,16 @@ class Zygote:
         ``default_preload()``; a module that fails to import is logged and skipped).
 
         Raises:
-            ZygoteError: this process has other threads, or torch has initialised CUDA.
+            ZygoteError: this process has other threads, or has touched CUDA (initialised it,
+                or queried the driver: the zygote finds itself in a bad fork), or the zygote
+                died or did not say it was ready.
         """
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())
             raise ZygoteError(f"cannot fork a zygote from a process with {threading.active_count()} threads "
                               f"({names}): start it before any thread")
-        torch = sys.modules.get("torch")
-        cuda = getattr(torch, "cuda", None)
-        if cuda is not None and cuda.is_initialized():
-            raise ZygoteError("cannot fork a zygote after torch initialised CUDA: forked children could not use it")
+        if cuda_initialised():
+            raise ZygoteError(f"cannot fork a zygote: torch initialised CUDA in this process {CUDA_HINT}")
         modules = default_preload() if preload is None else list(preload)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         _flush_stdio()  # or the child would write our buffered output again
@@ -177,7 +198,28 @@ class Zygote:
                 os._exit(code)
         child_sock.close()
         _PARENT_SOCKETS.add(parent_sock)
-        return cls(pid, parent_sock)
+        zygote = cls(pid, parent_sock)
+        refusal = zygote._await_ready()
+        if refusal is not None:
+            zygote.close()
+            raise ZygoteError(refusal)
+        return zygote
+
+    def _await_ready(self) -> str | None:
+        """None once the zygote said ``ready``, else why it cannot serve (its own words, or
+        that it died or kept silent for ``START_TIMEOUT_S``)."""
+        assert self._sock is not None
+        if not _readable(self._sock.fileno(), START_TIMEOUT_S):
+            return f"the zygote (pid {self.pid}) did not say it was ready within {START_TIMEOUT_S:.0f}s"
+        try:
+            data = self._sock.recv(_MAX_REQUEST)
+        except OSError as exc:
+            return f"the zygote (pid {self.pid}) died before it was ready: {exc}"
+        if data == _READY:
+            return None
+        if not data:
+            return f"the zygote (pid {self.pid}) died before it was ready"
+        return data.decode("utf-8", "replace")
 
     def spawn(self, config: WorkerProcessConfig, env: Mapping[str, str],
               log_path: str | os.PathLike[str] | None = None, lifeline_fd: int | None = None) -> ForkedWorker:
@@ -237,6 +279,43 @@ class Zygote:
             except ChildProcessError:
                 self._reaped = True
         return self._reaped
+
+
+def cuda_initialised() -> bool:
+    """Whether torch has initialised CUDA in this process (``torch.cuda.init()``, a CUDA
+    tensor); False when torch is not imported (importing it here would cost seconds)."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    return bool(cuda is not None and cuda.is_initialized())
+
+
+def cuda_poisoned() -> bool:
+    """In a forked child: whether torch marked it a "bad fork" (its parent touched the CUDA
+    driver, e.g. with ``torch.cuda.is_available()``), so CUDA cannot be used in it."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    in_bad_fork = getattr(cuda, "_is_in_bad_fork", None)
+    return bool(in_bad_fork is not None and in_bad_fork())
+
+
+def _cuda_refusal(preload: Sequence[str]) -> str | None:
+    """In the zygote, after preloading: why its workers could not use CUDA, or None.
+
+    Its parent touched CUDA (this process is a bad fork), or preloading did: then the zygote's
+    own children would be bad forks, which only a child can tell, so a probe child is forked
+    (a few milliseconds) and says so in its exit code.
+    """
+    if cuda_poisoned():
+        return (f"cannot fork workers from a zygote: this process touched CUDA (e.g. torch.cuda.is_available() "
+                f"in the experiment file) {CUDA_HINT}")
+    if "torch" not in sys.modules:
+        return None
+    pid = os.fork()
+    if pid == 0:
+        os._exit(_PROBE_POISONED if cuda_poisoned() else 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == _PROBE_POISONED:
+        return (f"cannot fork workers from a zygote: preloading {', '.join(preload) or 'nothing'} touched CUDA "
+                f"in the zygote, and its forked children could not use CUDA; pass --no-zygote")
+    return None
 
 
 def default_preload() -> list[str]:
@@ -299,6 +378,10 @@ def _serve(sock: socket.socket, preload: list[str]) -> int:
     if threading.active_count() != 1:
         log.warning("zygote: preloading started threads (%s); forked workers will not have them",
                     ", ".join(t.name for t in threading.enumerate()))
+    refusal = _cuda_refusal(preload)
+    sock.send(_READY if refusal is None else refusal.encode())
+    if refusal is not None:
+        return 0
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

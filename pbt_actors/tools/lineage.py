@@ -176,6 +176,8 @@ class Segment:
     crossover_id: int | None = None
     final: Mapping[str, float] | None = None
     checkpoint: CheckpointRef | None = None
+    collected: bool = False
+    """Retention deleted ``checkpoint``'s file: a replay cannot start from it (from scratch can)."""
 
     @property
     def steps(self) -> int:
@@ -187,6 +189,7 @@ class Segment:
             "trial_id": self.trial_id, "generation": self.generation, "crossover_id": self.crossover_id,
             "final": dict(self.final) if self.final is not None else None,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint is not None else None,
+            **({"collected": True} if self.collected else {}),
         }
 
     @classmethod
@@ -204,6 +207,7 @@ class Segment:
             crossover_id=opt_int_from(data.get("crossover_id"), f"{where}.crossover_id"),
             final=None if final is None else metrics_from(final, f"{where}.final"),
             checkpoint=None if ckpt is None else CheckpointRef.from_dict(ckpt),
+            collected=data.get("collected") is True,
         )
 
 
@@ -360,7 +364,8 @@ def schedule(store: TrialStore, trial_id: int) -> Schedule:
     chain.reverse()
     segments = tuple(
         Segment(t.start_step, t.end_step, dict(t.hparams), t.id, t.generation, t.crossover_id,
-                dict(t.final) if t.final is not None else None, t.checkpoint or store.checkpoint(t.id))
+                dict(t.final) if t.final is not None else None, t.checkpoint or store.checkpoint(t.id),
+                t.collected_at is not None)
         for t in chain)
     experiment_name, objective = "", None
     stored = store.get_meta("experiment")

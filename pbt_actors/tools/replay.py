@@ -34,7 +34,7 @@ from typing import Any
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.model.errors import ReplayError
 from pbt_actors.model.records import CheckpointRef, Measurement
-from pbt_actors.runtime.checkpoints import load_checkpoint, read_verified
+from pbt_actors.runtime.checkpoints import inside_root, load_checkpoint, read_verified, store_for
 from pbt_actors.runtime.context import NullLink, TrialContext
 from pbt_actors.tools.lineage import Schedule, Segment
 
@@ -145,6 +145,10 @@ def start_checkpoint(schedule: Schedule, from_step: int) -> CheckpointRef | None
             if seg.checkpoint is None:
                 raise ReplayError(f"trial {seg.trial_id} (ending at step {from_step}) has no stored checkpoint "
                                   f"to start a replay from")
+            if seg.collected:
+                raise ReplayError(f"trial {seg.trial_id}'s checkpoint (step {from_step}) was collected by retention: "
+                                  f"replay from the schedule's start instead (no --from-step), or keep such "
+                                  f"checkpoints (`pbt-actors pin`, Retention(keep_lineage=True))")
             return seg.checkpoint
     raise ReplayError(f"no segment ends at step {from_step}")
 
@@ -161,10 +165,10 @@ def replay(schedule: Schedule, train: Callable[[TrialContext], Any], *,
     Args:
         checkpoint_root: where the replay's own checkpoints go (a fresh temporary folder when
             None; it is then kept, so ``ReplayResult.load_state`` works). Files are named
-            ``<experiment>-replay/trial-<id>/a1-s<step>.ckpt`` so they never collide with the
+            ``<experiment>-replay/trial-<id>/a1-s<step>-<sha16>.ckpt`` so they never collide with the
             search's files, even in the same folder.
         from_step, to_step: replay only ``[from_step, to_step)`` (see ``plan``).
-        source_checkpoint_root: the search's checkpoint folder, needed when ``from_step`` is
+        source_checkpoint_root: the search's checkpoint folder or URL, needed when ``from_step`` is
             after the schedule's start.
         replay_data: the value of ``ctx.replay``; True lets the experiment file train on its
             replay data (e.g. train + validation).
@@ -183,7 +187,7 @@ def replay(schedule: Schedule, train: Callable[[TrialContext], Any], *,
         if source_checkpoint_root is None:
             raise ReplayError(f"a replay from step {first} starts from the search's checkpoint {parent.uri}: "
                               f"give the search's checkpoint folder (source_checkpoint_root / --checkpoint-root)")
-        _copy_verified(Path(source_checkpoint_root), root, parent)
+        _copy_verified(source_checkpoint_root, root, parent)
     name = f"{schedule.experiment or 'exp'}-replay"
     results: list[SegmentResult] = []
     for index, step in enumerate(planned):
@@ -210,11 +214,13 @@ def replay(schedule: Schedule, train: Callable[[TrialContext], Any], *,
     return ReplayResult(schedule, first, last, tuple(results), str(root), replay_data)
 
 
-def _copy_verified(source_root: Path, target_root: Path, ref: CheckpointRef) -> None:
-    """Place the search's checkpoint ``ref`` under the replay's root (same uri), verified."""
+def _copy_verified(source_root: str | os.PathLike[str], target_root: Path, ref: CheckpointRef) -> None:
+    """Place the search's checkpoint ``ref`` (from a folder or a URL such as ``s3://...``)
+    under the replay's local root (same uri), verified."""
     data = read_verified(source_root, ref)
-    target = target_root / ref.uri
-    if target.resolve() == (source_root / ref.uri).resolve():
+    target = inside_root(target_root, ref.uri)
+    source = store_for(source_root).local_path(ref.uri)
+    if source is not None and target == source.resolve():
         return
-    write_atomically(target, data)
+    write_atomically(target, bytes(data))
     read_verified(target_root, ref)  # the copy must match the reference too

@@ -18,11 +18,14 @@ Figures (file names are ``FIGURES``):
                       solid, extinct branches faint; the best lineage thick.
 ``progress.png``      best-so-far and median population fitness against wall time.
 ``utilisation.png``   per worker, busy intervals (from ``Trial.history`` and running leases)
-                      against wall time; the gaps are idle time, the share busy is in the label.
+                      against wall time; the gaps are idle time, the share holding a trial is
+                      in the label, also after each worker's first trial (hatched), which
+                      includes the worker's start-up and the experiment's imports.
 
-The *final population* is the ``population`` most recent trials that did not fail or stop
-(for a running store: the current one). The *population* at a wall time, for the median, is
-the ``population`` most recently completed trials at that time.
+The figures' *final population* is the ``population`` most recent trials that did not fail or
+stop (for a running store: the current one); ``index.html``'s is the latest completed trial of
+each population slot (``control.final_population``, as in ``status``). The *population* at a
+wall time, for the median, is the ``population`` most recently completed trials at that time.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.control.final_population import final_population
 from pbt_actors.control.progress import Counts, best_completed, finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
-from pbt_actors.tools.lineage import lineage, schedule
+from pbt_actors.tools.lineage import schedule
 
 FIGURES: tuple[str, ...] = ("fitness", "schedule", "lineage_tree", "progress", "utilisation")
 DPI = 110
@@ -69,6 +73,7 @@ class ReportData:
     finished: bool
     by_id: dict[int, Trial] = field(init=False)
     best: Trial | None = None
+    root_memo: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_id = {t.id: t for t in self.trials}
@@ -120,7 +125,17 @@ class ReportData:
         return min((t.created_at for t in self.trials), default=self.now)
 
     def root(self, trial: Trial) -> int:
-        """The seed trial a trial descends from by warm starts."""
+        """The seed trial a trial descends from by warm starts (memoised: walking every trial's
+        chain anew was quadratic, 30 s at 100k trials)."""
+        roots = self.root_memo
+        known = roots.get(trial.id)
+        if known is not None:
+            return known
+        parent_root = roots.get(trial.parent_id) if trial.parent_id is not None else None
+        roots[trial.id] = found = parent_root if parent_root is not None else self._walk_root(trial)
+        return found
+
+    def _walk_root(self, trial: Trial) -> int:
         seen: set[int] = set()
         while trial.parent_id is not None and trial.parent_id in self.by_id and trial.id not in seen:
             seen.add(trial.id)
@@ -128,7 +143,7 @@ class ReportData:
         return trial.id
 
     def roots(self) -> list[int]:
-        return sorted({self.root(t) for t in self.trials})
+        return sorted({self.root(t) for t in sorted(self.trials, key=lambda t: t.id)})  # parents first
 
     def best_chain(self) -> list[Trial]:
         if self.best is None:
@@ -239,7 +254,26 @@ def _trial_points(data: ReportData, trial: Trial) -> list[tuple[float, float]]:
     return points
 
 
+LINES_MAX = 2000
+"""Above this many trials a figure stops drawing one line per trial (a wall of lines, and
+minutes of matplotlib): ``fitness`` shades the density of every trial's points and draws lines
+for the final population's warm-start ancestry only; ``lineage_tree`` draws that ancestry only."""
+
+
+def warm_start_ancestry(data: ReportData, trials: Iterable[Trial]) -> set[int]:
+    """Ids of ``trials`` and their warm-start ancestors (whose weights live on in them), read
+    from the snapshot: O(size of the ancestry), each ancestor visited once."""
+    out: set[int] = set()
+    for trial in trials:
+        current: Trial | None = trial
+        while current is not None and current.id not in out:
+            out.add(current.id)
+            current = data.by_id.get(current.parent_id) if current.parent_id is not None else None
+    return out
+
+
 def figure_fitness(data: ReportData) -> Any:
+    from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
     title = "Fitness of every trial against training step"
@@ -248,6 +282,19 @@ def figure_fitness(data: ReportData) -> Any:
         return _placeholder(title, "no trial has reported a value of the objective yet")
     fig = _figure(11, 6)
     ax = fig.add_subplot()
+    at_scale = len(data.trials) > LINES_MAX
+    if at_scale:  # every point as a density, lines only where the final population came from
+        xs_all = [x for _, points in curves for x, _ in points]
+        ys_all = [y for _, points in curves for _, y in points]
+        limits = _robust_limits(ys_all)
+        shown = [(x, y) for x, y in zip(xs_all, ys_all, strict=True)
+                 if limits is None or limits[0] <= y <= limits[1]]
+        if shown:
+            sx, sy = zip(*shown, strict=True)
+            ax.hexbin(sx, sy, gridsize=(120, 50), bins="log", mincnt=1, cmap="Greys", alpha=0.55, zorder=0,
+                      linewidths=0.0)
+        keep = warm_start_ancestry(data, data.final_population())
+        curves = [(t, points) for t, points in curves if t.id in keep]
     roots = data.roots()
     survivors = sorted({data.root(t) for t in data.final_population()})
     extinct_grey = "#c4c4c4"
@@ -257,6 +304,7 @@ def figure_fitness(data: ReportData) -> Any:
         colours = {root: extinct_grey for root in roots}
         colours.update(zip(survivors, _lineage_colours(len(survivors)), strict=True))
     all_values: list[float] = []
+    segments: dict[tuple[Any, str], list[Any]] = {}  # (colour, style) -> lines: one artist each
     for trial, points in curves:
         if not points:
             continue
@@ -264,9 +312,15 @@ def figure_fitness(data: ReportData) -> Any:
         all_values.extend(ys)
         style = "--" if trial.status is TrialStatus.RUNNING else "-"
         colour = colours[data.root(trial)]
-        ax.plot(xs, ys, style, color=colour, lw=1.0, alpha=0.6, zorder=1 if colour == extinct_grey else 2)
+        segments.setdefault((colour, style), []).append(points)
         if len(points) == 1:
-            ax.plot(xs, ys, "o", color=colours[data.root(trial)], ms=3, alpha=0.6, zorder=2)
+            ax.plot(xs, ys, "o", color=colour, ms=3, alpha=0.6, zorder=2)
+    for (colour, style), lines in segments.items():
+        ax.add_collection(LineCollection(lines, colors=[colour], linestyles=style, linewidths=1.0, alpha=0.6,
+                                         zorder=1 if colour == extinct_grey else 2))
+    ax.autoscale_view()
+    if at_scale:
+        all_values = ys_all
     handles: list[Any] = []
     chain = data.best_chain()
     if chain:
@@ -300,7 +354,14 @@ def figure_fitness(data: ReportData) -> Any:
         ax.set_ylim(*limits)
     ax.set_xlabel("training step")
     ax.set_ylabel(data.metric_label)
-    ax.set_title(f"{title} ({len(data.trials)} trials), coloured by lineage")
+    if at_scale:
+        handles.append(Line2D([], [], color="#777777", lw=6, alpha=0.5,
+                              label="all trials' points (density, log shade)"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+        ax.set_title(f"Fitness against training step ({len(data.trials):,} trials: density of all; lines for the "
+                     f"final population's ancestry, {len(curves):,} trials)", fontsize=10)
+    else:
+        ax.set_title(f"{title} ({len(data.trials)} trials), coloured by lineage")
     ax.grid(True, alpha=0.3)
     return fig
 
@@ -377,11 +438,11 @@ def figure_schedule(data: ReportData, store: TrialStore) -> Any:
 
 
 # --- (c) the lineage tree ------------------------------------------------------------------------
-def _tree_layout(data: ReportData) -> dict[int, tuple[float, float]]:
+def _tree_layout(trials: Iterable[Trial]) -> dict[int, tuple[float, float]]:
     """x = generation; within a generation, trials sorted by their parent's position (then id)
     so that most edges run nearly level, and each column centred on 0."""
     columns: dict[int, list[Trial]] = {}
-    for t in data.trials:
+    for t in trials:
         columns.setdefault(t.generation, []).append(t)
     pos: dict[int, tuple[float, float]] = {}
     for gen in sorted(columns):
@@ -399,50 +460,63 @@ def _tree_layout(data: ReportData) -> dict[int, tuple[float, float]]:
 
 
 def figure_lineage_tree(data: ReportData, store: TrialStore) -> Any:
+    from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
     title = "Lineage tree of the final population"
     if not data.trials:
         return _placeholder(title, "the store holds no trial yet")
-    pos = _tree_layout(data)
     final = data.final_population()
-    ancestry: set[int] = set()  # whose weights survive in the final population (warm starts only)
-    for t in final:
-        if t.id not in ancestry:
-            ancestry.update(lineage(store, t.id, crossover=False).order)
+    # whose weights survive in the final population (warm starts only), from the snapshot
+    ancestry = warm_start_ancestry(data, final)
     chain_ids = [t.id for t in data.best_chain()]
     chain_edges = set(itertools.pairwise(chain_ids))
-    generations = sorted({t.generation for t in data.trials})
-    max_col = max(sum(1 for t in data.trials if t.generation == g) for g in generations)
+    at_scale = len(data.trials) > LINES_MAX
+    # at scale: the ancestry and the best lineage only (extinct branches would be a solid mass)
+    drawn = ancestry | set(chain_ids)
+    trials = [t for t in data.trials if t.id in drawn] if at_scale else data.trials
+    pos = _tree_layout(trials)
+    columns: dict[int, int] = {}
+    for t in trials:
+        columns[t.generation] = columns.get(t.generation, 0) + 1
+    generations = sorted(columns)
+    max_col = max(columns.values())
     width = min(20.0, max(9.0, 4.0 + 0.42 * len(generations)))
-    height = min(18.0, max(3.6, 1.6 + 0.3 * max_col))
+    height = min(18.0, max(6.0 if at_scale else 3.6, 1.6 + 0.3 * max_col))
     fig = _figure(width, height)
     ax = fig.add_subplot()
-    for t in data.trials:
+    # edges grouped by look, one LineCollection each (one artist per edge took minutes at 10k)
+    edge_styles = {"best": ("-", BEST_COLOUR, 2.8, 1.0, 4), "alive": ("-", "#555555", 1.1, 1.0, 2),
+                   "extinct": ("-", "#cccccc", 0.7, 1.0, 1), "crossover alive": ("--", CROSSOVER_COLOUR, 0.8, 0.7, 1.5),
+                   "crossover extinct": ("--", CROSSOVER_COLOUR, 0.6, 0.25, 1.5)}
+    edges: dict[str, list[Any]] = {name: [] for name in edge_styles}
+    for t in trials:
         for source, kind in ((t.parent_id, "parent"), (t.crossover_id, "crossover")):
             if source is None or source not in pos:
                 continue
-            (x0, y0), (x1, y1) = pos[source], pos[t.id]
             alive = t.id in ancestry and (kind == "crossover" or source in ancestry)
             if kind == "parent":
-                on_best = (source, t.id) in chain_edges
-                ax.plot([x0, x1], [y0, y1], "-", zorder=4 if on_best else (2 if alive else 1),
-                        color=BEST_COLOUR if on_best else ("#555555" if alive else "#cccccc"),
-                        lw=2.8 if on_best else (1.1 if alive else 0.7))
+                look = "best" if (source, t.id) in chain_edges else ("alive" if alive else "extinct")
             else:
-                ax.plot([x0, x1], [y0, y1], "--", color=CROSSOVER_COLOUR, lw=0.8 if alive else 0.6,
-                        alpha=0.7 if alive else 0.25, zorder=1.5)
+                look = "crossover alive" if alive else "crossover extinct"
+            edges[look].append([pos[source], pos[t.id]])
+    for look, lines in edges.items():
+        if lines:
+            style, colour, width, alpha, zorder = edge_styles[look]
+            ax.add_collection(LineCollection(lines, colors=[colour], linestyles=style, linewidths=width, alpha=alpha,
+                                             zorder=zorder))
     final_ids = {t.id for t in final}
+    node_size = 60 if not at_scale else 14
     for status, colour in STATUS_COLOURS.items():
-        group = [t for t in data.trials if t.status is status]
+        group = [t for t in trials if t.status is status]
         if not group:
             continue
         for members, alpha in (([t for t in group if t.id in ancestry], 1.0),
                                ([t for t in group if t.id not in ancestry], 0.35)):
             if not members:
                 continue
-            ax.scatter([pos[t.id][0] for t in members], [pos[t.id][1] for t in members], s=60, c=[colour],
-                       edgecolors="#333333", linewidths=0.8, alpha=alpha, zorder=6)
+            ax.scatter([pos[t.id][0] for t in members], [pos[t.id][1] for t in members], s=node_size, c=[colour],
+                       edgecolors="#333333", linewidths=0.8 if not at_scale else 0.3, alpha=alpha, zorder=6)
     if final:
         ax.scatter([pos[i][0] for i in final_ids], [pos[i][1] for i in final_ids], s=190, facecolors="none",
                    edgecolors=BEST_COLOUR, linewidths=1.4, zorder=8)
@@ -452,6 +526,11 @@ def figure_lineage_tree(data: ReportData, store: TrialStore) -> Any:
     # labels: every node while they fit (>= ~0.22 inch per row), else only final + best chain
     row_inch = (height - 1.6) / max(1, max_col)
     labelled = set(pos) if row_inch >= 0.22 and len(pos) <= 400 else final_ids | set(chain_ids)
+    best_ids = {data.best.id} if data.best is not None else set()
+    if len(labelled) > 120:  # a long best lineage: its labels would overprint each other
+        labelled = final_ids | best_ids
+    if at_scale and len(final_ids) > 20:  # rows are too close for 50 labels: the best one only
+        labelled = best_ids
     fontsize = 7 if row_inch >= 0.28 else 6
     for trial_id in sorted(labelled):
         x, y = pos[trial_id]
@@ -463,7 +542,7 @@ def figure_lineage_tree(data: ReportData, store: TrialStore) -> Any:
         handles.append(Line2D([], [], color=CROSSOVER_COLOUR, lw=0.9, ls="--", label="crossover source → child"))
     if chain_edges:
         handles.append(Line2D([], [], color=BEST_COLOUR, lw=2.8, label="best lineage"))
-    if len(ancestry) < len(data.trials):
+    if len(ancestry) < len(data.trials) and not at_scale:
         handles.append(Line2D([], [], color="#cccccc", lw=0.7, label="extinct branch (faint)"))
     handles.append(Line2D([], [], ls="", marker="o", ms=11, mfc="none", mec=BEST_COLOUR, label="final population"))
     if data.best is not None:
@@ -480,7 +559,11 @@ def figure_lineage_tree(data: ReportData, store: TrialStore) -> Any:
     ax.set_yticks([])
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    ax.set_title(f"{title} ({len(final)} trials; labels are trial ids; {len(data.trials)} trials in all)")
+    if at_scale:
+        ax.set_title(f"{title} ({len(final)} trials, ringed; labelled: {len(labelled)}): its warm-start ancestry, "
+                     f"{len(trials):,} of {len(data.trials):,} trials (extinct branches not drawn)", fontsize=10)
+    else:
+        ax.set_title(f"{title} ({len(final)} trials; labels are trial ids; {len(data.trials)} trials in all)")
     return fig
 
 
@@ -572,6 +655,42 @@ def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+def merge_spans(spans: Iterable[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
+    """``(start, end)`` spans joined where they overlap or are less than ``gap`` apart: back to
+    back trials make one bar (drawn as many, their edges made stripes inside a full bar)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start - merged[-1][1] < gap:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, max(start, end)])
+    return [(a, b) for a, b in merged]
+
+
+def _draw_spans(ax: Any, spans: list[tuple[float, float]], row: int, colour: str, *, merge_gap: float,
+                hatch: str | None = None) -> None:
+    """One row's bars of one kind, merged, with no edge lines (no white stripes)."""
+    bars = [(a, b - a) for a, b in merge_spans(spans, merge_gap)]
+    if bars:
+        ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=colour, linewidths=0.0, hatch=hatch, zorder=2,
+                       edgecolors="none" if hatch is None else "white")  # (a hatch is drawn in the edge colour)
+
+
+def utilisation_label(worker: str, mine: Sequence[Interval], window: float) -> str:
+    """``w0  (97% holding a trial; after its first: 99%)``. Holding a trial is not computing: a
+    worker's first trial includes its process start-up and the experiment's imports, which the
+    store cannot tell apart from training, so the share after the first trial is shown too."""
+    held = _union_length((i.start, i.end) for i in mine) / window
+    first = min(mine, key=lambda i: i.start)
+    rest = [i for i in mine if i is not first]
+    text = f"{worker}  ({100 * held:.0f}% holding a trial"
+    if rest:
+        after = max(i.end for i in mine) - first.end
+        if after > 0:
+            text += f"; after its first: {100 * _union_length((i.start, i.end) for i in rest) / after:.0f}%"
+    return text + ")"
+
+
 def figure_utilisation(data: ReportData) -> Any:
     from matplotlib.patches import Patch
 
@@ -592,15 +711,14 @@ def figure_utilisation(data: ReportData) -> Any:
     for row, worker in enumerate(workers):
         mine = [i for i in intervals if i.worker == worker]
         ax.broken_barh([((first - t0) / scale, window / scale)], (row - 0.4, 0.8), facecolors="#eeeeee", zorder=1)
-        thin = len(mine) > 150  # white separators would hide thousands of short bars
+        first_attempt = min(mine, key=lambda i: i.start)
         for outcome, colour in colours.items():
-            spans = [((i.start - t0) / scale, max((i.end - i.start) / scale, 0.0))
-                     for i in mine if i.outcome == outcome]
-            if spans:
-                ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=colour, edgecolors="none" if thin else "white",
-                               linewidths=0.0 if thin else 0.3, zorder=2)
-        busy = _union_length((i.start, i.end) for i in mine) / window
-        labels.append(f"{worker}  ({100 * busy:.0f}% busy)")
+            spans = [((i.start - t0) / scale, (i.end - t0) / scale) for i in mine
+                     if i.outcome == outcome and i is not first_attempt]
+            _draw_spans(ax, spans, row, colour, merge_gap=window / scale / 2000)
+        _draw_spans(ax, [((first_attempt.start - t0) / scale, (first_attempt.end - t0) / scale)], row,
+                    colours[first_attempt.outcome], merge_gap=0.0, hatch="////")
+        labels.append(utilisation_label(worker, mine, window))
     ax.set_yticks(range(len(workers)), labels, fontsize=9 if len(workers) <= 24 else 7)
     ax.set_ylim(-0.6, len(workers) - 0.4)
     ax.invert_yaxis()
@@ -608,10 +726,12 @@ def figure_utilisation(data: ReportData) -> Any:
                "interrupted": "busy: attempt lost, failed or stopped", "running": "busy: running now"}
     present = {i.outcome for i in intervals}
     handles = [Patch(color=colours[k], label=v) for k, v in meaning.items() if k in present]
+    handles.append(Patch(facecolor="#ffffff", edgecolor="#555555", hatch="////",
+                         label="a worker's first trial (includes start-up and imports)"))
     handles.append(Patch(facecolor="#eeeeee", edgecolor="#cccccc", label="idle"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel(f"wall time since the first trial was created ({unit})")
-    ax.set_title(f"{title} ({len(workers)} workers; busy = holding a trial)")
+    ax.set_title(f"{title} ({len(workers)} workers; busy = holding a trial, not necessarily computing)")
     ax.grid(True, axis="x", alpha=0.3)
     return fig
 
@@ -660,6 +780,15 @@ def write_report(store: TrialStore, out_dir: str | os.PathLike[str], *, now: flo
     return paths
 
 
+def steps_text(data: ReportData) -> str:
+    """``50 per trial, lineages end at step 500 (max_steps); 5,175 trained in all``: max_steps
+    is how far each lineage goes, not the compute spent (the sum over completed trials)."""
+    assert data.experiment is not None
+    trained = sum(t.steps for t in data.trials if t.status is TrialStatus.COMPLETED)
+    return (f"{data.experiment.steps_per_trial:,} per trial, lineages end at step {data.experiment.max_steps:,} "
+            f"(max_steps); {trained:,} trained in all (completed trials)")
+
+
 def _html(data: ReportData, paths: Mapping[str, Path]) -> str:
     e = html.escape
     name = data.experiment.name if data.experiment is not None else "(unknown experiment)"
@@ -671,12 +800,27 @@ def _html(data: ReportData, paths: Mapping[str, Path]) -> str:
         f"{k} {v}" for k, v in sorted(counts.items())) + ")")]
     if data.experiment is not None:
         rows += [("policy", data.experiment.policy), ("population", str(data.experiment.population)),
-                 ("steps", f"{data.experiment.steps_per_trial} per trial, {data.experiment.max_steps} in all")]
+                 ("steps", steps_text(data))]
+        population = final_population(data.trials, data.experiment)
+        if population.best is not None:
+            mean = ", ".join(f"{k} = {_fmt(v)}" for k, v in population.mean.items())
+            best_metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in (population.best.final or {}).items())
+            rows += [("final population", f"{len(population.trials)} trials ({population.at_max_steps} at max_steps "
+                                          f"{population.max_steps:,}): best trial {population.best.id}: "
+                                          f"{best_metrics}; mean {mean or '-'}")]
     if data.best is not None:
         metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in (data.best.final or {}).items())
         hparams = ", ".join(f"{k} = {_fmt(v)}" for k, v in data.best.hparams.items())
-        rows += [("best trial", f"{data.best.id} (generation {data.best.generation}, step {data.best.end_step}): "
-                                f"{metrics}"), ("its last hyperparameters", hparams)]
+        rows += [("best trial (any step)", f"{data.best.id} (generation {data.best.generation}, "
+                                           f"step {data.best.end_step}): {metrics}"),
+                 ("its last hyperparameters", hparams)]
+    with_checkpoint = [t for t in data.trials if t.checkpoint is not None]
+    collected = sum(1 for t in with_checkpoint if t.collected_at is not None)
+    if collected:  # retention: say so, the figures need no checkpoint
+        best_note = ("; the best trial's checkpoint collected: replay it from scratch"
+                     if data.best is not None and data.best.collected_at is not None else "")
+        rows += [("checkpoints", f"{len(with_checkpoint) - collected} kept, {collected} collected by "
+                                 f"retention{best_note}")]
     table = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
     generated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     sections = "\n".join(

@@ -14,10 +14,13 @@ from typing import Any
 
 from pbt_actors.control.progress import Counts
 from pbt_actors.control.progress import finished as run_is_finished
+from pbt_actors.control.retention import needed_parents
+from pbt_actors.model.errors import PbtError
+from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
 from pbt_actors.runtime.checkpoints import verify_file
 from pbt_actors.storage import indexes
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
 
 MAX_LISTED = 10  # ids named per index problem; the rest are counted
 
@@ -26,6 +29,8 @@ MAX_LISTED = 10  # ids named per index problem; the rest are counted
 class VerifyReport:
     trials: int = 0
     checkpoints_checked: int = 0
+    checkpoints_collected: int = 0
+    """Checkpoints retention deleted (their records say so); not problems, not checked."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -34,6 +39,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "trials": self.trials, "checkpoints_checked": self.checkpoints_checked,
+                "checkpoints_collected": self.checkpoints_collected,
                 "problems": list(self.problems)}
 
 
@@ -59,6 +65,7 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
             problems.append(f"status index says {store.count(status)} {status.value}, records say "
                             f"{counts.get(status, 0)}")
     _check_indexes(store, trials, problems)
+    _check_face_indexes(store, trials, problems)
     if finished is None:
         is_finished = run_is_finished(Counts.of(store, trials.values())._replace(waiting=0))
     else:
@@ -99,7 +106,11 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
         if trial.origin.kind in (OriginKind.TOURNAMENT, OriginKind.TRUNCATION, OriginKind.CONTINUE) \
                 and trial.origin.initiator is not None:
             initiated_children[trial.origin.initiator] += 1
-        if trial.status is TrialStatus.COMPLETED and trial.checkpoint is not None and checkpoint_root is not None:
+        if trial.collected_at is not None:
+            report.checkpoints_collected += 1
+            if store.checkpoint(trial.id) is not None:
+                problems.append(f"{tag}'s checkpoint is recorded collected but still in the checkpoint index")
+        elif trial.status is TrialStatus.COMPLETED and trial.checkpoint is not None and checkpoint_root is not None:
             report.checkpoints_checked += 1
             problem = verify_file(checkpoint_root, trial.checkpoint)
             if problem is not None:
@@ -107,13 +118,68 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
     for initiator, count in initiated_children.items():
         if count > 1:
             problems.append(f"trial {initiator} initiated {count} times (must be exactly once)")
+    _check_future_parents(store, trials, problems)
     return report
+
+
+def _check_future_parents(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
+    """No checkpoint that can still be a parent (``control.retention.needed_parents``) may be
+    collected or missing from the checkpoint index: a child would train from scratch."""
+    raw = store.get_meta(META_EXPERIMENT)
+    if raw is None:
+        return
+    try:
+        experiment = Experiment.from_dict(raw)
+    except PbtError as exc:
+        problems.append(f"the stored experiment definition is unreadable: {exc}")
+        return
+    held = [trials[i] for i in store.checkpoint_ids() if i in trials]
+    needed, _low = needed_parents(store, experiment, held)
+    for trial_id in sorted(needed):
+        trial = trials.get(trial_id)
+        if trial is None or trial.checkpoint is None:
+            continue
+        if trial.collected_at is not None:
+            problems.append(f"trial {trial_id}'s checkpoint was collected, but it can still be a parent "
+                            f"({needed[trial_id]})")
+        elif store.checkpoint(trial_id) is None:
+            problems.append(f"trial {trial_id}'s checkpoint is missing from the checkpoint index, but it can "
+                            f"still be a parent ({needed[trial_id]})")
 
 
 def _ids(ids: set[int]) -> str:
     listed = sorted(ids)
     more = f" and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
     return ", ".join(map(str, listed[:MAX_LISTED])) + more
+
+
+def _check_face_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
+    """The writer's indexes for the faces (best trial, current population, step totals) agree
+    with the records; each is checked only where the store keeps it. O(n x Pareto front)."""
+    from pbt_actors.storage.base import META_EXPERIMENT
+    from pbt_actors.storage.best_index import BestRule, pareto_front
+    from pbt_actors.storage.population_index import tails_of
+    from pbt_actors.storage.step_totals import charges
+
+    completed = [t for t in trials.values() if t.status is TrialStatus.COMPLETED]
+    rule = BestRule.from_experiment(store.get_meta(META_EXPERIMENT))
+    held = None if rule is None else store.best_ranked(rule.objective, 1)
+    if rule is not None and held is not None:
+        entries = [e for t in completed if (e := rule.entry(t)) is not None]
+        ranked = pareto_front(entries) if rule.pareto else sorted(entries, key=lambda e: e.order)
+        wanted = [e.trial_id for e in ranked[:1]]
+        if held != wanted:
+            problems.append(f"best index names {held or 'no trial'}, the records make {wanted or 'no trial'} best")
+    tails = store.population_tails()
+    if tails is not None and tails != tails_of(completed):
+        problems.append(f"population index lists {_ids(set(tails))}, the records make "
+                        f"{_ids(set(tails_of(completed)))} the current population")
+    totals = store.step_totals()
+    if totals is not None:
+        wanted_totals = tuple(map(sum, zip((0, 0), *(charges(t) for t in trials.values()), strict=False)))
+        if totals != wanted_totals:
+            problems.append(f"step counters say {totals[0]} leased / {totals[1]} queued, records say "
+                            f"{wanted_totals[0]} / {wanted_totals[1]}")
 
 
 def _check_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
@@ -134,6 +200,7 @@ def _check_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[s
         indexes.COMPLETED: store.completed_in_generation,
         indexes.UNINITIATED: lambda _key: store.uninitiated(),
         indexes.LEASE: store.running_leased_to,
+        indexes.FOLLOWED: store.followers,
     }
     # the records' generations and the store's highest one (a range up to a damaged store's
     # claim could be 2**32 queries long)
@@ -145,6 +212,7 @@ def _check_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[s
         indexes.CHILDREN: sorted(set(trials) | {k for i, k in implied if i is indexes.CHILDREN}),
         indexes.COMPLETED: list(generations),
         indexes.UNINITIATED: [None],
+        indexes.FOLLOWED: sorted(set(trials) | {k for i, k in implied if i is indexes.FOLLOWED}),
         # every worker the records name (the interface cannot list the index's keys)
         indexes.LEASE: sorted({k for i, k in implied if i is indexes.LEASE}
                               | {t.worker for t in trials.values() if t.worker is not None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import pytest
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.controller import Controller
 from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.runtime.worker import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from tests.support.runs import TOY, assert_complete_lineage, cli, wait_for_line
+from tests.support.runs import TOY, assert_complete_lineage, cli, drive_embedded_workers, wait_for_line
 
 
 @pytest.mark.timeout(180)
@@ -116,18 +114,7 @@ def test_embedded_controller_and_host_driven_worker_clients(tmp_path: Path) -> N
     handle = Controller.start(experiment, tmp_path / "store", "tcp://127.0.0.1:0")
     ckpt = tmp_path / "ckpt"
     try:
-        clients = [WorkerClient(handle.endpoint, train, str(ckpt), worker_id=f"embedded-{i}") for i in range(2)]
-
-        def host_loop(client: WorkerClient) -> None:
-            while client.run_one():  # the host program drives the loop itself
-                pass
-
-        threads = [threading.Thread(target=host_loop, args=(c,), daemon=True) for c in clients]
-        for thread in threads:
-            thread.start()
-        assert handle.wait(timeout_s=90)
-        for thread in threads:
-            thread.join(timeout=30)
+        clients = drive_embedded_workers(handle, train, ckpt)
         assert sum(c.trials_run for c in clients) == handle.status().total
         for client in clients:
             client.close()

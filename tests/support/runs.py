@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.checkpoints import load_checkpoint
@@ -68,3 +69,31 @@ def assert_complete_lineage(store: TrialStore, checkpoint_root: Path) -> None:
             assert state["parent_sha256"] is None
         else:
             assert state["parent_sha256"] == store.checkpoint(trial.parent_id).sha256, trial.id
+
+
+def drive_embedded_workers(handle: Any, train: Any, checkpoint_root: Path, count: int = 2,
+                           timeout_s: float = 90) -> list[Any]:
+    """``count`` in-process ``WorkerClient``s, each driven by its own thread the way a host
+    program embeds them (``while client.run_one()``), until the run finishes; the caller closes
+    the returned clients."""
+    import threading
+
+    from pbt_actors.runtime.worker import WorkerClient
+
+    clients = [WorkerClient(handle.endpoint, train, str(checkpoint_root), worker_id=f"embedded-{i}")
+               for i in range(count)]
+
+    def host_loop(client: WorkerClient) -> None:
+        while client.run_one():  # the host program drives the loop itself
+            pass
+
+    threads = [threading.Thread(target=host_loop, args=(c,), daemon=True) for c in clients]
+    for thread in threads:
+        thread.start()
+    try:
+        assert handle.wait(timeout_s=timeout_s)
+    finally:
+        for thread in threads:
+            thread.join(timeout=30)
+    return clients
+

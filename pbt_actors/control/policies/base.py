@@ -17,6 +17,7 @@ from typing import TypeAlias
 import numpy as np
 
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fitness import Metrics
 from pbt_actors.model.records import Origin, OriginKind, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage.base import TrialStore
 
@@ -82,9 +83,16 @@ Event: TypeAlias = TrialCompleted | TrialEnded | Idle
 class PopulationView:
     """What a policy may read. Every query is O(result), never a scan of the whole history."""
 
-    def __init__(self, store: TrialStore, experiment: Experiment) -> None:
+    def __init__(self, store: TrialStore, experiment: Experiment,
+                 committed_steps: Callable[[], int] | None = None) -> None:
         self._store = store
         self.experiment = experiment
+        self._committed_steps = committed_steps
+
+    def committed_steps(self) -> int:
+        """Steps charged to the budget so far, leased or queued (``control/budget.py``);
+        0 when the view was built without a ledger (no budget in play)."""
+        return self._committed_steps() if self._committed_steps is not None else 0
 
     def trial(self, trial_id: int) -> Trial:
         return self._store.get_trial(trial_id)
@@ -195,6 +203,23 @@ class Policy(ABC):
         end = min(start + self.experiment.steps_per_trial, self.experiment.max_steps)
         return TrialSpec(generation, hparams, start, end, origin, parent.id, crossover_id)
 
+    def explores(self, view: PopulationView, parent: Trial) -> bool:
+        """May a child continuing ``parent`` mutate? Always with ``explore_final``; otherwise not
+        in its lineage's last trial, where no later tournament could judge the mutation: the
+        child ends at ``max_steps``, or the budget left cannot pay for two more generations
+        (the child's and one after it)."""
+        exp = self.experiment
+        if exp.explore_final:
+            return True
+        if parent.end_step + exp.steps_per_trial >= exp.max_steps:
+            return False
+        if exp.budget_steps is not None:
+            # Left for this child's generation *and* a next one. Not "after this child": the
+            # spawns of one decision (a budget-mode generation) all see the same committed sum.
+            left = exp.budget_steps - view.committed_steps()
+            return left >= 2 * exp.population * exp.steps_per_trial
+        return True
+
     def child_or_retire(self, initiator: Trial, parent: Trial, hparams: dict[str, object], origin: Origin,
                         crossover_id: int | None = None) -> Decision:
         """``initiator``'s child continuing ``parent``'s weights, or its lineage's end at
@@ -240,6 +265,31 @@ class Policy(ABC):
     def window_ids(self, view: PopulationView, generation: int) -> list[int]:
         return view.completed_ids_in(generation - self.experiment.opponent_window + 1, generation)
 
-    def better(self, a: Trial, b: Trial) -> bool:
-        """Strictly better by the objective (ties and incomparable pairs are not better)."""
-        return self.objective.compare(a.final, b.final) > 0
+    def better(self, view: PopulationView, a: Trial, b: Trial) -> bool:
+        """Strictly better by the objective's fitness (ties and incomparable pairs are not)."""
+        return self.objective.compare(self.fitness(view, a), self.fitness(view, b)) > 0
+
+    def fitness(self, view: PopulationView, trial: Trial) -> Metrics | None:
+        """What exploit compares: ``trial.final``, or with ``Objective(smoothing=k)`` the mean of
+        the lineage's last ``k`` reports (``lineage_reports``, then ``Objective.smooth``)."""
+        if self.objective.smoothing <= 1:
+            return trial.final
+        return self.objective.smooth(lineage_reports(view, trial, self.objective.smoothing))
+
+
+def lineage_reports(view: PopulationView, trial: Trial, k: int) -> list[Metrics | None]:
+    """The last ``k`` reports of ``trial``'s lineage, oldest first, ending with its final metrics.
+
+    A trial's reports are its measurements before its end step, then its final metrics (which
+    stand for the end-step measurement: they may come from a larger evaluation). Ancestors
+    (``parent_id``: the checkpoint it continued) are read only while fewer than ``k`` are found,
+    so this costs ``ceil(k / steps_per_trial)`` record reads.
+    """
+    reports: list[Metrics | None] = []
+    current: Trial | None = trial
+    while current is not None and len(reports) < k:
+        own: list[Metrics | None] = [dict(m.metrics) for m in current.measurements if m.step < current.end_step]
+        own.append(current.final)
+        reports = own + reports
+        current = view.trial(current.parent_id) if current.parent_id is not None else None
+    return reports[-k:]

@@ -66,7 +66,7 @@ class InitiatorPolicy(Policy):
             if not initiator_usable:
                 return Retire(initiator.id, "no usable parent left for a replacement")
             winner, loser = initiator, None
-        elif not initiator_usable or self.better(opponent, initiator):
+        elif not initiator_usable or self.better(view, opponent, initiator):
             winner, loser = opponent, initiator
         else:
             winner, loser = initiator, opponent
@@ -75,7 +75,8 @@ class InitiatorPolicy(Policy):
         if loser is not None and self.experiment.crossover_prob > 0 and rng.random() < self.experiment.crossover_prob:
             hparams = self.space.crossover(hparams, loser.hparams, rng)
             crossover_id = loser.id
-        hparams = self.space.mutate(hparams, rng, self.experiment.resample_prob)
+        if (self.experiment.explore == "always" or winner is not initiator) and self.explores(view, winner):
+            hparams = self.space.mutate(hparams, rng, self.experiment.resample_prob)
         kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TOURNAMENT
         origin = Origin(kind, initiator=initiator.id, opponent=opponent.id if opponent else None,
                         winner=winner.id, replaces=replaces)

@@ -29,7 +29,7 @@ class TruncationPolicy(Policy):
         members = [t for t in view.frontier() if t.id != trial.id]
         if trial.status is TrialStatus.COMPLETED:
             members.append(trial)
-        keys = self.objective.rank_keys([t.final for t in members])
+        keys = self.objective.rank_keys([self.fitness(view, t) for t in members])
         order = sorted(range(len(members)), key=lambda i: (keys[i], -members[i].id), reverse=True)
         return [members[i] for i in order]
 
@@ -44,7 +44,8 @@ class TruncationPolicy(Policy):
             if not top:
                 return Retire(trial.id, "no member to copy from")
             source = top[int(rng.integers(len(top)))]
-            hparams = self.space.mutate(source.hparams, rng, self.experiment.resample_prob)
+            hparams = (self.space.mutate(source.hparams, rng, self.experiment.resample_prob)
+                       if self.explores(view, source) else dict(source.hparams))
             kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TRUNCATION
             origin = Origin(kind, initiator=trial.id, winner=source.id, replaces=replaces)
             parent = source

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pbt_actors import Experiment, Float
+from pbt_actors import Experiment, Float, Retention
 
 ALPHA = 0.02
 
@@ -46,6 +46,7 @@ def make_experiment(name: str, **overrides: Any) -> Experiment:
         heartbeat_s=0.2,
         max_attempts=int(knob("FAULT_MAX_ATTEMPTS", 3)),
         seed=int(knob("FAULT_SEED", 0)),
+        retention=Retention(enabled=False),  # the fault tests audit every checkpoint file after the run
     )
     settings.update(overrides)
     return Experiment(**settings)

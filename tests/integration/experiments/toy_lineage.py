@@ -3,7 +3,7 @@ tests can prove every child warm-started from exactly its parent's file."""
 
 import os
 
-from pbt_actors import Experiment, Float
+from pbt_actors import Experiment, Float, Retention
 
 experiment = Experiment(
     name="toy_lineage",
@@ -17,6 +17,7 @@ experiment = Experiment(
     lease_s=float(os.environ.get("TOY_LEASE_S", "30")),
     heartbeat_s=0.2,
     seed=int(os.environ.get("TOY_SEED", "0")),
+    retention=Retention(enabled=False),  # the tests audit every checkpoint file after the run
 )
 
 STEP_SLEEP_S = float(os.environ.get("TOY_STEP_SLEEP_S", "0"))

@@ -1,0 +1,115 @@
+"""``pbt-actors gc`` and ``pbt-actors pin``: checkpoint retention for a stopped store.
+
+    pbt-actors gc  --store DIR [--checkpoint-root DIR|URL] [--dry-run] [--force] [--json]
+    pbt-actors pin --store DIR TRIAL_ID [--unpin] [--json]
+
+A running controller collects by itself (``runtime.retention.Collector``); these commands
+open the store as its writer, so they refuse a store whose controller still runs (the
+writer lock names it). ``gc --dry-run`` lists what would be deleted and why the rest stays;
+``--force`` collects even when the experiment was run with retention off. A pinned trial's
+checkpoint is never collected, by either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pbt_actors.model.errors import ConfigError
+
+
+def _open_writer(store_dir: str) -> Any:
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+
+    path = Path(store_dir).resolve()
+    if not (path / "data.mdb").exists():
+        raise ConfigError(f"no pbt-actors store at {path}")
+    return LmdbTrialStore(path)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from pbt_actors.cli.summary import stored_experiment
+    from pbt_actors.runtime.retention import checkpoint_deleter, collect_store
+    from pbt_actors.storage.checkpoint_urls import normalize_root
+
+    root = normalize_root(args.checkpoint_root or Path(args.store) / "checkpoints")
+    with _open_writer(args.store) as store:
+        experiment = stored_experiment(store)
+        if experiment is None:
+            raise ConfigError(f"the store at {args.store} holds no experiment yet")
+        if not experiment.retention.enabled and not args.force and not args.dry_run:
+            raise ConfigError(f"experiment {experiment.name!r} was run with retention off; "
+                              "use --force to collect anyway (or --dry-run to see what would go)")
+        result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True)
+        keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
+    deletes = [{"trial": i, "uri": uri} for i, uri in result.targets]
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "checkpoint_root": root, "held": len(result.plan.held),
+                          "bound": result.plan.bound, "delete": deletes, "deleted": result.deleted,
+                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors}))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for item in deletes:
+            print(f"{verb} trial {item['trial']}: {item['uri']}")
+        print(f"{verb} {len(deletes) if args.dry_run else len(result.deleted)} of {len(result.plan.held)} held "
+              f"checkpoint(s), {result.bytes_freed} bytes; keeping {len(keep)} (bound {result.plan.bound}) "
+              f"under {root}")
+        for trial_id, why in keep.items():
+            print(f"keep trial {trial_id}: {why}")
+        for line in result.errors:
+            print(f"error: {line}")
+    return 1 if result.errors else 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from pbt_actors.control.retention import META_PINS, read_pins
+
+    with _open_writer(args.store) as store:
+        trial = store.find_trial(args.trial_id)
+        if trial is None:
+            raise ConfigError(f"no trial {args.trial_id} in {args.store}")
+        pins = set(read_pins(store))
+        if args.unpin:
+            pins.discard(trial.id)
+        else:
+            if trial.collected_at is not None:
+                raise ConfigError(f"trial {trial.id}'s checkpoint was already collected; replay it from "
+                                  "scratch (`pbt-actors replay --trial`)")
+            pins.add(trial.id)
+        with store.batch():
+            store.put_meta(META_PINS, sorted(pins))
+    if args.json:
+        print(json.dumps({"trial": trial.id, "pinned": not args.unpin, "pins": sorted(pins)}))
+    else:
+        print(f"trial {trial.id} {'unpinned' if args.unpin else 'pinned'}; pins: {sorted(pins) or 'none'}")
+    return 0
+
+
+def _trial_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a trial id") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("trial ids start at 1")
+    return value
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``gc`` and ``pin``."""
+    gc = sub.add_parser("gc", help="delete checkpoints no trial can need any more (a stopped store)")
+    gc.add_argument("--store", required=True)
+    gc.add_argument("--checkpoint-root", default=None, help="checkpoint folder or URL (default <store>/checkpoints)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    gc.add_argument("--force", action="store_true", help="collect even if the run had retention off")
+    gc.add_argument("--json", action="store_true")
+    gc.set_defaults(func=cmd_gc)
+
+    pin = sub.add_parser("pin", help="keep a trial's checkpoint forever (or --unpin)")
+    pin.add_argument("trial_id", type=_trial_id)
+    pin.add_argument("--store", required=True)
+    pin.add_argument("--unpin", action="store_true")
+    pin.add_argument("--json", action="store_true")
+    pin.set_defaults(func=cmd_pin)

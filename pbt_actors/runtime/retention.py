@@ -1,0 +1,195 @@
+"""Carrying out checkpoint retention: deleting files off the hot path, then recording it.
+
+Layer 4. ``pbt_actors.control.retention`` decides (pure); this module acts:
+
+* ``Collector`` — a background thread next to the running controller. It wakes when trials
+  complete (``nudge``) or every ``interval_s``, asks the controller actor for a plan (a short
+  read on the actor's thread), deletes the files on *its own* thread (slow I/O, object-store
+  round trips), then asks the actor to record the deletions in one batched commit. Leasing
+  never waits for a deletion; a plan computed from an older snapshot stays valid because a
+  checkpoint that is no longer needed never becomes needed again.
+* ``collect_store`` — the same for a stopped store (``pbt-actors gc``), with ``dry_run``.
+* ``local_deleter`` — the default deletion for a local checkpoint folder. Deleters are plain
+  ``Callable[[str], None]`` taking a checkpoint uri and idempotent (a missing file is fine), so
+  ``CheckpointStore.delete`` of any storage backend drops in unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbt_actors.control.retention import RetentionPlan, plan_retention, read_pins, record_collected
+from pbt_actors.model.errors import StoreFull, StoreRetry
+from pbt_actors.model.experiment import Experiment
+from pbt_actors.runtime.checkpoints import inside_root
+from pbt_actors.storage.base import TrialStore
+
+log = logging.getLogger(__name__)
+
+Deleter = Callable[[str], None]
+"""Deletes one checkpoint by its uri; idempotent (deleting what is gone is not an error)."""
+
+MAX_STORE_RETRIES = 8
+
+
+def local_deleter(root: str | Path) -> Deleter:
+    """Delete checkpoint files under a local ``root`` (refusing uris that escape it)."""
+
+    def delete(uri: str) -> None:
+        inside_root(root, uri).unlink(missing_ok=True)
+
+    return delete
+
+
+def checkpoint_deleter(root: str | Path) -> Deleter:
+    """The deleter for a checkpoint root: ``local_deleter`` for a folder, the storage
+    backend's idempotent ``CheckpointStore.delete`` for a URL (``s3://...``)."""
+    text = str(root)
+    if "://" not in text or text.startswith("file://"):
+        return local_deleter(text.removeprefix("file://"))
+    from pbt_actors.runtime.checkpoints import store_for
+
+    return store_for(text).delete
+
+
+def uris_of(store: TrialStore, trial_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """``(trial id, checkpoint uri)`` of each id still in the checkpoint index."""
+    out = []
+    for trial_id in trial_ids:
+        ref = store.checkpoint(trial_id)
+        if ref is not None:
+            out.append((trial_id, ref.uri))
+    return out
+
+
+def delete_all(targets: Sequence[tuple[int, str]], delete: Deleter) -> tuple[list[int], list[str]]:
+    """Delete each uri; the ids whose file is gone, and one line per failure (kept for next
+    time: a checkpoint is recorded collected only once its file is really gone)."""
+    gone: list[int] = []
+    errors: list[str] = []
+    for trial_id, uri in targets:
+        try:
+            delete(uri)
+        except Exception as exc:  # any backend's error: log, keep the index entry, retry later
+            errors.append(f"trial {trial_id}: cannot delete {uri}: {type(exc).__name__}: {exc}")
+            continue
+        gone.append(trial_id)
+    return gone, errors
+
+
+def record_with_retries(store: TrialStore, trial_ids: Sequence[int], now: float) -> list[int]:
+    """``record_collected`` re-run when the store had to grow its map (``StoreRetry``)."""
+    for _ in range(MAX_STORE_RETRIES):
+        try:
+            return record_collected(store, trial_ids, now)
+        except StoreRetry:
+            continue
+    raise RuntimeError("could not record collected checkpoints after repeated store growth")
+
+
+@dataclass
+class GcResult:
+    """What one collection did (or, dry, would do)."""
+
+    plan: RetentionPlan
+    targets: list[tuple[int, str]]
+    deleted: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
+def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *, dry_run: bool = False,
+                  now: float | None = None, force: bool = False) -> GcResult:
+    """One collection over a store nobody else writes (``pbt-actors gc``).
+
+    ``force`` collects even when the experiment has retention disabled (the user asked).
+    """
+    if force and not experiment.retention.enabled:
+        from dataclasses import replace
+
+        experiment = replace(experiment, retention=replace(experiment.retention, enabled=True))
+    plan = plan_retention(store, experiment, read_pins(store))
+    targets = uris_of(store, plan.delete)
+    result = GcResult(plan, targets)
+    sizes = {i: ref.bytes for i in plan.delete if (ref := store.checkpoint(i)) is not None}
+    if dry_run or not targets:
+        result.bytes_freed = sum(sizes.values())
+        return result
+    gone, result.errors = delete_all(targets, delete)
+    result.deleted = record_with_retries(store, gone, time.time() if now is None else now)
+    result.bytes_freed = sum(sizes[i] for i in result.deleted)
+    return result
+
+
+class Collector(threading.Thread):
+    """The running controller's collector thread (see the module docstring).
+
+    ``plan()`` returns the ``(trial id, uri)`` pairs that may be deleted (asked of the
+    controller actor); ``record(ids)`` records them collected (also the actor's job, as the
+    only store writer). Both are injected so this thread knows nothing about actors.
+    """
+
+    def __init__(self, plan: Callable[[], list[tuple[int, str]]], record: Callable[[list[int]], object],
+                 delete: Deleter, interval_s: float = 5.0) -> None:
+        super().__init__(name="pbt-retention-collector", daemon=True)
+        self._plan_fn = plan
+        self._record_fn = record
+        self._delete_fn = delete
+        self.interval_s = interval_s
+        self._wake_event = threading.Event()
+        self._halt = threading.Event()
+        self._collect_lock = threading.Lock()  # one collection at a time (the loop, or the final pass)
+        self.deleted = 0
+        """Checkpoints deleted and recorded so far (for logs and tests)."""
+
+    def nudge(self) -> None:
+        """Trials completed: collect soon (cheap; called by the bridge after a report batch)."""
+        self._wake_event.set()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._wake_event.wait(self.interval_s)
+            self._wake_event.clear()
+            if self._halt.is_set():
+                return
+            self.collect_once()
+
+    def collect_once(self) -> int:
+        """Plan, delete, record. Never raises: a failed collection is logged and retried later."""
+        with self._collect_lock:
+            try:
+                targets = self._plan_fn()
+                if not targets:
+                    return 0
+                gone, errors = delete_all(targets, self._delete_fn)
+                for line in errors:
+                    log.warning("retention: %s", line)
+                if gone:
+                    self._record_fn(gone)
+                self.deleted += len(gone)
+                log.debug("retention: collected %d checkpoint(s)", len(gone))
+                return len(gone)
+            except StoreFull as exc:
+                # the controller stops serving and says so once (exit 75); a traceback here
+                # would only repeat it, and no later collection can commit either
+                log.warning("retention: stopped, the store cannot commit: %s", exc)
+                self._halt.set()
+                return 0
+            except Exception:
+                log.exception("retention: a collection failed; the next one retries")
+                return 0
+
+    def stop(self, final_pass: bool = True) -> None:
+        """Stop the thread; with ``final_pass``, collect once more (a finished run keeps only
+        its best and pinned checkpoints)."""
+        self._halt.set()
+        self._wake_event.set()
+        if self.is_alive():
+            self.join(timeout=30)
+        if final_pass:
+            self.collect_once()

@@ -1,0 +1,75 @@
+"""``--devices`` → per-worker ``CUDA_VISIBLE_DEVICES`` (runtime/launch.py), honouring the
+GPUs a cluster manager granted through ``CUDA_VISIBLE_DEVICES``.
+
+``nvidia-smi`` does not exist here, so its GPU count (``launch.gpu_count``) is the one thing
+replaced; everything else is the real code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pbt_actors.model.errors import ConfigError
+from pbt_actors.runtime import launch
+from pbt_actors.runtime.launch import device_slots, visible_devices, worker_specs
+
+TOY = Path(__file__).resolve().parents[2] / "examples" / "toy_quadratic.py"
+
+
+@pytest.fixture
+def gpus(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    def have(count: int, visible: str | None = None) -> None:
+        monkeypatch.setattr(launch, "gpu_count", lambda: count)
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    return have
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), ("", []), ("2,3", ["2", "3"]), (" 1 , 0 ", ["1", "0"]), ("0,-1,1", ["0"]), ("-1", []),
+    ("GPU-8f2a,MIG-77c1", ["GPU-8f2a", "MIG-77c1"]),
+])
+def test_visible_devices_reads_the_variable_as_cuda_does(value: str | None, expected: list[str] | None) -> None:
+    assert visible_devices({} if value is None else {"CUDA_VISIBLE_DEVICES": value}) == expected
+
+
+def test_without_the_variable_every_gpu_nvidia_smi_lists_gets_a_worker(gpus: Callable[..., None]) -> None:
+    gpus(2)
+    assert device_slots("all", None) == ["0", "1"]
+    assert device_slots("all", 4) == ["0", "1", "0", "1"]
+    assert device_slots("1", None) == ["1"]
+    with pytest.raises(ConfigError, match="this machine has GPUs 0-1, not GPU 2"):
+        device_slots("0,2", None)
+
+
+def test_granted_gpus_are_the_ones_the_workers_get(gpus: Callable[..., None]) -> None:
+    gpus(8, "2,3")  # e.g. SLURM's binding on an 8-GPU node
+    assert device_slots("all", None) == ["2", "3"]
+    assert device_slots("all", 3) == ["2", "3", "2"]
+    assert device_slots("1", None) == ["3"]  # an index into what was granted, as CUDA numbers them
+    with pytest.raises(ConfigError, match=r"CUDA_VISIBLE_DEVICES='2,3' makes 2 GPU\(s\) visible \(0-1\), not GPU 2"):
+        device_slots("2", None)
+
+
+def test_hidden_gpus_mean_cpu_workers_and_no_gpu_at_all_wins_over_the_variable(gpus: Callable[..., None]) -> None:
+    gpus(2, "")
+    assert device_slots("all", 2) == [None, None]
+    with pytest.raises(ConfigError, match="makes 0 GPU"):
+        device_slots("0", None)
+    gpus(0, "0")  # the variable names a GPU this machine does not have: CPU, not a fake GPU worker
+    assert device_slots("all", 1) == [None]
+    with pytest.raises(ConfigError, match="no GPU"):
+        device_slots("0", None)
+
+
+def test_worker_ids_name_gpus_by_index_also_when_granted_by_uuid(gpus: Callable[..., None], tmp_path: Path) -> None:
+    gpus(2, "GPU-8f2a,GPU-77c1")
+    specs = worker_specs(str(TOY), "tcp://127.0.0.1:9", str(tmp_path), "all", 3, prefix="h")
+    assert [spec.id for spec in specs] == ["h-w0-gpu0", "h-w1-gpu1", "h-w2-gpu0"]
+    gpus(4, "2,3")
+    specs = worker_specs(str(TOY), "tcp://127.0.0.1:9", str(tmp_path), "all", None, prefix="h")
+    assert [spec.id for spec in specs] == ["h-w0-gpu2", "h-w1-gpu3"]
