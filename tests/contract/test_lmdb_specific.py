@@ -512,7 +512,10 @@ def test_a_readonly_process_reads_while_the_writer_commits(store_path: Path) -> 
             writer.create_trial(make_spec(), float(i))
         spun = reader.receive()
         assert spun["count"] == target and spun["reads"] >= 1
-        assert spun["map_size"] == writer.map_size  # the reader adopted every growth
+        # LMDB tells a reader the map grew only when the pages in use pass its own map (a write
+        # that grew the map and then fit in the old size, reusing freed pages, leaves it as it
+        # was): the reader follows whenever it must, never past the writer
+        assert spun["map_size"] <= writer.map_size
         assert spun["resizes"] > seen["resizes"]
         assert reader.ask("write") == {"error": "StoreError"}
     finally:
