@@ -50,7 +50,7 @@ TRACE_ENV = "PBT_CHAOS_TRACE"
 
 # --- the experiment side: loaded by `pbt-actors run` and its worker processes ------------------
 if os.environ.get(TARGET_ENV):
-    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.runtime.host.launch import load_experiment_file
 
     experiment, _target_train = load_experiment_file(os.environ[TARGET_ENV])
     _trace_fd: int | None = None
@@ -75,7 +75,7 @@ if os.environ.get(TARGET_ENV):
 def worker_pids(checkpoint_root: Path) -> dict[str, int]:
     """Live worker processes of this run: ``worker id -> pid``, from the host state file the
     supervisor publishes under the checkpoint root (what ``pbt-actors status`` reads)."""
-    from pbt_actors.runtime.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_supervisor import read_host_states
 
     out: dict[str, int] = {}
     for child in (c for state in read_host_states(checkpoint_root) for c in state["children"]):

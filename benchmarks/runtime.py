@@ -115,8 +115,8 @@ def raw_echo_cycles(workers: int, seconds: float) -> float:
 # --- (a) controller cycles --------------------------------------------------------------------------
 def _controller_client(address: str, name: str, seconds: float, counter: mp.Value,  # type: ignore[valid-type]
                        piggyback: bool) -> None:
+    from pbt_actors.model.protocol import Report, RequestTrial, TrialAssignment
     from pbt_actors.transport.endpoints import WorkerEndpoint
-    from pbt_actors.transport.messages import Report, RequestTrial, TrialAssignment
 
     endpoint = WorkerEndpoint(address, name)
     done, deadline = 0, time.monotonic() + seconds
@@ -139,7 +139,7 @@ def _controller_client(address: str, name: str, seconds: float, counter: mp.Valu
 def controller_cycles(workers: int, seconds: float, piggyback: bool = False) -> tuple[float, int]:
     from pbt_actors.model.experiment import Experiment
     from pbt_actors.model.space import Float
-    from pbt_actors.runtime.controller import Controller
+    from pbt_actors.runtime.controller.controller_actor import Controller
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     experiment = Experiment(name="bench", space={"x": Float(0.0, 1.0)}, objective="score", population=64,
@@ -163,8 +163,8 @@ def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
     """Per trial: (report sent → next ``train`` entered, report acknowledged → next ``train``)."""
     from pbt_actors.model.experiment import Experiment
     from pbt_actors.model.space import Float
-    from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.worker import WorkerClient
+    from pbt_actors.runtime.controller.controller_actor import Controller
+    from pbt_actors.runtime.worker.worker_client import WorkerClient
 
     experiment = Experiment(name="gap", space={"x": Float(0.0, 1.0)}, objective="score", population=8,
                             steps_per_trial=1, max_steps=10**9, max_trials=trials, lease_s=600)
@@ -196,8 +196,8 @@ def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
 
 # --- (c) digits ---------------------------------------------------------------------------------------------
 def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
-    from pbt_actors.runtime.context import TrialContext
-    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.runtime.host.launch import load_experiment_file
+    from pbt_actors.runtime.worker.trial_context import TrialContext
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
     example = REPO / "examples" / "digits.py"
@@ -210,7 +210,8 @@ def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
         wall = time.monotonic() - started
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import torch, sklearn.datasets, pbt_actors.runtime.worker"], check=True)
+        warm_imports = "import torch, sklearn.datasets, pbt_actors.runtime.worker.worker_client"
+        subprocess.run([sys.executable, "-c", warm_imports], check=True)
         startup = time.monotonic() - t0
         # the floor: every trial's training again, back to back, in this process, no framework
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -260,8 +261,8 @@ if "worker-process" in sys.argv:
 
 def worker_start(starts: int) -> dict[str, object]:
     """Seconds from ``factory()`` to the probe's first line and to "torch ready", per start."""
-    from pbt_actors.runtime.launch import load_experiment_file, worker_specs
-    from pbt_actors.runtime.zygote import Zygote
+    from pbt_actors.runtime.host.launch import load_experiment_file, worker_specs
+    from pbt_actors.runtime.host.zygote import Zygote
 
     samples: dict[str, list[tuple[float, float]]] = {"fork": [], "fresh": []}
     with tempfile.TemporaryDirectory() as tmp:

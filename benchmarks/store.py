@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import lmdb
 
 from pbt_actors.model.records import Origin, OriginKind, TrialSpec, TrialStatus
-from pbt_actors.storage.base import TrialStore
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 VALUE_BYTES = 300
 

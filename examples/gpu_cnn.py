@@ -14,7 +14,7 @@ steps), so it is tested on machines without a GPU.
   disk, no host-to-device copies per batch), so every worker sees the same data.
 * CUDA only inside ``train``: this file touches no CUDA at import, which keeps the worker
   zygote usable (a process that touched CUDA cannot fork children that use it; see
-  ``pbt_actors/runtime/zygote.py``). ``ctx.device`` is ``cuda:0`` in a worker pinned to a GPU
+  ``pbt_actors/runtime/host/zygote.py``). ``ctx.device`` is ``cuda:0`` in a worker pinned to a GPU
   (``CUDA_VISIBLE_DEVICES``), else ``cpu``.
 * A step is ``BATCHES_PER_STEP`` minibatches (fewer on the CPU); every step is evaluated
   and reported. Checkpoints go through ``torch_helpers`` (``weights_only=True``-safe) and load

@@ -32,10 +32,10 @@ _EXPORTS: dict[str, str] = {
     # layer 3: the pure controller
     "ControllerCore": "pbt_actors.control.core",
     # layer 4 and 5: the embedding API
-    "Controller": "pbt_actors.runtime.controller",
-    "ControllerHandle": "pbt_actors.runtime.controller",
-    "WorkerClient": "pbt_actors.runtime.worker",
-    "TrialContext": "pbt_actors.runtime.context",
+    "Controller": "pbt_actors.runtime.controller.controller_actor",
+    "ControllerHandle": "pbt_actors.runtime.controller.controller_actor",
+    "WorkerClient": "pbt_actors.runtime.worker.worker_client",
+    "TrialContext": "pbt_actors.runtime.worker.trial_context",
     "run_inprocess": "pbt_actors.tools.inprocess",
 }
 

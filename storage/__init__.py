@@ -3,8 +3,8 @@
 Layer 2: imports only the data model (``pbt_actors.model.records`` and friends), never the shell.
 """
 
-from pbt_actors.storage.base import TrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 __all__ = ["InMemoryTrialStore", "LmdbTrialStore", "TrialStore"]
 

@@ -43,7 +43,7 @@ from pbt_actors.storage.checkpoint_store import (
 OPTIONS_ENV = "PBT_ACTORS_STORAGE_OPTIONS"
 PART_BYTES_ENV = "PBT_ACTORS_UPLOAD_PART_BYTES"
 DEFAULT_PART_BYTES = 50 * 2**20
-"""s3fs's own default part size (measured no slower: benchmarks/checkpoints.py)."""
+"""s3fs's own default part size (measured no slower: benchmarks/checkpoint_io.py)."""
 MIN_PART_BYTES = 5 * 2**20
 """S3's smallest allowed part (all but the last)."""
 _MULTIPART_PROTOCOLS = ("s3", "s3a")

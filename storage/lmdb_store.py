@@ -61,14 +61,6 @@ from pbt_actors.model.errors import SchemaVersionError, StoreError, StoreFull, S
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import schema, step_totals
-from pbt_actors.storage.base import (
-    META_EXPERIMENT,
-    TRIAL_ID_COUNTER,
-    TrialStore,
-    check_spec,
-    check_transition,
-    status_counter,
-)
 from pbt_actors.storage.best_index import (
     FRONT,
     META_BEST_INDEX,
@@ -82,6 +74,14 @@ from pbt_actors.storage.best_index import (
 from pbt_actors.storage.index_mirror import MIRRORED, IndexMirror
 from pbt_actors.storage.indexes import ADD, STATUS, index_edits
 from pbt_actors.storage.population_index import META_POPULATION_INDEX, tail_edits, tails_of
+from pbt_actors.storage.trial_store import (
+    META_EXPERIMENT,
+    TRIAL_ID_COUNTER,
+    TrialStore,
+    check_spec,
+    check_transition,
+    status_counter,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -19,14 +19,6 @@ from pbt_actors.model import wire
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage import step_totals
-from pbt_actors.storage.base import (
-    META_EXPERIMENT,
-    TRIAL_ID_COUNTER,
-    TrialStore,
-    check_spec,
-    check_transition,
-    status_counter,
-)
 from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestEntry, BestRule, pareto_front
 from pbt_actors.storage.indexes import (
     ADD,
@@ -43,6 +35,14 @@ from pbt_actors.storage.indexes import (
     index_edits,
 )
 from pbt_actors.storage.population_index import META_POPULATION_INDEX, tail_edits
+from pbt_actors.storage.trial_store import (
+    META_EXPERIMENT,
+    TRIAL_ID_COUNTER,
+    TrialStore,
+    check_spec,
+    check_transition,
+    status_counter,
+)
 
 
 class InMemoryTrialStore(TrialStore):

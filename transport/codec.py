@@ -30,7 +30,7 @@ from typing import Any
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import ProtocolError, SchemaError, WireError
-from pbt_actors.transport.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
+from pbt_actors.model.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_REQUEST_ID = 2**63  # exclusive: ids are in [0, 2**63)

@@ -34,8 +34,8 @@ import zmq
 
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.model.errors import MessageTooLarge, ProtocolError, RequestTimeout
+from pbt_actors.model.protocol import REPLY_TYPES, REQUEST_TYPES, Message
 from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
-from pbt_actors.transport.messages import REPLY_TYPES, REQUEST_TYPES, Message
 from pbt_actors.transport.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class ControllerEndpoint(_Owned):
     (larger frames are dropped by ZeroMQ and their sender disconnected; not applied on
     inproc, where the codec's own size check still rejects them), high-water marks of
     ``ROUTER_HWM``. With ``curve_secret_key`` the socket is a CURVE server; authorising client
-    keys is the caller's job (``pbt_actors.transport.security.start_authenticator`` on the same context).
+    keys is the caller's job (``pbt_actors.transport.curve.start_authenticator`` on the same context).
     """
 
     def __init__(self, bind: str, *, context: zmq.Context | None = None,

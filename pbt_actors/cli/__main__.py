@@ -2,7 +2,7 @@
 
 import os
 
-from pbt_actors.cli.app import console_main
+from pbt_actors.cli.main import console_main
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -19,21 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.cli import arguments
+from pbt_actors.cli.bind_security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.live import LiveProgress
-from pbt_actors.cli.security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_summary
+from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_SIGINT, EXIT_SIGTERM
 
 log = logging.getLogger(__name__)
 
 
-EXIT_NO_CONTROLLER = 69
-"""``worker``: no reply from the controller for ``--controller-timeout`` seconds; the host gave
-up (sysexits' EX_UNAVAILABLE). The same number as ``runtime.worker_process.EXIT_NO_CONTROLLER``
-(tested), spelled out here so that ``--help`` needs no runtime import."""
-EXIT_SIGTERM = 143
-"""``worker``: stopped by SIGTERM (a cluster manager's preemption) before the run was done; the
-workers handed their trials back (128 + 15, what a shell reports for a SIGTERM, so that a
-Kubernetes Job or SLURM sees a stopped task, not a completed one). SIGINT: 130."""
 
 
 class StopOnSignal:
@@ -102,10 +95,10 @@ def finished_store_message(store_dir: Path, previous: dict[str, Any], experiment
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
-    from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
-    from pbt_actors.runtime.retention import checkpoint_deleter
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
+    from pbt_actors.runtime.controller.controller_actor import Controller
+    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
     check_open_bind(args.bind, args.insecure, "`run` has no CURVE: keep --bind on 127.0.0.1, or run "
@@ -227,8 +220,8 @@ def _start_controller(controller: Any, experiment: Any, store_dir: Path, bind: s
 
 def _file_meta(experiment_file: str) -> dict[str, Any]:
     """The store's record of the experiment file (path and sha256), for ``replay``'s default."""
-    from pbt_actors.storage.base import META_EXPERIMENT_FILE
-    from pbt_actors.tools.experiment_file import experiment_file_record
+    from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
+    from pbt_actors.tools.experiment_source import experiment_file_record
 
     return {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
 
@@ -238,7 +231,7 @@ def _start_zygote(args: argparse.Namespace) -> Any:
     if getattr(args, "no_zygote", False):
         return None
     from pbt_actors.model.errors import ZygoteError
-    from pbt_actors.runtime.zygote import Zygote
+    from pbt_actors.runtime.host.zygote import Zygote
 
     try:
         return Zygote.start()
@@ -253,8 +246,8 @@ def _close_zygote(zygote: Any) -> None:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.runtime.controller.controller_actor import Controller
+    from pbt_actors.runtime.host.launch import load_experiment_file
 
     experiment, _ = load_experiment_file(args.experiment)
     store_dir = Path(args.store).resolve()
@@ -262,7 +255,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     try:
         delete = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
-            from pbt_actors.runtime.retention import checkpoint_deleter
+            from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
             delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
@@ -295,8 +288,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.host_supervisor import HostSupervisor, host_state_path
-    from pbt_actors.runtime.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
     device_slots(args.devices, args.workers)
@@ -331,10 +324,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _worker_exit_code(args: argparse.Namespace, children: list[Any], stop: StopOnSignal) -> int:
     """``worker``'s exit code (its ``--help`` lists them) and the line that explains it."""
-    from pbt_actors.runtime.worker_process import EXIT_NO_CONTROLLER as WORKER_NO_CONTROLLER
 
     failures = [c for c in children if c.state == "gave_up"]
-    no_controller = [c for c in failures if c.last_exit == WORKER_NO_CONTROLLER]
+    no_controller = [c for c in failures if c.last_exit == EXIT_NO_CONTROLLER]
     if no_controller and not stop.requested:
         print(f"pbt-actors: no controller at {args.connect} for {args.controller_timeout:g} s; giving up",
               file=sys.stderr)
@@ -342,7 +334,7 @@ def _worker_exit_code(args: argparse.Namespace, children: list[Any], stop: StopO
     for child in failures:
         print(f"worker {child.id} gave up: {child.reason}", file=sys.stderr)
     if stop.requested:
-        return 130 if stop.signum == signal.SIGINT else EXIT_SIGTERM
+        return EXIT_SIGINT if stop.signum == signal.SIGINT else EXIT_SIGTERM
     return 1 if failures else 0
 
 
@@ -373,7 +365,7 @@ def _seconds(text: str) -> float:
 
 def cmd_worker_process(args: argparse.Namespace) -> int:
     """One worker process, as a fresh interpreter: the runtime parses its own arguments."""
-    from pbt_actors.runtime.worker_process import main as worker_process_main
+    from pbt_actors.runtime.worker.worker_process import main as worker_process_main
 
     return worker_process_main(args.argv)
 
@@ -448,7 +440,7 @@ def add_parsers(sub: Any) -> None:
                           "zygote (for experiment files that are not fork-safe: CUDA or threads at import)")
     wrk.set_defaults(func=cmd_worker)
 
-    # internal: every argument goes to pbt_actors.runtime.worker_process unparsed ("\0": no options here)
+    # internal: every argument goes to pbt_actors.runtime.worker.worker_process unparsed ("\0": no options here)
     proc = sub.add_parser("worker-process", add_help=False, prefix_chars="\0")
     proc.add_argument("argv", nargs=argparse.REMAINDER)
     proc.set_defaults(func=cmd_worker_process)

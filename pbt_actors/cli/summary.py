@@ -17,7 +17,7 @@ from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 
 
 def open_store_readonly(store_dir: str | Path) -> AbstractContextManager[Any]:

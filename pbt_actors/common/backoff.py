@@ -2,9 +2,9 @@
 
 Layer 0: imports nothing of ours. Every retry in pbt_actors waits ``Backoff.delay(n)`` before
 its n-th retry (0-based): the supervisor before restarting a crashed worker
-(``runtime/restart_rules.py``), a worker's DEALER before resending an unanswered request
+(``runtime/host/restart_rules.py``), a worker's DEALER before resending an unanswered request
 (``transport/endpoints.py``), and a worker before sending again a report the controller
-could not apply (``runtime/worker.py``).
+could not apply (``runtime/worker/worker_client.py``).
 
 Pure: no sleeping and no clock here. The caller waits the delay the way that suits it (an
 ``Event.wait`` that a preemption interrupts, a socket poll, a scheduled restart), which is

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 
 def trial_cost(trial: Trial) -> int:

@@ -60,10 +60,7 @@ from pbt_actors.control.policies import (
 from pbt_actors.control.progress import run_finished
 from pbt_actors.model.errors import ConfigError, SchemaError, StoreRetry, TrialNotFound
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
-from pbt_actors.model.rng import decision_rng
-from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, META_RUN_ID, TrialStore
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Done,
     Error,
@@ -79,6 +76,9 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
+from pbt_actors.model.rng import decision_rng
+from pbt_actors.storage.trial_store import META_EXPERIMENT, META_FINISHED_AT, META_RUN_ID, TrialStore
 
 log = logging.getLogger(__name__)
 

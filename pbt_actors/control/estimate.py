@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 if TYPE_CHECKING:
     from pbt_actors.model.experiment import Experiment

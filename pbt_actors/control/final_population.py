@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 if TYPE_CHECKING:  # only its objective is used: importing it (numpy) is the caller's business
     from pbt_actors.model.experiment import Experiment

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import META_FINISHED_AT, TrialStore
+from pbt_actors.storage.trial_store import META_FINISHED_AT, TrialStore
 
 if TYPE_CHECKING:  # only its objective is used: importing it (numpy) is the caller's business
     from pbt_actors.model.experiment import Experiment

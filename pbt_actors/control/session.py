@@ -44,7 +44,7 @@ Why a class of its own: these rules used to live in the ZeroMQ bridge thread, wh
 socket tests could reach them and the simulator, which drives ``ControllerCore`` directly,
 never exercised them. Here they are plain data structures and an injected clock (every
 method takes ``now``; when omitted, ``clock()`` is read), with no sockets, threads or actors,
-so the bridge (``runtime/controller.py``, wall-clock monotonic time), the simulator
+so the bridge (``runtime/controller/controller_actor.py``, wall-clock monotonic time), the simulator
 (``tools/sim/engine.py``, virtual time) and unit tests all run the same code.
 
 One round with the core::
@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Done,
     Error,
     Fail,

@@ -48,7 +48,7 @@ ERROR_CODES = (
     "host_taken",  # another live supervisor said hello with this host id
     "not_owner",  # worker_lost for a worker that the sender's host does not own
 )
-"""The machine-readable codes of an ``error`` reply (``pbt_actors.transport.messages.Error``; DESIGN §5).
+"""The machine-readable codes of an ``error`` reply (``pbt_actors.model.protocol.Error``; DESIGN §5).
 Defined here, below the transport, because ``ProtocolError`` checks its code against them."""
 
 
@@ -179,7 +179,7 @@ class ReplayError(PbtError):
 
 # --- worker processes --------------------------------------------------------------------------
 class ZygoteError(PbtError):
-    """The fork server (``runtime/zygote.py``) cannot start (threads already running, CUDA
+    """The fork server (``runtime/host/zygote.py``) cannot start (threads already running, CUDA
     initialised) or cannot fork a worker (it died, or fork failed). The catcher starts the
     worker as a fresh interpreter instead and says so once."""
 

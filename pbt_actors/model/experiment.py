@@ -55,7 +55,7 @@ class Retention:
 
     On by default, because a run's disk use should not grow with its number of trials: a
     checkpoint is deleted only once no pending, running or future trial can warm-start from it
-    (``pbt_actors.control.retention`` says exactly which those are), unless it belongs to the
+    (``pbt_actors.control.retention_rules`` says exactly which those are), unless it belongs to the
     ``keep_best`` best completed trials, lies on their lineages (``keep_lineage``: every
     ancestor checkpoint, for sub-range replay; disk then grows with depth) or is pinned
     (``pbt-actors pin``). Replay from scratch needs only the schedule, never a checkpoint.

@@ -1,7 +1,7 @@
 """Strict field readers: the teeth of every schema that reads untrusted plain data.
 
 Layer 1. Records on disk (``pbt_actors.model.records``), protocol bodies off the network
-(``pbt_actors.transport.messages``) and exported schedules (``pbt_actors.tools.lineage``) all
+(``pbt_actors.model.protocol``) and exported schedules (``pbt_actors.tools.lineage``) all
 come from outside this process: a hostile peer, a damaged disk, a hand-edited JSON file. Each
 reader below accepts exactly one shape and otherwise raises ``SchemaError`` naming the field
 (``what``), so a bad input is refused with a precise reason instead of surfacing later as an

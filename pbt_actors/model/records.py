@@ -2,7 +2,7 @@
 
 Layer 1: storage (``storage/``) and transport (``transport/``) import this module and nothing
 else of ours besides ``errors``/``wire``. Records are immutable; a change is a new record
-written with a compare-and-set ``transition`` (see ``pbt_actors.storage.base.TrialStore``).
+written with a compare-and-set ``transition`` (see ``pbt_actors.storage.trial_store.TrialStore``).
 
 ``to_dict``/``from_dict`` are the single schema used on disk and on the wire. ``from_dict``
 validates types strictly (with the readers of ``pbt_actors.model.fields``), because its input may

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, TextIO
 
 from pbt_actors.model.records import Trial
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 ExportFormat = Literal["csv", "json"]
 

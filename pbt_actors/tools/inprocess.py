@@ -15,11 +15,11 @@ from typing import Any
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.runtime.context import TrialContext
-from pbt_actors.runtime.trial_runner import build_context, execute
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.model.protocol import Done, Fail, Report, RequestTrial, TrialAssignment, Wait
+from pbt_actors.runtime.worker.trial_context import TrialContext
+from pbt_actors.runtime.worker.trial_runner import build_context, execute
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import Done, Fail, Report, RequestTrial, TrialAssignment, Wait
+from pbt_actors.storage.trial_store import TrialStore
 
 
 def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], checkpoint_root: str | Path, *,
@@ -57,7 +57,7 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
 def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
                    device: str = "cpu", *, objective: Sequence[str] = ()) -> Report | Fail | None:
     """Run one assignment inline and build the message a worker would send (the same
-    ``pbt_actors.runtime.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
+    ``pbt_actors.runtime.worker.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
     retryable failure, one that cannot be *read* is not). ``None``: the trial was stopped and
     has nothing to report (no controller asks for that in process, so it does not happen)."""
     return execute(build_context(spec, checkpoint_root, device), train, worker, objective=objective)

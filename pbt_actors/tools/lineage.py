@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pbt_actors.model.errors import LineageError, SchemaError, TrialNotFound
 from pbt_actors.model.fields import hparams_from, int_from, metrics_from, opt_int_from
 from pbt_actors.model.records import CheckpointRef, Trial
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 
 SCHEDULE_FORMAT = "pbt-actors-schedule"
 LINEAGE_FORMAT = "pbt-actors-lineage"

@@ -45,7 +45,7 @@ from pbt_actors.control.final_population import final_population
 from pbt_actors.control.progress import Counts, best_completed, finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage import schedule
 
 FIGURES: tuple[str, ...] = ("fitness", "schedule", "lineage_tree", "progress", "utilisation")

@@ -33,7 +33,7 @@ from typing import Any
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage_paths import LineageAssigner
 
 RUN_PREFIX = "lineage-"

@@ -14,13 +14,13 @@ from typing import Any
 
 from pbt_actors.control.progress import Counts
 from pbt_actors.control.progress import finished as run_is_finished
-from pbt_actors.control.retention import needed_parents
+from pbt_actors.control.retention_rules import needed_parents
 from pbt_actors.model.errors import PbtError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
-from pbt_actors.runtime.checkpoints import verify_file
+from pbt_actors.runtime.worker.checkpoint_payloads import verify_file
 from pbt_actors.storage import indexes
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 
 MAX_LISTED = 10  # ids named per index problem; the rest are counted
 
@@ -156,10 +156,10 @@ def _ids(ids: set[int]) -> str:
 def _check_face_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
     """The writer's indexes for the faces (best trial, current population, step totals) agree
     with the records; each is checked only where the store keeps it. O(n x Pareto front)."""
-    from pbt_actors.storage.base import META_EXPERIMENT
     from pbt_actors.storage.best_index import BestRule, pareto_front
     from pbt_actors.storage.population_index import tails_of
     from pbt_actors.storage.step_totals import charges
+    from pbt_actors.storage.trial_store import META_EXPERIMENT
 
     completed = [t for t in trials.values() if t.status is TrialStatus.COMPLETED]
     rule = BestRule.from_experiment(store.get_meta(META_EXPERIMENT))

@@ -39,10 +39,10 @@ def test_the_contracts_hold(tree: Path) -> None:
 
 def test_a_data_model_module_importing_storage_breaks_the_layers(tree: Path) -> None:
     space = tree / "pbt_actors" / "model" / "space.py"
-    space.write_text(space.read_text() + "\nfrom pbt_actors.storage import base  # wrong way\n")
+    space.write_text(space.read_text() + "\nfrom pbt_actors.storage import trial_store  # wrong way\n")
     result = lint(tree)
     assert result.returncode != 0
-    assert "pbt_actors.model.space -> pbt_actors.storage.base" in result.stdout, result.stdout
+    assert "pbt_actors.model.space -> pbt_actors.storage.trial_store" in result.stdout, result.stdout
 
 
 def test_a_lazy_import_cycle_between_two_modules_is_caught(tree: Path) -> None:

@@ -32,7 +32,6 @@ from pbt_actors.model.fitness import Metric, Objective
 from pbt_actors.model.records import Origin, OriginKind, TrialSpec, TrialStatus
 from pbt_actors.model.space import Float
 from pbt_actors.storage import schema, step_totals
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
 from pbt_actors.storage.best_index import (
     META_BEST_INDEX,
     BestEntry,
@@ -44,6 +43,7 @@ from pbt_actors.storage.best_index import (
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.population_index import META_POPULATION_INDEX
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from pbt_actors.model.errors import StoreRetry
 from pbt_actors.model.records import Lease, TrialStatus
-from pbt_actors.storage.base import TrialStore, status_counter
 from pbt_actors.storage.indexes import ADD, STATUS
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import TrialStore, status_counter
 from tests.contract.test_trial_store import make_ref, make_spec, run_batch
 
 pytestmark = pytest.mark.timeout(120)

@@ -30,8 +30,8 @@ from pbt_actors.model.records import (
     TrialStatus,
 )
 from pbt_actors.storage import indexes, schema
-from pbt_actors.storage.base import TRIAL_ID_COUNTER
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.trial_store import TRIAL_ID_COUNTER
 from tests.contract.test_trial_store import (
     complete,
     make_ref,

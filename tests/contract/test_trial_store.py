@@ -28,9 +28,9 @@ from pbt_actors.model.records import (
     TrialSpec,
     TrialStatus,
 )
-from pbt_actors.storage.base import TRIAL_ID_COUNTER, TrialStore, status_counter
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import TRIAL_ID_COUNTER, TrialStore, status_counter
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,7 +2,7 @@
 
 Each case used to misbehave (the issue's words in the test names' docstrings); now each
 exits 2 with one ``pbt-actors ...`` line that names the flag or the file. Cases without
-process behaviour call ``pbt_actors.cli.app.main`` in this process; the others run the CLI.
+process behaviour call ``pbt_actors.cli.main.main`` in this process; the others run the CLI.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.cli.app import main
-from pbt_actors.runtime.launch import gpu_count
+from pbt_actors.cli.main import main
+from pbt_actors.runtime.host.launch import gpu_count
 from tests.faults.harness import EXPERIMENTS, env_with, start
 from tests.support.runs import REPO, TOY
 

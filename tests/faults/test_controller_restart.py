@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.runtime.worker import WorkerClient
+from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.worker_client import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from pbt_actors.transport.messages import TrialAssignment
 from tests.faults.harness import (
     Proc,
     env_with,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.cli.run import EXIT_NO_CONTROLLER as CLI_EXIT_NO_CONTROLLER
+from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.runtime.worker import ControllerGone, WorkerClient
-from pbt_actors.runtime.worker_process import EXIT_NO_CONTROLLER, WorkerProcessConfig
+from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.worker_client import ControllerGone, WorkerClient
+from pbt_actors.runtime.worker.worker_process import WorkerProcessConfig
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
     EXPERIMENTS,
@@ -46,7 +46,7 @@ def _completed(store: Path) -> int:
 
 
 def test_the_exit_code_is_one_number_in_the_runtime_and_the_cli() -> None:
-    assert EXIT_NO_CONTROLLER == CLI_EXIT_NO_CONTROLLER == 69
+    assert EXIT_NO_CONTROLLER == 69
     config = WorkerProcessConfig("exp.py", "tcp://127.0.0.1:1", "w", "/tmp", controller_timeout_s=2.5)
     assert WorkerProcessConfig.parse(config.argv()) == config  # what the zygote and a fresh process read
 

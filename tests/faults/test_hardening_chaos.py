@@ -24,14 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from pbt_actors.common.exit_codes import EXIT_WRONG_RUN
 from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.model.protocol import Ack, Error, Heartbeat, Hello, Message, Report, Stop, WorkerLost
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.checkpoints import load_checkpoint
-from pbt_actors.runtime.worker_process import EXIT_WRONG_RUN
-from pbt_actors.storage.base import META_RUN_ID
+from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.trial_store import META_RUN_ID
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Ack, Error, Heartbeat, Hello, Message, Report, Stop, WorkerLost
 from tests.faults.harness import (
     EXPERIMENTS,
     Proc,
@@ -67,7 +67,7 @@ ENV_B = env_with(FAULT_POPULATION=4, FAULT_MAX_STEPS=15, FAULT_STEPS_PER_TRIAL=5
 
 def all_worker_pids(checkpoint_root: Path) -> set[int]:
     """Every worker pid any host under ``checkpoint_root`` last published, whatever its state."""
-    from pbt_actors.runtime.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_supervisor import read_host_states
 
     return {int(child["pid"]) for state in read_host_states(checkpoint_root) for child in state["children"]
             if child.get("pid") is not None}

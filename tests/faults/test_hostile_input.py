@@ -20,10 +20,10 @@ import msgpack
 import pytest
 import zmq
 
+from pbt_actors.model.protocol import PROTOCOL_VERSION, REPLY_TYPES, Error
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, decode
-from pbt_actors.transport.messages import PROTOCOL_VERSION, REPLY_TYPES, Error
 from tests.faults.harness import env_with, finished, start_controller, start_host, trials, verify_cli
 from tests.support.runs import TOY, assert_complete_lineage
 from tests.support.waiting import wait_until

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.checkpoints import verify_file
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.launch import load_experiment_file
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.checkpoint_payloads import verify_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import EXPERIMENTS, env_with, start, start_host, trials, verify_cli
 from tests.support.runs import REPO, TOY, assert_complete_lineage
@@ -151,7 +151,7 @@ def _store_disk_full() -> None:
 def test_a_full_store_disk_stops_the_run_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
     # hardening item 17: the run used to print 56 tracebacks ("mdb_txn_commit: No space left
     # on device", then "Input/output error") and hang with no progress until interrupted
-    from pbt_actors.cli.app import EXIT_STORE_FULL
+    from pbt_actors.common.exit_codes import EXIT_STORE_FULL
 
     store = tmp_path / "run"
     env = env_with(MISBEHAVE="", FAULT_POPULATION=4, FAULT_MAX_STEPS=1000)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.storage.base import META_EXPERIMENT_FILE
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from pbt_actors.tools.experiment_file import file_sha256
+from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
+from pbt_actors.tools.experiment_source import file_sha256
 from tests.support.runs import REPO, cli, kill_all_started
 
 TOY = REPO / "examples" / "toy_quadratic.py"

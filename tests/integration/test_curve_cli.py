@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.model.protocol import RequestTrial, TrialAssignment
+from pbt_actors.transport.curve import load_keypair, load_public_key
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import RequestTrial, TrialAssignment
-from pbt_actors.transport.security import load_keypair, load_public_key
 from tests.support.runs import REPO, TOY, cli, wait_for_line
 
 

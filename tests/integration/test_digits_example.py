@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.context import TrialContext
+from pbt_actors.runtime.worker.trial_context import TrialContext
 from pbt_actors.tools.inprocess import run_inprocess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits.py"

@@ -22,9 +22,7 @@ import zmq
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import MessageTooLarge, PbtError, RequestTimeout
-from pbt_actors.transport.codec import decode, encode
-from pbt_actors.transport.endpoints import ControllerEndpoint, Incoming, WorkerEndpoint
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     PROTOCOL_VERSION,
     REPLY_TYPES,
     Ack,
@@ -35,7 +33,9 @@ from pbt_actors.transport.messages import (
     RequestTrial,
     Stop,
 )
-from pbt_actors.transport.security import generate_keypair, load_keypair, load_public_key, start_authenticator
+from pbt_actors.transport.codec import decode, encode
+from pbt_actors.transport.curve import generate_keypair, load_keypair, load_public_key, start_authenticator
+from pbt_actors.transport.endpoints import ControllerEndpoint, Incoming, WorkerEndpoint
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,11 +19,11 @@ import pytest
 
 import pbt_actors.control.session as session_module
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.protocol import Done, Hello, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.model.space import Float
-from pbt_actors.runtime.controller import Controller, ControllerHandle
+from pbt_actors.runtime.controller.controller_actor import Controller, ControllerHandle
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Done, Hello, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,19 +19,19 @@ from typing import Any
 
 import pytest
 
-from pbt_actors.cli.lineage import add_lineage_parsers
+from pbt_actors.cli.results import add_lineage_parsers
 from pbt_actors.cli.status import watch_status
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.errors import CheckpointError, PbtError, ReplayError
+from pbt_actors.model.protocol import Fail, Heartbeat, RequestTrial, TrialAssignment
 from pbt_actors.model.records import OriginKind, TrialStatus
-from pbt_actors.runtime.checkpoints import load_checkpoint
-from pbt_actors.runtime.launch import load_experiment_file
+from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.tools.inprocess import run_assignment, run_inprocess
 from pbt_actors.tools.lineage import Schedule, lineage, resolve_trial, schedule
 from pbt_actors.tools.replay import replay
 from pbt_actors.tools.report import FIGURES, write_report
-from pbt_actors.transport.messages import Fail, Heartbeat, RequestTrial, TrialAssignment
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "examples" / "toy_quadratic.py"
@@ -81,9 +81,9 @@ def live_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """``pbt-actors ARGV`` in this process: through ``pbt_actors.cli.app.main`` once it registers our
+    """``pbt-actors ARGV`` in this process: through ``pbt_actors.cli.main.main`` once it registers our
     commands, else through a parser holding just them (same error handling as ``main``)."""
-    from pbt_actors.cli import app as cli
+    from pbt_actors.cli import main as cli
 
     parser = cli.build_parser()
     choices = next(a.choices for a in parser._subparsers._group_actions)  # type: ignore[union-attr]

@@ -119,9 +119,9 @@ def test_gc_dry_run_lists_then_gc_deletes_and_pins_are_kept(tmp_path: Path) -> N
 def test_an_embedded_controller_collects_in_the_background_as_trials_complete(tmp_path: Path) -> None:
     """The collector wakes on completions (no timer here: an hour's interval), deletes while the
     run goes on, and the final pass at ``stop`` leaves only the best."""
-    from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.launch import load_experiment_file
-    from pbt_actors.runtime.retention import local_deleter
+    from pbt_actors.runtime.controller.checkpoint_collector import local_deleter
+    from pbt_actors.runtime.controller.controller_actor import Controller
+    from pbt_actors.runtime.host.launch import load_experiment_file
     from tests.support.waiting import wait_until
 
     experiment, train = load_experiment_file(TOY)
@@ -152,8 +152,8 @@ def test_the_deleter_of_an_object_store_root_deletes_the_object_idempotently() -
     deleter for an ``s3://`` root is the storage backend's ``CheckpointStore.delete``."""
     import uuid
 
-    from pbt_actors.runtime.checkpoints import save_checkpoint
-    from pbt_actors.runtime.retention import checkpoint_deleter
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
+    from pbt_actors.runtime.worker.checkpoint_payloads import save_checkpoint
     from tests.support.s3_server import pointed_at, running_s3_server
 
     with running_s3_server() as server, pointed_at(server):

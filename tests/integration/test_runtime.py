@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.launch import load_experiment_file
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.host.launch import load_experiment_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.support.runs import TOY, assert_complete_lineage, cli, drive_embedded_workers, wait_for_line
 
@@ -101,7 +101,7 @@ def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
 
 def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
     """From the host state file this run's supervisor publishes (what `pbt-actors status` reads)."""
-    from pbt_actors.runtime.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_supervisor import read_host_states
 
     pids = [c["pid"] for state in read_host_states(checkpoint_root) for c in state["children"]
             if c.get("worker", c["id"]) == worker_id and c["state"] == "running"]  # id: the slot

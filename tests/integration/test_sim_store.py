@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.storage.base import META_EXPERIMENT, META_FINISHED_AT, TrialStore
+from pbt_actors.runtime.host.launch import load_experiment_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, META_FINISHED_AT, TrialStore
 from pbt_actors.tools.sim import SimConfig, Simulation, ToyQuadratic
 from pbt_actors.tools.verify import verify_store
 from tests.support.runs import TOY, cli

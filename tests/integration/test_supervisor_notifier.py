@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from pbt_actors.runtime.host_supervisor import HostSupervisor, _LostNotifier
-from pbt_actors.runtime.restart_rules import Backoff, ChildSpec, Intensity, Restart
+from pbt_actors.runtime.host.host_supervisor import HostSupervisor, _LostNotifier
+from pbt_actors.runtime.host.restart_rules import Backoff, ChildSpec, Intensity, Restart
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,7 +57,7 @@ def test_an_unreachable_controller_blocks_neither_status_nor_the_restart_order()
 DIES_HOLDING_A_TRIAL = """
 import sys
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Hello, RequestTrial, TrialAssignment
+from pbt_actors.model.protocol import Hello, RequestTrial, TrialAssignment
 endpoint = WorkerEndpoint(sys.argv[1], sys.argv[2])
 ack = endpoint.request(Hello(sys.argv[2]), timeout_s=10)
 reply = endpoint.request(RequestTrial(sys.argv[2], ack.run), timeout_s=10)
@@ -68,8 +68,8 @@ raise SystemExit(1 if isinstance(reply, TrialAssignment) else 2)
 
 def test_each_process_of_a_slot_has_its_own_worker_id_and_worker_lost_names_the_dead_one(tmp_path) -> None:
     from pbt_actors.model.records import TrialStatus
-    from pbt_actors.runtime.controller import Controller
-    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.runtime.controller.controller_actor import Controller
+    from pbt_actors.runtime.host.launch import load_experiment_file
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
     from tests.support.runs import TOY
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-import pbt_actors.runtime.worker as worker_module
+import pbt_actors.runtime.worker.worker_client as worker_module
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.errors import RequestTimeout
+from pbt_actors.model.protocol import Ack, Error, Message, Report, RequestTrial
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.runtime.worker import WorkerClient
-from pbt_actors.transport.messages import Ack, Error, Message, Report, RequestTrial
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.worker_client import WorkerClient
 from tests.support.runs import TOY
 
 pytestmark = pytest.mark.timeout(120)

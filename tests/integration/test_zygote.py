@@ -1,4 +1,4 @@
-"""The zygote fork server (pbt_actors/runtime/zygote.py): real forks, real signals, no mocks.
+"""The zygote fork server (pbt_actors/runtime/host/zygote.py): real forks, real signals, no mocks.
 
 The workers run ``experiments/zygote_probe.py``, whose module code reports the process's
 environment, argv and already-imported modules in its log and then exits or waits.
@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from pbt_actors.common.exit_codes import EXIT_UNKNOWN
 from pbt_actors.model.errors import ConfigError, PbtError, ZygoteError
-from pbt_actors.runtime.launch import worker_specs
-from pbt_actors.runtime.worker_process import WorkerProcessConfig
-from pbt_actors.runtime.zygote import EXIT_UNKNOWN, ForkedWorker, Zygote
+from pbt_actors.runtime.host.launch import worker_specs
+from pbt_actors.runtime.host.zygote import ForkedWorker, Zygote
+from pbt_actors.runtime.worker.worker_process import WorkerProcessConfig
 from tests.support.runs import REPO, cli
 from tests.support.waiting import wait_until
 
@@ -160,7 +161,7 @@ def test_the_zygote_exits_when_its_parent_closes_it(zygote: Zygote, tmp_path: Pa
 
 @pytest.mark.timeout(60)
 def test_the_zygote_exits_when_its_parent_dies() -> None:
-    script = ("import signal\nfrom pbt_actors.runtime.zygote import Zygote\n"
+    script = ("import signal\nfrom pbt_actors.runtime.host.zygote import Zygote\n"
               "z = Zygote.start(preload=[])\nprint(z.pid, flush=True)\nwhile True:\n    signal.pause()\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
@@ -227,8 +228,8 @@ def test_launch_forks_workers_from_the_zygote(zygote: Zygote, tmp_path: Path) ->
 TORCH_SCRIPT = """
 import sys
 import torch
-from pbt_actors.runtime.launch import worker_specs
-from pbt_actors.runtime.zygote import Zygote
+from pbt_actors.runtime.host.launch import worker_specs
+from pbt_actors.runtime.host.zygote import Zygote
 probe, root = sys.argv[1], sys.argv[2]
 zygote = Zygote.start()
 for name, source in (("forked", zygote), ("fresh", None)):
@@ -248,8 +249,8 @@ def test_a_forked_worker_starts_with_torch_and_torch_dynamo_already_imported(tmp
     forked = probe_report(tmp_path / "forked-w0.log")["modules"]
     fresh = probe_report(tmp_path / "fresh-w0.log")["modules"]
     # imported before the experiment file's first line: inherited (torch) and preloaded (torch._dynamo)
-    assert forked["torch"] and forked["torch._dynamo"] and forked["pbt_actors.runtime.worker"], forked
-    assert not fresh["torch"] and not fresh["torch._dynamo"] and fresh["pbt_actors.runtime.worker"], fresh
+    assert forked["torch"] and forked["torch._dynamo"] and forked["pbt_actors.runtime.worker.worker_client"], forked
+    assert not fresh["torch"] and not fresh["torch._dynamo"] and fresh["pbt_actors.runtime.worker.worker_client"], fresh
 
 
 @pytest.mark.timeout(30)

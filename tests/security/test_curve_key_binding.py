@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Error,
     Heartbeat,
@@ -29,7 +28,8 @@ from pbt_actors.transport.messages import (
     RequestTrial,
     TrialAssignment,
 )
-from pbt_actors.transport.security import generate_keypair, load_keypair, load_public_key
+from pbt_actors.transport.curve import generate_keypair, load_keypair, load_public_key
+from pbt_actors.transport.endpoints import WorkerEndpoint
 from tests.support.runs import TOY, cli, wait_for_line
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.experiment_file import load_experiment_file
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.experiment_loader import load_experiment_file
 from tests.security.conftest import STEP_ENV, free_tcp_address, wait_until
 from tests.support.runs import TOY, cli
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.experiment_file import load_experiment_file
+from pbt_actors.model.protocol import Error, Heartbeat, Report
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.experiment_loader import load_experiment_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Error, Heartbeat, Report
 from tests.security.conftest import STEP_ENV, free_tcp_address, wait_until
 from tests.support.runs import REPO, TOY
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.runtime.controller import Controller
-from pbt_actors.runtime.experiment_file import load_experiment_file
-from pbt_actors.runtime.worker_process import EXIT_WRONG_RUN
-from pbt_actors.storage.base import META_RUN_ID
+from pbt_actors.common.exit_codes import EXIT_WRONG_RUN
+from pbt_actors.runtime.controller.controller_actor import Controller
+from pbt_actors.runtime.experiment_loader import load_experiment_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.storage.trial_store import META_RUN_ID
 from tests.security.conftest import STEP_ENV, free_tcp_address, wait_until
 from tests.support.runs import REPO, TOY
 

@@ -6,9 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from pbt_actors.control.core import ControllerCore
-from pbt_actors.model.records import CheckpointRef, Trial
-from pbt_actors.storage.base import TrialStore
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Fail,
     Heartbeat,
     Reply,
@@ -16,6 +14,8 @@ from pbt_actors.transport.messages import (
     RequestTrial,
     TrialAssignment,
 )
+from pbt_actors.model.records import CheckpointRef, Trial
+from pbt_actors.storage.trial_store import TrialStore
 
 
 def fake_checkpoint(trial_id: int, attempt: int, step: int) -> CheckpointRef:
@@ -67,7 +67,7 @@ def random_run(core: ControllerCore, choose, workers: int = 3, duplicate_prob: f
     ``score(spec)`` gives the reported metric (default: a deterministic hash of the hparams
     plus progress); with ``duplicate_prob`` a report is sometimes delivered twice.
     """
-    from pbt_actors.transport.messages import Done, Wait
+    from pbt_actors.model.protocol import Done, Wait
 
     driver = Driver(core)
     running: list[tuple[str, TrialAssignment]] = []

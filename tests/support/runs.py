@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.checkpoints import load_checkpoint
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.tools.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def drive_embedded_workers(handle: Any, train: Any, checkpoint_root: Path, count
     the returned clients."""
     import threading
 
-    from pbt_actors.runtime.worker import WorkerClient
+    from pbt_actors.runtime.worker.worker_client import WorkerClient
 
     clients = [WorkerClient(handle.endpoint, train, str(checkpoint_root), worker_id=f"embedded-{i}")
                for i in range(count)]

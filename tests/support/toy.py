@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.protocol import Done, Report, RequestTrial, TrialAssignment, Wait
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.model.space import Float
-from pbt_actors.transport.messages import Done, Report, RequestTrial, TrialAssignment, Wait
 
 ALPHA = 0.02
 

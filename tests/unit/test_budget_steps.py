@@ -9,15 +9,15 @@ import pytest
 from pbt_actors.control.budget import BudgetLedger, leased_steps, trial_cost
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.policies import PopulationView
-from pbt_actors.control.policies.base import lineage_reports
+from pbt_actors.control.policies.policy import lineage_reports
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fitness import Objective
+from pbt_actors.model.protocol import Done, Report, TrialAssignment, Wait
 from pbt_actors.model.records import Measurement, TrialStatus
 from pbt_actors.model.space import Float
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import Done, Report, TrialAssignment, Wait
 from tests.support.driver import Driver, fake_checkpoint, random_run
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbt_actors.cli.app import INTERNAL_COMMANDS, build_parser
+from pbt_actors.cli.main import INTERNAL_COMMANDS, build_parser
 
 
 @pytest.mark.timeout(30)

@@ -12,14 +12,7 @@ from hypothesis import strategies as st
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import ProtocolError, SchemaError
-from pbt_actors.model.records import CheckpointRef, Measurement
-from pbt_actors.transport.codec import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Envelope,
-    decode,
-    encode,
-)
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     ERROR_CODES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -38,6 +31,13 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
     message_from_body,
+)
+from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.transport.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Envelope,
+    decode,
+    encode,
 )
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,10 +9,7 @@ import pytest
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import EarlyStop, Experiment
-from pbt_actors.model.records import OriginKind, TrialStatus
-from pbt_actors.model.space import Categorical, Float
-from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Done,
     Error,
@@ -24,6 +21,9 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.model.space import Categorical, Float
+from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.driver import Driver, fake_checkpoint, graph, random_run
 
 pytestmark = pytest.mark.timeout(60)

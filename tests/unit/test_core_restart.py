@@ -13,9 +13,9 @@ import pytest
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.protocol import Done, TrialAssignment, Wait
 from pbt_actors.model.space import Categorical, Discrete, Float
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from pbt_actors.transport.messages import Done, TrialAssignment, Wait
 from tests.support.driver import Driver, graph
 
 pytestmark = pytest.mark.timeout(120)

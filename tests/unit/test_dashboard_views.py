@@ -11,8 +11,8 @@ import pytest
 from pbt_actors.control.progress import best_completed
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.records import Measurement, Origin, OriginKind, TrialSpec, TrialStatus
-from pbt_actors.storage.base import META_EXPERIMENT
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT
 from pbt_actors.tools.dashboard import views
 from pbt_actors.tools.dashboard.index import StoreIndex
 from pbt_actors.tools.dashboard.server import check_bind, is_loopback

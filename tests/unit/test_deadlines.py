@@ -19,11 +19,11 @@ from pbt_actors.control.deadlines import (
     timeout_error,
 )
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.protocol import RequestTrial, TrialAssignment, WorkerLost
 from pbt_actors.model.records import AttemptRecord, CheckpointRef, Origin, OriginKind, Trial, TrialStatus
 from pbt_actors.model.space import Float
-from pbt_actors.runtime.restart_rules import Backoff, Intensity, Restart, RestartTracker
+from pbt_actors.runtime.host.restart_rules import Backoff, Intensity, Restart, RestartTracker
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import RequestTrial, TrialAssignment, WorkerLost
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -108,7 +108,7 @@ def test_a_normal_exit_is_never_explained() -> None:
 
 
 def test_the_tick_fails_an_attempt_past_its_timeout_and_its_heartbeat_hears_stop() -> None:
-    from pbt_actors.transport.messages import Ack, Heartbeat, Stop
+    from pbt_actors.model.protocol import Ack, Heartbeat, Stop
 
     core = ControllerCore(InMemoryTrialStore(), Experiment(name="e", space={"x": Float(0, 1)}, objective="Q",
                                                            population=1, steps_per_trial=5, max_steps=5,
@@ -185,7 +185,7 @@ def test_the_tick_times_each_attempt_by_its_own_steps() -> None:
                                             steps_per_trial=100, max_steps=100, lease_s=1e9))  # the default: auto
     first, second = core.handle(RequestTrial("a"), 0.0), core.handle(RequestTrial("b"), 0.0)
     assert isinstance(first, TrialAssignment) and isinstance(second, TrialAssignment)
-    from pbt_actors.transport.messages import Report
+    from pbt_actors.model.protocol import Report
     core.handle(Report("a", first.trial_id, 1, {"Q": 1.0}), 100.0)  # 100 steps in 100 s: 1 s/step
     assert store.get_trial(first.trial_id).status is TrialStatus.COMPLETED
     assert core.tick(999.0) == []  # the other full attempt may run 10 × 100 s

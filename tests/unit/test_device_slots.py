@@ -1,4 +1,4 @@
-"""``--devices`` → per-worker ``CUDA_VISIBLE_DEVICES`` (runtime/launch.py), honouring the
+"""``--devices`` → per-worker ``CUDA_VISIBLE_DEVICES`` (runtime/host/launch.py), honouring the
 GPUs a cluster manager granted through ``CUDA_VISIBLE_DEVICES``.
 
 ``nvidia-smi`` does not exist here, so its GPU count (``launch.gpu_count``) is the one thing
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.errors import ConfigError
-from pbt_actors.runtime import launch
-from pbt_actors.runtime.launch import device_slots, visible_devices, worker_specs
+from pbt_actors.runtime.host import launch
+from pbt_actors.runtime.host.launch import device_slots, visible_devices, worker_specs
 
 TOY = Path(__file__).resolve().parents[2] / "examples" / "toy_quadratic.py"
 

@@ -20,7 +20,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from pbt_actors.cli.app import build_parser
+from pbt_actors.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "examples" / "kubernetes"
@@ -165,7 +165,7 @@ def test_the_commands_in_the_manifests_are_accepted_by_the_cli() -> None:
     assert job["spec"]["completionMode"] == "Indexed"
     codes = {rule["action"]: rule["onExitCodes"]["values"] for rule in job["spec"]["podFailurePolicy"]["rules"]
              if "onExitCodes" in rule}
-    from pbt_actors.cli.run import EXIT_NO_CONTROLLER, EXIT_SIGTERM
+    from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_SIGTERM
 
     assert codes == {"FailJob": [EXIT_NO_CONTROLLER], "Ignore": [EXIT_SIGTERM]}
 

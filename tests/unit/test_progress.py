@@ -8,8 +8,8 @@ import pytest
 
 from pbt_actors.control.progress import Counts, StoreFacts, finished, run_finished
 from pbt_actors.model.records import Lease, Origin, OriginKind, TrialSpec, TrialStatus
-from pbt_actors.storage.base import META_FINISHED_AT
 from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import META_FINISHED_AT
 from pbt_actors.tools.verify import verify_store
 
 # (ended, active, waiting, total) -> finished

@@ -1,4 +1,4 @@
-"""docs/protocol.md and transport/messages.py must describe the same protocol."""
+"""docs/protocol.md and pbt_actors/model/protocol.py must describe the same protocol."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.transport.messages import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, REPLY_TYPES, REQUEST_TYPES
+from pbt_actors.model.protocol import ERROR_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, REPLY_TYPES, REQUEST_TYPES
 
 pytestmark = pytest.mark.timeout(30)
 

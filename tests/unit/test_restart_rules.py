@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbt_actors.runtime.restart_rules import Backoff, Intensity, Restart, RestartTracker
+from pbt_actors.runtime.host.restart_rules import Backoff, Intensity, Restart, RestartTracker
 
 pytestmark = pytest.mark.timeout(10)
 

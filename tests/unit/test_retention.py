@@ -1,4 +1,4 @@
-"""Retention (control/retention.py): never deletes a future parent, and stays within its bound.
+"""Retention (control/retention_rules.py): never deletes a future parent, and stays within its bound.
 
 The property test drives the pure ``ControllerCore`` over an in-memory store through random
 runs (every policy, budget mode, failures, graceful preemptions, lost workers, early stops);
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pbt_actors.control.core import ControllerCore
-from pbt_actors.control.retention import (
+from pbt_actors.control.retention_rules import (
     BEST,
     LINEAGE,
     META_PINS,
@@ -28,10 +28,10 @@ from pbt_actors.control.retention import (
     record_collected,
 )
 from pbt_actors.model.experiment import EarlyStop, Experiment, Retention
+from pbt_actors.model.protocol import Fail, Heartbeat, Report, RequestTrial, Stop, TrialAssignment, WorkerLost
 from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
 from pbt_actors.model.space import Float
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import Fail, Heartbeat, Report, RequestTrial, Stop, TrialAssignment, WorkerLost
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -254,7 +254,7 @@ def test_record_collected_keeps_the_record_and_is_idempotent() -> None:
 
 def test_collect_store_keeps_what_it_could_not_delete_for_the_next_pass(tmp_path: Path) -> None:
     from pbt_actors.model.errors import CheckpointError
-    from pbt_actors.runtime.retention import collect_store, local_deleter
+    from pbt_actors.runtime.controller.checkpoint_collector import collect_store, local_deleter
 
     core = ControllerCore(InMemoryTrialStore(), make_experiment("random", False, 2, 1, 1, False))
     finish(core)

@@ -19,10 +19,10 @@ from pbt_actors.control.final_population import final_population, read_final_pop
 from pbt_actors.control.progress import best_completed
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.records import AttemptRecord, Origin, OriginKind, Trial, TrialStatus
-from pbt_actors.runtime.launch import load_experiment_file
-from pbt_actors.storage.base import META_EXPERIMENT_FILE
+from pbt_actors.runtime.host.launch import load_experiment_file
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.tools.experiment_file import experiment_file_record, recorded_experiment_file
+from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
+from pbt_actors.tools.experiment_source import experiment_file_record, recorded_experiment_file
 from pbt_actors.tools.inprocess import run_inprocess
 from pbt_actors.tools.report import Interval, ReportData, figure_utilisation, steps_text, utilisation_label
 
@@ -129,7 +129,7 @@ def test_finished_store_warns_which_flags_differ_and_suggests_a_new_store() -> N
 
 
 def test_run_help_explains_seed_and_max_trials() -> None:
-    from pbt_actors.cli.app import build_parser
+    from pbt_actors.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

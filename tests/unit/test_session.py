@@ -19,10 +19,7 @@ import pytest
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.session import Outgoing, Parked, ProtocolSession
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import CheckpointRef, TrialStatus
-from pbt_actors.model.space import Float
-from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Done,
     Error,
@@ -37,6 +34,9 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from pbt_actors.model.records import CheckpointRef, TrialStatus
+from pbt_actors.model.space import Float
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 pytestmark = pytest.mark.timeout(30)
 

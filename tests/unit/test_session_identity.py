@@ -8,9 +8,7 @@ import pytest
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.session import ProtocolSession
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.space import Float
-from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Error,
     Heartbeat,
@@ -23,6 +21,8 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from pbt_actors.model.space import Float
+from pbt_actors.storage.memory import InMemoryTrialStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 
 from pbt_actors.model.records import CheckpointRef
-from pbt_actors.runtime.context import TrialContext
-from pbt_actors.runtime.trial_runner import execute
+from pbt_actors.runtime.worker.trial_context import TrialContext
+from pbt_actors.runtime.worker.trial_runner import execute
 
 pytestmark = pytest.mark.timeout(60)
 

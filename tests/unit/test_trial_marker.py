@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pbt_actors.runtime.trial_marker import clear_marker, marker_path, markers_dir, take_marker, write_marker
+from pbt_actors.runtime.worker.trial_marker import clear_marker, marker_path, markers_dir, take_marker, write_marker
 
 
 def test_a_marker_round_trips_and_is_taken_once(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from pbt_actors.runtime.context import MetricError, TrialContext, metric_value
-from pbt_actors.runtime.trial_runner import BAD_RESULT, build_context, execute
+from pbt_actors.model.protocol import Fail, Report, TrialAssignment
+from pbt_actors.runtime.worker.trial_context import MetricError, TrialContext, metric_value
+from pbt_actors.runtime.worker.trial_runner import BAD_RESULT, build_context, execute
 from pbt_actors.tools.inprocess import run_assignment
-from pbt_actors.transport.messages import Fail, Report, TrialAssignment
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -105,10 +105,10 @@ def test_the_controller_does_not_complete_a_trial_from_a_report_without_its_obje
     # the backstop for workers that do not check (older builds, other clients)
     from pbt_actors.control.core import ControllerCore
     from pbt_actors.model.experiment import Experiment
+    from pbt_actors.model.protocol import Ack, RequestTrial
     from pbt_actors.model.records import TrialStatus
     from pbt_actors.model.space import Float
     from pbt_actors.storage.memory import InMemoryTrialStore
-    from pbt_actors.transport.messages import Ack, RequestTrial
 
     core = ControllerCore(InMemoryTrialStore(), Experiment(name="e", space={"x": Float(0, 1)}, objective="Q",
                                                            population=1, steps_per_trial=5, max_steps=5,

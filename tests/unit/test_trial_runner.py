@@ -1,5 +1,5 @@
 """One trial-execution path: what the end of ``train(ctx)`` means, the same for the worker and
-the in-process runner (``pbt_actors.runtime.trial_runner``)."""
+the in-process runner (``pbt_actors.runtime.worker.trial_runner``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-import pbt_actors.runtime.worker as worker_module
+import pbt_actors.runtime.worker.worker_client as worker_module
+from pbt_actors.model.protocol import Fail, Report, TrialAssignment
 from pbt_actors.model.records import CheckpointRef
-from pbt_actors.runtime import trial_runner
-from pbt_actors.runtime.context import TrialContext
-from pbt_actors.runtime.trial_runner import build_context, execute
+from pbt_actors.runtime.worker import trial_runner
+from pbt_actors.runtime.worker.trial_context import TrialContext
+from pbt_actors.runtime.worker.trial_runner import build_context, execute
 from pbt_actors.tools.inprocess import run_assignment
-from pbt_actors.transport.messages import Fail, Report, TrialAssignment
 
 pytestmark = pytest.mark.timeout(20)
 

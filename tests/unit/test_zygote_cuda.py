@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pbt_actors.model.errors import ZygoteError
-from pbt_actors.runtime.zygote import Zygote, cuda_initialised, cuda_poisoned
+from pbt_actors.runtime.host.zygote import Zygote, cuda_initialised, cuda_poisoned
 from tests.support.runs import cli
 from tests.support.waiting import wait_until
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from pbt_actors.control.policies.base import (
+from pbt_actors.control.policies.early_stop import early_stop_decision
+from pbt_actors.control.policies.initiator import InitiatorPolicy
+from pbt_actors.control.policies.policy import (
     Decision,
     Event,
     Idle,
@@ -18,8 +20,6 @@ from pbt_actors.control.policies.base import (
     TrialCompleted,
     TrialEnded,
 )
-from pbt_actors.control.policies.early_stop import early_stop_decision
-from pbt_actors.control.policies.initiator import InitiatorPolicy
 from pbt_actors.control.policies.random_search import RandomPolicy
 from pbt_actors.control.policies.truncation import TruncationPolicy
 from pbt_actors.model.experiment import Experiment

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pbt_actors.control.policies.base import PopulationView, StopTrial
+from pbt_actors.control.policies.policy import PopulationView, StopTrial
 from pbt_actors.model.experiment import EarlyStop
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import Trial

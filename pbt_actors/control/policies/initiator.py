@@ -11,7 +11,7 @@ few workers emulate a large population; meanwhile workers run the other pending 
 
 from __future__ import annotations
 
-from pbt_actors.control.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
+from pbt_actors.control.policies.policy import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 from pbt_actors.model.records import Origin, OriginKind, Trial
 
 

@@ -6,7 +6,7 @@ comparison against it measures exactly what exploit/explore adds at equal comput
 
 from __future__ import annotations
 
-from pbt_actors.control.policies.base import Decision, Policy, PopulationView, RngFactory, Spawn
+from pbt_actors.control.policies.policy import Decision, Policy, PopulationView, RngFactory, Spawn
 from pbt_actors.model.records import Origin, OriginKind, Trial
 
 

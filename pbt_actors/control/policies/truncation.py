@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from pbt_actors.control.policies.base import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
+from pbt_actors.control.policies.policy import Decision, Policy, PopulationView, Retire, RngFactory, Spawn
 from pbt_actors.model.records import Origin, OriginKind, Trial, TrialStatus
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from pbt_actors.control.progress import run_finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import META_EXPERIMENT, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage_paths import LineageAssigner
 
 

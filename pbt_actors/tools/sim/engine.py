@@ -76,11 +76,7 @@ from typing import Any
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.session import Outgoing, ProtocolSession
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import CheckpointRef, TrialStatus
-from pbt_actors.storage.base import TrialStore
-from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.tools.sim.objectives import SimObjective, State, normal
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Done,
     Fail,
@@ -94,6 +90,10 @@ from pbt_actors.transport.messages import (
     Wait,
     WorkerLost,
 )
+from pbt_actors.model.records import CheckpointRef, TrialStatus
+from pbt_actors.storage.memory import InMemoryTrialStore
+from pbt_actors.storage.trial_store import TrialStore
+from pbt_actors.tools.sim.objectives import SimObjective, State, normal
 
 # Event kinds (ints: they sort fast and tuples compare cheaply in the heap).
 _REQUEST, _FINISH, _HEARTBEAT, _PREEMPT, _TICK, _JOIN, _LEAVE, _SCHEDULE, _PARK, _RESEND = range(10)

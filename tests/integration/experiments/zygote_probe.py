@@ -19,7 +19,7 @@ import sys  # noqa: E402
 
 from pbt_actors import Experiment, Float  # noqa: E402
 
-PROBE_MODULES = ("json.tool", "torch", "torch._dynamo", "pbt_actors.runtime.worker")
+PROBE_MODULES = ("json.tool", "torch", "torch._dynamo", "pbt_actors.runtime.worker.worker_client")
 
 experiment = Experiment(name="zygote_probe", space={"x": Float(0.0, 1.0)}, objective="Q", population=2,
                         steps_per_trial=1, max_steps=1)

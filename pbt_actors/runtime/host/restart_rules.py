@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from pbt_actors.common.backoff import Backoff
+from pbt_actors.common.exit_codes import EXIT_TRIAL_TIMEOUT
 
 
 class Restart(StrEnum):
@@ -69,9 +70,6 @@ class RestartDecision:
 
 
 KILLERS_REMEMBERED = 64
-EXIT_TRIAL_TIMEOUT = 6
-"""A worker process ends itself with this code when its trial timed out and ``train`` did not
-return after ``stop`` (a thread stuck in C code cannot be interrupted): the trial's doing."""
 
 
 @dataclass

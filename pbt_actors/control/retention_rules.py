@@ -2,7 +2,7 @@
 
 Layer 3, pure: a deterministic function of the store's state, the experiment (its policy and
 retention settings) and the pins. No clock, no files, no threads; the controller's collector
-(``pbt_actors.runtime.retention``) and ``pbt-actors gc`` carry the plan out.
+(``pbt_actors.runtime.controller.checkpoint_collector``) and ``pbt-actors gc`` carry the plan out.
 
 **Which completed trials can still be a parent** (read off ``control/policies`` and
 ``control/core.py``; every rule below is exact or conservative, never optimistic):
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 META_PINS = "retention_pins"
 """Meta key: the ascending list of pinned trial ids (``pbt-actors pin``); never collected."""

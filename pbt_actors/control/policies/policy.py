@@ -19,7 +19,7 @@ import numpy as np
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fitness import Metrics
 from pbt_actors.model.records import Origin, OriginKind, Trial, TrialSpec, TrialStatus
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.storage.trial_store import TrialStore
 
 RngFactory: TypeAlias = Callable[[int, str], np.random.Generator]
 

@@ -39,23 +39,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pbt_actors.common.exit_codes import (
+    EXIT_DONE,
+    EXIT_NO_CONTROLLER,
+    EXIT_ORPHANED,
+    EXIT_PREEMPTED,
+    EXIT_WRONG_RUN,
+)
 from pbt_actors.model.errors import ConfigError
-from pbt_actors.runtime.experiment_file import load_experiment_file
-from pbt_actors.runtime.worker import ControllerGone, WorkerClient, WrongRun
+from pbt_actors.runtime.experiment_loader import load_experiment_file
+from pbt_actors.runtime.worker.worker_client import ControllerGone, WorkerClient, WrongRun
 
 log = logging.getLogger(__name__)
 
-EXIT_DONE = 0
-EXIT_PREEMPTED = 3
-EXIT_ORPHANED = 4
-EXIT_WRONG_RUN = 5
-"""The controller serves another run (``error(wrong_run)``): this worker is stale; the host
-supervisor does not restart it (``launch.worker_specs``: a final exit code)."""
-EXIT_NO_CONTROLLER = 69
-"""No reply from the controller for ``--controller-timeout`` seconds (``worker.ControllerGone``):
-it is gone for good. Final like ``EXIT_WRONG_RUN`` (a restarted worker would find nobody
-either); ``pbt-actors worker`` then exits with the same code (``cli.run.EXIT_NO_CONTROLLER``;
-sysexits' EX_UNAVAILABLE), so a cluster manager can tell it from a crash and reschedule."""
 LIFELINE_ENV = "PBT_LIFELINE_FD"
 ORPHAN_GRACE_S = 3.0
 
@@ -230,7 +226,7 @@ def _endpoint_options(config: WorkerProcessConfig) -> dict[str, Any]:
         return {}
     if config.curve_server_key is None or config.curve_secret is None:
         raise ConfigError("CURVE needs both --curve-server-key (the controller's public key) and --curve-secret")
-    from pbt_actors.transport.security import load_keypair, load_public_key
+    from pbt_actors.transport.curve import load_keypair, load_public_key
 
     return {"curve_server_key": load_public_key(config.curve_server_key),
             "curve_keypair": load_keypair(config.curve_secret)}

@@ -25,17 +25,12 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_WRONG_RUN
 from pbt_actors.model.errors import ConfigError, ZygoteError
-from pbt_actors.runtime.experiment_file import load_experiment_file, load_module
-from pbt_actors.runtime.restart_rules import ChildSpec, Restart
-from pbt_actors.runtime.worker_process import (
-    EXIT_NO_CONTROLLER,
-    EXIT_WRONG_RUN,
-    LIFELINE_ENV,
-    Lifeline,
-    WorkerProcessConfig,
-)
-from pbt_actors.runtime.zygote import ForkedWorker, Zygote
+from pbt_actors.runtime.experiment_loader import load_experiment_file, load_module
+from pbt_actors.runtime.host.restart_rules import ChildSpec, Restart
+from pbt_actors.runtime.host.zygote import ForkedWorker, Zygote
+from pbt_actors.runtime.worker.worker_process import LIFELINE_ENV, Lifeline, WorkerProcessConfig
 
 log = logging.getLogger(__name__)
 

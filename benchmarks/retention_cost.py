@@ -10,9 +10,9 @@ while the run goes, for each setting. Reported: trials, peak and final files and
 formula's bound ``keep_best + P * (W + 1)`` (lineages advancing together; the live peak may
 exceed it by the files written since the collector's last pass), and the growth of the
 retention-off folder for comparison. (A separate file from the transfer benchmark
-``benchmarks/checkpoints.py``, which another change adds; this one needs no object store.)
+``benchmarks/checkpoint_io.py``, which another change adds; this one needs no object store.)
 
-    python benchmarks/retention.py [--population 8] [--max-steps 400] [--workers 2] [--json]
+    python benchmarks/retention_cost.py [--population 8] [--max-steps 400] [--workers 2] [--json]
 """
 
 from __future__ import annotations

@@ -82,14 +82,14 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 
+from pbt_actors.common.exit_codes import EXIT_UNKNOWN
 from pbt_actors.model.errors import PbtError, ZygoteError
-from pbt_actors.runtime import worker_process
-from pbt_actors.runtime.experiment_file import forget_experiment_modules
-from pbt_actors.runtime.worker_process import LIFELINE_ENV, Lifeline, WorkerProcessConfig
+from pbt_actors.runtime.experiment_loader import forget_experiment_modules
+from pbt_actors.runtime.worker import worker_process
+from pbt_actors.runtime.worker.worker_process import LIFELINE_ENV, Lifeline, WorkerProcessConfig
 
 log = logging.getLogger(__name__)
 
-EXIT_UNKNOWN = -signal.SIGKILL  # the returncode of a worker whose exit the dead zygote could not report
 REPLY_TIMEOUT_S = 30.0
 _INT = struct.Struct(">i")
 _MAX_REQUEST = 1024 * 1024
@@ -526,4 +526,4 @@ def _run_worker(config: WorkerProcessConfig, env: dict[str, str], log_path: str 
         os._exit(code & 0xFF if code >= 0 else 1)
 
 
-__all__ = ["EXIT_UNKNOWN", "ForkedWorker", "Zygote", "default_preload"]
+__all__ = ["ForkedWorker", "Zygote", "default_preload"]

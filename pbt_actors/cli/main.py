@@ -4,11 +4,11 @@
 |---|---|
 | ``cli.run`` | ``run``, ``controller``, ``worker`` (and the internal ``worker-process``) |
 | ``cli.status`` | ``status`` (``--watch``), ``verify`` |
-| ``cli.lineage`` | ``lineage``, ``replay``, ``export``, ``report`` |
+| ``cli.results`` | ``lineage``, ``replay``, ``export``, ``report`` |
 | ``cli.sim`` | ``sim`` |
-| ``cli.security`` | ``keys`` |
+| ``cli.bind_security`` | ``keys`` |
 | ``cli.dashboard`` | ``dashboard`` (the live web page; ``run --dashboard``) |
-| ``cli.retention`` | ``gc``, ``pin`` |
+| ``cli.checkpoint_gc`` | ``gc``, ``pin`` |
 
 Command modules import their heavy dependencies (torch, ZeroMQ, matplotlib) inside the
 command, so ``pbt-actors status`` starts in a fraction of ``run``'s time.
@@ -23,12 +23,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pbt_actors.cli import dashboard, lineage, retention, run, security, sim, status
+from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, results, run, sim, status
+from pbt_actors.common.exit_codes import EXIT_STORE_FULL, EXIT_USAGE
 from pbt_actors.model.errors import PbtError, StoreFull
-
-EXIT_STORE_FULL = 75
-"""``run``/``controller``: the store's disk filled up (``StoreFull``). The store keeps its last
-committed state; free space and run the same command again to resume (sysexits' EX_TEMPFAIL)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parsers(sub)
-    security.add_parsers(sub)
+    bind_security.add_parsers(sub)
     status.add_parsers(sub)
-    lineage.add_lineage_parsers(sub)
+    results.add_lineage_parsers(sub)
     sim.add_sim_parser(sub)
     dashboard.add_parser(sub)
-    retention.add_parsers(sub)
+    checkpoint_gc.add_parsers(sub)
     _hide_internal_commands(sub)
     return parser
 
@@ -67,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STORE_FULL
     except PbtError as exc:
         print(f"pbt-actors: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def console_main() -> None:

@@ -1,6 +1,6 @@
 """CURVE for the command line: refuse an unencrypted non-loopback bind, load key files, ``keys``.
 
-The transport does the cryptography (``pbt_actors.transport.security``); this module turns
+The transport does the cryptography (``pbt_actors.transport.curve``); this module turns
 flags into endpoint options, and says no, loudly, where a run would be open to the network.
 """
 
@@ -50,7 +50,7 @@ def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         return {}, None
     import zmq
 
-    from pbt_actors.transport.security import load_keypair, start_authenticator
+    from pbt_actors.transport.curve import load_keypair, start_authenticator
 
     public, private = load_keypair(secret)
     authenticator = start_authenticator(zmq.Context.instance(), str(keys))
@@ -64,14 +64,14 @@ def worker_security(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
         return {}, []
     if not (server and secret):
         raise ConfigError("CURVE needs both --curve-server-key (the controller's public key) and --curve-secret")
-    from pbt_actors.transport.security import load_keypair, load_public_key
+    from pbt_actors.transport.curve import load_keypair, load_public_key
 
     options = {"curve_server_key": load_public_key(server), "curve_keypair": load_keypair(secret)}
     return options, ["--curve-server-key", str(Path(server).resolve()), "--curve-secret", str(Path(secret).resolve())]
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from pbt_actors.transport.security import generate_keypair
+    from pbt_actors.transport.curve import generate_keypair
 
     try:
         public, secret = generate_keypair(args.dir, args.name)

@@ -17,7 +17,7 @@ Setup: Jaderberg's toy objective with an unreachable ``max_steps`` (lineages nev
 initiator policy (window 2), ``population`` workers with speed spread 0.2, heartbeats on, no
 preemption; ``max_trials`` stops the run at the size. Each size runs in a fresh process.
 
-    python benchmarks/sim.py [--sizes 10000,100000,1000000] [--population 100] [--workers 100]
+    python benchmarks/sim_speed.py [--sizes 10000,100000,1000000] [--population 100] [--workers 100]
                              [--policy initiator] [--store memory|lmdb] [--json]
 """
 

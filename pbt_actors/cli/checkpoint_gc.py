@@ -31,7 +31,7 @@ def _open_writer(store_dir: str) -> Any:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from pbt_actors.cli.summary import stored_experiment
-    from pbt_actors.runtime.retention import checkpoint_deleter, collect_store
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, collect_store
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
     root = normalize_root(args.checkpoint_root or Path(args.store) / "checkpoints")
@@ -64,7 +64,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from pbt_actors.control.retention import META_PINS, read_pins
+    from pbt_actors.control.retention_rules import META_PINS, read_pins
 
     with _open_writer(args.store) as store:
         trial = store.find_trial(args.trial_id)

@@ -20,9 +20,9 @@ separate process on loopback (``tests/support/s3_server.py``), which holds objec
 each object is deleted right after it was measured.
 
 The other half of issue 11's benchmark, disk held over a long run with retention on and off,
-is ``benchmarks/retention.py``.
+is ``benchmarks/retention_cost.py``.
 
-    python benchmarks/checkpoints.py [--sizes-mb 256,1024] [--repeat 2] [--json]
+    python benchmarks/checkpoint_io.py [--sizes-mb 256,1024] [--repeat 2] [--json]
 """
 
 from __future__ import annotations

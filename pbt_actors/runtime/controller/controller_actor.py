@@ -26,15 +26,15 @@ import pykka
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.estimate import read_estimate
 from pbt_actors.control.progress import best_completed
-from pbt_actors.control.retention import plan_retention
+from pbt_actors.control.retention_rules import plan_retention
 from pbt_actors.control.session import ProtocolSession, Round
 from pbt_actors.model.errors import StoreFull
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.protocol import Error, Message, Reply, Report
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.retention import Collector, Deleter, record_with_retries, uris_of
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.runtime.controller.checkpoint_collector import Collector, Deleter, record_with_retries, uris_of
+from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.transport.endpoints import ControllerEndpoint
-from pbt_actors.transport.messages import Error, Message, Reply, Report
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,10 @@ import pykka
 
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.common.backoff import Backoff
+from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_WRONG_RUN
 from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.runtime.restart_rules import (
+from pbt_actors.model.protocol import Ack, Error, Hello, WorkerLost
+from pbt_actors.runtime.host.restart_rules import (
     ChildSpec,
     Intensity,
     Restart,
@@ -43,11 +45,9 @@ from pbt_actors.runtime.restart_rules import (
     RestartTracker,
     fresh_worker_id,
 )
-from pbt_actors.runtime.trial_marker import RUNNING_DIR, marker_path, take_marker
-from pbt_actors.runtime.worker_process import EXIT_NO_CONTROLLER, EXIT_WRONG_RUN
+from pbt_actors.runtime.worker.trial_marker import RUNNING_DIR, marker_path, take_marker
 from pbt_actors.storage.checkpoint_urls import local_state_folder
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import Ack, Error, Hello, WorkerLost
 
 log = logging.getLogger(__name__)
 

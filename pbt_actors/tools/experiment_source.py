@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.model.errors import ConfigError
-from pbt_actors.storage.base import META_EXPERIMENT_FILE, TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE, TrialStore
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

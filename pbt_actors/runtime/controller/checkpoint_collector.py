@@ -1,6 +1,6 @@
 """Carrying out checkpoint retention: deleting files off the hot path, then recording it.
 
-Layer 4. ``pbt_actors.control.retention`` decides (pure); this module acts:
+Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts:
 
 * ``Collector`` — a background thread next to the running controller. It wakes when trials
   complete (``nudge``) or every ``interval_s``, asks the controller actor for a plan (a short
@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbt_actors.control.retention import RetentionPlan, plan_retention, read_pins, record_collected
+from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
 from pbt_actors.model.errors import StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.runtime.checkpoints import inside_root
-from pbt_actors.storage.base import TrialStore
+from pbt_actors.runtime.worker.checkpoint_payloads import inside_root
+from pbt_actors.storage.trial_store import TrialStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
     text = str(root)
     if "://" not in text or text.startswith("file://"):
         return local_deleter(text.removeprefix("file://"))
-    from pbt_actors.runtime.checkpoints import store_for
+    from pbt_actors.runtime.worker.checkpoint_payloads import store_for
 
     return store_for(text).delete
 

@@ -1,6 +1,6 @@
 """One trial, run the same way everywhere: build the context, call ``train``, classify the end.
 
-Layer 4. Shared by the worker (``runtime/worker.py``, which adds the network: heartbeats while
+Layer 4. Shared by the worker (``runtime/worker/worker_client.py``, which adds the network: heartbeats while
 ``train`` runs, then delivering the outcome) and the in-process runner
 (``tools/inprocess.py``, which hands the outcome straight to ``ControllerCore.handle``), so the
 two cannot drift apart on what a failure means.
@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pbt_actors.model.errors import CheckpointError
-from pbt_actors.runtime.context import MetricError, NullLink, TrialContext, TrialLink
-from pbt_actors.transport.messages import Fail, Report, TrialAssignment
+from pbt_actors.model.protocol import Fail, Report, TrialAssignment
+from pbt_actors.runtime.worker.trial_context import MetricError, NullLink, TrialContext, TrialLink
 
 log = logging.getLogger(__name__)
 

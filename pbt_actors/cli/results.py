@@ -1,6 +1,6 @@
 """``lineage``, ``replay``, ``export`` and ``report``: the commands that read a run's results.
 
-``pbt_actors.cli.app`` registers them with ``add_lineage_parsers(subparsers)``. Every command
+``pbt_actors.cli.main`` registers them with ``add_lineage_parsers(subparsers)``. Every command
 opens the store read-only, so it can run while a controller writes.
 
     pbt-actors lineage --store DIR TRIAL|best [--json]
@@ -62,8 +62,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 # --- replay ------------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.context import default_device
-    from pbt_actors.runtime.launch import load_experiment_file
+    from pbt_actors.runtime.host.launch import load_experiment_file
+    from pbt_actors.runtime.worker.trial_context import default_device
     from pbt_actors.tools.lineage import Schedule, resolve_trial, schedule
     from pbt_actors.tools.replay import SegmentResult, plan, replay
 
@@ -78,7 +78,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with open_store_readonly(args.store) as store:
             sched = schedule(store, resolve_trial(store, args.trial))
             if experiment_file is None:  # the file the run was started from (recorded in the store)
-                from pbt_actors.tools.experiment_file import recorded_experiment_file
+                from pbt_actors.tools.experiment_source import recorded_experiment_file
 
                 recorded = recorded_experiment_file(store)
                 experiment_file = str(recorded.path)

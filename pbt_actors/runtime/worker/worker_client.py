@@ -7,7 +7,7 @@ Layer 4. Two threads per worker process, so that training never waits on the net
   one thread) and sends every message: requests, periodic heartbeats (told by a small ticker
   thread), reports.
 
-Running a trial (context, ``train``, what its end means) is ``pbt_actors.runtime.trial_runner``,
+Running a trial (context, ``train``, what its end means) is ``pbt_actors.runtime.worker.trial_runner``,
 shared with the in-process runner. ``ctx.report`` only updates shared state; the latest metrics ride
 on the next heartbeat and a ``stop`` reply sets ``ctx.should_stop``.
 
@@ -47,14 +47,10 @@ from typing import Any
 import pykka
 
 from pbt_actors.common.backoff import Backoff
+from pbt_actors.common.exit_codes import EXIT_TRIAL_TIMEOUT
 from pbt_actors.control.deadlines import TIMEOUT_ERROR
 from pbt_actors.model.errors import MessageTooLarge, PbtError, RequestTimeout
-from pbt_actors.runtime.context import TrialContext, default_device
-from pbt_actors.runtime.restart_rules import EXIT_TRIAL_TIMEOUT
-from pbt_actors.runtime.trial_marker import clear_marker, marker_path, markers_dir, write_marker
-from pbt_actors.runtime.trial_runner import TrainFn, build_context, execute
-from pbt_actors.transport.endpoints import WorkerEndpoint
-from pbt_actors.transport.messages import (
+from pbt_actors.model.protocol import (
     Ack,
     Done,
     Error,
@@ -68,6 +64,10 @@ from pbt_actors.transport.messages import (
     TrialAssignment,
     Wait,
 )
+from pbt_actors.runtime.worker.trial_context import TrialContext, default_device
+from pbt_actors.runtime.worker.trial_marker import clear_marker, marker_path, markers_dir, write_marker
+from pbt_actors.runtime.worker.trial_runner import TrainFn, build_context, execute
+from pbt_actors.transport.endpoints import WorkerEndpoint
 
 log = logging.getLogger(__name__)
 
