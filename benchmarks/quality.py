@@ -177,7 +177,6 @@ def run_one(job: tuple[str, str, int, Mapping[str, Any] | None]) -> dict[str, An
     import torch
 
     torch.set_num_threads(1)
-    from pbt_actors.control.budget import leased_steps
     from pbt_actors.model.records import TrialStatus
     from pbt_actors.tools.inprocess import run_inprocess
 
@@ -198,7 +197,7 @@ def run_one(job: tuple[str, str, int, Mapping[str, Any] | None]) -> dict[str, An
     sign = 1.0 if objective.metrics[0].goal == "max" else -1.0
     finite = [t for t in completed if math.isfinite(float(t.final[task.metric]))]  # type: ignore[index]
     best = max(finite, key=lambda t: sign * float(t.final[task.metric])) if finite else None  # type: ignore[index]
-    spent = leased_steps(trials)
+    spent = store.step_totals()[0]  # leased steps
     if spent > task.budget:
         raise AssertionError(f"{task_key}/{config_key}/{seed}: leased {spent} steps > budget {task.budget}")
     return {

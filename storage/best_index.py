@@ -1,8 +1,9 @@
 """The best index: which COMPLETED trials are best by the objective, kept by the writer.
 
-Layer 2, pure (imports only the data model). ``pbt-actors status`` used to find the best trial
-by decoding every COMPLETED record (7.5 s at 50k trials, and ``status --watch`` paid it on every
-refresh). The writer now keeps, in the same transaction as the record, two ordered indexes:
+Layer 2, pure (imports only the data model). Which trial is best is the rule of
+``pbt_actors.model.ranking``; decoding every COMPLETED record to apply it cost ``status`` 7.5 s
+at 50k trials, so the writer keeps its answer, in the same transaction as the record, as two
+ordered indexes:
 
 * ``RANKED``: every COMPLETED trial whose final metrics are *valid* for the objective, ordered
   best first by ``(weighted scalar desc, id asc)`` (``sort_key``). For a weighted objective the
@@ -25,19 +26,19 @@ weighted sum is NaN (``inf - inf`` after overflow) is kept out too: ``max`` over
 defined answer before either.
 
 The index is only meaningful for the objective it was built for, so the store records that
-objective (``META_BEST_INDEX``) and answers only a query for the same objective; a store written
-before the index existed has none and readers fall back to the scan.
+objective (``META_BEST_INDEX``), rebuilds the index when the stored experiment's objective
+changes, and refuses a query for another objective.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from pbt_actors.model.fitness import Objective
-from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.model.ranking import BestEntry, best_entry, dominates, pareto_front
+from pbt_actors.model.records import Trial
 
 META_BEST_INDEX: Final = "best_index"
 """Meta key: ``{"objective": Objective.to_dict()}`` of the objective the index was built for."""
@@ -48,19 +49,6 @@ FRONT: Final = "front"
 _SORT = struct.Struct(">QQ")
 _SIGN: Final = 1 << 63
 _MASK: Final = (1 << 64) - 1
-
-
-class BestEntry(NamedTuple):
-    """One indexed trial: its weighted scalar, id and oriented metric vector (bigger is better)."""
-
-    scalar: float
-    trial_id: int
-    oriented: tuple[float, ...]
-
-    @property
-    def order(self) -> tuple[float, int]:
-        """Sorts best first: higher scalar, then the older id."""
-        return (-self.scalar, self.trial_id)
 
 
 BestEdit = tuple[str, int, BestEntry]
@@ -114,16 +102,8 @@ class BestRule:
         return isinstance(stored, Mapping) and stored.get("objective") == self.fingerprint
 
     def entry(self, trial: Trial | None) -> BestEntry | None:
-        """The entry ``trial`` has in ``RANKED``: None unless COMPLETED with valid metrics."""
-        if trial is None or trial.status is not TrialStatus.COMPLETED:
-            return None
-        oriented = self.objective.oriented(trial.final)
-        if oriented is None:
-            return None
-        scalar = self.objective.scalar(trial.final)
-        if math.isnan(scalar):
-            return None
-        return BestEntry(scalar, trial.id, oriented)
+        """The entry ``trial`` has in ``RANKED`` (``pbt_actors.model.ranking.best_entry``)."""
+        return best_entry(self.objective, trial)
 
     def edits(self, old: Trial | None, new: Trial, front: Iterable[BestEntry],
               ranked: Iterable[BestEntry]) -> list[BestEdit]:
@@ -162,25 +142,14 @@ class BestRule:
         return out
 
 
-def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """Pareto dominance of oriented vectors (``Objective.compare``'s rule): ``a`` is at least
-    as good everywhere and better somewhere."""
-    better = False
-    for x, y in zip(a, b, strict=True):
-        if x < y:
-            return False
-        better = better or x > y
-    return better
+def ranking_by(rule: BestRule | None, objective: Objective) -> BestRule:
+    """The stored index's ``rule``, checked to rank by ``objective`` (what a query asks).
 
-
-def pareto_front(entries: Iterable[BestEntry]) -> list[BestEntry]:
-    """The non-dominated entries, best first: the incremental rule of ``BestRule.edits``
-    applied to each entry in turn (the migration of an existing store uses it)."""
-    front: dict[int, BestEntry] = {}
-    for entry in entries:
-        if any(dominates(m.oriented, entry.oriented) for m in front.values()):
-            continue
-        for trial_id in [i for i, m in front.items() if dominates(entry.oriented, m.oriented)]:
-            del front[trial_id]
-        front[entry.trial_id] = entry
-    return sorted(front.values(), key=lambda e: e.order)
+    Raises:
+        ValueError: the index ranks by another objective, or by none (no experiment stored).
+    """
+    if rule is None or rule.fingerprint != objective.to_dict():
+        kept = "no objective" if rule is None else f"the objective {rule.fingerprint}"
+        raise ValueError(f"the best index ranks by the stored experiment's objective ({kept}), "
+                         f"not {objective.to_dict()}")
+    return rule

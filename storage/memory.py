@@ -17,9 +17,10 @@ from typing import Any
 
 from pbt_actors.model import wire
 from pbt_actors.model.fitness import Objective
+from pbt_actors.model.ranking import BestEntry, pareto_front
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
-from pbt_actors.storage import step_totals
-from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestEntry, BestRule, pareto_front
+from pbt_actors.model.trial_cost import charge_deltas
+from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestRule, ranking_by
 from pbt_actors.storage.indexes import (
     ADD,
     CHECKPOINT,
@@ -34,9 +35,11 @@ from pbt_actors.storage.indexes import (
     Edit,
     index_edits,
 )
-from pbt_actors.storage.population_index import META_POPULATION_INDEX, tail_edits
+from pbt_actors.storage.population_index import tail_edits
 from pbt_actors.storage.trial_store import (
     META_EXPERIMENT,
+    STEPS_LEASED,
+    STEPS_QUEUED,
     TRIAL_ID_COUNTER,
     TrialStore,
     check_spec,
@@ -65,8 +68,6 @@ class InMemoryTrialStore(TrialStore):
         self._best: dict[str, dict[int, BestEntry]] = {RANKED: {}, FRONT: {}}
         self._best_rule: dict[str, BestRule] = {}
         self._undo: list[Callable[[], None]] | None = None
-        self._meta[step_totals.META_STEP_TOTALS] = 1  # kept from the start (storage/step_totals.py)
-        self._meta[META_POPULATION_INDEX] = 1  # likewise the current population
         self._tails: set[int] = set()
         self._followed = self._indexes[FOLLOWED]
         self._depth = 0
@@ -162,13 +163,11 @@ class InMemoryTrialStore(TrialStore):
             else:
                 self._del_item(self._best[index], entry.trial_id)
 
-    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int] | None:
+    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int]:
         """O(indexed) here (a heap selection): this store serves simulations and tests, where
         the LMDB store's ordered keys would buy nothing."""
         self._check_open()
-        rule = self._best_rule.get("rule")
-        if rule is None or rule.fingerprint != objective.to_dict():
-            return None
+        rule = ranking_by(self._best_rule.get("rule"), objective)
         entries = self._best[FRONT if rule.pareto else RANKED].values()
         return [e.trial_id for e in heapq.nsmallest(limit, entries, key=lambda e: e.order)]
 
@@ -216,11 +215,11 @@ class InMemoryTrialStore(TrialStore):
         if rule is not None and (new.status is TrialStatus.COMPLETED
                                  or (old is not None and old.status is TrialStatus.COMPLETED)):
             self._apply_best(rule.edits(old, new, self._best[FRONT].values(), self._best[RANKED].values()))
-        leased, queued = step_totals.deltas(old, new)
+        leased, queued = charge_deltas(old, new)
         if leased:
-            self.incr_counter(step_totals.LEASED, leased)
+            self.incr_counter(STEPS_LEASED, leased)
         if queued:
-            self.incr_counter(step_totals.QUEUED, queued)
+            self.incr_counter(STEPS_QUEUED, queued)
         self._apply(index_edits(old, new))
         if new.status is TrialStatus.COMPLETED or (old is not None and old.status is TrialStatus.COMPLETED):
             completed = self._by_status.get(TrialStatus.COMPLETED, set())
@@ -232,9 +231,12 @@ class InMemoryTrialStore(TrialStore):
         self._check_open()
         return sorted(self._followed.get(initiator, ()))
 
-    def population_tails(self) -> list[int] | None:
+    def population_tails(self) -> list[int]:
         self._check_open()
         return sorted(self._tails)
+
+    def step_totals(self) -> tuple[int, int]:
+        return self.counter(STEPS_LEASED), self.counter(STEPS_QUEUED)
 
     def _apply(self, edits: list[Edit]) -> None:
         """Apply index edits (undoable); ``STATUS`` edits also move the per-status counter."""

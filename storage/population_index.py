@@ -13,21 +13,16 @@ writer keeps the answer:
   function of one record (a completion removes its initiator), so ``tail_edits`` takes two
   probes of the store's state *after* the write's own FOLLOWED edits.
 
-Reading the population is then O(population). A store written before the index gets it at the
-writer's first open (``META_POPULATION_INDEX`` marks it); readers of one without it walk as
-before.
+Reading the population is then O(population). A store written before the index gets it from
+its migration to storage schema v2 (``pbt_actors.storage.migrations``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.indexes import ADD, REMOVE
-
-META_POPULATION_INDEX: Final = "population_index"
-"""Meta marker: ``FOLLOWED`` and ``TAILS`` are kept."""
 
 _COMPLETED = TrialStatus.COMPLETED
 

@@ -32,6 +32,10 @@ from pbt_actors.model.records import CheckpointRef, Measurement, Trial, TrialSpe
 from pbt_actors.storage.schema import MAX_GENERATION, MAX_ID  # the widths of the index keys on disk
 
 TRIAL_ID_COUNTER = "next_trial_id"
+STEPS_LEASED = "steps_leased"
+STEPS_QUEUED = "steps_queued"
+"""Counters of the steps charged to the search (``pbt_actors.model.trial_cost``), kept by every
+store in the transaction of each record write."""
 
 # Meta keys of a run, next to the store schema because every face reads them (status, report,
 # lineage, verify) and none of those should import the controller that writes them.
@@ -128,30 +132,26 @@ class TrialStore(ABC):
         """COMPLETED trials whose ``origin.initiator`` is ``initiator``, ascending (the
         ``FOLLOWED`` index)."""
 
-    def population_tails(self) -> list[int] | None:
+    @abstractmethod
+    def population_tails(self) -> list[int]:
         """The current population (``pbt_actors.storage.population_index``): COMPLETED trials no
-        COMPLETED trial names as initiator, ascending. O(population); None when this store does
-        not keep the index (callers walk the records)."""
-        return None
+        COMPLETED trial names as initiator, ascending. O(population)."""
 
-    def step_totals(self) -> tuple[int, int] | None:
-        """``(leased, queued)`` steps (``pbt_actors.storage.step_totals``) from the writer's
-        counters, O(1); None when this store does not keep them (callers sum the records)."""
-        from pbt_actors.storage.step_totals import LEASED, META_STEP_TOTALS, QUEUED
+    @abstractmethod
+    def step_totals(self) -> tuple[int, int]:
+        """``(leased, queued)`` steps charged to the search (``pbt_actors.model.trial_cost``),
+        from the counters the store keeps: O(1)."""
 
-        if self.get_meta(META_STEP_TOTALS) is None:
-            return None
-        return self.counter(LEASED), self.counter(QUEUED)
-
-    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int] | None:
+    @abstractmethod
+    def best_ranked(self, objective: Objective, limit: int = 1) -> list[int]:
         """Up to ``limit`` ids from the best index (``pbt_actors.storage.best_index``), best first:
         COMPLETED trials with valid metrics by (weighted scalar desc, id asc), for a Pareto
-        objective only the non-dominated front. O(log n + limit).
+        objective only the non-dominated front (``pbt_actors.model.ranking``). O(log n + limit).
 
-        Returns None when the store keeps no index for ``objective`` (a store written before the
-        index existed, or another objective): callers then scan the COMPLETED records.
+        Raises:
+            ValueError: ``objective`` is not the stored experiment's (the index ranks by that
+                one), or no experiment is stored yet.
         """
-        return None
 
     @abstractmethod
     def children(self, trial_id: int) -> list[int]:

@@ -9,6 +9,7 @@
 | ``cli.bind_security`` | ``keys`` |
 | ``cli.dashboard`` | ``dashboard`` (the live web page; ``run --dashboard``) |
 | ``cli.checkpoint_gc`` | ``gc``, ``pin`` |
+| ``cli.migrate`` | ``migrate`` (an older store to this build's schema) |
 
 Command modules import their heavy dependencies (torch, ZeroMQ, matplotlib) inside the
 command, so ``pbt-actors status`` starts in a fraction of ``run``'s time.
@@ -23,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, results, run, sim, status
+from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, migrate, results, run, sim, status
 from pbt_actors.common.exit_codes import EXIT_STORE_FULL, EXIT_USAGE
 from pbt_actors.model.errors import PbtError, StoreFull
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_sim_parser(sub)
     dashboard.add_parser(sub)
     checkpoint_gc.add_parsers(sub)
+    migrate.add_parser(sub)
     _hide_internal_commands(sub)
     return parser
 

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.control.budget import read_budget_summary
+from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.errors import ConfigError
@@ -51,7 +51,7 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
         "final_population": read_final_population(store, experiment).to_dict(),
         "seed": experiment.seed,  # shown: the same seed does not repeat a run (trials are asynchronous)
         "max_generation": store.max_generation(),
-        "budget": read_budget_summary(store, experiment.budget_steps),  # O(1): the writer's counters
+        "budget": BudgetLedger.read(store, experiment.budget_steps).summary(),  # O(1): the store's counters
     }
 
 

@@ -20,8 +20,9 @@ Protocol semantics it implements (DESIGN §5):
   caller sends replies after ``handle_batch`` returns (it commits before returning).
 * ``budget_steps`` (``control/budget.py``): a spawn that would commit steps past the budget is
   not made (its initiator retires, like ``max_trials``), and a never-leased trial that does not
-  fit (a budget lowered on resume) is STOPPED instead of leased. The ledger is derived from the
-  stored trials, rebuilt on start and after any rolled-back batch.
+  fit (a budget lowered on resume) is STOPPED instead of leased. The steps charged so far are
+  the store's totals, moved by each record write in its transaction (so a rolled-back batch
+  takes its charges with it); the core keeps no count of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import statistics
 import uuid
 from collections.abc import Sequence
 
-from pbt_actors.control.budget import BudgetLedger, trial_cost, was_leased
+from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.deadlines import (
     AUTO,
     AUTO_SAMPLE,
@@ -78,6 +79,7 @@ from pbt_actors.model.protocol import (
 )
 from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
 from pbt_actors.model.rng import decision_rng
+from pbt_actors.model.trial_cost import trial_cost, was_leased
 from pbt_actors.storage.trial_store import META_EXPERIMENT, META_FINISHED_AT, META_RUN_ID, TrialStore
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,6 @@ class ControllerCore:
         self.view = PopulationView(store, self.experiment, committed_steps=lambda: self.ledger.committed)
         self.wait_s = wait_s
         self._timeout_cache: tuple[int, tuple[float, ...]] | None = None
-        self._ledger: BudgetLedger | None = None
         if store.count() == 0:
             with store.batch():
                 for spawn in self.policy.initial(self._rngs):
@@ -190,10 +191,8 @@ class ControllerCore:
                             raise _Poisoned(index, exc) from exc
                 return replies
             except StoreRetry:
-                self._ledger = None  # the batch rolled back: recount from the store
                 log.info("store grew its map; re-running a batch of %d messages", len(messages))
             except _Poisoned as bad:
-                self._ledger = None
                 log.exception("internal error handling %r", messages[bad.index], exc_info=bad.error)
                 poisoned[bad.index] = Error("internal", f"{type(bad.error).__name__}: {bad.error}")
         raise RuntimeError("could not commit a batch after repeated store growth")
@@ -222,7 +221,6 @@ class ControllerCore:
                             released.append(trial_id)
                 return released
             except StoreRetry:
-                self._ledger = None
                 continue
         raise RuntimeError("could not commit lease expiry after repeated store growth")
 
@@ -241,11 +239,9 @@ class ControllerCore:
 
     @property
     def ledger(self) -> BudgetLedger:
-        """Leased and queued steps against ``budget_steps`` (``control/budget.py``), counted
-        from the stored trials once, then kept current by this core's own changes."""
-        if self._ledger is None:
-            self._ledger = BudgetLedger.of(self.experiment.budget_steps, self.store.iter_trials())
-        return self._ledger
+        """Leased and queued steps against ``budget_steps`` (``control/budget.py``): the
+        store's totals as the current transaction sees them."""
+        return BudgetLedger.read(self.store, self.experiment.budget_steps)
 
     @property
     def leased_steps(self) -> int:
@@ -298,8 +294,6 @@ class ControllerCore:
                 self.store.put_meta(META_FINISHED_AT, now)
                 return Done()
             return Wait(self.wait_s)
-        if not was_leased(trial):
-            self.ledger.leased_first(trial_cost(trial))
         running = trial.evolve(status=TrialStatus.RUNNING,
                                lease=Lease(msg.worker, now + self.experiment.lease_s),
                                started_at=now, worker=msg.worker)
@@ -314,8 +308,7 @@ class ControllerCore:
             if was_leased(trial) or self.ledger.admits_lease(trial_cost(trial)):
                 continue
             stopped = trial.evolve(status=TrialStatus.STOPPED, stop_reason="compute budget spent", ended_at=now)
-            if self.store.transition(trial.id, TrialStatus.PENDING, trial.attempt, stopped):
-                self.ledger.dropped(trial_cost(trial))
+            self.store.transition(trial.id, TrialStatus.PENDING, trial.attempt, stopped)
 
     def _assignment(self, trial: Trial) -> TrialAssignment:
         parent_ckpt = trial.resume
@@ -452,13 +445,12 @@ class ControllerCore:
                 if initiator.initiated:
                     return  # exactly once, whatever the event history
             cap = self.experiment.max_trials
-            cost = max(0, decision.spec.end_step - decision.spec.start_step)
-            if (cap is not None and self.store.count() >= cap) or not self.ledger.admits_new(cost):
+            if (cap is not None and self.store.count() >= cap) or not self.ledger.admits_new(
+                    trial_cost(decision.spec)):
                 if initiator is not None:
                     self._mark_initiated(initiator)
                 return
             self.store.create_trial(decision.spec, now)
-            self.ledger.created(cost)
             if initiator is not None:
                 self._mark_initiated(initiator)
         elif isinstance(decision, Retire):
@@ -470,8 +462,6 @@ class ControllerCore:
             if not trial.status.active:
                 return
             running = trial.status is TrialStatus.RUNNING
-            if not was_leased(trial):
-                self.ledger.dropped(trial_cost(trial))
             history = self._with_attempt_ended(trial, now) if running else trial.history
             stopped = trial.evolve(status=TrialStatus.STOPPED, lease=None, stop_reason=decision.reason,
                                    ended_at=now, history=history)

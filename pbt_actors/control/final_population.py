@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pbt_actors.model.ranking import best_of
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
 
@@ -63,12 +64,9 @@ def population_tails(completed: Iterable[Trial]) -> list[Trial]:
 
 def final_population(completed: Iterable[Trial], experiment: Experiment) -> FinalPopulation:
     """The final (or current) population among ``completed`` (non-completed records are
-    ignored), ranked by ``experiment``'s objective (ties: the older id, as ``best_completed``)."""
+    ignored), its best by ``experiment``'s objective (``pbt_actors.model.ranking``, as ``best_completed``)."""
     tails = population_tails(completed)
-    best = None
-    if tails:
-        keys = experiment.objective_.rank_keys([t.final for t in tails])
-        best = tails[max(range(len(tails)), key=lambda i: (keys[i], -tails[i].id))]
+    best = best_of(experiment.objective_, tails)
     mean: dict[str, float] = {}
     for name in experiment.objective_.names:
         values = [float(v) for t in tails if isinstance(v := (t.final or {}).get(name), int | float)
@@ -80,22 +78,6 @@ def final_population(completed: Iterable[Trial], experiment: Experiment) -> Fina
 
 
 def read_final_population(store: TrialStore, experiment: Experiment) -> FinalPopulation:
-    """``final_population`` read generation by generation from the newest, so ``status`` stays
-    cheap on a big store: a slot's child is one generation after its initiator (stand-ins take
-    the lost child's generation), so a completed trial of generation g is a tail unless a
-    completed trial of g + 1 names it. The walk stops once ``population`` tails are found
-    (O(population × the generations the slots spread over)); only a slot that died early (its
-    replacements exhausted) makes it walk further down. A store that keeps the population index
-    (``TrialStore.population_tails``, kept by the writer) answers in O(population) instead."""
-    indexed = store.population_tails()
-    if indexed is not None:
-        return final_population(store.trials(indexed), experiment)
-    tails: list[Trial] = []
-    followed: set[int] = set()
-    generation = store.max_generation()
-    while generation >= 0 and len(tails) < experiment.population:
-        completed = store.trials(store.completed_in_generation(generation))
-        tails += [t for t in completed if t.id not in followed]
-        followed = {t.origin.initiator for t in completed if t.origin.initiator is not None}
-        generation -= 1
-    return final_population(tails, experiment)
+    """``final_population`` of a store, from its population index (``TrialStore.population_tails``,
+    kept by the writer): O(population)."""
+    return final_population(store.trials(store.population_tails()), experiment)

@@ -114,45 +114,23 @@ def run_finished(store: TrialStore) -> bool:
 
 
 def best_completed(store: TrialStore, experiment: Experiment) -> Trial | None:
-    """The best COMPLETED trial of a store by the objective (ties: the older id).
+    """The best COMPLETED trial of a store by the objective (``pbt_actors.model.ranking``).
 
-    O(log n) from the writer's best index (``pbt_actors.storage.best_index``): its first entry,
-    or, when no completed trial has valid metrics, the oldest COMPLETED trial (what the rank
-    keys give when all tie at invalid). A store without the index is scanned
-    (``scan_best_completed``)."""
+    O(log n) from the store's best index: its first entry, or, when no completed trial has
+    valid metrics, the oldest COMPLETED trial."""
     ranked = store.best_ranked(experiment.objective_, 1)
-    if ranked is None:
-        return scan_best_completed(store, experiment)
     if ranked:
         return store.get_trial(ranked[0])
     oldest = store.first_with_status(TrialStatus.COMPLETED)
     return None if oldest is None else store.get_trial(oldest)
 
 
-def scan_best_completed(store: TrialStore, experiment: Experiment) -> Trial | None:
-    """``best_completed`` by decoding every COMPLETED record: O(completed). The definition the
-    index must agree with (the property tests compare them), and the fallback for old stores."""
-    completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
-    if not completed:
-        return None
-    keys = experiment.objective_.rank_keys([t.final for t in completed])
-    best = max(range(len(completed)), key=lambda i: (keys[i], -completed[i].id))
-    return completed[best]
-
-
 def top_completed(store: TrialStore, experiment: Experiment, k: int) -> list[Trial]:
-    """Up to ``k`` best COMPLETED trials, best first (``status --watch``'s table).
-
-    From the index: for a weighted objective exactly ``rank_keys``' order; for a Pareto
-    objective the non-dominated front by weighted scalar (the order ``rank_keys`` gives those
-    members), and only the front (it ranks the dominated by how many dominate them, which an
-    index cannot keep cheaply). Without the index, the scan's order."""
+    """Up to ``k`` best COMPLETED trials, best first (``status --watch``'s table), from the index:
+    for a weighted objective every valid trial in rank order; for a Pareto objective only the
+    non-dominated front (it ranks the dominated by how many dominate them, which an index cannot
+    keep cheaply). With no valid trial, the oldest COMPLETED ones."""
     ranked = store.best_ranked(experiment.objective_, k)
-    if ranked is None:
-        completed = store.trials(store.ids_with_status(TrialStatus.COMPLETED))
-        keys = experiment.objective_.rank_keys([t.final for t in completed]) if completed else []
-        order = sorted(range(len(completed)), key=lambda i: (keys[i], -completed[i].id), reverse=True)
-        return [completed[i] for i in order[:k]]
     if not ranked:
         ranked = store.ids_with_status(TrialStatus.COMPLETED)[:k]
     return store.trials(ranked)

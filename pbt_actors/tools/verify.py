@@ -155,31 +155,30 @@ def _ids(ids: set[int]) -> str:
 
 def _check_face_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
     """The writer's indexes for the faces (best trial, current population, step totals) agree
-    with the records; each is checked only where the store keeps it. O(n x Pareto front)."""
-    from pbt_actors.storage.best_index import BestRule, pareto_front
+    with the records, by the rules of ``pbt_actors.model``. O(n x Pareto front)."""
+    from pbt_actors.model.ranking import best_entry, ranking
+    from pbt_actors.model.trial_cost import step_totals_of
+    from pbt_actors.storage.best_index import BestRule
     from pbt_actors.storage.population_index import tails_of
-    from pbt_actors.storage.step_totals import charges
     from pbt_actors.storage.trial_store import META_EXPERIMENT
 
     completed = [t for t in trials.values() if t.status is TrialStatus.COMPLETED]
     rule = BestRule.from_experiment(store.get_meta(META_EXPERIMENT))
-    held = None if rule is None else store.best_ranked(rule.objective, 1)
-    if rule is not None and held is not None:
-        entries = [e for t in completed if (e := rule.entry(t)) is not None]
-        ranked = pareto_front(entries) if rule.pareto else sorted(entries, key=lambda e: e.order)
-        wanted = [e.trial_id for e in ranked[:1]]
+    if rule is not None:
+        held = store.best_ranked(rule.objective, 1)
+        entries = [e for t in completed if (e := best_entry(rule.objective, t)) is not None]
+        wanted = [e.trial_id for e in ranking(rule.objective, entries)[:1]]
         if held != wanted:
             problems.append(f"best index names {held or 'no trial'}, the records make {wanted or 'no trial'} best")
     tails = store.population_tails()
-    if tails is not None and tails != tails_of(completed):
+    if tails != tails_of(completed):
         problems.append(f"population index lists {_ids(set(tails))}, the records make "
                         f"{_ids(set(tails_of(completed)))} the current population")
     totals = store.step_totals()
-    if totals is not None:
-        wanted_totals = tuple(map(sum, zip((0, 0), *(charges(t) for t in trials.values()), strict=False)))
-        if totals != wanted_totals:
-            problems.append(f"step counters say {totals[0]} leased / {totals[1]} queued, records say "
-                            f"{wanted_totals[0]} / {wanted_totals[1]}")
+    wanted_totals = step_totals_of(trials.values())
+    if totals != wanted_totals:
+        problems.append(f"step counters say {totals[0]} leased / {totals[1]} queued, records say "
+                        f"{wanted_totals[0]} / {wanted_totals[1]}")
 
 
 def _check_indexes(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:

@@ -2,14 +2,14 @@
 
 The proof is a property test: random stores (weighted and Pareto objectives, invalid metrics,
 ties, completed records that change or leave COMPLETED, rolled-back batches) on both stores,
-comparing ``best_completed`` (index) with ``scan_best_completed`` (the old definition) and the
-front with a brute-force front after every step. Plus the migration of a store written before
-the index, and the reader's fallback when the index is absent.
+comparing ``best_completed`` (index) with ``scan_best_completed`` (the objective's ``rank_keys``)
+and the front with a brute-force front after every step; the step counters and the population
+index are checked against their oracles on the way. (Stores written before the index:
+``test_store_migrations.py``.)
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import subprocess
 import sys
@@ -18,32 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.final_population import population_tails
-from pbt_actors.control.progress import best_completed, scan_best_completed, top_completed
-from pbt_actors.model import wire
+from pbt_actors.control.progress import best_completed, top_completed
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fitness import Metric, Objective
+from pbt_actors.model.ranking import BestEntry, dominates, pareto_front
 from pbt_actors.model.records import Origin, OriginKind, TrialSpec, TrialStatus
 from pbt_actors.model.space import Float
-from pbt_actors.storage import schema, step_totals
-from pbt_actors.storage.best_index import (
-    META_BEST_INDEX,
-    BestEntry,
-    decode_sort_key,
-    dominates,
-    pareto_front,
-    sort_key,
-)
+from pbt_actors.model.trial_cost import step_totals_of
+from pbt_actors.storage.best_index import META_BEST_INDEX, decode_sort_key, sort_key
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
-from pbt_actors.storage.population_index import META_POPULATION_INDEX
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
+from tests.support.oracles import ranked_by_scan, scan_best_completed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,19 +179,16 @@ def test_best_from_the_index_is_the_scans_answer(kind: str, objective_name: str,
                 apply_step(store, step)
                 tails = population_tails(store.trials(store.ids_with_status(COMPLETED)))
                 assert store.population_tails() == [t.id for t in tails]
-                ledger = BudgetLedger.of(None, store.iter_trials())
-                assert store.step_totals() == (ledger.leased, ledger.queued)
+                assert store.step_totals() == step_totals_of(store.iter_trials())
                 best, scan = best_completed(store, experiment), scan_best_completed(store, experiment)
                 assert (best and best.id) == (scan and scan.id)
                 if objective.comparison == "pareto":
-                    assert set(store.best_ranked(objective, 10**6) or []) == brute_front(store, objective)
+                    assert set(store.best_ranked(objective, 10**6)) == brute_front(store, objective)
                 else:
-                    completed = store.trials(store.ids_with_status(COMPLETED))
-                    keys = objective.rank_keys([t.final for t in completed])
-                    order = sorted(range(len(completed)), key=lambda i: (keys[i], -completed[i].id), reverse=True)
-                    valid = [completed[i].id for i in order if keys[i][0] == 0.0]
-                    assert [t.id for t in top_completed(store, experiment, 5)] == (
-                        valid[:5] if valid else [completed[i].id for i in order[:5]])
+                    ranked = ranked_by_scan(store, experiment)
+                    valid = [t.id for t in ranked if objective.is_valid(t.final)]
+                    oldest = store.ids_with_status(COMPLETED)[:5]
+                    assert [t.id for t in top_completed(store, experiment, 5)] == (valid[:5] if valid else oldest)
         finally:
             store.close()
 
@@ -209,59 +197,15 @@ def test_best_from_the_index_is_the_scans_answer(kind: str, objective_name: str,
 def test_a_new_objective_rebuilds_the_index(make_store: Any) -> None:
     store = make_store()
     ids = [complete(store, {"acc": a, "loss": loss}) for a, loss in ((0.9, 5.0), (0.5, 0.1), (0.1, 9.0))]
-    assert store.best_ranked(OBJECTIVES["max"]) is None  # no experiment yet: no index
+    with pytest.raises(ValueError, match="no objective"):  # no experiment yet: no index
+        store.best_ranked(OBJECTIVES["max"])
     store.put_meta(META_EXPERIMENT, experiment_of(OBJECTIVES["max"]).to_dict())
     assert store.best_ranked(OBJECTIVES["max"], 3) == [ids[0], ids[1], ids[2]]
-    assert store.best_ranked(OBJECTIVES["pareto"]) is None  # built for another objective
+    with pytest.raises(ValueError, match="ranks by the stored experiment's objective"):  # built for another
+        store.best_ranked(OBJECTIVES["pareto"])
     store.put_meta(META_EXPERIMENT, experiment_of(OBJECTIVES["pareto"]).to_dict())
     assert store.best_ranked(OBJECTIVES["pareto"], 3) == [ids[1], ids[0]]  # the front, by scalar
     assert store.get_meta(META_BEST_INDEX) == {"objective": OBJECTIVES["pareto"].to_dict()}
-
-
-def _downgrade_to_v1(path: Path) -> None:
-    """Make a store look as a v1 build left it: no best databases, no index meta, version 1."""
-    env = lmdb.open(str(path), max_dbs=schema.MAX_DBS, subdir=True)
-    try:
-        meta = env.open_db(schema.DB_META)
-        with env.begin(write=True) as txn:
-            for db_name in schema.V2_DBS:
-                txn.drop(env.open_db(db_name, txn=txn), delete=True)
-            txn.delete(schema.meta_key(META_BEST_INDEX), db=meta)
-            txn.delete(schema.meta_key(step_totals.META_STEP_TOTALS), db=meta)
-            txn.delete(schema.meta_key(META_POPULATION_INDEX), db=meta)
-            for name in (step_totals.LEASED, step_totals.QUEUED):
-                txn.delete(schema.counter_key(name), db=meta)
-            txn.put(schema.meta_key(schema.SCHEMA_VERSION_KEY), wire.pack(1), db=meta)
-    finally:
-        env.close()
-
-
-@pytest.mark.timeout(30)
-def test_an_old_store_is_scanned_by_readers_and_migrated_by_the_writer(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "old"
-    experiment = experiment_of(OBJECTIVES["pareto"])
-    with LmdbTrialStore(path, sync=False) as store:
-        store.put_meta(META_EXPERIMENT, experiment.to_dict())
-        ids = [complete(store, {"acc": a, "loss": loss}) for a, loss in ((0.2, 0.2), (0.9, 0.5), (0.1, 0.9))]
-        store.create_trial(spec(), 0.0)  # 100 queued steps
-        totals = store.step_totals()
-    assert totals == (0, 100)
-    _downgrade_to_v1(path)
-    with LmdbTrialStore(path, readonly=True) as reader, caplog.at_level(logging.INFO):
-        assert reader.best_ranked(experiment.objective_) is None
-        assert reader.step_totals() is None
-        assert reader.population_tails() is None
-        assert "no best index" in caplog.text
-        best = best_completed(reader, experiment)  # the scan's answer
-        assert best is not None and best.id == ids[1]
-    with LmdbTrialStore(path, sync=False) as writer:  # migrates at open
-        assert writer.get_meta(schema.SCHEMA_VERSION_KEY) == schema.STORE_SCHEMA_VERSION
-        assert writer.best_ranked(experiment.objective_, 5) == [ids[1], ids[0]]
-    with LmdbTrialStore(path, readonly=True) as reader:
-        assert reader.best_ranked(experiment.objective_, 5) == [ids[1], ids[0]]
-        assert reader.step_totals() == totals
-        assert reader.population_tails() == ids
 
 
 READER = """

@@ -164,9 +164,10 @@ def test_a_stale_mirror_is_not_served_after_an_external_commit(tmp_path: Path) -
         run_batch(store, lambda: store.create_trial(make_spec(), 1.0))
         with store.batch():
             assert store.ids_with_status(TrialStatus.PENDING) == [1]
-        assert store._mirror is not None
-        store._mirror.apply([(STATUS, ADD, TrialStatus.PENDING, 99)])  # what a stale mirror would claim
-        store._mirror_txnid -= 1  # as if someone else had committed since
+        records = store._records
+        assert records.mirror is not None
+        records.mirror.apply([(STATUS, ADD, TrialStatus.PENDING, 99)])  # what a stale mirror would claim
+        records.mirror_txnid -= 1  # as if someone else had committed since
         with store.batch():
             assert store.ids_with_status(TrialStatus.PENDING) == [1]
     finally:
@@ -180,13 +181,13 @@ def test_batches_without_writes_keep_the_mirror(tmp_path: Path) -> None:
         run_batch(store, lambda: store.create_trial(make_spec(), 1.0))
         with store.batch():
             store.ids_with_status(TrialStatus.PENDING)
-        mirror = store._mirror
+        mirror = store._records.mirror
         for _ in range(3):
             with store.batch():
                 assert store.first_with_status(TrialStatus.PENDING) == 1
         run_batch(store, lambda: store.create_trial(make_spec(), 2.0))
         with store.batch():
             assert store.ids_with_status(TrialStatus.PENDING) == [1, 2]
-        assert store._mirror is mirror
+        assert store._records.mirror is mirror
     finally:
         store.close()

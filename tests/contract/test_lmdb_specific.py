@@ -397,7 +397,7 @@ from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
 store = LmdbTrialStore(sys.argv[1], readonly=True)
 resizes = 0
-adopt = store._set_mapsize
+adopt = store._txns._set_mapsize
 
 
 def counting_resize(size):  # proves the MapResizedError path ran, not just a big mapping
@@ -406,7 +406,7 @@ def counting_resize(size):  # proves the MapResizedError path ran, not just a bi
     adopt(size)
 
 
-store._set_mapsize = counting_resize
+store._txns._set_mapsize = counting_resize
 print(json.dumps({"ready": True, "repr": repr(store)}), flush=True)
 for line in sys.stdin:
     cmd, *args = line.split()

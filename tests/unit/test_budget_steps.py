@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pbt_actors.control.budget import BudgetLedger, leased_steps, trial_cost
+from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.policies import PopulationView
 from pbt_actors.control.policies.policy import lineage_reports
@@ -16,6 +16,7 @@ from pbt_actors.model.fitness import Objective
 from pbt_actors.model.protocol import Done, Report, TrialAssignment, Wait
 from pbt_actors.model.records import Measurement, TrialStatus
 from pbt_actors.model.space import Float
+from pbt_actors.model.trial_cost import step_totals_of, trial_cost
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from tests.support.driver import Driver, fake_checkpoint, random_run
@@ -43,7 +44,7 @@ def test_leased_steps_never_exceed_the_budget(policy: str, budget: int) -> None:
     core = ControllerCore(InMemoryTrialStore(), experiment(policy=policy, budget_steps=budget))
     run_all(core)
     trials = list(core.store.iter_trials())
-    spent = leased_steps(trials)
+    spent = step_totals_of(trials)[0]
     assert spent <= budget
     assert spent > budget - 10  # it spends what fits: the last trial-length is all that may be left
     assert core.finished
@@ -57,7 +58,7 @@ def test_without_a_budget_the_run_is_unchanged() -> None:
     run_all(a)
     run_all(b)
     assert [t.hparams for t in a.store.iter_trials()] == [t.hparams for t in b.store.iter_trials()]
-    assert leased_steps(a.store.iter_trials()) == a.leased_steps == b.leased_steps <= 10_000
+    assert step_totals_of(a.store.iter_trials())[0] == a.leased_steps == b.leased_steps <= 10_000
 
 
 def test_a_budget_smaller_than_the_population_seeds_only_what_fits() -> None:
@@ -89,7 +90,7 @@ def test_restarted_core_rebuilds_the_ledger_from_the_store(tmp_path) -> None:
     restarted = ControllerCore(store, exp)
     assert (restarted.ledger.leased, restarted.ledger.queued) == before
     run_all(restarted)
-    assert leased_steps(store.iter_trials()) <= 60
+    assert step_totals_of(store.iter_trials())[0] <= 60
     store.close()
 
 
@@ -110,16 +111,14 @@ def test_a_budget_lowered_on_resume_stops_queued_trials_instead_of_leasing_them(
 
 
 def test_ledger_arithmetic() -> None:
-    ledger = BudgetLedger(30)
-    assert ledger.admits_new(30) and not ledger.admits_new(31)
-    ledger.created(20)
-    assert not ledger.admits_new(11) and ledger.admits_lease(20)
-    ledger.leased_first(20)
-    assert (ledger.leased, ledger.queued) == (20, 0)
-    ledger.created(10)
-    ledger.dropped(10)
-    assert ledger.committed == 20 and not ledger.spent()
+    assert BudgetLedger(30).admits_new(30) and not BudgetLedger(30).admits_new(31)
+    queued = BudgetLedger(30, 0, 20)
+    assert not queued.admits_new(11) and queued.admits_lease(20)
+    leased = BudgetLedger(30, 20, 0)
+    assert leased.committed == 20 and not leased.spent() and not leased.admits_lease(11)
+    assert BudgetLedger(30, 20, 10).spent()
     assert BudgetLedger(None).admits_new(10**9)
+    assert BudgetLedger(None, 5, 7).summary() == {"budget_steps": None, "leased_steps": 5, "queued_steps": 7}
 
 
 def test_budget_steps_is_validated() -> None:

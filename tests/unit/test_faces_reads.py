@@ -13,7 +13,7 @@ import pytest
 
 from pbt_actors.cli.status import watch_snapshot
 from pbt_actors.cli.summary import store_summary, stored_experiment
-from pbt_actors.control.progress import scan_best_completed
+from tests.support.oracles import scan_best_completed
 from pbt_actors.model.records import Trial
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.tools.lineage import resolve_trial

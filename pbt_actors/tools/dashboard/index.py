@@ -6,10 +6,8 @@ terminal trial never changes again in a way the page shows, so a refresh reads o
 created since the last one and those still PENDING or RUNNING: O(new + active), not O(all).
 
 Fitness is the objective as a scalar (``Objective.scalar``: oriented so bigger is better for
-every objective kind); the best trial is the COMPLETED one with the largest scalar (ties: the
-older id). For a Pareto objective that trial is on the non-dominated front (weights are
-positive, so a dominating trial would have a larger weighted sum), and it is the trial
-``status`` reports as best.
+every objective kind), for the plots. The best trial is the one ``status`` reports
+(``progress.best_completed``: the store's best index), read again when trials ended.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pbt_actors.control.progress import run_finished
+from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
@@ -111,6 +109,8 @@ class StoreIndex:
                 if trial.id != len(self.rows) + 1:  # a gap: the writer's next commit will fill it
                     break
                 ended += self._put(trial)
+            if ended or self.best_id is None:
+                self._read_best()
             finished = run_finished(self.store)
             if ended or self.active or finished != self.finished or len(self.rows) != rows_before:
                 self.version += 1
@@ -156,11 +156,14 @@ class StoreIndex:
             self.workers.setdefault(row.worker, WorkerStats()).add(row)
         if trial.status is TrialStatus.FAILED:
             self.failures.append(trial.id)
-        if trial.status is TrialStatus.COMPLETED and fitness is not None:
-            best = self.row(self.best_id) if self.best_id is not None else None
-            if best is None or best.fitness is None or fitness > best.fitness:
-                self.best_id = trial.id
         return 1
+
+    def _read_best(self) -> None:
+        """The store's best trial, once this index holds its row (a trial past a gap waits)."""
+        assert self.experiment is not None
+        best = best_completed(self.store, self.experiment)
+        if best is not None and self.row(best.id) is not None:
+            self.best_id = best.id
 
     # --- reads ------------------------------------------------------------------------------------
     def memo(self, key: str, build: Callable[[], Any]) -> Any:
