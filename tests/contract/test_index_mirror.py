@@ -25,7 +25,7 @@ from pbt_actors.storage.indexes import ADD, STATUS
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.trial_store import TrialStore, status_counter
-from tests.contract.test_trial_store import make_ref, make_spec, run_batch
+from tests.contract.store_helpers import make_ref, make_spec, run_batch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,7 +132,7 @@ WRITE_FROM_ANOTHER_PROCESS = """
 import sys
 sys.path.insert(0, sys.argv[2])
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from tests.contract.test_trial_store import make_spec
+from tests.contract.store_helpers import make_spec
 with LmdbTrialStore(sys.argv[1]) as store:
     store.create_trial(make_spec(generation=2), 9.0)
 """
