@@ -13,12 +13,12 @@ import pytest
 
 from pbt_actors.cli.status import watch_snapshot
 from pbt_actors.cli.summary import store_summary, stored_experiment
-from tests.support.oracles import scan_best_completed
 from pbt_actors.model.records import Trial
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.tools.lineage import resolve_trial
 from pbt_actors.tools.sim.engine import simulate
 from pbt_actors.tools.sim.objectives import make_objective
+from tests.support.oracles import scan_best_completed
 
 pytestmark = pytest.mark.timeout(60)
 
