@@ -89,7 +89,7 @@ class BestRule:
     @classmethod
     def from_experiment(cls, experiment: Mapping[str, Any] | None) -> BestRule | None:
         """The rule of a stored experiment dict (``META_EXPERIMENT``), or None when there is no
-        experiment (yet) or its objective cannot be read (then no index is kept; readers scan)."""
+        experiment (yet) or its objective cannot be read (then no index is kept)."""
         if not isinstance(experiment, Mapping) or not isinstance(experiment.get("objective"), Mapping):
             return None
         try:

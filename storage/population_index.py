@@ -54,6 +54,6 @@ def tail_edits(old: Trial | None, new: Trial, followed: Callable[[int], bool],
 
 
 def tails_of(completed: list[Trial]) -> list[int]:
-    """The ``TAILS`` a store of these COMPLETED trials holds (building it for an older store)."""
+    """The ``TAILS`` a store of these COMPLETED trials holds (building it by migration)."""
     followed = {t.origin.initiator for t in completed if t.origin.initiator is not None}
     return sorted(t.id for t in completed if t.id not in followed)

@@ -24,8 +24,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     path = Path(args.store).resolve()
     if not (path / "data.mdb").exists():
         raise ConfigError(f"no pbt-actors store at {path}")
-    with LmdbTrialStore(path) as store:
-        applied = [{"version": m.version, "description": m.description} for m in store.migrated]
+    store = LmdbTrialStore(path)  # the writer migrates at open
+    store.close()
+    applied = [{"version": m.version, "description": m.description} for m in store.migrated]
     if args.json:
         print(json.dumps({"store": str(path), "schema_version": STORE_SCHEMA_VERSION, "applied": applied}))
     elif applied:
