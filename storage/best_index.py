@@ -105,6 +105,15 @@ class BestRule:
         """The entry ``trial`` has in ``RANKED`` (``pbt_actors.model.ranking.best_entry``)."""
         return best_entry(self.objective, trial)
 
+    def built(self, completed: Iterable[Trial]) -> list[BestEdit]:
+        """The edits that fill an empty index from the ``completed`` records (a new objective,
+        or a store migrated to the index)."""
+        entries = [e for t in completed if (e := self.entry(t)) is not None]
+        out: list[BestEdit] = [(RANKED, 1, e) for e in entries]
+        if self.pareto:
+            out += [(FRONT, 1, e) for e in pareto_front(entries)]
+        return out
+
     def edits(self, old: Trial | None, new: Trial, front: Iterable[BestEntry],
               ranked: Iterable[BestEntry]) -> list[BestEdit]:
         """The index edits writing ``new`` over ``old`` implies.

@@ -15,7 +15,7 @@ import lmdb
 
 from pbt_actors.model import wire
 from pbt_actors.model.fitness import Objective
-from pbt_actors.model.ranking import BestEntry, pareto_front
+from pbt_actors.model.ranking import BestEntry
 from pbt_actors.model.records import Trial
 from pbt_actors.storage import schema
 from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestRule, ranking_by, sort_key
@@ -98,8 +98,5 @@ class LmdbBestIndex:
         trials = completed()
         if trials:
             log.info("building the best index of %s over %d completed trials", where, len(trials))
-        entries = [e for t in trials if (e := rule.entry(t)) is not None]
-        self.apply(txn, [(RANKED, 1, e) for e in entries])
-        if rule.pareto:
-            self.apply(txn, [(FRONT, 1, e) for e in pareto_front(entries)])
+        self.apply(txn, rule.built(trials))
         txn.put(schema.meta_key(META_BEST_INDEX), schema.encode_meta({"objective": rule.fingerprint}), db=self._meta)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pbt_actors.model import wire
 from pbt_actors.model.fitness import Objective
-from pbt_actors.model.ranking import BestEntry, pareto_front
+from pbt_actors.model.ranking import BestEntry
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
 from pbt_actors.model.trial_cost import charge_deltas
 from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestRule, ranking_by
@@ -150,10 +150,7 @@ class InMemoryTrialStore(TrialStore):
             return
         self._set_item(self._best_rule, "rule", rule)
         completed = sorted(self._by_status.get(TrialStatus.COMPLETED, ()))
-        entries = [e for i in completed if (e := rule.entry(self._trials[i])) is not None]
-        self._apply_best([(RANKED, 1, e) for e in entries])
-        if rule.pareto:
-            self._apply_best([(FRONT, 1, e) for e in pareto_front(entries)])
+        self._apply_best(rule.built(self._trials[i] for i in completed))
         self._set_item(self._meta, META_BEST_INDEX, {"objective": rule.fingerprint})
 
     def _apply_best(self, edits: list[BestEdit]) -> None:

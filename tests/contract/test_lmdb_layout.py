@@ -86,7 +86,7 @@ def test_key_layout_on_disk(store: LmdbTrialStore, store_path: Path) -> None:
 # left the bytes as they were (b71b2266...); trial records then gained ``deaths`` (deaths while
 # running the trial, issue 12), a field older readers ignore and newer ones default to 0; then
 # STORE_SCHEMA_VERSION 2 (issue 13: the best index, empty here as the experiment names no objective,
-# the step counters of storage/step_totals.py and the current population of population_index.py).
+# the step counters of model/trial_cost.py and the current population of population_index.py).
 GOLDEN_STORE_SHA256 = "a8eb42872fe8056c0d436fde54451fa6156519b708dd7d39a14788c3e11c05fe"
 """Every byte of every database after ``_golden_scenario``, as written by the store before the
 index rules moved to ``pbt_actors.storage.indexes`` (commit 29f3058): the refactor must not
