@@ -76,17 +76,14 @@ class LmdbTrialStore(TrialStore):
         """The migrations this writer applied when it opened the store."""
         try:
             if readonly:
-                dbs = migrations.open_for_reading(self._txns)
-                stored: int | None = schema.STORE_SCHEMA_VERSION
+                self._records = LmdbRecords(self._path, migrations.open_for_reading(self._txns))
             else:
-                dbs, stored = migrations.open_for_writing(self._txns)
-            self._records = LmdbRecords(self._path, dbs)
-            self._txns.hooks = self._records
-            if not readonly:
-                self.migrated = migrations.upgrade(self._txns, self._records, stored)
+                self._records, self.migrated = migrations.open_for_writing(self._txns)
         except BaseException:
             self._txns.close()
             raise
+        self._txns.hooks = self._records
+        dbs = self._records.dbs
         self._meta = dbs[schema.DB_META]
         self._trials = dbs[schema.DB_TRIALS]
         self._children = dbs[schema.DB_CHILDREN]

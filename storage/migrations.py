@@ -124,40 +124,33 @@ def open_for_reading(txns: LmdbTxns) -> dict[bytes, Any]:
     return dbs
 
 
-def open_for_writing(txns: LmdbTxns) -> tuple[dict[bytes, Any], int | None]:
-    """Every named database, created where missing, and the stored version (None: a new store).
+def open_for_writing(txns: LmdbTxns) -> tuple[LmdbRecords, tuple[Migration, ...]]:
+    """Open (creating where missing) every named database and bring the store to this build's
+    version, in one write transaction; returns the store's records and the migrations applied
+    to an existing store (a new store is an empty v1 store brought up to date, silently).
 
     The version is checked before anything is created, so a newer store is refused without
-    this build writing a byte into it; nothing is migrated yet (``upgrade``).
+    this build writing a byte into it.
     """
-    def op(txn: lmdb.Transaction) -> tuple[dict[bytes, Any], int | None]:
+    def op(txn: lmdb.Transaction) -> tuple[LmdbRecords, int | None, tuple[Migration, ...]]:
         meta = txns.env.open_db(schema.DB_META, txn=txn, create=True)
         raw = txn.get(schema.meta_key(schema.SCHEMA_VERSION_KEY), db=meta)
-        version = None if raw is None else check_version(txns.path, raw)
+        stored = None if raw is None else check_version(txns.path, raw)
         dbs = {schema.DB_META: meta}
         for name in schema.ALL_DBS[1:]:
             dbs[name] = txns.env.open_db(name, txn=txn, create=True)
-        return dbs, version
+        records = LmdbRecords(txns.path, dbs)
+        pending = tuple(m for m in MIGRATIONS if m.version > (stored or 1))
+        if stored != schema.STORE_SCHEMA_VERSION:
+            for migration in pending:
+                migration.apply(txn, records)
+            records.put_meta(txn, schema.SCHEMA_VERSION_KEY, schema.STORE_SCHEMA_VERSION)
+        return records, stored, pending
 
-    return txns.run_write(op)
-
-
-def upgrade(txns: LmdbTxns, records: LmdbRecords, stored: int | None) -> tuple[Migration, ...]:
-    """Apply the migrations a store of version ``stored`` (None: new) lacks, in one write
-    transaction that also records the new version; returns those applied to an existing store."""
-    pending = tuple(m for m in MIGRATIONS if m.version > (stored or 1))
-    if stored == schema.STORE_SCHEMA_VERSION:
-        return ()
-
-    def op(txn: lmdb.Transaction) -> None:
-        for migration in pending:
-            migration.apply(txn, records)
-        records.put_meta(txn, schema.SCHEMA_VERSION_KEY, schema.STORE_SCHEMA_VERSION)
-
-    txns.run_write(op)
-    if stored is None:
-        return ()
+    records, stored, pending = txns.run_write(op)
+    if stored is None or stored == schema.STORE_SCHEMA_VERSION:
+        return records, ()
     for migration in pending:
         log.warning("migrated the store at %s to storage schema v%d (%s); builds older than this one "
                     "can no longer open it", txns.path, migration.version, migration.description)
-    return pending
+    return records, pending
