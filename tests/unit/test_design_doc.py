@@ -27,7 +27,7 @@ SKIPPED_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__"
 
 # Spelled in two parts so that this file does not match itself by accident.
 OLD_CITATION = re.compile("DESIGN" + r"(\.md)?\s*§|" + "DESIGN" + r"\.md")
-NEW_CITATION = re.compile(r"docs/design\.md`?\s*((?:§\s*\d+(?:\.\d+)?(?:\s*(?:,|and|or)\s*)?)+)")
+NEW_CITATION = re.compile(r"docs/design\.md`*\s*((?:§\s*\d+(?:\.\d+)?(?:\s*(?:,|and|or)\s*)?)+)")
 NUMBER = re.compile(r"§\s*(\d+(?:\.\d+)?)")
 HEADING = re.compile(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", flags=re.MULTILINE)
 
