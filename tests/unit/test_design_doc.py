@@ -81,3 +81,23 @@ def test_every_citation_names_an_existing_section() -> None:
                     lineno = text.count("\n", 0, match.start()) + 1
                     broken.append(f"{path.relative_to(REPO)}:{lineno}: §{number}")
     assert not broken, "citations of sections docs/design.md does not have:\n" + "\n".join(broken)
+
+
+PATH_TOKEN = re.compile(r"`([A-Za-z_][\w./-]*/[\w./-]*)`")
+"""A backticked repository path in the document: ``control/core.py``, ``storage/``."""
+MODULE_TOKEN = re.compile(r"`(\w+\.py)`")
+"""A backticked bare module file name: ``lmdb_txn.py``."""
+
+
+def test_named_paths_exist() -> None:
+    """Every file or folder the document names is in the tree (paths of the package may be given
+    relative to ``pbt_actors/``), so a rename cannot leave the design pointing at nothing."""
+    missing = []
+    for path in PATH_TOKEN.findall(DOC.read_text(encoding="utf-8")):
+        if "://" in path or path.startswith(("./", ".")):
+            continue  # a URL, or a path of a run (./pbt-runs/...), not of the repository
+        if not ((REPO / path).exists() or (REPO / "pbt_actors" / path).exists()):
+            missing.append(path)
+    names = {path.name for path in source_files(".py")}
+    missing += [name for name in MODULE_TOKEN.findall(DOC.read_text(encoding="utf-8")) if name not in names]
+    assert not missing, f"{DOC.name} names paths that do not exist: {sorted(set(missing))}"
