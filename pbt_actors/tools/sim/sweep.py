@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pbt_actors.model.errors import PbtError
 
 if TYPE_CHECKING:
-    from pbt_actors.tools.sim.engine import SimResult
+    from pbt_actors.tools.sim.sim_result import SimResult
 
 ALL_WINDOW = 1 << 20
 """Opponent window "all generations": larger than any run's generation count."""
@@ -101,7 +101,8 @@ def trial_cap(cap: str | int, objective: str, population: int, options: Any = No
 def run_one(settings: dict[str, Any], seed: int, options: Any,
             on_progress: Callable[[int], None] | None = None) -> SimResult:
     """One simulated run of one configuration (``on_progress(trials)`` every 500 trials)."""
-    from pbt_actors.tools.sim.engine import SimConfig, simulate
+    from pbt_actors.tools.sim.cluster_model import SimConfig
+    from pbt_actors.tools.sim.engine import simulate
     from pbt_actors.tools.sim.objectives import make_objective
 
     objective = make_objective(settings["objective"]).with_schedule(options.max_steps, options.steps_per_trial)
