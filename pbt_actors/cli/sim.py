@@ -30,11 +30,9 @@ from pbt_actors.model.errors import PbtError
 if TYPE_CHECKING:
     from pbt_actors.tools.sim.sweep import Row
 
-ALL_WINDOW = 1 << 20
-"""Opponent window "all generations" (``tools.sim.sweep.ALL_WINDOW``, spelled out here so that
-building the parser imports nothing heavy; a unit test keeps them equal)."""
 # Spelled out so that building the parser imports neither numpy nor the controller; a unit test
-# keeps them equal to ``objectives.OBJECTIVES`` and ``experiment.POLICY_NAMES``.
+# keeps them equal to ``sweep.ALL_WINDOW``, ``objectives.OBJECTIVES`` and ``experiment.POLICY_NAMES``.
+ALL_WINDOW = 1 << 20  # opponent window "all generations": larger than any run's generation count
 OBJECTIVE_NAMES: tuple[str, ...] = ("toy", "toy-noisy", "curve", "curve-noisy", "pareto", "pareto-noisy")
 POLICIES: tuple[str, ...] = ("initiator", "truncation", "random")
 
