@@ -27,9 +27,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pbt_actors.cli.sim import Row, configure_parser, format_table, run_sweep, sim_progress
-from pbt_actors.tools.sim.engine import SimConfig
+from pbt_actors.cli.sim import configure_parser, format_table, run_sweep, sim_progress
+from pbt_actors.tools.sim.cluster_model import SimConfig
 from pbt_actors.tools.sim.objectives import OBJECTIVES, LearningCurve, ParetoCurve, make_objective
+from pbt_actors.tools.sim.sweep import Row
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = 10

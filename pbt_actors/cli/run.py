@@ -2,8 +2,9 @@
 ``worker-process``).
 
 ``run`` is the embedded default: controller in this process, N local worker processes under a
-host supervisor, LMDB store in ``./pbt-runs/<experiment>``. ``controller`` and ``worker`` split
-the same parts across hosts.
+host supervisor, LMDB store in ``./pbt-runs/<experiment>`` (started and stopped by
+``tools/local_run.py``; this module parses, draws the progress and prints). ``controller`` and
+``worker`` split the same parts across hosts.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_sum
 from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_SIGINT, EXIT_SIGTERM
 
 log = logging.getLogger(__name__)
-
-
 
 
 class StopOnSignal:
@@ -95,33 +94,16 @@ def finished_store_message(store_dir: Path, previous: dict[str, Any], experiment
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
-    from pbt_actors.runtime.controller.controller_actor import Controller
-    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
-    from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
-    from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.runtime.host.launch import device_slots, load_experiment_file
+    from pbt_actors.tools.local_run import LocalRun, with_overrides
 
     check_open_bind(args.bind, args.insecure, "`run` has no CURVE: keep --bind on 127.0.0.1, or run "
                     "`pbt-actors controller` with --curve-secret/--authorized-keys and `pbt-actors worker` per host")
     device_slots(args.devices, args.workers)  # a GPU that is not there: refused before anything starts
     experiment, _ = load_experiment_file(args.experiment)
-    if args.seed is not None:
-        from dataclasses import replace
-
-        experiment = replace(experiment, seed=args.seed)
+    experiment = with_overrides(experiment, seed=args.seed, policy=args.policy, budget_steps=args.budget_steps,
+                                max_trials=args.max_trials)
     store_dir = Path(args.store or Path("pbt-runs") / experiment.name).resolve()
-    if args.policy:
-        from dataclasses import replace
-
-        experiment = replace(experiment, policy=args.policy)
-    if args.budget_steps is not None:
-        from dataclasses import replace
-
-        experiment = replace(experiment, budget_steps=args.budget_steps)
-    if args.max_trials is not None:
-        from dataclasses import replace
-
-        experiment = replace(experiment, max_trials=args.max_trials)
     previous = read_summary(store_dir)
     if previous is not None and previous["finished"]:
         if args.json:
@@ -131,25 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_summary(previous, str(store_dir))
         return 0
     started = time.monotonic()
-    zygote = _start_zygote(args)  # before Controller.start: the first thread of this process
-    try:
-        handle = _start_controller(Controller, experiment, store_dir, args.bind, meta=_file_meta(args.experiment),
-                                   checkpoint_delete=checkpoint_deleter(  # retention deletes here
-                                       normalize_root(args.checkpoint_root or store_dir / "checkpoints")))
-    except BaseException:
-        _close_zygote(zygote)
-        raise
-    try:
-        checkpoint_root = normalize_root(args.checkpoint_root or store_dir / "checkpoints")
-        specs = worker_specs(args.experiment, handle.endpoint, checkpoint_root, args.devices, args.workers,
-                             log_dir=str(store_dir / "logs"), zygote=zygote)
-        host = socket.gethostname()
-        supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
-                                    state_path=host_state_path(checkpoint_root, host))
-    except BaseException:
-        handle.stop()
-        _close_zygote(zygote)
-        raise
+    local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
+                           workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote)
     dashboard = None
     if args.dashboard:  # a child process: web requests never share the controller's interpreter
         from pbt_actors.cli.dashboard import start_dashboard_process
@@ -159,34 +124,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = StopOnSignal()
     try:
         while not stop.requested:
-            status = handle.status()
+            status = local.status()
             best = "-" if status.best is None else fmt_map(status.best.final)
             done = status.by_status["completed"]
             estimate = trial_estimate(experiment, status)
             progress.update(done, estimate if done < estimate else None,
                             f"{progress_text(status.by_status)}"
                             f"{budget_text(status.leased_steps, experiment.budget_steps)}best {best}  "
-                            f"workers busy {len(status.running_workers)}/{len(specs)}",
+                            f"workers busy {len(status.running_workers)}/{local.worker_count}",
                             final=status.finished)
-            if status.finished or supervisor.wait(0.5):
+            if status.finished or local.wait(0.5):
                 break
     finally:
         progress.close()
         stop.restore()
         interrupted = stop.requested
-        if not interrupted and handle.fatal is None:  # (fatal: no `done` will come; StoreFull propagates)
-            supervisor.wait(10)  # let idle workers hear `done` and exit on their own
         try:
-            children = supervisor.status()
-        except Exception:  # the supervisor actor died: it logged why
-            children = []
-        supervisor.stop()  # SIGTERM: a worker mid-trial hands back a resume checkpoint if it can
-        handle.stop()
-        _close_zygote(zygote)
-        if dashboard is not None:
-            from pbt_actors.cli.dashboard import stop_dashboard_process
+            children = local.stop(interrupted=interrupted)
+        finally:
+            if dashboard is not None:
+                from pbt_actors.cli.dashboard import stop_dashboard_process
 
-            stop_dashboard_process(dashboard)
+                stop_dashboard_process(dashboard)
     summary = read_summary(store_dir) or {}
     supervisor_failures = [c for c in children if c.state == "gave_up"]
     elapsed = time.monotonic() - started
@@ -201,53 +160,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             for child in supervisor_failures:
                 print(f"worker {child.id} gave up: {child.reason}")
     if interrupted:
-        return 130
+        return EXIT_SIGINT
     return 0 if summary.get("finished") else 1
 
 
-def _start_controller(controller: Any, experiment: Any, store_dir: Path, bind: str, **options: Any) -> Any:
-    """``Controller.start``, with an address that cannot be bound as a ``ConfigError``."""
-    import zmq
-
-    from pbt_actors.model.errors import ConfigError
-
-    try:
-        return controller.start(experiment, store_dir, bind, **options)
-    except zmq.ZMQError as exc:
-        raise ConfigError(f"cannot bind {bind}: {exc.strerror} (is it an address of this machine, and the port "
-                          f"free?)") from None
-
-
-def _file_meta(experiment_file: str) -> dict[str, Any]:
-    """The store's record of the experiment file (path and sha256), for ``replay``'s default."""
-    from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
-    from pbt_actors.tools.experiment_source import experiment_file_record
-
-    return {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
-
-
-def _start_zygote(args: argparse.Namespace) -> Any:
-    """A ``Zygote`` to fork workers from, or None (``--no-zygote``, or it refused: one warning)."""
-    if getattr(args, "no_zygote", False):
-        return None
-    from pbt_actors.model.errors import ZygoteError
-    from pbt_actors.runtime.host.zygote import Zygote
-
-    try:
-        return Zygote.start()
-    except ZygoteError as exc:
-        log.warning("%s; starting each worker as a fresh process", exc)
-        return None
-
-
-def _close_zygote(zygote: Any) -> None:
-    if zygote is not None:
-        zygote.close()
-
-
 def cmd_controller(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.controller.controller_actor import Controller
     from pbt_actors.runtime.host.launch import load_experiment_file
+    from pbt_actors.tools.local_run import file_meta, start_controller
 
     experiment, _ = load_experiment_file(args.experiment)
     store_dir = Path(args.store).resolve()
@@ -259,8 +178,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
             delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
-        handle = _start_controller(Controller, experiment, store_dir, args.bind, endpoint_options=options,
-                                   checkpoint_delete=delete, meta=_file_meta(args.experiment))
+        handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
+                                  checkpoint_delete=delete, meta=file_meta(args.experiment))
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -291,13 +210,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     options, extra = worker_security(args)
     if args.controller_timeout:
         extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]
-    zygote = _start_zygote(args)  # before the supervisor starts threads
+    zygote = start_zygote(not args.no_zygote)  # before the supervisor starts threads
     try:
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
@@ -306,7 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                     state_path=host_state_path(args.checkpoint_root, host),
                                     stop_grace_s=args.stop_grace)
     except BaseException:
-        _close_zygote(zygote)
+        close_zygote(zygote)
         raise
     # a cluster manager's SIGTERM reaches this process and its workers at once: no worker that
     # exits from it may be restarted (begin_stop), each hands its trial back (fail(preempted))
@@ -317,7 +237,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         children = supervisor.status()
     finally:
         supervisor.stop()  # SIGTERM to the workers, SIGKILL after --stop-grace
-        _close_zygote(zygote)
+        close_zygote(zygote)
         stop.restore()
     return _worker_exit_code(args, children, stop)
 

@@ -10,6 +10,7 @@ population's lineages once to ``max_steps``. That is exactly what ``random`` use
 policies may need more (a child of an older opponent continues from an earlier step) and are
 cut at the same budget. ``--max-trials 0`` removes the cap.
 
+This module parses, calls the sweep (``tools/sim/sweep.py``) and prints the table.
 ``add_sim_parser(subparsers)`` registers the subcommand; ``python -m pbt_actors.cli.sim``
 runs it standalone.
 """
@@ -17,25 +18,21 @@ runs it standalone.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
-import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pbt_actors.cli.live import LiveProgress
 from pbt_actors.model.errors import PbtError
 
 if TYPE_CHECKING:
-    from pbt_actors.tools.sim.engine import SimResult
+    from pbt_actors.tools.sim.sweep import Row
 
-ALL_WINDOW = 1 << 20  # "all generations": larger than any run's generation count
 # Spelled out so that building the parser imports neither numpy nor the controller; a unit test
-# keeps them equal to ``objectives.OBJECTIVES`` and ``experiment.POLICY_NAMES``.
+# keeps them equal to ``sweep.ALL_WINDOW``, ``objectives.OBJECTIVES`` and ``experiment.POLICY_NAMES``.
+ALL_WINDOW = 1 << 20  # opponent window "all generations": larger than any run's generation count
 OBJECTIVE_NAMES: tuple[str, ...] = ("toy", "toy-noisy", "curve", "curve-noisy", "pareto", "pareto-noisy")
 POLICIES: tuple[str, ...] = ("initiator", "truncation", "random")
 
@@ -114,133 +111,29 @@ def _max_trials(text: str) -> list[str | int]:
     return out
 
 
-def window_label(window: int) -> str:
-    return "all" if window >= ALL_WINDOW else str(window)
-
-
-# --- the sweep ---------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    """One configuration of a sweep and its runs (one per seed)."""
-
-    settings: dict[str, Any]
-    runs: list[SimResult] = field(default_factory=list)
-
-    def stats(self, key: Callable[[SimResult], float | None]) -> tuple[float, float] | None:
-        values = [v for v in (key(r) for r in self.runs) if v is not None]
-        if not values:
-            return None
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.settings)
-        columns: dict[str, Callable[[SimResult], Any]] = {
-            "best": lambda r: r.best, "median": lambda r: r.median, "hypervolume": lambda r: r.hypervolume,
-            "compute_h": lambda r: r.compute_h, "steps_trained": lambda r: r.steps_trained,
-            "trials": lambda r: r.trials, "best_step": lambda r: r.best_step,
-            "preemptions": lambda r: r.preemptions,
-            "trials_lost": lambda r: r.trials_lost, "lost_h": lambda r: r.lost_s / 3600,
-            "wasted_h": lambda r: r.wasted_s / 3600, "leases_expired": lambda r: r.leases_expired,
-            "virtual_h": lambda r: r.virtual_s / 3600, "wall_s": lambda r: r.wall_s,
-        }
-        for name, key in columns.items():
-            stat = self.stats(key)
-            out[f"{name}_mean"] = None if stat is None else stat[0]
-            out[f"{name}_sd"] = None if stat is None else stat[1]
-        out["best_step_min"] = min((r.best_step for r in self.runs), default=None)
-        out["seeds"] = len(self.runs)
-        out["finished"] = all(r.finished for r in self.runs)
-        out["errors"] = sum(len(r.errors) for r in self.runs)
-        return out
-
-
-def sweep_settings(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every combination of the list-valued options, in a stable order."""
-    combos = itertools.product(args.objective, args.population, args.max_trials, args.policy,
-                               args.opponent_window, args.preempt_rate)
-    out = []
-    for objective, population, cap, policy, window, rate in combos:
-        if args.budget_mode and policy != "initiator":
-            raise SystemExit("pbt-actors sim: --budget-mode needs the initiator policy")
-        out.append({"objective": objective, "policy": policy, "population": population,
-                    "workers": args.workers or population, "budget_mode": bool(args.budget_mode),
-                    "opponent_window": window_label(window), "preempt_rate": rate,
-                    "max_trials": _cap(cap, objective, population, args)})
-    return out
-
-
-def _cap(cap: str | int, objective: str, population: int, args: argparse.Namespace | None = None) -> int:
-    """``'equal'``: population × lineage length; 0: none."""
-    from pbt_actors.tools.sim.objectives import make_objective
-
-    if cap != "equal":
-        return int(cap)
-    problem = make_objective(objective)
-    if args is not None:
-        problem = problem.with_schedule(args.max_steps, args.steps_per_trial)
-    return population * -(-problem.max_steps // problem.steps_per_trial)
-
-
-def run_one(settings: dict[str, Any], seed: int, args: argparse.Namespace,
-            on_progress: Callable[[int], None] | None = None) -> SimResult:
-    from pbt_actors.tools.sim.engine import SimConfig, simulate
-    from pbt_actors.tools.sim.objectives import make_objective
-
-    objective = make_objective(settings["objective"]).with_schedule(args.max_steps, args.steps_per_trial)
-    overrides: dict[str, Any] = {}
-    population = settings["population"]
-    overrides["max_trials"] = settings["max_trials"] or None
-    window = settings["opponent_window"]
-    overrides["opponent_window"] = ALL_WINDOW if window == "all" else int(window)
-    overrides["budget_mode"] = settings["budget_mode"]
-    if args.crossover_prob is not None:
-        overrides["crossover_prob"] = args.crossover_prob
-    if args.resample_prob is not None:
-        overrides["resample_prob"] = args.resample_prob
-    config = SimConfig(workers=settings["workers"], speed_spread=args.speed_spread, trial_s=args.trial_s,
-                       duration_cv=args.duration_cv, preempt_rate=settings["preempt_rate"],
-                       lost_notice=args.lost_notice, graceful=args.graceful, restart_s=args.restart_s,
-                       join_per_hour=args.join_per_hour, leave_per_worker_hour=args.leave_per_worker_hour,
-                       max_workers=args.max_workers, seed=seed)
-    store = None
-    if args.store == "lmdb":
-        from pbt_actors.storage.lmdb_store import LmdbTrialStore
-
-        root = Path(args.store_dir or "pbt-sim-runs")
-        name = "-".join(str(settings[k]) for k in ("objective", "policy", "population", "workers",
-                                                     "opponent_window", "preempt_rate"))
-        path = root / f"{name}{'-budget' if settings['budget_mode'] else ''}-seed{seed}"
-        if path.exists() and any(path.iterdir()):
-            raise SystemExit(f"pbt-actors sim: {path} already holds a store; give another --store-dir")
-        store = LmdbTrialStore(path, sync=False)
-    try:
-        result, _ = simulate(objective, policy=settings["policy"], population=population, seed=seed,
-                             config=config, store=store, on_progress=on_progress, progress_every=500,
-                             **overrides)
-    finally:
-        if store is not None:
-            store.close()
-    return result
-
-
+# --- the sweep (tools/sim/sweep.py), with its progress drawn here ------------------------------------
 def sim_progress(enabled: bool) -> LiveProgress:
     """The sweep's progress: runs done of all runs, and the running one's trial count."""
     return LiveProgress(enabled, "runs")
 
 
 def run_sweep(args: argparse.Namespace, progress: LiveProgress | None = None) -> list[Row]:
-    rows = [Row(s) for s in sweep_settings(args)]
-    total = len(rows) * args.seeds
-    done = 0
-    for row in rows:
-        for seed in range(args.seed_base, args.seed_base + args.seeds):
-            def tick(trials: int, _done: int = done) -> None:
-                if progress is not None:
-                    progress.update(_done, total, f"run at {trials} trials")
-            row.runs.append(run_one(row.settings, seed, args, tick))
-            done += 1
-            if progress is not None:
-                progress.update(done, total, final=done == total)
+    """``tools.sim.sweep.run_sweep`` on the parsed options; a setting the command refuses, or a
+    store folder already taken, ends the command with its message."""
+    from pbt_actors.tools.sim.sweep import StoreDirTaken
+    from pbt_actors.tools.sim.sweep import run_sweep as sweep
+
+    if args.budget_mode and any(policy != "initiator" for policy in args.policy):
+        raise SystemExit("pbt-actors sim: --budget-mode needs the initiator policy")
+
+    def on_progress(done: int, total: int, status: str, final: bool) -> None:
+        if progress is not None:
+            progress.update(done, total, status, final=final)
+
+    try:
+        rows = sweep(args, on_progress)
+    except StoreDirTaken as exc:
+        raise SystemExit(f"pbt-actors sim: {exc}") from None
     if progress is not None:
         progress.close()
     return rows
@@ -311,10 +204,6 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
-def rows_to_json(rows: list[Row]) -> dict[str, Any]:
-    return {"rows": [{**r.summary(), "runs": [x.to_dict() for x in r.runs]} for r in rows]}
-
-
 # --- the subcommand ------------------------------------------------------------------------------------
 def add_sim_parser(subparsers: Any) -> None:
     """Register ``sim`` on an ``argparse`` subparsers object (``set_defaults(func=cmd_sim)``)."""
@@ -377,6 +266,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         print(f"pbt-actors sim: {exc}", file=sys.stderr)
         return 2
     if args.json:
+        from pbt_actors.tools.sim.sweep import rows_to_json
+
         print(json.dumps(rows_to_json(rows)))
     else:
         print(format_table(rows))

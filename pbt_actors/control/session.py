@@ -1,50 +1,34 @@
 """The protocol session: the controller's per-peer rules of the wire protocol, as a pure class.
 
 Layer 3. ``ControllerCore`` decides what each request *means* (leases, reports, policies);
-the session decides *how a conversation with a peer goes* (docs/protocol.md §4–5):
+the session decides *how a conversation with a peer goes* (docs/protocol.md §4–5), composing
+one module per rule:
 
-* **Reply cache** — per peer, its last request id and our reply. A resend under the same id
-  (the reply was lost or late) gets the same answer instead of being handled twice (zguide's
-  idempotent-service pattern), at most ``cache_peers`` peers, least recently answered out
-  first, so a flood of ever new identities cannot grow memory without bound. In memory only:
-  after a controller restart, handling a resend afresh is safe (§5's table).
-* **Sender check** — a body ``worker`` that is not the sending peer is refused
-  ``not_leaseholder`` before the core sees it (``worker_lost`` is exempt: a supervisor speaks
-  about another worker by design).
-* **Long poll** — a ``request_trial`` (or ``report`` with ``next``) that the core answers
-  ``wait`` is *held* (parked) instead: it goes to the core again with every later batch that
-  can have created work or ended the run (one holding a ``report``, ``fail`` or
-  ``worker_lost``, or after a lease expiry) and is answered as soon as the answer is not
-  ``wait``; after ``park_s`` it is answered ``wait(0)`` and the worker asks again at once.
-  A resend of a held request is dropped (its answer is coming), a new request from the same
-  peer replaces the held one (the peer moved on), ``worker_lost`` drops the lost worker's.
-* **Run identity** (with ``run_id``, the networked controller; DESIGN §10) — a request that
-  names another run than ``run_id`` is refused ``wrong_run`` (the worker then exits: it belongs
-  to an older or another store's run); ``""`` means "not known yet" (a first ``hello``).
-* **Host ownership** (with ``run_id``) — a host supervisor says ``hello`` with its host id and
-  its worker ids (``Hello.workers``) and repeats it every few seconds; while it does (within
-  ``host_lease_s``), another peer's ``hello`` for that host id, or for one of those worker ids
-  as a supervisor, is refused ``host_taken``, and ``worker_lost`` is accepted only from the
-  supervisor that owns that worker (else ``not_owner``).
-* **Key binding** (with ``run_id`` and CURVE: the bridge passes each sender's key, the ZAP
-  ``User-Id`` = its public key) — the first key heard for a worker id (the sender's routing
-  id, and for a supervisor's ``hello`` also its host id and its ``workers``) is bound to it;
-  anything from that id, or a ``hello`` claiming it, with another key is refused ``not_owner``.
-  So a second authorised key can neither report for the first key's workers nor claim its host.
-* **Clean exit** — which peers got a non-error answer and which were told ``done``, so the
-  controller can linger until every worker heard ``done``.
+* **Reply cache** (here) — per peer, its last request id and our reply. A resend under the same
+  id (the reply was lost or late) gets the same answer instead of being handled twice (zguide's
+  idempotent-service pattern). In memory only: after a controller restart, handling a resend
+  afresh is safe (§5's table).
+* **Who may speak for whom** (``peer_identity.py``) — the sender check, always; the run
+  identity, host ownership and key binding with ``run_id`` (the networked controller).
+* **Long poll** (``long_poll.py``) — a ``request_trial`` (or ``report`` with ``next``) that the
+  core answers ``wait`` is *held* instead: it goes to the core again with every later batch that
+  can have created work or ended the run (one holding a ``report``, ``fail`` or ``worker_lost``,
+  or after a lease expiry) and is answered as soon as the answer is not ``wait``; after
+  ``park_s`` it is answered ``wait(0)`` and the worker asks again at once. A resend of a held
+  request is dropped (its answer is coming), a new request from the same peer replaces the held
+  one (the peer moved on), ``worker_lost`` drops the lost worker's.
+* **Clean exit** (``clean_exit.py``) — which peers got a non-error answer and which were told
+  ``done``, so the controller can linger until every worker heard ``done``.
 * **Rejections are logged rate-limited** — one line per error code per window, so a hostile
   flood cannot flood the log.
-* **Bounded** — every per-peer structure has a cap (least recently used out first), so a
-  flood of ever new identities cannot grow memory without limit: ``cache_peers`` replies,
-  ``MAX_TRACKED_PEERS`` seen/done peers, ``MAX_PARKED`` held requests (the oldest is answered
-  ``wait(0)`` early), ``MAX_HOSTS`` hosts and ``MAX_OWNED_WORKERS`` owned worker ids.
 
-Why a class of its own: these rules used to live in the ZeroMQ bridge thread, where only
-socket tests could reach them and the simulator, which drives ``ControllerCore`` directly,
-never exercised them. Here they are plain data structures and an injected clock (every
-method takes ``now``; when omitted, ``clock()`` is read), with no sockets, threads or actors,
-so the bridge (``runtime/controller/controller_actor.py``, wall-clock monotonic time), the simulator
+Every per-peer structure is a ``common.bounded_lru.BoundedLru`` (least recently used out first):
+``cache_peers`` replies, ``max_peers`` seen/done peers and held requests (past it the oldest is
+answered ``wait(0)`` early), ``max_hosts`` hosts, ``max_owned`` owned and key-bound ids.
+
+Why a class of its own: plain data structures and an injected clock (every method takes
+``now``; when omitted, ``clock()`` is read), with no sockets, threads or actors, so the bridge
+(``runtime/controller/controller_actor.py``, wall-clock monotonic time), the simulator
 (``tools/sim/engine.py``, virtual time) and unit tests all run the same code.
 
 One round with the core::
@@ -66,16 +50,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, KeysView, Mapping, Sequence
 from typing import NamedTuple
 
+from pbt_actors.common.bounded_lru import BoundedLru
+from pbt_actors.control.clean_exit import MAX_TRACKED_PEERS, AnsweredPeers
+from pbt_actors.control.long_poll import HeldRequests, Parked
+from pbt_actors.control.peer_identity import (
+    HOST_LEASE_S,
+    MAX_HOSTS,
+    MAX_OWNED_WORKERS,
+    PeerIdentityRules,
+    sender_mismatch,
+)
 from pbt_actors.model.protocol import (
-    Done,
     Error,
     Fail,
-    Hello,
     Message,
     Reply,
     Report,
@@ -85,26 +75,15 @@ from pbt_actors.model.protocol import (
 )
 from pbt_actors.transport.ratelimit import RateLimitedLog
 
+__all__ = ["HOST_LEASE_S", "PARK_S", "Outgoing", "Parked", "PeerRequest", "ProtocolSession", "Round"]
+
 log = logging.getLogger(__name__)
 
 PARK_S = 2.0
 """How long a request answered ``wait`` is held (long poll) before the worker is told
 ``wait(0)`` and asks again: well inside a worker's request timeout, so it never resends."""
 REPLY_CACHE_PEERS = 4096
-"""Peers whose last reply is cached (least recently answered first out): bounded, so that a
-flood from ever new identities cannot grow the controller's memory without limit."""
-
-MAX_TRACKED_PEERS = 16_384
-"""Peers remembered as seen / told ``done`` (for the clean exit), least recently seen out first."""
-MAX_PARKED = 16_384
-"""Requests held at once; past it the oldest is answered ``wait(0)`` at once (it asks again)."""
-MAX_HOSTS = 4096
-"""Host supervisors whose host id is bound to their connection."""
-MAX_OWNED_WORKERS = 65_536
-"""Worker ids bound to the supervisor that owns them."""
-HOST_LEASE_S = 15.0
-"""A supervisor's claim on its host id lasts this long after its last ``hello`` (they repeat it
-every ``HOST_HELLO_S`` = 3 s), so a supervisor that died frees its host id for a restart."""
+"""Peers whose last reply is cached (least recently answered first out)."""
 
 PeerRequest = tuple[bytes, int, Message]
 """``(peer, request_id, message)``: a decoded request. ``peer`` is the routing identity."""
@@ -118,17 +97,6 @@ class Outgoing(NamedTuple):
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
-class Parked:
-    """A held request for work: answered when the core's answer is not ``wait``, or at
-    ``since + park_s`` with ``wait(0)``. ``since`` survives re-asking, so the limit counts
-    from when the worker asked, however often the request went back to the core."""
-
-    request_id: int
-    worker: str
-    since: float
-
-
 class Round:
     """One exchange with the core, from ``receive`` or ``tick`` to ``answer``.
 
@@ -139,7 +107,7 @@ class Round:
 
     __slots__ = ("_requests", "_requeued", "messages", "send")
 
-    def __init__(self, send: list[Outgoing], requests: list[PeerRequest], requeued: dict[bytes, Parked]) -> None:
+    def __init__(self, send: list[Outgoing], requests: list[PeerRequest], requeued: Mapping[bytes, Parked]) -> None:
         self.send = send
         self._requests = requests
         self.messages: list[Message] = [m for _, _, m in requests]
@@ -149,48 +117,7 @@ class Round:
         return f"Round(send={self.send!r}, messages={self.messages!r})"
 
 
-class LruSet:
-    """A set of at most ``cap`` strings; adding past the cap drops the least recently added."""
-
-    __slots__ = ("_items", "cap")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self._items: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, item: str) -> None:
-        items = self._items
-        items[item] = None
-        items.move_to_end(item)
-        if len(items) > self.cap:
-            items.popitem(last=False)
-
-    def discard(self, item: str) -> None:
-        self._items.pop(item, None)
-
-    def copy(self) -> set[str]:
-        return set(self._items)
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._items))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, LruSet):
-            return set(self._items) == set(other._items)
-        if isinstance(other, set | frozenset):
-            return set(self._items) == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"LruSet({set(self._items)!r}, cap={self.cap})"
+_NOTHING_REQUEUED: Mapping[bytes, Parked] = {}
 
 
 class ProtocolSession:
@@ -211,6 +138,7 @@ class ProtocolSession:
             trusted; most unit tests of the other rules).
         host_lease_s: how long a supervisor's claim on its host id outlives its last ``hello``.
         max_peers: cap of the seen/done peer sets and of held requests.
+        max_hosts, max_owned: caps of the host and owned-worker (and bound-key) tables.
     """
 
     def __init__(self, *, park_s: float | None = None, cache_peers: int = REPLY_CACHE_PEERS,
@@ -223,28 +151,15 @@ class ProtocolSession:
         if park_s is not None and park_s < 0:
             raise ValueError("park_s must be >= 0")
         self._park_s = park_s
-        self.cache_peers = cache_peers
         self.clock = clock
         self.rejections = RateLimitedLog(logger, clock=clock) if logger is not None else None
         """One log line per kind of rejected input (the error code) per window, however many."""
-        self._last_reply: OrderedDict[bytes, tuple[int, Reply]] = OrderedDict()
-        self._parked: dict[bytes, Parked] = {}
-        self.max_parked = max_peers
-        self.peers_seen = LruSet(max_peers)
-        """Peers that got a non-error answer: the workers to tell ``done`` before exiting (a
-        peer that only ever sent rejected input is nobody's worker and is not waited for)."""
-        self.peers_done = LruSet(max_peers)
-        """Peers that were answered ``done``."""
+        self._last_reply: BoundedLru[bytes, tuple[int, Reply]] = BoundedLru(cache_peers)
+        self._held = HeldRequests(max_peers)
+        self._answered = AnsweredPeers(max_peers)
         self.run_id = run_id
-        self.host_lease_s = host_lease_s
-        self.max_hosts = max_hosts
-        self.max_owned = max_owned
-        self._hosts: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        """host id -> (the supervisor peer that said hello as it, when it last did)."""
-        self._owners: OrderedDict[str, bytes] = OrderedDict()
-        """worker id -> the supervisor peer of its host (who alone may say it is lost)."""
-        self._keys: OrderedDict[str, str] = OrderedDict()
-        """worker, supervisor or ``host:<host id>`` -> the CURVE key (ZAP User-Id) bound to it."""
+        self._identity = (PeerIdentityRules(run_id, host_lease_s=host_lease_s, max_hosts=max_hosts,
+                                            max_owned=max_owned) if run_id is not None else None)
         self.held_total = 0
         """How many times a request was newly held (for the simulator's statistics)."""
 
@@ -260,20 +175,27 @@ class ProtocolSession:
     @property
     def parked(self) -> dict[bytes, Parked]:
         """A copy of the held requests, by peer."""
-        return dict(self._parked)
+        return dict(self._held.items())
+
+    @property
+    def peers_seen(self) -> KeysView[str]:
+        """Peers that got a non-error answer (a live, set-like view)."""
+        return self._answered.seen
+
+    @property
+    def peers_done(self) -> KeysView[str]:
+        """Peers that were answered ``done`` (a live, set-like view)."""
+        return self._answered.done
 
     def sizes(self) -> dict[str, int]:
         """How many entries each per-peer structure holds (all bounded; for tests and stats)."""
-        return {"reply_cache": len(self._last_reply), "parked": len(self._parked),
-                "peers_seen": len(self.peers_seen), "peers_done": len(self.peers_done),
-                "hosts": len(self._hosts), "owners": len(self._owners), "keys": len(self._keys)}
+        identity = self._identity.sizes() if self._identity is not None else {"hosts": 0, "owners": 0, "keys": 0}
+        return {"reply_cache": len(self._last_reply), "parked": len(self._held),
+                "peers_seen": len(self._answered.seen), "peers_done": len(self._answered.done), **identity}
 
     def host_owner(self, host: str) -> bytes | None:
         """The supervisor peer bound to ``host`` (None: none, or its claim lapsed)."""
-        entry = self._hosts.get(host)
-        if entry is None or self.clock() - entry[1] > self.host_lease_s:
-            return None
-        return entry[0]
+        return self._identity.host_owner(host, self.clock()) if self._identity is not None else None
 
     def cached(self, peer: bytes) -> tuple[int, Reply] | None:
         """The peer's last request id and our reply to it, if still cached."""
@@ -281,13 +203,11 @@ class ProtocolSession:
 
     def next_deadline(self) -> float | None:
         """When the oldest held request falls due for ``wait(0)`` (None: nothing held)."""
-        if not self._parked:
-            return None
-        return min(p.since for p in self._parked.values()) + self.park_s
+        return self._held.next_deadline(self.park_s)
 
     def peers_not_done(self) -> set[str]:
         """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
-        return self.peers_seen.copy() - self.peers_done.copy()
+        return self._answered.not_done()
 
     # --- a round ------------------------------------------------------------------------------
     def receive(self, requests: Iterable[PeerRequest], now: float | None = None, *,
@@ -301,43 +221,37 @@ class ProtocolSession:
         send: list[Outgoing] = []
         batch: list[PeerRequest] = []
         in_batch: dict[bytes, int] = {}
-        parked = self._parked
+        held = self._held
         last_reply = self._last_reply
+        identity = self._identity
         wakes = False
         for peer, request_id, message in requests:
-            held = parked.get(peer)
-            if held is not None:
-                if held.request_id == request_id:
+            parked = held.get(peer)
+            if parked is not None:
+                if parked.request_id == request_id:
                     continue  # a resend of a request we are holding: its answer is coming
-                del parked[peer]  # the peer moved on (restarted): drop the old one
+                held.pop(peer)  # the peer moved on (restarted): drop the old one
             if in_batch.get(peer) == request_id:
                 continue  # a resend that arrived with the original: answered once, below
             cached = last_reply.get(peer)
             if cached is not None and cached[0] == request_id:
                 send.append(Outgoing(peer, request_id, cached[1]))
                 continue
-            if self.run_id is not None:
-                refusal = self._identity_check(peer, message, self.clock() if now is None else now,
-                                               keys.get(peer, "") if keys else "")
-                if refusal is not None:
-                    self._refuse(send, peer, request_id, message, refusal)
-                    continue
-            claimed = getattr(message, "worker", None)
-            if claimed is not None and not isinstance(message, WorkerLost):
-                sender = peer.decode("utf-8", "replace")
-                if claimed != sender:
-                    if self.rejections is not None:
-                        self.rejections.warning(
-                            "not_leaseholder", "rejected %s from %r: not_leaseholder: it claims to be worker %r",
-                            getattr(message, "TYPE", "?"), sender[:64], claimed[:64])
-                    send.append(Outgoing(peer, request_id,
-                                         Error("not_leaseholder", f"body worker {claimed!r} is not the sender")))
-                    continue
+            refusal = None
+            if identity is not None:
+                refusal = identity.check(peer, message, self.clock() if now is None else now,
+                                         keys.get(peer, "") if keys else "")
+            if refusal is None:
+                refusal = sender_mismatch(peer, message)
+            if refusal is not None:
+                self._log_rejection(peer, message, refusal)  # not cached: a resend is checked afresh
+                send.append(Outgoing(peer, request_id, refusal))
+                continue
             if isinstance(message, Report | Fail | WorkerLost):
                 wakes = True
                 if isinstance(message, WorkerLost):
-                    self.peers_seen.discard(message.worker)
-                    parked.pop(message.worker.encode("utf-8"), None)
+                    self._answered.forget(message.worker)
+                    held.pop(message.worker.encode("utf-8"))
             in_batch[peer] = request_id
             batch.append((peer, request_id, message))
         # a result or a lost worker can create work or end the run: ask again for every held
@@ -356,12 +270,11 @@ class ProtocolSession:
                     isinstance(message, RequestTrial) or (isinstance(message, Report) and message.next)):
                 previous = requeued.get(peer)
                 if previous is None or previous.request_id != request_id:
-                    self._parked[peer] = Parked(request_id, message.worker, now)
                     self.held_total += 1
-                    out.extend(self._shed_parked())
+                    self._hold(out, peer, Parked(request_id, message.worker, now))
                     continue
                 if now < previous.since + park_s:  # the form next_deadline() uses: exact at the deadline
-                    self._parked[peer] = previous
+                    self._hold(out, peer, previous)
                     continue
                 reply = Wait(0.0)  # held long enough: the worker asks again at once
             out.append(self._record(peer, request_id, message, reply))
@@ -380,136 +293,41 @@ class ProtocolSession:
         every held request goes back to the core; otherwise the ones held ``park_s`` are
         answered ``wait(0)`` (in ``send``)."""
         now = self.clock() if now is None else now
-        if released and self._parked:
+        if released and self._held:
             return self._round([], [], requeue=True)  # overdue ones still waiting: answer() says wait(0)
-        return Round(self.release_overdue(now), [], {})
+        return Round(self.release_overdue(now), [], _NOTHING_REQUEUED)
 
     def release_overdue(self, now: float | None = None) -> list[Outgoing]:
         """Answer requests held for ``park_s`` with ``wait(0)``: the worker asks again at once."""
-        if not self._parked:
+        if not self._held:
             return []
         now = self.clock() if now is None else now
-        park_s = self.park_s
-        overdue = [(peer, p) for peer, p in self._parked.items() if now >= p.since + park_s]
-        out = []
-        for peer, parked in overdue:
-            del self._parked[peer]
-            out.append(self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0)))
-        return out
-
-    # --- identity rules (run_id set) -------------------------------------------------------------
-    def _identity_check(self, peer: bytes, message: Message, now: float, key: str = "") -> Error | None:
-        """The run-identity, key-binding and host-ownership rules (module docstring); None:
-        accepted. An accepted supervisor ``hello`` (re)binds its host id and worker ids to
-        ``peer`` (and, with ``key``, to that key)."""
-        run = getattr(message, "run", "")
-        if run and run != self.run_id:
-            return Error("wrong_run", f"this controller serves run {self.run_id}, not run {run} "
-                                      "(the worker belongs to another run or store: it must exit)")
-        claims: list[str] = []
-        if key:
-            claims.append(peer.decode("utf-8", "replace"))
-            if isinstance(message, Hello) and message.workers:
-                claims.append(f"host:{message.host or message.worker}")
-                claims.extend(message.workers)
-            for claim in claims:
-                bound = self._keys.get(claim)
-                if bound is not None and bound != key:
-                    what = f"host id {claim[5:]!r}" if claim.startswith("host:") else f"worker id {claim!r}"
-                    return Error("not_owner", f"{what} is bound to another CURVE key (the one that said hello "
-                                              "with it first); this key may not speak for it")
-            if not (isinstance(message, Hello) and message.workers):
-                self._bind_keys(claims, key)  # a supervisor's claims are bound once accepted, below
-        if isinstance(message, WorkerLost):
-            owner = self._owners.get(message.worker)
-            if owner != peer:
-                return Error("not_owner", f"worker {message.worker!r} is not a worker of the sender's host "
-                                          "(only its host supervisor, after its hello, may say it is lost)")
-            return None
-        if isinstance(message, Hello) and message.workers:
-            refusal = self._claim_host(peer, message, now)
-            if refusal is None and key:
-                self._bind_keys(claims, key)
-            return refusal
-        return None
-
-    def _bind_keys(self, claims: list[str], key: str) -> None:
-        bound = self._keys
-        for claim in claims:
-            bound[claim] = key
-            bound.move_to_end(claim)
-        while len(bound) > self.max_owned:
-            bound.popitem(last=False)
-
-    def _claim_host(self, peer: bytes, hello: Hello, now: float) -> Error | None:
-        host = hello.host or hello.worker
-        entry = self._hosts.get(host)
-        if entry is not None and entry[0] != peer and now - entry[1] <= self.host_lease_s:
-            return Error("host_taken", f"host id {host!r} is in use by another host supervisor "
-                                       f"(it said hello {now - entry[1]:.0f}s ago); give each host a distinct "
-                                       "--host-id")
-        for worker in hello.workers:
-            owner = self._owners.get(worker)
-            if owner is not None and owner != peer:
-                claim = next((h for h, (p, t) in self._hosts.items() if p == owner and now - t <= self.host_lease_s),
-                             None)
-                if claim is not None:
-                    return Error("host_taken", f"worker id {worker!r} belongs to the live supervisor of host "
-                                               f"{claim!r}; give each host a distinct --host-id")
-        hosts = self._hosts
-        hosts[host] = (peer, now)
-        hosts.move_to_end(host)
-        while len(hosts) > self.max_hosts:
-            hosts.popitem(last=False)
-        owners = self._owners
-        for worker in hello.workers:
-            owners[worker] = peer
-            owners.move_to_end(worker)
-        while len(owners) > self.max_owned:
-            owners.popitem(last=False)
-        return None
-
-    def _refuse(self, send: list[Outgoing], peer: bytes, request_id: int, message: Message, error: Error) -> None:
-        """Answer ``error`` now, without caching it (a resend is checked afresh) or the core."""
-        if self.rejections is not None:
-            self.rejections.warning(error.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
-                                    peer.decode("utf-8", "replace")[:64], error.code, error.message[:200])
-        send.append(Outgoing(peer, request_id, error))
+        return [self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0))
+                for peer, parked in self._held.take_overdue(now, self.park_s)]
 
     # --- internals ------------------------------------------------------------------------------------
     def _round(self, send: list[Outgoing], batch: list[PeerRequest], *, requeue: bool) -> Round:
-        if requeue and self._parked:
-            requeued = self._parked
-            self._parked = {}
+        if requeue and self._held:
+            requeued = self._held.take_all()
             batch.extend((peer, p.request_id, RequestTrial(p.worker)) for peer, p in requeued.items())
             return Round(send, batch, requeued)
-        return Round(send, batch, {})
+        return Round(send, batch, _NOTHING_REQUEUED)
 
-    def _shed_parked(self) -> list[Outgoing]:
-        """Past ``max_parked`` held requests, answer the oldest ``wait(0)`` now (dicts keep
-        insertion order: the first is the one held longest)."""
-        out = []
-        while len(self._parked) > self.max_parked:
-            peer = next(iter(self._parked))
-            parked = self._parked.pop(peer)
-            out.append(self._record(peer, parked.request_id, RequestTrial(parked.worker), Wait(0.0)))
-        return out
+    def _hold(self, out: list[Outgoing], peer: bytes, parked: Parked) -> None:
+        """Hold a request; past ``max_peers`` held, the one held longest is answered ``wait(0)`` now."""
+        for shed_peer, shed in self._held.put(peer, parked):
+            out.append(self._record(shed_peer, shed.request_id, RequestTrial(shed.worker), Wait(0.0)))
+
+    def _log_rejection(self, peer: bytes, message: Message, error: Error) -> None:
+        if self.rejections is not None:
+            self.rejections.warning(error.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
+                                    peer.decode("utf-8", "replace")[:64], error.code, error.message[:200])
 
     def _record(self, peer: bytes, request_id: int, message: Message, reply: Reply) -> Outgoing:
         """Cache the reply we are about to send and account for it."""
-        last_reply = self._last_reply
-        last_reply[peer] = (request_id, reply)
-        last_reply.move_to_end(peer)
-        if len(last_reply) > self.cache_peers:
-            last_reply.popitem(last=False)
+        self._last_reply.put(peer, (request_id, reply))
         if isinstance(reply, Error):
-            if self.rejections is not None:
-                sender = peer.decode("utf-8", "replace")
-                self.rejections.warning(reply.code, "rejected %s from %r: %s: %s", getattr(message, "TYPE", "?"),
-                                        sender[:64], reply.code, reply.message[:200])
+            self._log_rejection(peer, message, reply)
         elif not isinstance(message, WorkerLost):
-            sender = peer.decode("utf-8", "replace")
-            self.peers_seen.add(sender)
-            if isinstance(reply, Done):
-                self.peers_done.add(sender)
+            self._answered.answered(peer.decode("utf-8", "replace"), reply)
         return Outgoing(peer, request_id, reply)

@@ -24,7 +24,9 @@ from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
 from pbt_actors.tools.experiment_source import experiment_file_record, recorded_experiment_file
 from pbt_actors.tools.inprocess import run_inprocess
-from pbt_actors.tools.report import Interval, ReportData, figure_utilisation, steps_text, utilisation_label
+from pbt_actors.tools.report.index_page import steps_text
+from pbt_actors.tools.report.report_data import ReportData
+from pbt_actors.tools.report.timeline_figures import Interval, figure_utilisation, utilisation_label
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "examples" / "toy_quadratic.py"

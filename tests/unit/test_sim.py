@@ -251,9 +251,11 @@ def test_the_subcommand_names_match_the_registries_and_registering_it_stays_ligh
 
     from pbt_actors.cli.sim import OBJECTIVE_NAMES, POLICIES
     from pbt_actors.model.experiment import POLICY_NAMES
+    from pbt_actors.tools.sim import sweep
     from pbt_actors.tools.sim.objectives import OBJECTIVES
 
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES and POLICY_NAMES == POLICIES
+    assert sweep.ALL_WINDOW == ALL_WINDOW
     code = ("import argparse, sys; from pbt_actors.cli.sim import add_sim_parser; "
             "add_sim_parser(argparse.ArgumentParser().add_subparsers()); "
             "print('numpy' in sys.modules, 'pbt_actors.control.core' in sys.modules)")

@@ -53,13 +53,7 @@ too. The simulator only replaces the workers, the network and the clock:
 Determinism: all randomness comes from ``random.Random`` streams seeded by strings derived
 from ``SimConfig.seed`` and only ``random()`` is used (Python guarantees its sequence), events
 with equal times are ordered by insertion, and the core is deterministic; so one seed gives
-one trial graph, byte for byte.
-
-Accounting (``SimResult``): ``compute_s`` is every second a worker spent on a trial;
-``lost_s`` the work in flight at each preemption (what a preemption destroys);
-``wasted_s = compute_s − useful_s``, where ``useful_s`` is the work of the attempts the store
-recorded as completing their trial (plus work a graceful preemption saved). If the core
-re-queues exactly the lost work, ``wasted_s == lost_s``.
+one trial graph, byte for byte. What a run spent and reached: ``sim_result.py``.
 """
 
 from __future__ import annotations
@@ -67,10 +61,8 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pbt_actors.control.core import ControllerCore
@@ -93,7 +85,9 @@ from pbt_actors.model.protocol import (
 from pbt_actors.model.records import CheckpointRef, TrialStatus
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.trial_store import TrialStore
+from pbt_actors.tools.sim.cluster_model import SimConfig
 from pbt_actors.tools.sim.objectives import SimObjective, State, normal
+from pbt_actors.tools.sim.sim_result import SimResult, score_run
 
 # Event kinds (ints: they sort fast and tuples compare cheaply in the heap).
 _REQUEST, _FINISH, _HEARTBEAT, _PREEMPT, _TICK, _JOIN, _LEAVE, _SCHEDULE, _PARK, _RESEND = range(10)
@@ -102,137 +96,6 @@ _SUPERVISOR = b"sim-supervisor"
 """The peer that sends ``WorkerLost`` for every virtual host (one identity is enough: the
 session exempts ``worker_lost`` from the sender check, and its requests are never held)."""
 
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Virtual cluster and fault model. Times are virtual seconds."""
-
-    workers: int = 4
-    speed_spread: float = 0.0
-    """Standard deviation of log worker speed (0: all workers equally fast)."""
-    trial_s: float = 600.0
-    """Mean duration of a full trial (``steps_per_trial`` steps) on a speed-1 worker."""
-    duration_cv: float = 0.1
-    """Spread (sd of log) of each trial's duration around its mean."""
-    preempt_rate: float = 0.0
-    """Preemptions per busy worker-hour."""
-    lost_notice: float = 0.5
-    """Fraction of (non-graceful) preemptions a supervisor reports with ``WorkerLost``."""
-    graceful: float = 0.0
-    """Fraction of preemptions that save a resume checkpoint and send ``Fail`` first."""
-    restart_s: float = 60.0
-    """A preempted worker (or its replacement) asks for work again after this."""
-    lease_s: float | None = None
-    """The experiment's lease; None: ``trial_s`` (heartbeats every third of it)."""
-    heartbeats: bool = True
-    tick_s: float | None = None
-    """Period of the controller's lease-expiry scan; None: a quarter of the lease."""
-    wait_s: float | None = None
-    """The controller's ``wait`` answer; None: ``trial_s / 20``."""
-    park_s: float | None = None
-    """How long the session holds a request for work before answering ``wait(0)``. None:
-    ``wait_s``. (The real controller holds 2 s, ``session.PARK_S``; over virtual hours that
-    would cost a pair of events per waiting worker every 2 s, only to catch work that appears
-    without a report, failure, lost worker or lease expiry, e.g. after an early stop; holding
-    ``wait_s`` keeps that cadence what a ``wait`` answer gave before.) 0: no long poll."""
-    reply_loss: float = 0.0
-    """Probability that the reply to a ``request_trial`` or ``report`` is lost on its way."""
-    resend_s: float = 5.0
-    """A worker resends a request whose reply did not come after this (same id)."""
-    schedule: tuple[tuple[float, int], ...] = ()
-    """``(time_s, delta)``: ``delta`` workers join (>0) or drain and leave (<0) at ``time_s``."""
-    join_per_hour: float = 0.0
-    leave_per_worker_hour: float = 0.0
-    min_workers: int = 1
-    """Poisson departures never drain the pool below this many workers."""
-    max_workers: int | None = None
-    """Poisson arrivals stop at this many live workers (None: no limit)."""
-    seed: int = 0
-    max_events: int | None = None
-    """Safety stop (None: unlimited)."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.workers >= 0, "workers must be >= 0"),
-            (self.trial_s > 0, "trial_s must be > 0"),
-            (self.speed_spread >= 0 and self.duration_cv >= 0, "spreads must be >= 0"),
-            (self.preempt_rate >= 0, "preempt_rate must be >= 0"),
-            (0 <= self.lost_notice <= 1 and 0 <= self.graceful <= 1, "probabilities must be in [0, 1]"),
-            (self.restart_s >= 0, "restart_s must be >= 0"),
-            (self.join_per_hour >= 0 and self.leave_per_worker_hour >= 0, "churn rates must be >= 0"),
-            (self.park_s is None or self.park_s >= 0, "park_s must be >= 0"),
-            (0 <= self.reply_loss < 1, "reply_loss must be in [0, 1)"),
-            (self.resend_s > 0, "resend_s must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"SimConfig: {message}")
-
-    @property
-    def lease(self) -> float:
-        return self.lease_s if self.lease_s is not None else self.trial_s
-
-
-@dataclass
-class SimResult:
-    """What one simulated run did and reached. Fitness values are *true* (noise-free) metrics."""
-
-    objective: str
-    policy: str
-    seed: int
-    population: int
-    finished: bool
-    trials: int
-    by_status: dict[str, int]
-    best: float | None
-    """True headline metric of the completed trial the controller ranks best (by observed metrics)."""
-    median: float | None
-    """Median true headline metric over the final population (the last ``population`` completions)."""
-    best_step: int
-    """The step the best trial reached."""
-    hypervolume: float | None
-    compute_s: float
-    useful_s: float
-    lost_s: float
-    steps_trained: int
-    lost_steps: int
-    preemptions: int
-    trials_lost: int
-    """Trial attempts destroyed by a preemption (each re-queued by the core)."""
-    leases_expired: int
-    virtual_s: float
-    """Virtual time until the controller first answered ``done`` (or the run stopped)."""
-    workers_seen: int
-    events: int
-    wall_s: float
-    errors: list[str] = field(default_factory=list)
-    held: int = 0
-    """Requests for work the controller's session held (long poll) instead of answering ``wait``."""
-    resends: int = 0
-    """Requests resent after a lost reply (``SimConfig.reply_loss``), answered from the reply cache."""
-
-    @property
-    def wasted_s(self) -> float:
-        return self.compute_s - self.useful_s
-
-    @property
-    def compute_h(self) -> float:
-        return self.compute_s / 3600.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "objective": self.objective, "policy": self.policy, "seed": self.seed,
-            "population": self.population, "finished": self.finished, "trials": self.trials,
-            "by_status": dict(self.by_status), "best": self.best, "median": self.median,
-            "best_step": self.best_step,
-            "hypervolume": self.hypervolume, "compute_h": self.compute_s / 3600.0,
-            "useful_h": self.useful_s / 3600.0, "wasted_h": self.wasted_s / 3600.0,
-            "lost_h": self.lost_s / 3600.0, "steps_trained": self.steps_trained, "lost_steps": self.lost_steps,
-            "preemptions": self.preemptions, "trials_lost": self.trials_lost,
-            "leases_expired": self.leases_expired, "virtual_h": self.virtual_s / 3600.0,
-            "workers_seen": self.workers_seen, "events": self.events, "wall_s": self.wall_s,
-            "errors": list(self.errors), "held": self.held, "resends": self.resends,
-        }
 
 
 class _Worker:
@@ -659,42 +522,13 @@ class Simulation:
 
     # --- results ------------------------------------------------------------------------------------------
     def summarize(self, wall_s: float = 0.0) -> SimResult:
-        """Score the run from the store, by *true* metrics of the trials the controller picks.
-
-        ``best``: the completed trial the controller ranks best by its observed metrics
-        (``best_completed``, what ``pbt-actors status`` reports; for several metrics, the best
-        observed headline metric). ``median`` and ``hypervolume``: over the final population,
-        the last ``population`` trials to complete.
-        """
-        objective = self.objective
-        ranking = self.experiment.objective_
-        metric = objective.metric
-        sign = 1.0 if objective.goal == "max" else -1.0
-        single = len(ranking.metrics) == 1
-        best_key: tuple[float, ...] | None = None
-        best_trial: tuple[int, dict[str, float]] | None = None
-        finals: list[tuple[float, int, dict[str, float]]] = []  # (ended_at, id, true metrics)
-        for trial in self.store.iter_trials():
-            if trial.status is not TrialStatus.COMPLETED or trial.checkpoint is None or trial.final is None:
-                continue
-            true = self.truth[trial.checkpoint.uri]
-            key = (ranking.rank_keys([trial.final])[0] if single
-                   else (0.0, sign * trial.final.get(metric, -sign * math.inf)))
-            if best_key is None or key > best_key:  # ties: the older id, as best_completed
-                best_key, best_trial = key, (trial.end_step, true)
-            finals.append((trial.ended_at or 0.0, trial.id, true))
-        final = [f[2] for f in heapq.nlargest(self.experiment.population, finals)]
-        best = median = hypervolume = None
-        best_step = -1
-        if best_trial is not None:
-            best_step, best = best_trial[0], best_trial[1][metric]
-            median = statistics.median(f[metric] for f in final)
-            hypervolume = objective.hypervolume(final)
+        """The run's result: its accounting, and its score by true metrics (``score_run``)."""
+        score = score_run(self.store, self.experiment, self.objective, self.truth)
         return SimResult(
-            objective=objective.name, policy=self.experiment.policy, seed=self.config.seed,
+            objective=self.objective.name, policy=self.experiment.policy, seed=self.config.seed,
             population=self.experiment.population, finished=self.core.finished, trials=self.store.count(),
-            by_status={s.value: self.store.count(s) for s in TrialStatus}, best=best, median=median,
-            best_step=best_step, hypervolume=hypervolume,
+            by_status={s.value: self.store.count(s) for s in TrialStatus}, best=score.best, median=score.median,
+            best_step=score.best_step, hypervolume=score.hypervolume,
             compute_s=self.compute_s, useful_s=self.useful_s, lost_s=self.lost_s,
             steps_trained=self.steps_trained, lost_steps=self.lost_steps, preemptions=self.preemptions,
             trials_lost=self.trials_lost, leases_expired=self.leases_expired,
