@@ -1,7 +1,7 @@
 """How the read-only faces scale with the store: 10k, 100k and 1M simulated trials.
 
 Why: a face that decodes every trial (``status`` finding the best trial did, 7.5 s at 50k) is
-unusable on a long search, and ``status --watch`` paid it on every refresh. DESIGN §10 ("faces
+unusable on a long search, and ``status --watch`` paid it on every refresh. docs/design.md §8.3 ("faces
 at scale") asks for the best trial, counts and the current population from indexes the writer
 keeps, and for figures that aggregate. This measures each face on stores made by the simulator
 (``pbt-actors sim ... --store lmdb``: the real controller core and policy, virtual workers):

@@ -48,7 +48,7 @@ META_EXPERIMENT_FILE = "experiment_file"
 from (``run``/``controller``), so ``replay`` can default to it and tell when it changed."""
 META_RUN_ID = "run_id"
 """The run id (a uuid4 hex), fixed when the store is first opened by a controller: workers name
-it in every message, so a worker of another run (store) is refused (DESIGN §10, run identity)."""
+it in every message, so a worker of another run (store) is refused (docs/design.md §10, run identity)."""
 
 
 class TrialStore(ABC):

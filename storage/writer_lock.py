@@ -1,4 +1,4 @@
-"""One writer per store (``docs/design.md``, run identity): an exclusive ``flock`` on a file in
+"""One writer per store (``docs/design.md`` §8.4): an exclusive ``flock`` on a file in
 the store folder, held until the writer closes (or dies: the kernel drops it).
 
 Layer 2. The lock file carries the holder's pid and host, so the next writer's error names it.

@@ -1,4 +1,4 @@
-"""ZeroMQ endpoints: the controller's ROUTER and a worker's DEALER (DESIGN §5).
+"""ZeroMQ endpoints: the controller's ROUTER and a worker's DEALER (docs/design.md §5).
 
 Layer 2. Each endpoint owns exactly one socket, and **a ZeroMQ socket may only be used (and
 closed) by the thread that created it**. The endpoints create their socket in ``__init__``,

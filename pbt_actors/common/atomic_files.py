@@ -1,6 +1,6 @@
 """Replace a file atomically and durably: the one way pbt_actors writes a file that others read.
 
-Layer 0: imports nothing of ours. The recipe (DESIGN §6): write to a temp name *in the target's
+Layer 0: imports nothing of ours. The recipe (docs/design.md §8.6): write to a temp name *in the target's
 folder* (a rename is only atomic within one filesystem), flush and fsync the file, rename it
 over the target (atomic on POSIX: a reader sees the old file or the new one, never a torso),
 then fsync the folder so that the rename itself survives a crash. If the writer raises

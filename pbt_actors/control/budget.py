@@ -3,7 +3,7 @@
 Layer 3, pure. What a trial costs and when it is charged is ``pbt_actors.model.trial_cost``; the
 stores keep the two totals (leased, queued) in the transaction of every record write, so the
 controller, ``status`` and the tests read the same numbers and a rolled-back batch takes its
-charges with it. This module only judges them against the budget (DESIGN §10 "Compute budget"):
+charges with it. This module only judges them against the budget (docs/design.md §6.6):
 
 * The controller creates a trial only if ``leased + queued + cost <= budget`` (it skips the
   spawn and retires the initiator otherwise, like ``max_trials``), and leases a never-leased

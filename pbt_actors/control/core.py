@@ -5,7 +5,7 @@ Layer 3. No threads, no sockets, no clock of its own (``now`` is passed in), no 
 store. So the simulator, the tests and the ``ControllerActor`` all drive this same code, and a
 core rebuilt from the store mid-run continues exactly as the original would have.
 
-Protocol semantics it implements (DESIGN §5):
+Protocol semantics it implements (docs/design.md §6):
 
 * ``request_trial`` leases the oldest PENDING trial to the worker (releasing any trial the
   same worker still held: a worker only asks when idle, so that attempt is dead).

@@ -1,6 +1,6 @@
 """Pure rules about how long a trial attempt may run and what a death during one means.
 
-Layer 3, no clock, no store (DESIGN §10, "Trial deadlines": a lease proves the worker process
+Layer 3, no clock, no store (docs/design.md §6.5, "Trial timeouts": a lease proves the worker process
 lives; a trial timeout bounds how long one attempt may train. Death while running a trial
 counts against that trial first). ``ControllerCore`` applies them: ``tick`` fails attempts
 past their deadline, ``worker_lost`` counts deaths.

@@ -3,7 +3,7 @@
 * **Sender check** — a body ``worker`` that is not the sending peer is refused
   ``not_leaseholder`` (``worker_lost`` is exempt: a supervisor speaks about another worker by
   design). Always on.
-* **Run identity** (the networked controller, docs/design.md) — a request that names another run
+* **Run identity** (the networked controller, docs/design.md §10) — a request that names another run
   than ours is refused ``wrong_run`` (the worker then exits: it belongs to an older or another
   store's run); ``""`` means "not known yet" (a first ``hello``).
 * **Host ownership** — a host supervisor says ``hello`` with its host id and its worker ids and

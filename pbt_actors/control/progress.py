@@ -6,7 +6,7 @@ face may import it: the controller (``ControllerCore.finished``), ``pbt-actors s
 rule out itself, and the copies had begun to differ (one ignored trials waiting to reproduce,
 one ignored an empty store).
 
-The rule (DESIGN §4: "the experiment ends when nothing is pending or running and no lineage can
+The rule (docs/design.md §6.7: "the experiment ends when nothing is pending or running and no lineage can
 continue"): a run is finished once the controller has recorded its end (``META_FINISHED_AT``),
 or when it holds trials, none of them PENDING or RUNNING, and no COMPLETED trial still waits to
 reproduce (an uninitiated initiator may yet spawn a child, so the run is not over).

@@ -1,4 +1,4 @@
-"""What a trial costs the compute budget, stated once (``docs/design.md``, compute budget).
+"""What a trial costs the compute budget, stated once (``docs/design.md`` §6.6).
 
 Layer 1, pure. A trial is charged ``end_step - start_step``: the steps it was created to train.
 It counts as *leased* once handed to a worker (``started_at`` is set at the first lease and

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md §2 hold by contract, not by discipline.
+"""The layers of docs/design.md §3 hold by contract, not by discipline.
 
 ``lint-imports`` (import-linter) checks the contracts in ``pyproject.toml`` on the tree as
 installed. Two more tests break a copy of the tree on purpose and expect the contract to catch

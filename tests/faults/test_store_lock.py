@@ -1,4 +1,4 @@
-"""Hardening: one writer per store (DESIGN §10 "One writer").
+"""Hardening: one writer per store (docs/design.md §8.4 "One writer").
 
 Two ``pbt-actors run`` (or ``controller``) on the same store used to both start and write
 the same LMDB environment. The writer now holds an exclusive lock in the store folder; a

@@ -1,7 +1,7 @@
 """The compute budget on a real run (CLI, 2 worker processes, ZeroMQ, LMDB) and the quality
 benchmark's quick mode.
 
-``budget_steps`` promise (DESIGN §10): total steps trained <= budget + work in flight. Without
+``budget_steps`` promise (docs/design.md §6.6): total steps trained <= budget + work in flight. Without
 faults nothing is re-run, so the steps the workers report having trained must equal the steps
 the controller leased, and both must be <= the budget.
 """

@@ -290,7 +290,7 @@ def test_a_trial_that_keeps_killing_its_worker_still_ends_at_max_losses() -> Non
 
 
 def test_a_trial_whose_workers_die_fails_after_one_loss_and_max_attempts_failures() -> None:
-    # DESIGN §10: death while running a trial counts against that trial first
+    # docs/design.md §6.4: death while running a trial counts against that trial first
     d = driver(max_attempts=2, max_losses=10)
     for _ in range(3):
         d.lease("w0")

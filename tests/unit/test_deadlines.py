@@ -1,5 +1,5 @@
 """The pure rules of ``pbt_actors.control.deadlines`` and the restart rule that uses trial
-markers (DESIGN §10, "Trial deadlines"): timeouts, and whom a death counts against."""
+markers (docs/design.md §6.5 and §6.4): timeouts, and whom a death counts against."""
 
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def test_heartbeats_keep_long_trials_leased_and_without_them_leases_expire() -> 
     lapsed, sim = simulate(small_curve(), policy="random", population=3, seed=1,
                            config=replace(config, heartbeats=False))
     # each lease lapses mid-trial; the trial is re-queued and run again while the first attempt
-    # still finishes and (as DESIGN §5 allows) completes it; the duplicate work is waste
+    # still finishes and (as docs/design.md §6.3 allows) completes it; the duplicate work is waste
     assert lapsed.finished and lapsed.leases_expired > 0 and lapsed.wasted_s > 0
     assert verify_store(sim.store, None).ok
 

@@ -1,4 +1,4 @@
-"""Initiator-based evolution (Li et al., KDD 2019), as DESIGN §4 reads it.
+"""Initiator-based evolution (Li et al., KDD 2019), as docs/design.md §7.2 reads it.
 
 Every completed trial becomes an *initiator* exactly once. It draws an opponent uniformly
 from the completed trials of its last ``opponent_window`` generations (never itself); the
