@@ -30,6 +30,7 @@ from typing import Any
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import ProtocolError, SchemaError, WireError
+from pbt_actors.model.fields import is_int
 from pbt_actors.model.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -46,7 +47,7 @@ class Envelope:
 
 
 def _valid_request_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_REQUEST_ID
+    return is_int(value) and 0 <= value < MAX_REQUEST_ID
 
 
 def encode(message: Message, request_id: int) -> bytes:
@@ -95,7 +96,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     request_id: int = raw["id"]
 
     version = raw.get("v")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not is_int(version):
         raise ProtocolError("malformed", "envelope 'v' must be an integer", request_id)
     if version != PROTOCOL_VERSION:
         raise ProtocolError("version", f"protocol version {version} is not supported "
