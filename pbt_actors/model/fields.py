@@ -15,14 +15,18 @@ outside a schema (report tables, exports, settings).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
+import types
+import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 
-from pbt_actors.model.errors import SchemaError, WireError
+from pbt_actors.model.errors import ConfigError, SchemaError, WireError
 
 S = TypeVar("S")
 
@@ -40,6 +44,7 @@ def is_number(value: Any) -> bool:
 
 
 # --- constrained types, declared once ----------------------------------------------------------
+StrictBool: TypeAlias = Annotated[bool, msgspec.Meta(description="true or false, not 0/1")]
 NonNegativeInt: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 PositiveInt: TypeAlias = Annotated[int, msgspec.Meta(ge=1)]
 Sha256: TypeAlias = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
@@ -82,6 +87,37 @@ def _located(message: str, what: str) -> str:
     if "`$" in message:
         return message.replace("`$", f"`{what}", 1)
     return f"{message} - at `{what}`"
+
+
+def check_fields(settings: Any, what: str) -> None:
+    """Check a settings dataclass built in Python (``Experiment(...)``) against its annotations.
+
+    Only annotated fields are checked (``Annotated``, ``Literal``): those state a rule. The
+    values are not converted, so a strict check is what an experiment file gets too.
+
+    Raises:
+        ConfigError: naming the setting, e.g. ``experiment 'x': population: Expected `int` >= 1``.
+    """
+    for name, hint in _ruled_fields(type(settings)):
+        value = getattr(settings, name)
+        try:
+            msgspec.convert(value, hint, strict=True)
+        except msgspec.ValidationError as exc:
+            where = f"{what} {name}" if what.endswith(":") else f"{what}.{name}"
+            raise ConfigError(f"{where} = {value!r:.80}: {exc}") from None
+
+
+@functools.cache
+def _ruled_fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls) if _states_a_rule(hints[f.name]))
+
+
+def _states_a_rule(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Annotated, Literal):
+        return True
+    return origin in (typing.Union, types.UnionType) and any(_states_a_rule(arg) for arg in typing.get_args(hint))
 
 
 def hparams_from(value: Any, what: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any
 from pbt_actors.control.final_population import final_population
 from pbt_actors.control.progress import Counts, best_completed, finished
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage import schedule
@@ -399,7 +400,7 @@ def figure_schedule(data: ReportData, store: TrialStore) -> Any:
     for ax, name in zip(axes, names, strict=True):
         values = [seg.hparams.get(name) for seg in sched.segments]
         param = _param_info(data, name)
-        numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        numbers = [float(v) for v in values if is_number(v)]
         if len(numbers) == len(values) and not isinstance(param, Categorical):
             ax.stairs(numbers, edges, baseline=None, lw=2.2, color="#4c78a8")
             if isinstance(param, Float | Int):

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from pbt_actors.model import wire
+from pbt_actors.model.experiment import EarlyStop, Experiment, Retention
+from pbt_actors.model.fitness import Metric, Objective
 from pbt_actors.model.records import (
     AttemptRecord,
     CheckpointRef,
@@ -26,6 +28,7 @@ from pbt_actors.model.records import (
     Trial,
     TrialStatus,
 )
+from pbt_actors.model.space import Categorical, Discrete, Fixed, Float, Int
 from pbt_actors.tools.lineage import Lineage, LineageEdge, Schedule, Segment
 
 try:  # the message types moved beside the model; the golden file was written before that
@@ -85,6 +88,22 @@ def messages_() -> dict[str, Any]:
     }
 
 
+def experiments() -> dict[str, Experiment]:
+    space = {"lr": Float(1e-4, 0.1, log=True), "layers": Int(1, 8), "batch": Discrete([16, 32, 64]),
+             "opt": Categorical(["adam", "sgd"]), "wd": Fixed(0.0)}
+    return {
+        "default": Experiment("toy", {"lr": Float(0.001, 0.1)}, "acc"),
+        "full": Experiment(
+            "full.run-1", space, Objective([Metric("acc", "max", 2.0), Metric("loss", "min")], "pareto", 3),
+            population=6, steps_per_trial=5, max_steps=50, policy="initiator", initial=[{"lr": 0.01}],
+            max_trials=100, budget_steps=400, budget_mode=True, opponent_window=3, crossover_prob=0.5,
+            explore="on_exploit", explore_final=True, resample_prob=0.1, truncation_quantile=0.25,
+            early_stop=EarlyStop(0.25, "acc", 10, 2), max_attempts=2, max_losses=5, max_replacements=0,
+            lease_s=30, heartbeat_s=5.0, trial_timeout_s=120, seed=7, metadata={"owner": "me", "tags": [1, 2]},
+            retention=Retention(True, 5, True)),
+    }
+
+
 def exports() -> dict[str, str]:
     full = trials()["full"]
     segments = (Segment(0, 10, {"lr": 0.01}, 1, 0, None, {"acc": 0.5}, RESUME, True),
@@ -103,6 +122,8 @@ def produce() -> dict[str, str]:
     for name, ref in {"checkpoint": CKPT, "origin": Origin(OriginKind.TRUNCATION, 4, 5),
                       "measurement": Measurement(7, {"a": 1}), "lease": Lease("w", 7)}.items():
         out[f"record/{name}"] = wire.pack(ref.to_dict()).hex()
+    for name, experiment in experiments().items():
+        out[f"experiment/{name}"] = wire.pack(experiment.to_dict()).hex()
     for i, (name, message) in enumerate(messages_().items()):
         out[f"message/{name}"] = encode(message, 2**i + i).hex()
     for name, text in exports().items():
@@ -138,6 +159,12 @@ def test_old_frames_decode_to_the_same_message(name: str) -> None:
     envelope = decode(frame)
     assert envelope.message == messages_()[name]
     assert encode(envelope.message, envelope.request_id) == frame
+
+
+@pytest.mark.parametrize("name", sorted(experiments()))
+def test_old_experiment_definitions_read_back(name: str) -> None:
+    stored = wire.unpack(bytes.fromhex(GOLDEN_DATA[f"experiment/{name}"]))
+    assert Experiment.from_dict(stored) == experiments()[name]
 
 
 def test_old_schedule_reads_back() -> None:
