@@ -20,6 +20,7 @@ before/after ratios come from one command each:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -92,9 +93,10 @@ def measure(mods: dict[str, Any], number: int, repeat: int) -> list[dict[str, An
         frame = codec.encode(message, 7)
         envelope = msgpack.unpackb(frame, raw=False)
         assert codec.decode(frame).message == message
-        row(f"{name}.encode", lambda m=message: codec.encode(m, 7),
-            lambda e=envelope: msgpack.packb(e, use_bin_type=True))
-        row(f"{name}.decode", lambda f=frame: codec.decode(f), lambda f=frame: msgpack.unpackb(f, raw=False))
+        row(f"{name}.encode", functools.partial(codec.encode, message, 7),
+            functools.partial(msgpack.packb, envelope, use_bin_type=True))
+        row(f"{name}.decode", functools.partial(codec.decode, frame),
+            functools.partial(msgpack.unpackb, frame, raw=False))
     return rows
 
 

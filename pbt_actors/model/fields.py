@@ -22,7 +22,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeGuard, TypeVar
 
 import msgspec
 
@@ -33,12 +33,12 @@ S = TypeVar("S")
 # --- one rule for numbers ----------------------------------------------------------------------
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """An integer, not a bool (msgpack and JSON keep them apart, so must we)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """An int or a float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -59,10 +59,20 @@ _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder()
 
 
+def to_builtins(obj: Any) -> Any:
+    """``obj`` as the builtins msgpack packs, in field order: the fast form for the wire and
+    the store. Arrays stay tuples where the field is a tuple (msgpack writes both as arrays)."""
+    try:
+        return msgspec.to_builtins(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"cannot encode {type(obj).__name__}: {exc}") from exc
+
+
 def to_plain(obj: Any) -> Any:
     """``obj`` as plain data (dicts, lists, str, numbers, bool, None) in field order.
 
-    Arrays come back as lists, so the plain form equals what a reader unpacks from the bytes.
+    Arrays come back as lists, so the plain form equals what a reader unpacks from the bytes
+    (the views handed to callers: message bodies, exports, the stored experiment).
     """
     try:
         return _DECODER.decode(_ENCODER.encode(obj))
@@ -98,7 +108,7 @@ def check_fields(settings: Any, what: str) -> None:
     Raises:
         ConfigError: naming the setting, e.g. ``experiment 'x': population: Expected `int` >= 1``.
     """
-    for name, hint in _ruled_fields(type(settings)):
+    for name, hint in _ruled_fields(type(settings)):  # type: ignore[arg-type]
         value = getattr(settings, name)
         try:
             msgspec.convert(value, hint, strict=True)

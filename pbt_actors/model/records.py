@@ -25,7 +25,7 @@ from pbt_actors.model.fields import (
     check_finite,
     check_relative_uri,
     from_plain,
-    to_plain,
+    to_builtins,
 )
 
 # Bump when a stored or wire record changes shape; readers refuse newer versions.
@@ -71,7 +71,8 @@ class Record(msgspec.Struct, frozen=True):
     """How error messages name it (``checkpoint.uri``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        plain: dict[str, Any] = to_plain(self)
+        """The stored form (arrays as tuples or lists: msgpack writes both as arrays)."""
+        plain: dict[str, Any] = to_builtins(self)
         return plain
 
     @classmethod
@@ -142,7 +143,11 @@ class AttemptRecord(NamedTuple):
 
 
 class TrialSpec(msgspec.Struct, frozen=True):
-    """What a policy asks for: everything about a trial that a decision determines."""
+    """What a policy asks for: everything about a trial that a decision determines.
+
+    Its fields are also ``Trial``'s, by name (``Trial.from_spec``). ``Trial`` declares them
+    again rather than inheriting them because a record's stored key order puts ``id`` first,
+    and a subclass can only append fields."""
 
     generation: int
     hparams: Mapping[str, Any]
@@ -199,11 +204,9 @@ class Trial(Record, frozen=True, tag_field="v", tag=SCHEMA_VERSION):
 
     @classmethod
     def from_spec(cls, trial_id: int, spec: TrialSpec, now: float) -> Trial:
-        return cls(
-            id=trial_id, generation=spec.generation, hparams=dict(spec.hparams),
-            start_step=spec.start_step, end_step=spec.end_step, origin=spec.origin,
-            parent_id=spec.parent_id, crossover_id=spec.crossover_id, created_at=now,
-        )
+        fields = msgspec.structs.asdict(spec)
+        fields["hparams"] = dict(spec.hparams)
+        return cls(id=trial_id, created_at=now, **fields)
 
     def evolve(self, **changes: Any) -> Trial:
         """A copy with ``changes`` (records are frozen; this is how transitions are built)."""

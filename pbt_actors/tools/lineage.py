@@ -281,7 +281,8 @@ class Schedule:
         plain: dict[str, Any] = to_plain(ScheduleFile(
             experiment=self.experiment, trial_id=self.trial_id,
             objective=dict(self.objective) if self.objective is not None else None,
-            start_step=self.start_step, end_step=self.end_step, final=self.final, metadata=dict(self.metadata),
+            start_step=self.start_step, end_step=self.end_step,
+            final=dict(self.final) if self.final is not None else None, metadata=dict(self.metadata),
             segments=[]))
         plain["segments"] = [s.to_dict() for s in self.segments]
         return plain

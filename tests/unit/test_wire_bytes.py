@@ -34,7 +34,7 @@ from pbt_actors.tools.lineage import Lineage, LineageEdge, Schedule, Segment
 try:  # the message types moved beside the model; the golden file was written before that
     from pbt_actors.model import protocol as messages
 except ImportError:  # pragma: no cover - only when writing the golden file from an older tree
-    from pbt_actors.transport import messages  # type: ignore[no-redef]
+    from pbt_actors.transport import messages  # type: ignore[attr-defined,no-redef]
 from pbt_actors.transport.codec import decode, encode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "wire_golden.json"
@@ -89,7 +89,7 @@ def messages_() -> dict[str, Any]:
 
 
 def experiments() -> dict[str, Experiment]:
-    space = {"lr": Float(1e-4, 0.1, log=True), "layers": Int(1, 8), "batch": Discrete([16, 32, 64]),
+    space: dict[str, Any] = {"lr": Float(1e-4, 0.1, log=True), "layers": Int(1, 8), "batch": Discrete([16, 32, 64]),
              "opt": Categorical(["adam", "sgd"]), "wd": Fixed(0.0)}
     return {
         "default": Experiment("toy", {"lr": Float(0.001, 0.1)}, "acc"),
