@@ -6,7 +6,7 @@ path. Each case is timed twice in the same run: through our functions, and as a 
 ``msgpack.packb``/``unpackb`` of the plain data those functions produce. The ratio
 (ours / raw) is what the schema layer costs; it compares across machines and trees.
 
-* ``trial.encode``/``trial.decode``: a completed trial record as the store writes and reads it
+* ``trial_record.encode``/``.decode``: a completed trial record as the store writes and reads it
   (``wire.pack(trial.to_dict())`` / ``Trial.from_dict(wire.unpack(...))``);
 * ``<type>.encode``/``<type>.decode``: a protocol frame through ``transport.codec``.
 
@@ -86,8 +86,8 @@ def measure(mods: dict[str, Any], number: int, repeat: int) -> list[dict[str, An
     plain = trial.to_dict()
     data = wire.pack(plain)
     assert records.Trial.from_dict(wire.unpack(data)).id == trial.id
-    row("trial.encode", lambda: wire.pack(trial.to_dict()), lambda: msgpack.packb(plain, use_bin_type=True))
-    row("trial.decode", lambda: records.Trial.from_dict(wire.unpack(data)),
+    row("trial_record.encode", lambda: wire.pack(trial.to_dict()), lambda: msgpack.packb(plain, use_bin_type=True))
+    row("trial_record.decode", lambda: records.Trial.from_dict(wire.unpack(data)),
         lambda: msgpack.unpackb(data, raw=False))
     for name, message in frames.items():
         frame = codec.encode(message, 7)
