@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 import lmdb
 
 from pbt_actors.model.errors import SchemaVersionError, StoreError
+from pbt_actors.model.fields import is_int
 from pbt_actors.model.trial_cost import step_totals_of
 from pbt_actors.storage import schema
 from pbt_actors.storage.lmdb_records import LmdbRecords
@@ -79,7 +80,7 @@ def check_version(path: Path, raw: schema.Buf) -> int:
         SchemaVersionError: a newer build wrote the store.
     """
     version = schema.decode_meta(schema.SCHEMA_VERSION_KEY, raw)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    if not is_int(version) or version < 1:
         raise StoreError(f"the store at {path} has an invalid schema version "
                          f"{version!r}; it is damaged or not a pbt-actors store")
     if version > schema.STORE_SCHEMA_VERSION:

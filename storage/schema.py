@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import SchemaError
+from pbt_actors.model.fields import is_int
 from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
 from pbt_actors.storage import best_index, indexes
 
@@ -93,13 +94,12 @@ MAX_GENERATION: Final = (1 << 32) - 1
 
 # --- key encoders / decoders ------------------------------------------------------------------
 def _check_id(trial_id: int) -> None:
-    if isinstance(trial_id, bool) or not isinstance(trial_id, int) or not 0 <= trial_id <= MAX_ID:
+    if not is_int(trial_id) or not 0 <= trial_id <= MAX_ID:
         raise ValueError(f"trial id {trial_id!r} is not an unsigned 64-bit integer")
 
 
 def _check_generation(generation: int) -> None:
-    if (isinstance(generation, bool) or not isinstance(generation, int)
-            or not 0 <= generation <= MAX_GENERATION):
+    if not is_int(generation) or not 0 <= generation <= MAX_GENERATION:
         raise ValueError(f"generation {generation!r} is not an unsigned 32-bit integer")
 
 
@@ -266,7 +266,7 @@ def decode_counter(name: str, data: Buf | None) -> int:
     if data is None:
         return 0
     value = decode_meta(COUNTER_PREFIX + name, data)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise SchemaError(f"counter {name!r} holds {type(value).__name__}, not an integer")
     return value
 

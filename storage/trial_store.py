@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from pbt_actors.model.errors import SchemaError, TrialNotFound
-from pbt_actors.model.fields import hparams_from
+from pbt_actors.model.fields import hparams_from, is_int
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import CheckpointRef, Measurement, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage.schema import MAX_GENERATION, MAX_ID  # the widths of the index keys on disk
@@ -239,7 +239,7 @@ def status_counter(status: TrialStatus) -> str:
 
 
 def _is_index_int(value: object, top: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+    return is_int(value) and 0 <= value <= top
 
 
 def check_spec(spec: TrialSpec) -> None:

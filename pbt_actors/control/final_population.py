@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pbt_actors.model.fields import is_number
 from pbt_actors.model.ranking import best_of
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
@@ -69,8 +70,7 @@ def final_population(completed: Iterable[Trial], experiment: Experiment) -> Fina
     best = best_of(experiment.objective_, tails)
     mean: dict[str, float] = {}
     for name in experiment.objective_.names:
-        values = [float(v) for t in tails if isinstance(v := (t.final or {}).get(name), int | float)
-                  and not isinstance(v, bool) and math.isfinite(v)]
+        values = [float(v) for t in tails if is_number(v := (t.final or {}).get(name)) and math.isfinite(v)]
         if values:
             mean[name] = statistics.fmean(values)
     at_max = sum(1 for t in tails if t.end_step >= experiment.max_steps)

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fields import is_int
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
 
@@ -87,7 +88,7 @@ def read_pins(store: TrialStore) -> frozenset[int]:
     raw = store.get_meta(META_PINS)
     if not isinstance(raw, list):
         return frozenset()
-    return frozenset(i for i in raw if isinstance(i, int) and not isinstance(i, bool) and i > 0)
+    return frozenset(i for i in raw if is_int(i) and i > 0)
 
 
 def needed_parents(store: TrialStore, experiment: Experiment,

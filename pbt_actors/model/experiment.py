@@ -8,20 +8,25 @@ resume a store with an incompatible definition.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal, get_args
+
+from msgspec import Meta
 
 from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.fields import NonNegativeInt, PositiveInt, StrictBool, check_fields, to_plain
 from pbt_actors.model.fitness import Metric, Objective
 from pbt_actors.model.space import Param, SearchSpace
 
 PolicyName = Literal["initiator", "truncation", "random"]
-POLICY_NAMES: tuple[str, ...] = ("initiator", "truncation", "random")
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 ExploreMode = Literal["always", "on_exploit"]
-EXPLORE_MODES: tuple[str, ...] = ("always", "on_exploit")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+EXPLORE_MODES: tuple[str, ...] = get_args(ExploreMode)
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+"""1-128 of ``[A-Za-z0-9_.-]``, not starting with ``.``/``-``/``_``: folder-safe."""
+Probability = Annotated[float, Meta(ge=0, le=1)]
+Seconds = Annotated[float, Meta(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -33,20 +38,17 @@ class EarlyStop:
     must have reported that step before the quantile rule may fire (small samples are noise).
     """
 
-    quantile: float | None = None
+    quantile: Annotated[float, Meta(gt=0, lt=1)] | None = None
     metric: str | None = None
     min_step: int = 0
-    min_peers: int = 4
+    min_peers: PositiveInt = 4
 
     def __post_init__(self) -> None:
-        if self.quantile is not None and not 0 < self.quantile < 1:
-            raise ConfigError(f"early_stop.quantile must be in (0, 1), got {self.quantile}")
-        if self.min_peers < 1:
-            raise ConfigError("early_stop.min_peers must be >= 1")
+        check_fields(self, "early_stop")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantile": self.quantile, "metric": self.metric, "min_step": self.min_step,
-                "min_peers": self.min_peers}
+        plain: dict[str, Any] = to_plain(self)
+        return plain
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,16 @@ class Retention:
     Retention never changes a decision, so it may differ when a store is resumed.
     """
 
-    enabled: bool = True
-    keep_best: int = 3
-    keep_lineage: bool = False
+    enabled: StrictBool = True
+    keep_best: NonNegativeInt = 3
+    keep_lineage: StrictBool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_best, int) or isinstance(self.keep_best, bool) or self.keep_best < 0:
-            raise ConfigError(f"retention.keep_best must be an integer >= 0, got {self.keep_best!r}")
-        for name in ("enabled", "keep_lineage"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"retention.{name} must be true or false")
+        check_fields(self, "retention")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "keep_best": self.keep_best, "keep_lineage": self.keep_lineage}
+        plain: dict[str, Any] = to_plain(self)
+        return plain
 
     @classmethod
     def from_dict(cls, data: Any) -> Retention:
@@ -140,37 +139,38 @@ class Experiment:
             default, keeping the 3 best).
     """
 
-    name: str
+    name: Name
     space: SearchSpace | Mapping[str, Param]
     objective: Objective | Metric | str
-    population: int = 8
-    steps_per_trial: int = 100
-    max_steps: int = 1000
+    population: PositiveInt = 8
+    steps_per_trial: PositiveInt = 100
+    max_steps: PositiveInt = 1000
     policy: PolicyName = "initiator"
     initial: Sequence[Mapping[str, Any]] = ()
-    max_trials: int | None = None
-    budget_steps: int | None = None
-    budget_mode: bool = False
-    opponent_window: int = 2
-    crossover_prob: float = 0.0
+    max_trials: PositiveInt | None = None
+    budget_steps: PositiveInt | None = None
+    budget_mode: StrictBool = False
+    opponent_window: PositiveInt = 2
+    crossover_prob: Probability = 0.0
     explore: ExploreMode = "always"
-    explore_final: bool = False
-    resample_prob: float = 0.25
-    truncation_quantile: float = 0.2
+    explore_final: StrictBool = False
+    resample_prob: Probability = 0.25
+    truncation_quantile: Annotated[float, Meta(gt=0, le=0.5)] = 0.2
     early_stop: EarlyStop | None = None
-    max_attempts: int = 3
-    max_losses: int = 10
-    max_replacements: int = 2
-    lease_s: float = 60.0
+    max_attempts: PositiveInt = 3
+    max_losses: PositiveInt = 10
+    max_replacements: NonNegativeInt = 2
+    lease_s: Annotated[float, Meta(gt=0)] = 60.0
     heartbeat_s: float | None = None
-    trial_timeout_s: float | str | None = "auto"
+    trial_timeout_s: Seconds | Literal["auto"] | None = "auto"
     seed: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ConfigError(f"experiment name {self.name!r} must be 1-128 of [A-Za-z0-9_.-]")
+        """The annotations above state each setting's own rule; the rules between settings
+        and the normalisation of ``space``/``objective`` follow."""
+        check_fields(self, f"experiment {self.name!r}:")
         space = self.space if isinstance(self.space, SearchSpace) else SearchSpace(self.space)
         object.__setattr__(self, "space", space)
         objective = self.objective
@@ -185,27 +185,7 @@ class Experiment:
         if not isinstance(self.retention, Retention):
             raise ConfigError(f"retention must be a Retention, got {self.retention!r}")
         checks = [
-            (self.population >= 1, "population must be >= 1"),
-            (self.steps_per_trial >= 1, "steps_per_trial must be >= 1"),
             (self.max_steps >= self.steps_per_trial, "max_steps must be >= steps_per_trial"),
-            (self.policy in POLICY_NAMES, f"policy must be one of {POLICY_NAMES}, got {self.policy!r}"),
-            (self.max_trials is None or self.max_trials >= 1, "max_trials must be >= 1"),
-            (self.budget_steps is None or (isinstance(self.budget_steps, int)
-                                           and not isinstance(self.budget_steps, bool) and self.budget_steps >= 1),
-             "budget_steps must be an int >= 1 or None"),
-            (self.opponent_window >= 1, "opponent_window must be >= 1"),
-            (0 <= self.crossover_prob <= 1, "crossover_prob must be in [0, 1]"),
-            (self.explore in EXPLORE_MODES, f"explore must be one of {EXPLORE_MODES}, got {self.explore!r}"),
-            (isinstance(self.explore_final, bool), "explore_final must be true or false"),
-            (0 <= self.resample_prob <= 1, "resample_prob must be in [0, 1]"),
-            (0 < self.truncation_quantile <= 0.5, "truncation_quantile must be in (0, 0.5]"),
-            (self.max_attempts >= 1, "max_attempts must be >= 1"),
-            (self.max_losses >= 1, "max_losses must be >= 1"),
-            (self.max_replacements >= 0, "max_replacements must be >= 0"),
-            (self.lease_s > 0, "lease_s must be > 0"),
-            (self.trial_timeout_s is None or self.trial_timeout_s == "auto"
-             or (isinstance(self.trial_timeout_s, int | float) and not isinstance(self.trial_timeout_s, bool)
-                 and self.trial_timeout_s >= 0), "trial_timeout_s must be seconds >= 0, None or 'auto'"),
             (len(self.initial) <= self.population, "more initial configurations than population"),
             (not self.budget_mode or self.policy == "initiator", "budget_mode needs the initiator policy"),
         ]
@@ -232,36 +212,11 @@ class Experiment:
         return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; ``from_dict(to_dict())`` round-trips exactly."""
-        return {
-            "name": self.name,
-            "space": self.space_.to_dict(),
-            "objective": self.objective_.to_dict(),
-            "population": self.population,
-            "steps_per_trial": self.steps_per_trial,
-            "max_steps": self.max_steps,
-            "policy": self.policy,
-            "initial": [dict(h) for h in self.initial],
-            "max_trials": self.max_trials,
-            "budget_steps": self.budget_steps,
-            "budget_mode": self.budget_mode,
-            "opponent_window": self.opponent_window,
-            "crossover_prob": self.crossover_prob,
-            "explore": self.explore,
-            "explore_final": self.explore_final,
-            "resample_prob": self.resample_prob,
-            "truncation_quantile": self.truncation_quantile,
-            "early_stop": self.early_stop.to_dict() if self.early_stop else None,
-            "max_attempts": self.max_attempts,
-            "max_losses": self.max_losses,
-            "max_replacements": self.max_replacements,
-            "lease_s": self.lease_s,
-            "heartbeat_s": self.heartbeat_s,
-            "trial_timeout_s": self.trial_timeout_s,
-            "seed": self.seed,
-            "metadata": dict(self.metadata),
-            "retention": self.retention.to_dict(),
-        }
+        """The stored form, in field order; ``from_dict(to_dict())`` round-trips exactly."""
+        own = {f.name: getattr(self, f.name) for f in fields(self)}
+        own.update(space=self.space_.to_dict(), objective=self.objective_.to_dict())
+        plain: dict[str, Any] = to_plain(own)
+        return plain
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Experiment:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.fields import is_int, is_number
 
 Goal = Literal["max", "min"]
 Comparison = Literal["weighted", "pareto"]
@@ -60,7 +61,7 @@ class Objective:
             raise ConfigError("objective metric names must be unique")
         if comparison not in ("weighted", "pareto"):
             raise ConfigError(f"comparison must be 'weighted' or 'pareto', got {comparison!r}")
-        if not isinstance(smoothing, int) or isinstance(smoothing, bool) or smoothing < 1:
+        if not is_int(smoothing) or smoothing < 1:
             raise ConfigError(f"smoothing must be an int >= 1 (reports averaged), got {smoothing!r}")
         object.__setattr__(self, "metrics", items)
         object.__setattr__(self, "comparison", comparison)
@@ -100,7 +101,7 @@ class Objective:
         out = []
         for metric in self.metrics:
             raw = values.get(metric.name)
-            if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
+            if not is_number(raw) or not math.isfinite(raw):
                 return None
             out.append(float(raw) if metric.goal == "max" else -float(raw))
         return tuple(out)

@@ -1,33 +1,36 @@
-"""The protocol's message types (DESIGN §5), typed and validated.
+"""The protocol's message types (DESIGN §5), declared once as frozen msgspec Structs.
 
 Layer 2: imports only the data model. ``docs/protocol.md`` describes the same types and
 ``PROTOCOL_VERSION``; a test checks that the two agree.
 
-Each message is a frozen dataclass with a wire ``TYPE`` tag, ``to_body()`` (plain data) and a
-``from_body()`` that validates a body received from the network and raises ``SchemaError``
-with a precise reason. The codec (``transport/codec.py``) wraps bodies in the envelope
-``{"v": PROTOCOL_VERSION, "t": TYPE, "id": request id, "b": body}``.
+Each message has a wire ``TYPE`` tag; its fields, with their constraints, are its body's
+schema. ``to_body()`` is the plain body in field order and ``from_body()`` validates a body
+received from the network (``SchemaError`` naming the field). The codec
+(``transport/codec.py``) wraps bodies in the envelope
+``{"v": PROTOCOL_VERSION, "t": TYPE, "id": request id, "b": body}``: the tag lives in the
+envelope, beside the body, so it is a class attribute here rather than a msgspec tag field
+(which would add a key to every body on the wire).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeAlias
+from typing import Annotated, Any, ClassVar, Self, TypeAlias
+
+import msgspec
 
 # ERROR_CODES is re-exported: this module lists the whole protocol (types, version, error codes);
 # it is defined below the transport because ProtocolError checks its code against it.
 from pbt_actors.model.errors import ERROR_CODES, SchemaError  # noqa: F401
-from pbt_actors.model.fields import (
-    bool_from,
-    float_from,
-    hparams_from,
-    int_from,
-    mapping_from,
-    metrics_from,
-    opt_int_from,
-    str_from,
+from pbt_actors.model.fields import (  # noqa: F401  (safe_name, MAX_NAME_LEN: part of the protocol)
+    MAX_NAME_LEN,
+    HParams,
+    Metrics,
+    PositiveInt,
+    check_finite,
+    from_plain,
+    safe_name,
+    to_plain,
 )
 from pbt_actors.model.records import CheckpointRef, Measurement
 
@@ -37,115 +40,81 @@ MAX_ERROR_TEXT = 64 * 1024
 MAX_MEASUREMENTS = 100_000
 MAX_RUN_ID_LEN = 64
 MAX_HOST_WORKERS = 4096
-MAX_NAME_LEN = 200
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f/\\\x7f]")
+
+WorkerId: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_WORKER_ID_LEN)]
+RunId: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_RUN_ID_LEN)]
+"""The run id the sender expects; ``""`` when not known yet."""
 
 
-def _run_id(value: Any) -> str:
-    """A run id (``""``: not known yet): at most ``MAX_RUN_ID_LEN`` characters."""
-    text = str_from(value if value is not None else "", "run")
-    if len(text) > MAX_RUN_ID_LEN:
-        raise SchemaError(f"run id must be at most {MAX_RUN_ID_LEN} characters")
-    return text
+class ProtocolMessage(msgspec.Struct, frozen=True):
+    """A message: its fields are its body's schema, in the order they are sent."""
 
+    TYPE: ClassVar[str]
+    CLIPPED: ClassVar[Mapping[str, int]] = {}
+    """Free-text fields cut to this many characters instead of refused (a long traceback)."""
 
-def safe_name(value: Any, what: str = "experiment") -> str:
-    """A name used as one path component (the experiment's, under the checkpoint root):
-    no ``/``, ``\\``, control characters, ``.``/``..``, at most ``MAX_NAME_LEN`` characters.
-    ``""`` is allowed (the worker then uses a default)."""
-    text = str_from(value, what)
-    if len(text) > MAX_NAME_LEN or _UNSAFE_NAME.search(text) or text in (".", "..") or text.startswith("."):
-        raise SchemaError(f"{what} name {text[:64]!r} is not a safe file name "
-                          "(no /, \\, control characters, no leading dot)")
-    return text
+    def to_body(self) -> dict[str, Any]:
+        """The body as the receiver unpacks it (the codec packs ``to_builtins``: same bytes)."""
+        body: dict[str, Any] = to_plain(self)
+        return body
 
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        """Validate a received body. Raises: ``SchemaError`` naming the field."""
+        message = from_plain(body, cls, "body")
+        message.check()
+        if not cls.CLIPPED:
+            return message
+        long = {name: getattr(message, name)[:limit] for name, limit in cls.CLIPPED.items()
+                if len(getattr(message, name)) > limit}
+        return msgspec.structs.replace(message, **long) if long else message
 
-def _worker_id(value: Any) -> str:
-    text = str_from(value, "worker")
-    if not text or len(text) > MAX_WORKER_ID_LEN:
-        raise SchemaError(f"worker id must be 1..{MAX_WORKER_ID_LEN} characters")
-    return text
+    def check(self) -> None:
+        """The rules no annotation states (overridden where there are some)."""
 
-
-def _positive(value: Any, what: str) -> int:
-    number = int_from(value, what)
-    if number < 1:
-        raise SchemaError(f"{what} must be >= 1")
-    return number
+    def _check_ref(self, name: str) -> None:
+        ref = getattr(self, name)
+        if ref is not None:
+            ref.check(f"body.{name}")
 
 
 # --- worker → controller -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hello:
+class Hello(ProtocolMessage, frozen=True):
     """A worker introduces itself (and learns the protocol is compatible from the ``ack``)."""
 
     TYPE: ClassVar[str] = "hello"
-    worker: str
+    CLIPPED: ClassVar[Mapping[str, int]] = {"host": MAX_WORKER_ID_LEN, "device": MAX_WORKER_ID_LEN}
+    worker: WorkerId
     host: str = ""
     pid: int = 0
     device: str = ""
-    run: str = ""
+    run: RunId = ""
     """The run id the sender expects; ``""`` on first contact (it learns it from the ``ack``)."""
-    workers: tuple[str, ...] = ()
+    workers: Annotated[tuple[WorkerId, ...], msgspec.Meta(max_length=MAX_HOST_WORKERS)] = ()
     """Only from a host supervisor: the worker ids of its host, which it alone may say are lost."""
 
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "host": self.host, "pid": self.pid, "device": self.device,
-                "run": self.run, "workers": list(self.workers)}
 
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Hello:
-        raw = b.get("workers", [])
-        if not isinstance(raw, list) or len(raw) > MAX_HOST_WORKERS:
-            raise SchemaError(f"workers must be a list of at most {MAX_HOST_WORKERS} worker ids")
-        return cls(_worker_id(b.get("worker")), str_from(b.get("host", ""), "host")[:MAX_WORKER_ID_LEN],
-                   int_from(b.get("pid", 0), "pid"), str_from(b.get("device", ""), "device")[:MAX_WORKER_ID_LEN],
-                   _run_id(b.get("run", "")), tuple(_worker_id(w) for w in raw))
-
-
-@dataclass(frozen=True)
-class RequestTrial:
+class RequestTrial(ProtocolMessage, frozen=True):
     """An idle worker asks for work; answered by ``trial``, ``wait`` or ``done``."""
 
     TYPE: ClassVar[str] = "request_trial"
-    worker: str
-    run: str = ""
-
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "run": self.run}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> RequestTrial:
-        return cls(_worker_id(b.get("worker")), _run_id(b.get("run", "")))
+    worker: WorkerId
+    run: RunId = ""
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(ProtocolMessage, frozen=True):
     """Renews a lease; may carry an intermediate measurement. Answered ``ack`` or ``stop``."""
 
     TYPE: ClassVar[str] = "heartbeat"
-    worker: str
-    trial_id: int
-    attempt: int
+    worker: WorkerId
+    trial_id: PositiveInt
+    attempt: PositiveInt
     step: int
-    metrics: Mapping[str, float] | None = None
-    run: str = ""
-
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
-                "step": self.step, "metrics": dict(self.metrics) if self.metrics is not None else None,
-                "run": self.run}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
-        metrics = b.get("metrics")
-        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
-                   _positive(b.get("attempt"), "attempt"), int_from(b.get("step"), "step"),
-                   metrics_from(metrics, "metrics") if metrics is not None else None, _run_id(b.get("run", "")))
+    metrics: Metrics | None = None
+    run: RunId = ""
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(ProtocolMessage, frozen=True):
     """A finished trial: its measurements, final metrics and checkpoint. Idempotent by
     ``(trial_id, attempt)``; the worker resends it until it gets ``ack`` (or ``stop``).
 
@@ -155,96 +124,60 @@ class Report:
     report was refused and nothing was leased."""
 
     TYPE: ClassVar[str] = "report"
-    worker: str
-    trial_id: int
-    attempt: int
-    final: Mapping[str, float]
-    measurements: tuple[Measurement, ...] = ()
+    worker: WorkerId
+    trial_id: PositiveInt
+    attempt: PositiveInt
+    final: Metrics
+    measurements: Annotated[tuple[Measurement, ...], msgspec.Meta(max_length=MAX_MEASUREMENTS)] = ()
     checkpoint: CheckpointRef | None = None
     next: bool = False
-    run: str = ""
+    run: RunId = ""
 
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
-                "final": dict(self.final), "measurements": [m.to_dict() for m in self.measurements],
-                "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "next": self.next,
-                "run": self.run}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Report:
-        raw = b.get("measurements", [])
-        if not isinstance(raw, list) or len(raw) > MAX_MEASUREMENTS:
-            raise SchemaError(f"measurements must be a list of at most {MAX_MEASUREMENTS}")
-        ckpt = b.get("checkpoint")
-        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
-                   _positive(b.get("attempt"), "attempt"), metrics_from(b.get("final"), "final"),
-                   tuple(Measurement.from_dict(m) for m in raw),
-                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   bool_from(b.get("next", False), "next"), _run_id(b.get("run", "")))
+    def check(self) -> None:
+        self._check_ref("checkpoint")
 
 
-@dataclass(frozen=True)
-class Fail:
+class Fail(ProtocolMessage, frozen=True):
     """A trial's attempt failed. ``retryable`` False means "this spec can never work" (e.g.
     the parent checkpoint is corrupt). ``resume`` is a checkpoint saved before a graceful
     preemption: the retry continues from it instead of from the parent."""
 
     TYPE: ClassVar[str] = "fail"
-    worker: str
-    trial_id: int
-    attempt: int
+    CLIPPED: ClassVar[Mapping[str, int]] = {"error": MAX_ERROR_TEXT}
+    worker: WorkerId
+    trial_id: PositiveInt
+    attempt: PositiveInt
     error: str
     retryable: bool = True
     resume: CheckpointRef | None = None
     preempted: bool = False
     """The worker was told to go (SIGTERM): a loss, not a failure of the trial."""
-    run: str = ""
+    run: RunId = ""
 
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "trial_id": self.trial_id, "attempt": self.attempt,
-                "error": self.error, "retryable": self.retryable,
-                "resume": self.resume.to_dict() if self.resume else None, "preempted": self.preempted,
-                "run": self.run}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Fail:
-        resume = b.get("resume")
-        return cls(_worker_id(b.get("worker")), _positive(b.get("trial_id"), "trial_id"),
-                   _positive(b.get("attempt"), "attempt"), str_from(b.get("error"), "error")[:MAX_ERROR_TEXT],
-                   bool_from(b.get("retryable", True), "retryable"),
-                   CheckpointRef.from_dict(resume) if resume is not None else None,
-                   bool_from(b.get("preempted", False), "preempted"), _run_id(b.get("run", "")))
+    def check(self) -> None:
+        self._check_ref("resume")
 
 
-@dataclass(frozen=True)
-class WorkerLost:
+class WorkerLost(ProtocolMessage, frozen=True):
     """From a supervisor: that worker process died; re-queue its trial now, not at expiry."""
 
     TYPE: ClassVar[str] = "worker_lost"
-    worker: str
+    CLIPPED: ClassVar[Mapping[str, int]] = {"reason": MAX_ERROR_TEXT}
+    worker: WorkerId
     reason: str = ""
-    run: str = ""
-
-    def to_body(self) -> dict[str, Any]:
-        return {"worker": self.worker, "reason": self.reason, "run": self.run}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> WorkerLost:
-        return cls(_worker_id(b.get("worker")), str_from(b.get("reason", ""), "reason")[:MAX_ERROR_TEXT],
-                   _run_id(b.get("run", "")))
+    run: RunId = ""
 
 
 # --- controller → worker --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrialAssignment:
+class TrialAssignment(ProtocolMessage, frozen=True):
     """``trial``: run this. Carries everything a black-box worker needs, including the parent's
     checkpoint reference (verified by sha256 before loading)."""
 
     TYPE: ClassVar[str] = "trial"
-    trial_id: int
-    attempt: int
+    trial_id: PositiveInt
+    attempt: PositiveInt
     generation: int
-    hparams: Mapping[str, Any]
+    hparams: HParams
     start_step: int
     end_step: int
     parent_id: int | None
@@ -252,112 +185,61 @@ class TrialAssignment:
     heartbeat_s: float
     experiment: str
 
-    def to_body(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, "attempt": self.attempt, "generation": self.generation,
-                "hparams": dict(self.hparams), "start_step": self.start_step, "end_step": self.end_step,
-                "parent_id": self.parent_id,
-                "parent_checkpoint": self.parent_checkpoint.to_dict() if self.parent_checkpoint else None,
-                "heartbeat_s": self.heartbeat_s, "experiment": self.experiment}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> TrialAssignment:
-        ckpt = b.get("parent_checkpoint")
-        return cls(_positive(b.get("trial_id"), "trial_id"), _positive(b.get("attempt"), "attempt"),
-                   int_from(b.get("generation"), "generation"), hparams_from(b.get("hparams"), "hparams"),
-                   int_from(b.get("start_step"), "start_step"), int_from(b.get("end_step"), "end_step"),
-                   opt_int_from(b.get("parent_id"), "parent_id"),
-                   CheckpointRef.from_dict(ckpt) if ckpt is not None else None,
-                   float_from(b.get("heartbeat_s"), "heartbeat_s"), safe_name(b.get("experiment"), "experiment"))
+    def check(self) -> None:
+        check_finite(self.hparams, "body.hparams")
+        self._check_ref("parent_checkpoint")
+        safe_name(self.experiment, "experiment")
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(ProtocolMessage, frozen=True):
     """Nothing to run yet (e.g. budget mode waits for a generation); ask again later."""
 
     TYPE: ClassVar[str] = "wait"
     retry_after_s: float
 
-    def to_body(self) -> dict[str, Any]:
-        return {"retry_after_s": self.retry_after_s}
 
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Wait:
-        return cls(float_from(b.get("retry_after_s"), "retry_after_s"))
-
-
-@dataclass(frozen=True)
-class Ack:
+class Ack(ProtocolMessage, frozen=True, omit_defaults=True):
     """The request was applied (and is durable: acks are sent after the store commits)."""
 
     TYPE: ClassVar[str] = "ack"
-    run: str = ""
+    run: RunId = ""
     """In the answer to ``hello``: this controller's run id (the worker sends it from then on)."""
 
-    def to_body(self) -> dict[str, Any]:
-        return {"run": self.run} if self.run else {}
 
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Ack:
-        return cls(_run_id(b.get("run", "")))
-
-
-@dataclass(frozen=True)
-class Stop:
+class Stop(ProtocolMessage, frozen=True):
     """Stop working on ``trial_id`` (early-stopped, completed elsewhere, or expired)."""
 
     TYPE: ClassVar[str] = "stop"
-    trial_id: int
+    trial_id: PositiveInt
     reason: str
 
-    def to_body(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, "reason": self.reason}
 
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Stop:
-        return cls(_positive(b.get("trial_id"), "trial_id"), str_from(b.get("reason"), "reason"))
-
-
-@dataclass(frozen=True)
-class Done:
+class Done(ProtocolMessage, frozen=True):
     """The experiment has ended; the worker may exit."""
 
     TYPE: ClassVar[str] = "done"
 
-    def to_body(self) -> dict[str, Any]:
-        return {}
 
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Done:
-        return cls()
-
-
-@dataclass(frozen=True)
-class Error:
+class Error(ProtocolMessage, frozen=True):
     """The request was rejected; ``code`` is machine-readable (see ``ERROR_CODES``)."""
 
     TYPE: ClassVar[str] = "error"
+    CLIPPED: ClassVar[Mapping[str, int]] = {"message": MAX_ERROR_TEXT}
     code: str
     message: str
-
-    def to_body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Error:
-        return cls(str_from(b.get("code"), "code"), str_from(b.get("message"), "message")[:MAX_ERROR_TEXT])
 
 
 Request: TypeAlias = Hello | RequestTrial | Heartbeat | Report | Fail | WorkerLost
 Reply: TypeAlias = TrialAssignment | Wait | Ack | Stop | Done | Error
 Message: TypeAlias = Request | Reply
 
-REQUEST_TYPES: dict[str, type[Any]] = {
+REQUEST_TYPES: dict[str, type[ProtocolMessage]] = {
     cls.TYPE: cls for cls in (Hello, RequestTrial, Heartbeat, Report, Fail, WorkerLost)
 }
-REPLY_TYPES: dict[str, type[Any]] = {
+REPLY_TYPES: dict[str, type[ProtocolMessage]] = {
     cls.TYPE: cls for cls in (TrialAssignment, Wait, Ack, Stop, Done, Error)
 }
-MESSAGE_TYPES: dict[str, type[Any]] = {**REQUEST_TYPES, **REPLY_TYPES}
+MESSAGE_TYPES: dict[str, type[ProtocolMessage]] = {**REQUEST_TYPES, **REPLY_TYPES}
 
 
 def message_from_body(type_tag: str, body: Any) -> Message:
@@ -369,5 +251,5 @@ def message_from_body(type_tag: str, body: Any) -> Message:
     cls = MESSAGE_TYPES.get(type_tag)
     if cls is None:
         raise SchemaError(f"unknown message type {type_tag!r}")
-    result: Message = cls.from_body(mapping_from(body, f"{type_tag} body"))
+    result: Message = cls.from_body(body)  # type: ignore[assignment]  # MESSAGE_TYPES holds only Message types
     return result

@@ -28,16 +28,13 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from pbt_actors.model.errors import SpaceError
+from pbt_actors.model.fields import is_int, is_number
 
 Scalar: TypeAlias = bool | int | float | str
 Hyperparams: TypeAlias = dict[str, Any]
 
 PERTURB_FACTORS = (0.8, 1.2)
 LOG_PERTURB_FACTOR = 1.2
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ class Float:
     log: bool = False
 
     def validate(self, name: str) -> None:
-        if not (_is_number(self.low) and _is_number(self.high)):
+        if not (is_number(self.low) and is_number(self.high)):
             raise SpaceError(name, f"bounds must be numbers, got low={self.low!r} high={self.high!r}")
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise SpaceError(name, "bounds must be finite")
@@ -76,7 +73,7 @@ class Float:
         return float(min(self.high, max(self.low, value)))
 
     def contains(self, value: Any) -> bool:
-        return _is_number(value) and self.low <= float(value) <= self.high
+        return is_number(value) and self.low <= float(value) <= self.high
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ class Int:
         return int(min(self.high, max(self.low, round(value))))
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+        return is_int(value) and self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,7 @@ class Discrete:
     def validate(self, name: str) -> None:
         if not self.values:
             raise SpaceError(name, "Discrete needs at least one value")
-        if not all(_is_number(v) for v in self.values):
+        if not all(is_number(v) for v in self.values):
             raise SpaceError(name, f"Discrete values must be numbers, got {list(self.values)!r}")
         if len(set(self.values)) != len(self.values):
             raise SpaceError(name, f"Discrete values contain duplicates: {list(self.values)!r}")
@@ -158,7 +155,7 @@ class Discrete:
         return min(range(len(self.values)), key=lambda i: abs(float(self.values[i]) - float(value)))
 
     def contains(self, value: Any) -> bool:
-        return _is_number(value) and value in self.values
+        return is_number(value) and value in self.values
 
 
 @dataclass(frozen=True)
@@ -265,7 +262,7 @@ class SearchSpace(Mapping[str, Param]):
             drawn = param.sample(rng)  # always draw, so the stream does not depend on `partial`
             if name in partial:
                 value = partial[name]
-                if isinstance(param, Float) and isinstance(value, int) and not isinstance(value, bool):
+                if isinstance(param, Float) and is_int(value):
                     value = float(value)
                 if not param.contains(value):
                     raise SpaceError(name, f"value {value!r} is outside {param!r}")

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from pbt_actors.model.errors import LineageError, SchemaError, TrialNotFound
-from pbt_actors.model.fields import hparams_from, int_from, metrics_from, opt_int_from
+from pbt_actors.model.fields import HParams, Metrics, check_finite, from_plain, is_int, to_plain
 from pbt_actors.model.records import CheckpointRef, Trial
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 
@@ -46,16 +48,44 @@ EdgeKind = Literal["parent", "crossover"]
 
 
 # --- lineage: the ancestor DAG ------------------------------------------------------------------
-@dataclass(frozen=True)
-class LineageEdge:
-    """``source`` → ``target``: a warm start (``parent``) or a crossover source (``crossover``)."""
+class LineageEdge(msgspec.Struct, frozen=True, rename={"source": "from", "target": "to"}):
+    """``source`` → ``target``: a warm start (``parent``) or a crossover source (``crossover``).
+    Exported as ``{"from", "to", "kind"}``."""
 
     source: int
     target: int
     kind: EdgeKind
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"from": self.source, "to": self.target, "kind": self.kind}
+
+class TrialSummary(msgspec.Struct, frozen=True):
+    """A trial as the lineage export lists it."""
+
+    id: int
+    generation: int
+    parent_id: int | None
+    crossover_id: int | None
+    origin: str
+    status: str
+    start_step: int
+    end_step: int
+    hparams: Mapping[str, Any]
+    final: Mapping[str, float] | None
+
+    @classmethod
+    def of(cls, trial: Trial) -> TrialSummary:
+        return cls(trial.id, trial.generation, trial.parent_id, trial.crossover_id, trial.origin.kind.value,
+                   trial.status.value, trial.start_step, trial.end_step, trial.hparams, trial.final)
+
+
+class LineageFile(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON form of a ``Lineage`` (``pbt-actors lineage --json``)."""
+
+    format: str = LINEAGE_FORMAT
+    version: int = LINEAGE_VERSION
+    trial_id: int
+    order: list[int]
+    trials: tuple[TrialSummary, ...]
+    edges: tuple[LineageEdge, ...]
 
 
 @dataclass(frozen=True)
@@ -78,23 +108,10 @@ class Lineage:
         return len(self.trials)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": LINEAGE_FORMAT,
-            "version": LINEAGE_VERSION,
-            "trial_id": self.trial_id,
-            "order": self.order,
-            "trials": [_trial_summary(t) for t in self.trials],
-            "edges": [e.to_dict() for e in self.edges],
-        }
-
-
-def _trial_summary(trial: Trial) -> dict[str, Any]:
-    return {
-        "id": trial.id, "generation": trial.generation, "parent_id": trial.parent_id,
-        "crossover_id": trial.crossover_id, "origin": trial.origin.kind.value, "status": trial.status.value,
-        "start_step": trial.start_step, "end_step": trial.end_step, "hparams": dict(trial.hparams),
-        "final": dict(trial.final) if trial.final is not None else None,
-    }
+        plain: dict[str, Any] = to_plain(LineageFile(
+            trial_id=self.trial_id, order=self.order, trials=tuple(TrialSummary.of(t) for t in self.trials),
+            edges=self.edges))
+        return plain
 
 
 def _sources(trial: Trial, crossover: bool) -> list[tuple[int, EdgeKind]]:
@@ -159,8 +176,7 @@ def lineage(store: TrialStore, trial_id: int, *, crossover: bool = True) -> Line
 
 
 # --- schedule: the warm-start chain -------------------------------------------------------------
-@dataclass(frozen=True)
-class Segment:
+class Segment(msgspec.Struct, frozen=True):
     """Train ``hparams`` for steps ``[start_step, end_step)``, as trial ``trial_id`` did.
 
     ``crossover_id`` only says where some of ``hparams`` came from; ``final`` and
@@ -170,45 +186,47 @@ class Segment:
 
     start_step: int
     end_step: int
-    hparams: Mapping[str, Any]
+    hparams: HParams
     trial_id: int
     generation: int = 0
     crossover_id: int | None = None
-    final: Mapping[str, float] | None = None
+    final: Metrics | None = None
     checkpoint: CheckpointRef | None = None
     collected: bool = False
-    """Retention deleted ``checkpoint``'s file: a replay cannot start from it (from scratch can)."""
+    """Retention deleted ``checkpoint``'s file: a replay cannot start from it (from scratch can).
+    Written only when true."""
 
     @property
     def steps(self) -> int:
         return self.end_step - self.start_step
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "start_step": self.start_step, "end_step": self.end_step, "hparams": dict(self.hparams),
-            "trial_id": self.trial_id, "generation": self.generation, "crossover_id": self.crossover_id,
-            "final": dict(self.final) if self.final is not None else None,
-            "checkpoint": self.checkpoint.to_dict() if self.checkpoint is not None else None,
-            **({"collected": True} if self.collected else {}),
-        }
+        plain: dict[str, Any] = to_plain(self)
+        if not self.collected:
+            del plain["collected"]
+        return plain
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "segment") -> Segment:
-        if not isinstance(data, Mapping):
-            raise SchemaError(f"{where} must be an object")
-        final = data.get("final")
-        ckpt = data.get("checkpoint")
-        return cls(
-            start_step=int_from(data.get("start_step"), f"{where}.start_step"),
-            end_step=int_from(data.get("end_step"), f"{where}.end_step"),
-            hparams=hparams_from(data.get("hparams"), f"{where}.hparams"),
-            trial_id=int_from(data.get("trial_id"), f"{where}.trial_id"),
-            generation=int_from(data.get("generation", 0), f"{where}.generation"),
-            crossover_id=opt_int_from(data.get("crossover_id"), f"{where}.crossover_id"),
-            final=None if final is None else metrics_from(final, f"{where}.final"),
-            checkpoint=None if ckpt is None else CheckpointRef.from_dict(ckpt),
-            collected=data.get("collected") is True,
-        )
+    def check(self, what: str) -> None:
+        """What the annotations cannot say: finite hyperparameters, a safe checkpoint uri."""
+        check_finite(self.hparams, f"{what}.hparams")
+        if self.checkpoint is not None:
+            self.checkpoint.check(f"{what}.checkpoint")
+
+
+class ScheduleFile(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON form of a ``Schedule``. ``start_step``, ``end_step`` and ``final`` are derived
+    from the segments (written for a reader's convenience, ignored when read)."""
+
+    format: str = SCHEDULE_FORMAT
+    version: int = SCHEDULE_VERSION
+    experiment: str = ""
+    trial_id: int
+    objective: dict[str, Any] | None = None
+    start_step: int | None = None
+    end_step: int | None = None
+    final: Metrics | None = None
+    metadata: dict[str, Any] = {}
+    segments: list[Segment]
 
 
 @dataclass(frozen=True)
@@ -260,18 +278,14 @@ class Schedule:
         raise ValueError(f"step {step} is outside the schedule [{self.start_step}, {self.end_step})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SCHEDULE_FORMAT,
-            "version": SCHEDULE_VERSION,
-            "experiment": self.experiment,
-            "trial_id": self.trial_id,
-            "objective": dict(self.objective) if self.objective is not None else None,
-            "start_step": self.start_step,
-            "end_step": self.end_step,
-            "final": dict(self.final) if self.final is not None else None,
-            "metadata": dict(self.metadata),
-            "segments": [s.to_dict() for s in self.segments],
-        }
+        plain: dict[str, Any] = to_plain(ScheduleFile(
+            experiment=self.experiment, trial_id=self.trial_id,
+            objective=dict(self.objective) if self.objective is not None else None,
+            start_step=self.start_step, end_step=self.end_step,
+            final=dict(self.final) if self.final is not None else None, metadata=dict(self.metadata),
+            segments=[]))
+        plain["segments"] = [s.to_dict() for s in self.segments]
+        return plain
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
@@ -289,27 +303,18 @@ class Schedule:
             raise LineageError(f"not a pbt-actors schedule (format is {data.get('format')!r}, "
                                f"expected {SCHEDULE_FORMAT!r})")
         version = data.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        if not is_int(version) or version < 1:
             raise LineageError(f"schedule version must be a positive integer, got {version!r}")
         if version > SCHEDULE_VERSION:
             raise LineageError(f"schedule version {version} is newer than this pbt-actors reads "
                                f"({SCHEDULE_VERSION}); upgrade pbt-actors")
-        raw_segments = data.get("segments")
-        if not isinstance(raw_segments, list):
-            raise LineageError("schedule.segments must be a list")
-        objective = data.get("objective")
-        metadata = data.get("metadata") or {}
-        experiment = data.get("experiment") or ""
         try:
-            segments = tuple(Segment.from_dict(s, f"segments[{i}]") for i, s in enumerate(raw_segments))
-            trial_id = int_from(data.get("trial_id"), "schedule.trial_id")
-            if objective is not None and not isinstance(objective, Mapping):
-                raise SchemaError("schedule.objective must be an object or null")
-            if not isinstance(metadata, Mapping) or not isinstance(experiment, str):
-                raise SchemaError("schedule.metadata must be an object and schedule.experiment a string")
+            file = from_plain(data, ScheduleFile, "schedule")
+            for i, segment in enumerate(file.segments):
+                segment.check(f"schedule.segments[{i}]")
         except SchemaError as exc:
             raise LineageError(f"malformed schedule: {exc}") from exc
-        return cls(trial_id, segments, experiment, objective, dict(metadata))
+        return cls(file.trial_id, tuple(file.segments), file.experiment, file.objective, file.metadata)
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:

@@ -32,6 +32,7 @@ from typing import Any
 
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage_paths import LineageAssigner
@@ -143,7 +144,7 @@ class TensorBoardExport:
         if trial.final is not None:
             self._scalars(writer, trial.end_step, wall, {f"metrics/{k}": v for k, v in trial.final.items()})
         numeric = {f"hparams/{k}": float(v) for k, v in trial.hparams.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)}
+                   if is_number(v)}
         # a trial trains steps [start, end): its values hold from start to end - 1, so a schedule
         # draws as a staircase and no step has two values
         self._scalars(writer, trial.start_step, wall, numeric)

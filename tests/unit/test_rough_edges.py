@@ -51,7 +51,7 @@ def test_final_population_is_the_latest_completed_trial_of_each_slot_not_the_bes
     experiment, _ = _toy(max_steps=10)
     trials = [_done(1, 0.9, initiator=None, start=0, end=5), _done(2, 0.5, initiator=None, start=0, end=5),
               _done(3, 0.8, initiator=1, start=5, end=10), _done(4, 0.6, initiator=2, start=5, end=10),
-              replace(_done(5, 0.99, initiator=3, start=10, end=15), status=TrialStatus.FAILED)]
+              _done(5, 0.99, initiator=3, start=10, end=15).evolve(status=TrialStatus.FAILED)]
     population = final_population(trials, experiment)
     assert [t.id for t in population.trials] == [3, 4]
     assert population.best is not None and population.best.id == 3
@@ -98,12 +98,12 @@ def test_estimate_counts_a_slot_that_copied_a_member_behind_it() -> None:
     experiment, _ = _toy(max_steps=15, steps_per_trial=5, population=2)
     seeds = [_done(1, 0.9, initiator=None, start=0, end=5), _done(2, 0.5, initiator=None, start=0, end=5)]
     three = _done(3, 0.8, initiator=1, start=5, end=10)
-    running = [replace(_done(4, 0.0, initiator=3, start=5, end=10), status=TrialStatus.RUNNING, final=None),
-               replace(_done(5, 0.0, initiator=2, start=5, end=10), status=TrialStatus.RUNNING, final=None)]
+    running = [_done(4, 0.0, initiator=3, start=5, end=10).evolve(status=TrialStatus.RUNNING, final=None),
+               _done(5, 0.0, initiator=2, start=5, end=10).evolve(status=TrialStatus.RUNNING, final=None)]
     # slot A: 1, 3, 4 (copied trial 2 at step 5), one more; slot B: 2, 5, one more
     done = len([*seeds, three])
     assert estimate_completed(done, running, [], 0, experiment) == 7 > initial_estimate(experiment)
-    waiting = [replace(three, initiated=False)]
+    waiting = [three.evolve(initiated=False)]
     assert estimate_completed(done, running[1:], waiting, 0, experiment) == 3 + 2 + 1
     assert estimate_completed(done, running, [], 2, replace(experiment, max_trials=6)) == 4
 
@@ -152,8 +152,8 @@ def test_utilisation_label_separates_the_first_trial_and_bars_have_no_white_stri
     trials = []
     for n, iv in enumerate(intervals, start=1):
         t = _done(n, 0.5, initiator=None if n == 1 else n - 1, start=0, end=5)
-        trials.append(replace(t, worker="w0", completed_attempt=1, created_at=0.0,
-                              history=(AttemptRecord(1, "w0", iv.start, iv.end),)))
+        trials.append(t.evolve(worker="w0", completed_attempt=1, created_at=0.0,
+                               history=(AttemptRecord(1, "w0", iv.start, iv.end),)))
     data = ReportData(trials, experiment, 14.0, True)
     fig = figure_utilisation(data)
     ax = fig.axes[0]

@@ -10,7 +10,7 @@ restarted from the store asks the same questions and gets the same answers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -194,7 +194,7 @@ class Policy(ABC):
         return [d for t in view.uninitiated() for d in self.on_completed(view, t, rngs)]
 
     # --- shared building blocks ----------------------------------------------------------------
-    def child_spec(self, parent: Trial, hparams: dict[str, object], generation: int, origin: Origin,
+    def child_spec(self, parent: Trial, hparams: Mapping[str, object], generation: int, origin: Origin,
                    crossover_id: int | None = None) -> TrialSpec | None:
         """The spec continuing ``parent``'s weights, or None when its lineage is over."""
         start = parent.end_step
@@ -220,7 +220,7 @@ class Policy(ABC):
             return left >= 2 * exp.population * exp.steps_per_trial
         return True
 
-    def child_or_retire(self, initiator: Trial, parent: Trial, hparams: dict[str, object], origin: Origin,
+    def child_or_retire(self, initiator: Trial, parent: Trial, hparams: Mapping[str, object], origin: Origin,
                         crossover_id: int | None = None) -> Decision:
         """``initiator``'s child continuing ``parent``'s weights, or its lineage's end at
         ``max_steps``. A stand-in for a lost child (``origin.replaces``) does not mark the

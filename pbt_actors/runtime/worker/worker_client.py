@@ -41,10 +41,11 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
+from msgspec.structs import replace
 
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.common.exit_codes import EXIT_TRIAL_TIMEOUT
@@ -99,7 +100,7 @@ class WrongRun(PbtError):
 def stamp_run(message: Message, run: str) -> Message:
     """``message`` carrying the run id ``run`` (requests have a ``run`` field; "" leaves it)."""
     if run and getattr(message, "run", None) == "":
-        return replace(message, run=run)  # type: ignore[arg-type]
+        return replace(message, run=run)
     return message
 
 

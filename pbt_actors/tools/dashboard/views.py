@@ -17,6 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.tools.dashboard.index import Row, StoreIndex
 
@@ -37,7 +38,7 @@ FAILURES_SHOWN = 50
 
 def _num(value: Any) -> float | None:
     """A JSON-safe number (strict JSON has no NaN/inf)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if is_number(value) and math.isfinite(value):
         return float(value)
     return None
 

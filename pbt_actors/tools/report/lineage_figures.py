@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.tools.lineage import schedule
@@ -172,7 +173,7 @@ def figure_schedule(data: ReportData, store: TrialStore) -> Any:
     for ax, name in zip(axes, names, strict=True):
         values = [seg.hparams.get(name) for seg in sched.segments]
         param = _param_info(data, name)
-        numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        numbers = [float(v) for v in values if is_number(v)]
         if len(numbers) == len(values) and not isinstance(param, Categorical):
             ax.stairs(numbers, edges, baseline=None, lw=2.2, color="#4c78a8")
             if isinstance(param, Float | Int):
