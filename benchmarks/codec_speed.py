@@ -61,7 +61,18 @@ def examples(mods: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         "request_trial": m.RequestTrial("h1-w0-a1b2c3", "run-7"),
         "heartbeat": m.Heartbeat("h1-w0-a1b2c3", 123, 1, 350, {"loss": 0.2, "acc": 0.6}, "run-7"),
         "report": m.Report("h1-w0-a1b2c3", 123, 1, {"acc": 0.71, "loss": 0.05}, measurements, ckpt, True, "run-7"),
-        "trial": m.TrialAssignment(124, 1, 5, hparams, 400, 500, 123, ckpt, 20.0, "toy"),
+        "trial": m.TrialAssignment(
+            124,
+            1,
+            generation=5,
+            hparams=hparams,
+            start_step=400,
+            end_step=500,
+            parent_id=123,
+            parent_checkpoint=ckpt,
+            heartbeat_s=20.0,
+            experiment="toy",
+        ),
         "ack": m.Ack(),
     }
     return trial, frames

@@ -1,4 +1,4 @@
-"""The protocol envelope: messages to bytes and back (DESIGN §5, ``docs/protocol.md``).
+"""The protocol envelope: messages to bytes and back (docs/design.md §5, ``docs/protocol.md``).
 
 Layer 2, pure: no sockets, no clock, no logging. One ZeroMQ payload frame holds one msgpack
 map, the *envelope*::

@@ -48,7 +48,7 @@ ERROR_CODES = (
     "host_taken",  # another live supervisor said hello with this host id
     "not_owner",  # worker_lost for a worker that the sender's host does not own
 )
-"""The machine-readable codes of an ``error`` reply (``pbt_actors.model.protocol.Error``; DESIGN §5).
+"""The machine-readable codes of an ``error`` reply (``pbt_actors.model.protocol.Error``; docs/design.md §5).
 Defined here, below the transport, because ``ProtocolError`` checks its code against them."""
 
 
@@ -185,5 +185,5 @@ class ZygoteError(PbtError):
 
 
 class StoreLocked(StoreError):
-    """Another process holds the store's writer lock (one writer per store: DESIGN §10). The
+    """Another process holds the store's writer lock (one writer per store: docs/design.md §8.4). The
     message names its pid and host; stop that one, or choose another ``--store``."""

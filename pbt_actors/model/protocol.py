@@ -1,4 +1,4 @@
-"""The protocol's message types (DESIGN §5), declared once as frozen msgspec Structs.
+"""The protocol's message types (docs/design.md §5), declared once as frozen msgspec Structs.
 
 Layer 2: imports only the data model. ``docs/protocol.md`` describes the same types and
 ``PROTOCOL_VERSION``; a test checks that the two agree.
@@ -32,7 +32,7 @@ from pbt_actors.model.fields import (  # noqa: F401  (safe_name, MAX_NAME_LEN: p
     safe_name,
     to_plain,
 )
-from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.model.records import CheckpointRef, Measurement, TrialWork
 
 PROTOCOL_VERSION = 2
 MAX_WORKER_ID_LEN = 256
@@ -169,17 +169,19 @@ class WorkerLost(ProtocolMessage, frozen=True):
 
 
 # --- controller → worker --------------------------------------------------------------------------
-class TrialAssignment(ProtocolMessage, frozen=True):
-    """``trial``: run this. Carries everything a black-box worker needs, including the parent's
-    checkpoint reference (verified by sha256 before loading)."""
+class _Assigned(ProtocolMessage, TrialWork, frozen=True):
+    """Which trial and attempt (positional, so they come first on the wire: see ``TrialWork``)."""
 
-    TYPE: ClassVar[str] = "trial"
     trial_id: PositiveInt
     attempt: PositiveInt
-    generation: int
-    hparams: HParams
-    start_step: int
-    end_step: int
+
+
+class TrialAssignment(_Assigned, frozen=True, kw_only=True):
+    """``trial``: run this. Carries everything a black-box worker needs: the trial's work
+    (``TrialWork``: generation, hparams, steps) and the parent's checkpoint reference (verified by
+    sha256 before loading)."""
+
+    TYPE: ClassVar[str] = "trial"
     parent_id: int | None
     parent_checkpoint: CheckpointRef | None
     heartbeat_s: float

@@ -142,37 +142,47 @@ class AttemptRecord(NamedTuple):
     ended_at: float
 
 
-class TrialSpec(msgspec.Struct, frozen=True):
-    """What a policy asks for: everything about a trial that a decision determines.
+class TrialWork(msgspec.Struct, frozen=True, kw_only=True):
+    """What a trial trains: ``hparams`` for steps ``[start_step, end_step)``, in ``generation``.
 
-    Its fields are also ``Trial``'s, by name (``Trial.from_spec``). ``Trial`` declares them
-    again rather than inheriting them because a record's stored key order puts ``id`` first,
-    and a subclass can only append fields."""
+    Declared once and shared by the policy's request (``TrialSpec``), the stored record
+    (``Trial``) and the wire's assignment (``protocol.TrialAssignment``). Keyword-only on
+    purpose: msgspec orders positional fields before keyword-only ones, so a subclass's
+    identifying field (``Trial.id``, the assignment's ``trial_id``/``attempt``) stays first in
+    the stored and wire key order although these fields are inherited."""
 
-    generation: int
-    hparams: Mapping[str, Any]
-    start_step: int
-    end_step: int
-    origin: Origin
-    parent_id: int | None = None
-    crossover_id: int | None = None
-
-
-class Trial(Record, frozen=True, tag_field="v", tag=SCHEMA_VERSION):
-    """One short training session: train ``hparams`` for ``[start_step, end_step)``,
-    warm-started from ``parent_id``'s checkpoint (or from scratch).
-
-    Stored as a map whose first key is the schema version ``"v"`` (the struct's tag)."""
-
-    WHAT: ClassVar[str] = "trial"
-    id: int
     generation: int
     hparams: Mapping[str, HParamValue]
     start_step: int
     end_step: int
+
+    @property
+    def steps(self) -> int:
+        return self.end_step - self.start_step
+
+
+class TrialSpec(TrialWork, frozen=True, kw_only=True):
+    """What a policy asks for: everything about a trial that a decision determines."""
+
     origin: Origin
     parent_id: int | None = None
     crossover_id: int | None = None
+
+
+class _IdentifiedSpec(TrialSpec, Record, frozen=True):
+    """A spec with its store id (positional, so it comes first: see ``TrialWork``)."""
+
+    id: int
+
+
+class Trial(_IdentifiedSpec, frozen=True, kw_only=True, tag_field="v", tag=SCHEMA_VERSION):
+    """One short training session: train ``hparams`` for ``[start_step, end_step)``,
+    warm-started from ``parent_id``'s checkpoint (or from scratch): its spec, then its life.
+
+    Stored as a map whose first key is the schema version ``"v"`` (the struct's tag), then
+    ``id``, the spec's fields and the fields below, in this order."""
+
+    WHAT: ClassVar[str] = "trial"
     status: TrialStatus = TrialStatus.PENDING
     attempt: int = 1
     lease: Lease | None = None
@@ -186,7 +196,7 @@ class Trial(Record, frozen=True, tag_field="v", tag=SCHEMA_VERSION):
     """Attempts lost to the machine (expiry, worker lost, preemption), not to the trial."""
     deaths: int = 0
     """Worker processes that died while running this trial (``worker_lost``); from the second on,
-    a death is the trial's failure, not a loss (DESIGN §10, ``control.deadlines``)."""
+    a death is the trial's failure, not a loss (docs/design.md §6.4, ``control.deadlines``)."""
     initiated: bool = False
     created_at: float = 0.0
     started_at: float | None = None
@@ -211,10 +221,6 @@ class Trial(Record, frozen=True, tag_field="v", tag=SCHEMA_VERSION):
     def evolve(self, **changes: Any) -> Trial:
         """A copy with ``changes`` (records are frozen; this is how transitions are built)."""
         return msgspec.structs.replace(self, **changes)
-
-    @property
-    def steps(self) -> int:
-        return self.end_step - self.start_step
 
     def to_dict(self) -> dict[str, Any]:
         plain = super().to_dict()

@@ -4,7 +4,7 @@ Layer 1 (data model): imports nothing of ours but the error types. Every functio
 pure; randomness comes from an injected ``numpy.random.Generator`` so that the controller's
 decisions can be replayed from ``(seed, trial id, decision kind)``.
 
-Mutation rules (DESIGN §4, with one deliberate refinement, see ``Float.perturb``):
+Mutation rules (docs/design.md §7.3, with one deliberate refinement, see ``Float.perturb``):
 
 * ``Float``/``Int`` linear: multiply by 0.8 or 1.2, clip to bounds.
 * ``Float``/``Int`` log scale: multiply or divide by 1.2, i.e. a symmetric step of

@@ -101,8 +101,17 @@ def _golden_scenario(store: LmdbTrialStore) -> None:
     s = TrialStatus
     for generation, parent in ((0, None), (0, None), (0, None), (1, 1), (1, 1), (1, 2)):
         kind = OriginKind.SEED if generation == 0 else OriginKind.TOURNAMENT
-        store.create_trial(TrialSpec(generation, {"lr": 0.1 * (1 + generation), "opt": "adam"}, 100 * generation,
-                                     100 * (generation + 1), Origin(kind, parent), parent), float(generation))
+        store.create_trial(
+            TrialSpec(
+                generation=generation,
+                hparams={"lr": 0.1 * (1 + generation), "opt": "adam"},
+                start_step=100 * generation,
+                end_step=100 * (generation + 1),
+                origin=Origin(kind, parent),
+                parent_id=parent,
+            ),
+            float(generation),
+        )
 
     def go(trial_id: int, expected: TrialStatus, /, **changes: Any) -> None:
         trial = store.get_trial(trial_id)

@@ -73,8 +73,12 @@ def _apply(store: TrialStore, op: tuple[Any, ...]) -> Any:
             trial_id = _pick(store, pick)
             current = store.find_trial(trial_id)
             if current is None:
-                return store.transition(trial_id, PENDING, 1,
-                                        Trial(trial_id, 0, {}, 0, 1, Origin(OriginKind.SEED)))
+                return store.transition(
+                    trial_id,
+                    PENDING,
+                    1,
+                    Trial(trial_id, generation=0, hparams={}, start_step=0, end_step=1, origin=Origin(OriginKind.SEED)),
+                )
             new = current.evolve(status=status, initiated=initiated,
                                  attempt=current.attempt + (1 if bump else 0),
                                  checkpoint=make_ref(trial_id, current.attempt) if ckpt else None)

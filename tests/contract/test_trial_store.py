@@ -102,9 +102,14 @@ def test_get_and_find(store: TrialStore) -> None:
 
 
 def test_create_refuses_specs_that_cannot_be_indexed(store: TrialStore) -> None:
-    bad = [make_spec(generation=-1), make_spec(parent_id=-3),
-           TrialSpec(0, {"lr": [0.1]}, 0, 10, Origin(OriginKind.SEED)),
-           TrialSpec(0, {"lr": float("nan")}, 0, 10, Origin(OriginKind.SEED))]
+    bad = [
+        make_spec(generation=-1),
+        make_spec(parent_id=-3),
+        TrialSpec(generation=0, hparams={"lr": [0.1]}, start_step=0, end_step=10, origin=Origin(OriginKind.SEED)),
+        TrialSpec(
+            generation=0, hparams={"lr": float("nan")}, start_step=0, end_step=10, origin=Origin(OriginKind.SEED)
+        ),
+    ]
     for spec in bad:
         with pytest.raises(ValueError):
             store.create_trial(spec, 0.0)

@@ -126,7 +126,18 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
     _, train = load_experiment_file(TOY)
     client = WorkerClient(f"tcp://127.0.0.1:{free_port()}", train, str(tmp_path), worker_id="alone")
     try:
-        spec = TrialAssignment(1, 1, 0, {"h0": 1.0, "h1": 0.0}, 0, 5, None, None, 0.05, "toy_lineage")
+        spec = TrialAssignment(
+            1,
+            1,
+            generation=0,
+            hparams={"h0": 1.0, "h1": 0.0},
+            start_step=0,
+            end_step=5,
+            parent_id=None,
+            parent_checkpoint=None,
+            heartbeat_s=0.05,
+            experiment="toy_lineage",
+        )
         with client.progress.lock:
             client.progress.spec = spec  # as if a trial were running
         client._heartbeat_s = 0.05

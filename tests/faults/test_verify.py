@@ -30,26 +30,68 @@ def _complete(store: LmdbTrialStore, trial: Trial, root: Path, started: float, e
 
 def _healthy(store: LmdbTrialStore, root: Path) -> None:
     """Seed 1 (steps 0-5), its child 2 (5-10) from a tournament of 1, both completed."""
-    seed = store.create_trial(TrialSpec(0, {"h": 1.0}, 0, 5, Origin(OriginKind.SEED)), now=1.0)
+    seed = store.create_trial(
+        TrialSpec(generation=0, hparams={"h": 1.0}, start_step=0, end_step=5, origin=Origin(OriginKind.SEED)), now=1.0
+    )
     _complete(store, seed, root, 2.0, 3.0)
-    child = store.create_trial(TrialSpec(1, {"h": 0.5}, 5, 10, Origin(OriginKind.TOURNAMENT, 1, None, 1), 1), 3.5)
+    child = store.create_trial(
+        TrialSpec(
+            generation=1,
+            hparams={"h": 0.5},
+            start_step=5,
+            end_step=10,
+            origin=Origin(OriginKind.TOURNAMENT, 1, None, 1),
+            parent_id=1,
+        ),
+        3.5,
+    )
     _complete(store, child, root, 4.0, 5.0)
     store.put_meta(META_FINISHED_AT, 6.0)
 
 
 def _twice_initiated(store: LmdbTrialStore, root: Path) -> None:
-    twin = store.create_trial(TrialSpec(1, {"h": 0.4}, 5, 10, Origin(OriginKind.TOURNAMENT, 1, None, 1), 1), 3.6)
+    twin = store.create_trial(
+        TrialSpec(
+            generation=1,
+            hparams={"h": 0.4},
+            start_step=5,
+            end_step=10,
+            origin=Origin(OriginKind.TOURNAMENT, 1, None, 1),
+            parent_id=1,
+        ),
+        3.6,
+    )
     _complete(store, twin, root, 4.0, 5.0)
 
 
 def _orphaned(store: LmdbTrialStore, root: Path) -> None:
-    orphan = store.create_trial(TrialSpec(2, {"h": 0.4}, 10, 15, Origin(OriginKind.TOURNAMENT, 2, None, 2), 2), 5.5)
+    orphan = store.create_trial(
+        TrialSpec(
+            generation=2,
+            hparams={"h": 0.4},
+            start_step=10,
+            end_step=15,
+            origin=Origin(OriginKind.TOURNAMENT, 2, None, 2),
+            parent_id=2,
+        ),
+        5.5,
+    )
     running = orphan.evolve(status=TrialStatus.RUNNING, lease=Lease("w0", 99.0), started_at=5.6, worker="w0")
     assert store.transition(orphan.id, TrialStatus.PENDING, 1, running)
 
 
 def _early_child(store: LmdbTrialStore, root: Path) -> None:
-    early = store.create_trial(TrialSpec(1, {"h": 0.4}, 5, 10, Origin(OriginKind.REPLACEMENT, replaces=2), 1), 2.5)
+    early = store.create_trial(
+        TrialSpec(
+            generation=1,
+            hparams={"h": 0.4},
+            start_step=5,
+            end_step=10,
+            origin=Origin(OriginKind.REPLACEMENT, replaces=2),
+            parent_id=1,
+        ),
+        2.5,
+    )
     _complete(store, early, root, 2.6, 2.9)
 
 

@@ -29,7 +29,18 @@ HOSTILE = ["../escape", "../../etc", "a/../../b", "/abs", "a/b", "..", ".", ".hi
 
 
 def assignment(experiment: str) -> TrialAssignment:
-    return TrialAssignment(1, 1, 0, {"x": 1.0}, 0, 5, None, None, 1.0, experiment)
+    return TrialAssignment(
+        1,
+        1,
+        generation=0,
+        hparams={"x": 1.0},
+        start_step=0,
+        end_step=5,
+        parent_id=None,
+        parent_checkpoint=None,
+        heartbeat_s=1.0,
+        experiment=experiment,
+    )
 
 
 @pytest.mark.parametrize("name", HOSTILE)

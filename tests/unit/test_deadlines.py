@@ -51,8 +51,17 @@ def test_timeout_errors_are_recognisable() -> None:
 
 
 def test_durations_come_from_the_completing_attempt() -> None:
-    trial = Trial(1, 0, {}, 0, 5, Origin(OriginKind.SEED), status=TrialStatus.COMPLETED, completed_attempt=2,
-                  history=(AttemptRecord(1, "w", 0.0, 100.0), AttemptRecord(2, "w", 200.0, 203.0)))
+    trial = Trial(
+        1,
+        generation=0,
+        hparams={},
+        start_step=0,
+        end_step=5,
+        origin=Origin(OriginKind.SEED),
+        status=TrialStatus.COMPLETED,
+        completed_attempt=2,
+        history=(AttemptRecord(1, "w", 0.0, 100.0), AttemptRecord(2, "w", 200.0, 203.0)),
+    )
     assert completed_durations([trial]) == [3.0]
 
 
@@ -138,9 +147,18 @@ def completed(trial_id: int, steps: int, seconds: float, resumed_at: int | None 
     """A COMPLETED trial of ``steps`` steps whose completing attempt (2) took ``seconds``;
     with ``resumed_at`` that attempt resumed a preemption checkpoint of that step."""
     resume = CheckpointRef(f"r{trial_id}", 1, "0" * 64, resumed_at) if resumed_at is not None else None
-    return Trial(trial_id, 0, {}, 0, steps, Origin(OriginKind.SEED), status=TrialStatus.COMPLETED,
-                 completed_attempt=2, resume=resume,
-                 history=(AttemptRecord(1, "w", 0.0, 50.0), AttemptRecord(2, "w", 100.0, 100.0 + seconds)))
+    return Trial(
+        trial_id,
+        generation=0,
+        hparams={},
+        start_step=0,
+        end_step=steps,
+        origin=Origin(OriginKind.SEED),
+        status=TrialStatus.COMPLETED,
+        completed_attempt=2,
+        resume=resume,
+        history=(AttemptRecord(1, "w", 0.0, 50.0), AttemptRecord(2, "w", 100.0, 100.0 + seconds)),
+    )
 
 
 def test_the_default_trial_timeout_is_auto() -> None:

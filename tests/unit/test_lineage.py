@@ -30,7 +30,15 @@ CHILD = Origin(OriginKind.TOURNAMENT)
 
 def add(store: InMemoryTrialStore, generation: int, start: int, end: int, parent: int | None = None,
         crossover: int | None = None, **hparams: object) -> int:
-    spec = TrialSpec(generation, hparams or {"lr": 0.1}, start, end, CHILD if parent else SEED, parent, crossover)
+    spec = TrialSpec(
+        generation=generation,
+        hparams=hparams or {"lr": 0.1},
+        start_step=start,
+        end_step=end,
+        origin=CHILD if parent else SEED,
+        parent_id=parent,
+        crossover_id=crossover,
+    )
     return store.create_trial(spec, now=0.0).id
 
 
@@ -115,7 +123,15 @@ def test_topological_order_holds_on_random_dags_with_crossover(case: tuple[list[
     links, target = case
     store = InMemoryTrialStore()
     for i, (parent, crossover) in enumerate(links, start=1):
-        spec = TrialSpec(i % 3, {"x": float(i)}, 0, 1, SEED, parent, crossover)
+        spec = TrialSpec(
+            generation=i % 3,
+            hparams={"x": float(i)},
+            start_step=0,
+            end_step=1,
+            origin=SEED,
+            parent_id=parent,
+            crossover_id=crossover,
+        )
         assert store.create_trial(spec, 0.0).id == i
     dag = lineage(store, target)
     # exactly the ancestors (by a plain graph search), each once, the target last

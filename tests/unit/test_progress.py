@@ -53,7 +53,9 @@ def test_the_rule_reads_lazily() -> None:
 def _store(statuses: list[TrialStatus], *, initiated: bool = True) -> InMemoryTrialStore:
     store = InMemoryTrialStore()
     for status in statuses:
-        trial = store.create_trial(TrialSpec(0, {"x": 1.0}, 0, 10, Origin(OriginKind.SEED)), 0.0)
+        trial = store.create_trial(
+            TrialSpec(generation=0, hparams={"x": 1.0}, start_step=0, end_step=10, origin=Origin(OriginKind.SEED)), 0.0
+        )
         if status is TrialStatus.PENDING:
             continue
         running = trial.evolve(status=TrialStatus.RUNNING, lease=Lease("w", 9.0), worker="w", started_at=1.0)

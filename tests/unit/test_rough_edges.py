@@ -41,9 +41,17 @@ def _toy(**changes: object):  # type: ignore[no-untyped-def]
 
 def _done(trial_id: int, q: float, *, initiator: int | None, start: int, end: int) -> Trial:
     kind = OriginKind.SEED if initiator is None else OriginKind.TOURNAMENT
-    return Trial(trial_id, 0 if initiator is None else 1, {"h0": 0.5, "h1": 0.5}, start, end,
-                 Origin(kind, initiator=initiator), parent_id=initiator, status=TrialStatus.COMPLETED,
-                 final={"Q": q})
+    return Trial(
+        trial_id,
+        generation=0 if initiator is None else 1,
+        hparams={"h0": 0.5, "h1": 0.5},
+        start_step=start,
+        end_step=end,
+        origin=Origin(kind, initiator=initiator),
+        parent_id=initiator,
+        status=TrialStatus.COMPLETED,
+        final={"Q": q},
+    )
 
 
 # --- "best" is the best at any step: show the final population too --------------------------------

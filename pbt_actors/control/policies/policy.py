@@ -17,6 +17,7 @@ from typing import TypeAlias
 import numpy as np
 
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fields import HParamValue
 from pbt_actors.model.fitness import Metrics
 from pbt_actors.model.records import Origin, OriginKind, Trial, TrialSpec, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
@@ -156,7 +157,13 @@ class Policy(ABC):
                 hparams = self.space.complete(exp.initial[index], rng)
             else:
                 hparams = self.space.sample(rng)
-            spec = TrialSpec(0, hparams, 0, min(exp.steps_per_trial, exp.max_steps), Origin(OriginKind.SEED))
+            spec = TrialSpec(
+                generation=0,
+                hparams=hparams,
+                start_step=0,
+                end_step=min(exp.steps_per_trial, exp.max_steps),
+                origin=Origin(OriginKind.SEED),
+            )
             spawns.append(Spawn(spec))
         return spawns
 
@@ -194,14 +201,28 @@ class Policy(ABC):
         return [d for t in view.uninitiated() for d in self.on_completed(view, t, rngs)]
 
     # --- shared building blocks ----------------------------------------------------------------
-    def child_spec(self, parent: Trial, hparams: Mapping[str, object], generation: int, origin: Origin,
-                   crossover_id: int | None = None) -> TrialSpec | None:
+    def child_spec(
+        self,
+        parent: Trial,
+        hparams: Mapping[str, HParamValue],
+        generation: int,
+        origin: Origin,
+        crossover_id: int | None = None,
+    ) -> TrialSpec | None:
         """The spec continuing ``parent``'s weights, or None when its lineage is over."""
         start = parent.end_step
         if start >= self.experiment.max_steps:
             return None
         end = min(start + self.experiment.steps_per_trial, self.experiment.max_steps)
-        return TrialSpec(generation, hparams, start, end, origin, parent.id, crossover_id)
+        return TrialSpec(
+            generation=generation,
+            hparams=hparams,
+            start_step=start,
+            end_step=end,
+            origin=origin,
+            parent_id=parent.id,
+            crossover_id=crossover_id,
+        )
 
     def explores(self, view: PopulationView, parent: Trial) -> bool:
         """May a child continuing ``parent`` mutate? Always with ``explore_final``; otherwise not
@@ -220,7 +241,7 @@ class Policy(ABC):
             return left >= 2 * exp.population * exp.steps_per_trial
         return True
 
-    def child_or_retire(self, initiator: Trial, parent: Trial, hparams: Mapping[str, object], origin: Origin,
+    def child_or_retire(self, initiator: Trial, parent: Trial, hparams: Mapping[str, HParamValue], origin: Origin,
                         crossover_id: int | None = None) -> Decision:
         """``initiator``'s child continuing ``parent``'s weights, or its lineage's end at
         ``max_steps``. A stand-in for a lost child (``origin.replaces``) does not mark the
@@ -254,8 +275,13 @@ class Policy(ABC):
 
     def reseed(self, trial: Trial, rngs: RngFactory) -> Spawn:
         """A fresh prior sample standing in for a failed generation-0 trial."""
-        spec = TrialSpec(trial.generation, self.space.sample(rngs(trial.id, "replace")), trial.start_step,
-                         trial.end_step, Origin(OriginKind.REPLACEMENT, replaces=trial.id))
+        spec = TrialSpec(
+            generation=trial.generation,
+            hparams=self.space.sample(rngs(trial.id, "replace")),
+            start_step=trial.start_step,
+            end_step=trial.end_step,
+            origin=Origin(OriginKind.REPLACEMENT, replaces=trial.id),
+        )
         return Spawn(spec)
 
     def window(self, view: PopulationView, generation: int) -> list[Trial]:
