@@ -97,7 +97,8 @@ def finished_store_message(store_dir: Path, previous: dict[str, Any], experiment
 def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
     from pbt_actors.runtime.controller.controller_actor import Controller
-    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.host.host_state import host_state_path
+    from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
@@ -288,7 +289,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.host.host_state import host_state_path
+    from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
 

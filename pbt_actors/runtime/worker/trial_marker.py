@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 RUNNING_DIR = Path(".pbt-hosts") / "running"
-"""Under the checkpoint root, beside the host state files (``host_supervisor.HOST_STATE_DIR``)."""
+"""Under the checkpoint root, beside the host state files (``host_state.HOST_STATE_DIR``)."""
 
 
 def markers_dir(checkpoint_root: str | os.PathLike[str]) -> Path:
