@@ -22,6 +22,8 @@ import pytest
 from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.trial_runner import build_context
+from pbt_actors.runtime.worker.worker_actor import LatestReport
 from pbt_actors.runtime.worker.worker_client import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
@@ -127,8 +129,8 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
     client = WorkerClient(f"tcp://127.0.0.1:{free_port()}", train, str(tmp_path), worker_id="alone")
     try:
         spec = TrialAssignment(1, 1, 0, {"h0": 1.0, "h1": 0.0}, 0, 5, None, None, 0.05, "toy_lineage")
-        with client.progress.lock:
-            client.progress.spec = spec  # as if a trial were running
+        link = LatestReport(spec.start_step)
+        client.connection.begin_trial(build_context(spec, str(tmp_path), link=link), link).get(timeout=5)  # as if running
         client._heartbeat_s = 0.05
         client._ticker_wake.set()  # as run_trial does when a trial sets the interval
         deadline, deepest = time.monotonic() + 5, 0  # two and a half heartbeat timeouts
@@ -137,6 +139,5 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
             time.sleep(0.01)
         assert deepest <= 1, deepest
     finally:
-        with client.progress.lock:
-            client.progress.spec = None
+        client.connection.end_trial.defer()
         client.close()
