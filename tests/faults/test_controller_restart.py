@@ -130,7 +130,8 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
     try:
         spec = TrialAssignment(1, 1, 0, {"h0": 1.0, "h1": 0.0}, 0, 5, None, None, 0.05, "toy_lineage")
         link = LatestReport(spec.start_step)
-        client.connection.begin_trial(build_context(spec, str(tmp_path), link=link), link).get(timeout=5)  # as if running
+        ctx = build_context(spec, str(tmp_path), link=link)
+        client.connection.begin_trial(ctx, link).get(timeout=5)  # as if a trial were running
         client._heartbeat_s = 0.05
         client._ticker_wake.set()  # as run_trial does when a trial sets the interval
         deadline, deepest = time.monotonic() + 5, 0  # two and a half heartbeat timeouts

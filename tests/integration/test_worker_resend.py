@@ -12,6 +12,7 @@ sent again after the common backoff's delays, 8 times.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,8 +84,8 @@ class FakePreempt:
 class ScriptedRounds:
     """Rounds that answer from ``replies`` (None: the round timed out), and the loop over them."""
 
-    def __init__(self, replies: list[Message | None]) -> None:
-        self.replies = replies
+    def __init__(self, replies: Sequence[Message | None]) -> None:
+        self.replies = list(replies)
         self.preempt = FakePreempt()
         self.sent: list[Message] = []
 
