@@ -76,7 +76,7 @@ class WorkerClient:
         worker_id: unique per worker slot; stable across restarts of that slot.
         device: what ``ctx.device`` says (default: ``cuda:0`` when pinned to a GPU, else cpu).
         controller_timeout_s: give up (``ControllerGone``) after this long without any reply
-            from the controller; 0 waits forever (the module doc, retry rule 3).
+            from the controller; 0 waits forever (the module doc).
     """
 
     def __init__(self, connect: str, train: TrainFn, checkpoint_root: str, *, worker_id: str | None = None,
