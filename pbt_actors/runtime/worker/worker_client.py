@@ -242,7 +242,7 @@ class WorkerClient:
             self._deliver(outcome)
         self.trials_run += 1
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Report | Fail) -> None:
         """Send a report/fail until acknowledged (``_send``) and take in the answer.
 
         A message too large for a frame (``MessageTooLarge``: it would be dropped unseen and
@@ -253,7 +253,7 @@ class WorkerClient:
         except MessageTooLarge as exc:
             if not isinstance(message, Report):
                 log.error("cannot deliver %s for trial %d: %s; it will be re-run after its lease expires",
-                          message.TYPE, getattr(message, "trial_id", -1), exc)
+                          message.TYPE, message.trial_id, exc)
                 return
             text = (f"the trial's result is too large to send ({exc}): {len(message.measurements)} "
                     f"measurements, {len(message.final)} final metrics; report fewer or smaller metrics")
