@@ -22,8 +22,7 @@ import pytest
 from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.runtime.host.launch import load_experiment_file
-from pbt_actors.runtime.worker.trial_runner import build_context
-from pbt_actors.runtime.worker.worker_actor import LatestReport
+from pbt_actors.runtime.worker.worker_actor import TrialSlot
 from pbt_actors.runtime.worker.worker_client import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
@@ -129,9 +128,7 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
     client = WorkerClient(f"tcp://127.0.0.1:{free_port()}", train, str(tmp_path), worker_id="alone")
     try:
         spec = TrialAssignment(1, 1, 0, {"h0": 1.0, "h1": 0.0}, 0, 5, None, None, 0.05, "toy_lineage")
-        link = LatestReport(spec.start_step)
-        ctx = build_context(spec, str(tmp_path), link=link)
-        client.connection.begin_trial(ctx, link).get(timeout=5)  # as if a trial were running
+        client.connection.begin_trial(spec, TrialSlot()).get(timeout=5)  # as if a trial were running
         client._heartbeat_s = 0.05
         client._ticker_wake.set()  # as run_trial does when a trial sets the interval
         deadline, deepest = time.monotonic() + 5, 0  # two and a half heartbeat timeouts

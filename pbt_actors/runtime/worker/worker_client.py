@@ -60,7 +60,7 @@ from pbt_actors.runtime.worker.retry_loop import (
 from pbt_actors.runtime.worker.trial_context import default_device
 from pbt_actors.runtime.worker.trial_marker import clear_marker, marker_path, markers_dir, write_marker
 from pbt_actors.runtime.worker.trial_runner import TrainFn, build_context, execute
-from pbt_actors.runtime.worker.worker_actor import LatestReport, SilenceClock, WorkerActor
+from pbt_actors.runtime.worker.worker_actor import SilenceClock, TrialSlot, WorkerActor
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,14 @@ class WorkerClient:
         self.trials_run = 0
         self._marker = marker_path(markers_dir(checkpoint_root), self.worker_id)
         """Names the trial this process runs, for its host supervisor (``trial_marker``)."""
-        self._next_reply: Message | None = None
-        """The controller's answer about the next trial, when it came with a report's ack."""
+        self._next_reply: tuple[Message, TrialSlot] | None = None
+        """The controller's answer about the next trial, when it came with a report's ack (and
+        the slot that report offered for it)."""
 
     # --- network through the actor -----------------------------------------------------------
-    def _request(self, message: Message, retries: int) -> Message:
-        """One round for ``message`` on the actor's socket (``retry_loop.Round``)."""
+    def _request(self, message: Message, retries: int, slot: TrialSlot | None = None) -> Message:
+        """One round for ``message`` on the actor's socket (``retry_loop.Round``); an assignment
+        in reply runs in ``slot`` (``worker_actor``)."""
         timeout_s = self.request_timeout_s
         left = self._controller_time_left()
         if left is not None:
@@ -123,7 +125,7 @@ class WorkerClient:
             # left, so the give-up comes on time; resends keep the id, so a request the
             # controller holds (long poll, ``PARK_S``) is still answered within the round
             timeout_s = min(timeout_s, max(0.05, left / (2 ** (retries + 1) - 1)))
-        reply: Message = self.connection.request(message, timeout_s, retries).get()
+        reply: Message = self.connection.request(message, timeout_s, retries, slot).get()
         return reply
 
     def _controller_time_left(self) -> float | None:
@@ -149,9 +151,13 @@ class WorkerClient:
         if self.controller_gone.is_set():
             raise ControllerGone(f"no controller at {self.connect} for {self.controller_timeout_s:g} s; giving up")
 
-    def _send(self, message: Message, *, grace_s: float | None, internal_retries: int = 0) -> Message | None:
+    def _send(self, message: Message, *, grace_s: float | None, internal_retries: int = 0,
+              slot: TrialSlot | None = None) -> Message | None:
         """``message`` sent until answered (``retry_loop``); None: preempted before a reply."""
-        return send_until_answered(self._request, message, preempt=self.preempt, check_gone=self._raise_if_gone,
+        def round_trip(message: Message, retries: int) -> Message:
+            return self._request(message, retries, slot)
+
+        return send_until_answered(round_trip, message, preempt=self.preempt, check_gone=self._raise_if_gone,
                                    grace_s=grace_s, internal_retries=internal_retries)
 
     def hello(self) -> Message | None:
@@ -192,9 +198,12 @@ class WorkerClient:
     # --- the trial loop --------------------------------------------------------------------------
     def run_one(self) -> bool:
         """Ask for one trial and run it. Returns False when the experiment is done."""
-        reply, self._next_reply = self._next_reply, None
-        if reply is None:  # (a stale worker's actor answers ``wrong_run`` itself: ``WrongRun``)
-            reply = self._send(RequestTrial(self.worker_id), grace_s=None)
+        reply: Message | None
+        if self._next_reply is not None:
+            (reply, slot), self._next_reply = self._next_reply, None
+        else:  # (a stale worker's actor answers ``wrong_run`` itself: ``WrongRun``)
+            slot = TrialSlot()
+            reply = self._send(RequestTrial(self.worker_id), grace_s=None, slot=slot)
         if reply is None:
             return False
         if isinstance(reply, Done):
@@ -209,7 +218,7 @@ class WorkerClient:
         if not isinstance(reply, TrialAssignment):
             log.warning("unexpected reply to request_trial: %r", reply)
             return True
-        self.run_trial(reply)
+        self.run_trial(reply, slot)
         return not self.preempt.is_set()
 
     def _pause(self, seconds: float) -> None:
@@ -224,11 +233,15 @@ class WorkerClient:
         while self.run_one():
             pass
 
-    def run_trial(self, spec: TrialAssignment) -> None:
-        """Run one assignment (``trial_runner``), heartbeating meanwhile, and deliver its outcome."""
-        link = LatestReport(spec.start_step)
-        ctx = build_context(spec, self.checkpoint_root, self.device, link=link, preempt_event=self.preempt)
-        self.connection.begin_trial.defer(ctx, link)
+    def run_trial(self, spec: TrialAssignment, slot: TrialSlot | None = None) -> None:
+        """Run one assignment (``trial_runner``), heartbeating meanwhile, and deliver its outcome.
+
+        ``slot``: the one the request that brought ``spec`` offered (the actor knows already)."""
+        if slot is None:
+            slot = TrialSlot()
+            self.connection.begin_trial.defer(spec, slot)
+        ctx = build_context(spec, self.checkpoint_root, self.device, link=slot, preempt_event=self.preempt,
+                            stop_event=slot.stop)
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
         self._ticker_wake.set()
         write_marker(self._marker, spec.trial_id, spec.attempt)
@@ -237,9 +250,13 @@ class WorkerClient:
             outcome = execute(ctx, self.train, self.worker_id, ask_next=True, objective=self.objective)
         finally:
             clear_marker(self._marker)
-            self.connection.end_trial.defer()
-        if outcome is not None:  # None: the controller stopped it; nothing to report
+        if outcome is not None:  # its delivery tells the actor that it ended
             self._deliver(outcome)
+        else:  # the controller stopped it; nothing to report
+            self.connection.end_trial.defer()
+        if self.preempt.is_set() and self._next_reply is not None:
+            self._next_reply = None  # a preempted worker starts no other trial: the actor forgets it
+            self.connection.end_trial.defer()
         self.trials_run += 1
 
     def _deliver(self, message: Report | Fail) -> None:
@@ -248,8 +265,9 @@ class WorkerClient:
         A message too large for a frame (``MessageTooLarge``: it would be dropped unseen and
         resent forever) becomes a retryable ``fail`` of the attempt that says so; a ``fail``
         that is itself too large leaves the trial to its lease expiry."""
+        slot = TrialSlot() if isinstance(message, Report) and message.next else None
         try:
-            reply = self._send(message, grace_s=PREEMPT_GRACE_S, internal_retries=INTERNAL_ERROR_RETRIES)
+            reply = self._send(message, grace_s=PREEMPT_GRACE_S, internal_retries=INTERNAL_ERROR_RETRIES, slot=slot)
         except MessageTooLarge as exc:
             if not isinstance(message, Report):
                 log.error("cannot deliver %s for trial %d: %s; it will be re-run after its lease expires",
@@ -266,8 +284,8 @@ class WorkerClient:
             return
         if isinstance(reply, Error):
             log.warning("controller rejected %s for trial: %s %s", message.TYPE, reply.code, reply.message)
-        elif isinstance(reply, TrialAssignment | Wait | Done) and isinstance(message, Report) and message.next:
-            self._next_reply = reply  # the report was applied; this answers our next request
+        elif isinstance(reply, TrialAssignment | Wait | Done) and slot is not None:
+            self._next_reply = (reply, slot)  # the report was applied; this answers our next request
         elif not isinstance(reply, Ack | Stop):
             log.warning("unexpected reply to %s: %r", message.TYPE, reply)
 
