@@ -75,7 +75,7 @@ if os.environ.get(TARGET_ENV):
 def worker_pids(checkpoint_root: Path) -> dict[str, int]:
     """Live worker processes of this run: ``worker id -> pid``, from the host state file the
     supervisor publishes under the checkpoint root (what ``pbt-actors status`` reads)."""
-    from pbt_actors.runtime.host.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_state import read_host_states
 
     out: dict[str, int] = {}
     for child in (c for state in read_host_states(checkpoint_root) for c in state["children"]):

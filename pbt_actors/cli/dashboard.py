@@ -20,7 +20,7 @@ DEFAULT_PORT = 8265  # kept equal to pbt_actors.tools.dashboard.server.DEFAULT_P
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.host.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_state import read_host_states
     from pbt_actors.tools.dashboard.server import check_bind, serve
 
     store_dir = Path(args.store).resolve()

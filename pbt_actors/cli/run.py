@@ -207,7 +207,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+    from pbt_actors.runtime.host.host_state import host_state_path
+    from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
     from pbt_actors.tools.local_run import close_zygote, start_zygote

@@ -34,7 +34,7 @@ STATUS_TOP_ROWS = 5
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return watch_status(args.store, args.interval, args.json)
-    from pbt_actors.runtime.host.host_supervisor import describe_host_states, read_host_states
+    from pbt_actors.runtime.host.host_state import describe_host_states, read_host_states
 
     store_dir = Path(args.store).resolve()
     summary = read_summary(store_dir)

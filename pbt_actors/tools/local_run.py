@@ -93,7 +93,8 @@ class LocalRun:
         """Start the zygote, the controller on ``store_dir`` and the supervised workers; whatever
         started is stopped again if a later part fails."""
         from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
-        from pbt_actors.runtime.host.host_supervisor import HostSupervisor, host_state_path
+        from pbt_actors.runtime.host.host_state import host_state_path
+        from pbt_actors.runtime.host.host_supervisor import HostSupervisor
         from pbt_actors.runtime.host.launch import worker_specs
         from pbt_actors.storage.checkpoint_urls import normalize_root
 

@@ -181,7 +181,7 @@ def worker_pids(checkpoint_root: Path) -> dict[str, int]:
     from the host state files the supervisors publish (what ``pbt-actors status`` reads). The
     root is unique per test, so other tests' workers never match; a killed host leaves its file
     behind, so a pid counts only while its process lives."""
-    from pbt_actors.runtime.host.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_state import read_host_states
 
     return {str(child["id"]): int(child["pid"]) for state in read_host_states(checkpoint_root)
             for child in state["children"]

@@ -22,6 +22,7 @@ import pytest
 from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.runtime.host.launch import load_experiment_file
+from pbt_actors.runtime.worker.worker_actor import TrialSlot
 from pbt_actors.runtime.worker.worker_client import WorkerClient
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
@@ -138,8 +139,7 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
             heartbeat_s=0.05,
             experiment="toy_lineage",
         )
-        with client.progress.lock:
-            client.progress.spec = spec  # as if a trial were running
+        client.connection.begin_trial(spec, TrialSlot()).get(timeout=5)  # as if a trial were running
         client._heartbeat_s = 0.05
         client._ticker_wake.set()  # as run_trial does when a trial sets the interval
         deadline, deepest = time.monotonic() + 5, 0  # two and a half heartbeat timeouts
@@ -148,6 +148,5 @@ def test_heartbeats_do_not_pile_up_while_the_controller_is_gone(tmp_path: Path) 
             time.sleep(0.01)
         assert deepest <= 1, deepest
     finally:
-        with client.progress.lock:
-            client.progress.spec = None
+        client.connection.end_trial.defer()
         client.close()

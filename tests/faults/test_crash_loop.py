@@ -14,12 +14,8 @@ import pytest
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.host.host_supervisor import (
-    HostSupervisor,
-    describe_host_states,
-    host_state_path,
-    read_host_states,
-)
+from pbt_actors.runtime.host.host_state import describe_host_states, host_state_path, read_host_states
+from pbt_actors.runtime.host.host_supervisor import HostSupervisor
 from pbt_actors.runtime.host.launch import load_experiment_file, worker_specs
 from pbt_actors.runtime.host.restart_rules import Backoff, Intensity
 from pbt_actors.storage.lmdb_store import LmdbTrialStore

@@ -67,7 +67,7 @@ ENV_B = env_with(FAULT_POPULATION=4, FAULT_MAX_STEPS=15, FAULT_STEPS_PER_TRIAL=5
 
 def all_worker_pids(checkpoint_root: Path) -> set[int]:
     """Every worker pid any host under ``checkpoint_root`` last published, whatever its state."""
-    from pbt_actors.runtime.host.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_state import read_host_states
 
     return {int(child["pid"]) for state in read_host_states(checkpoint_root) for child in state["children"]
             if child.get("pid") is not None}

@@ -82,7 +82,7 @@ def test_sigkill_of_a_host_supervisor_takes_its_workers_with_it(tmp_path: Path) 
 
 @pytest.mark.timeout(180)
 def test_status_shows_a_sigkilled_hosts_workers_as_lost_not_running(tmp_path: Path) -> None:
-    from pbt_actors.runtime.host.host_supervisor import HOST_LOST_AFTER, HOST_STATE_REFRESH_S
+    from pbt_actors.runtime.host.host_state import HOST_LOST_AFTER, HOST_STATE_REFRESH_S
 
     store, ckpt = tmp_path / "store", tmp_path / "ckpt"
     controller, endpoint = start_controller(SLOW, store, f"tcp://127.0.0.1:{free_port()}", env=SLOW_ENV)

@@ -101,7 +101,7 @@ def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
 
 def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
     """From the host state file this run's supervisor publishes (what `pbt-actors status` reads)."""
-    from pbt_actors.runtime.host.host_supervisor import read_host_states
+    from pbt_actors.runtime.host.host_state import read_host_states
 
     pids = [c["pid"] for state in read_host_states(checkpoint_root) for c in state["children"]
             if c.get("worker", c["id"]) == worker_id and c["state"] == "running"]  # id: the slot

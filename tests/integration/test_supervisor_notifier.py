@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from pbt_actors.runtime.host.host_supervisor import HostSupervisor, _LostNotifier
+from pbt_actors.runtime.host.host_supervisor import HostSupervisor
+from pbt_actors.runtime.host.lost_notifier import LostNotifier
 from pbt_actors.runtime.host.restart_rules import Backoff, ChildSpec, Intensity, Restart
 from tests.support.waiting import wait_until
 
@@ -34,7 +35,7 @@ def exits_with_one() -> subprocess.Popen[bytes]:
 
 
 def test_an_unreachable_controller_blocks_neither_status_nor_the_restart_order() -> None:
-    notice_s = _LostNotifier.TRIES * _LostNotifier.TIMEOUT_S
+    notice_s = LostNotifier.TRIES * LostNotifier.TIMEOUT_S
     supervisor = HostSupervisor([ChildSpec("w0", exits_with_one, Restart.TRANSIENT)],
                                 controller=f"tcp://127.0.0.1:{unused_port()}", intensity=Intensity(5, 60),
                                 backoff=Backoff(0.05))

@@ -7,6 +7,10 @@ ROUTER socket: it drains up to a few hundred requests per poll, passes them thro
 it forms to the actor as *one* batch (one LMDB commit, one fsync), and sends the replies only
 after that commit, so every ``ack`` a worker sees is durable. A periodic tick expires leases.
 
+The bridge, the handle and the retention collector call the actor through its pykka proxy
+(``controller.handle_batch(batch).get()``), as ``ask``s: each needs the answer (replies go out
+only after the commit). A message is a whole batch, not a request, which keeps one commit per burst.
+
 ``Controller.start(...)`` is the embedding API: it returns a ``ControllerHandle`` with the
 bound endpoint, ``wait(timeout)`` and ``stop()``.
 """
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import pykka
 
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 POLL_S = 0.05
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,11 @@ class StatusSnapshot:
 
 
 class ControllerActor(pykka.ThreadingActor):
-    """Serialises the core. The store is opened in ``on_start`` (LMDB: on this thread)."""
+    """Serialises the core. The store is opened in ``on_start`` (LMDB: on this thread).
+
+    Called through its pykka proxy (``handle_batch``, ``tick``, ``status``, ...): each call is
+    one message, run on the actor's thread, its result a future.
+    """
 
     def __init__(self, open_store: Callable[[], TrialStore], experiment: Experiment | None,
                  clock: Callable[[], float] = time.time, startup_errors: list[BaseException] | None = None,
@@ -68,9 +77,9 @@ class ControllerActor(pykka.ThreadingActor):
         self.meta = dict(meta or {})
         """Meta entries written once the store accepted the experiment (the experiment file's
         path and hash: ``replay`` defaults to it); a refused start writes none."""
-        self.open_store = open_store
+        self._open_store = open_store
         self.experiment = experiment
-        self.clock = clock
+        self._clock = clock
         self.core: ControllerCore | None = None
         self.startup_errors = startup_errors if startup_errors is not None else []
         self.fatal: StoreFull | None = None
@@ -84,9 +93,9 @@ class ControllerActor(pykka.ThreadingActor):
         # ``Controller.start`` caller, who then stops this actor), instead of letting pykka
         # log it as an unhandled actor exception with a traceback.
         try:
-            store = self.open_store()
+            store = self._open_store()
             try:
-                self.core = ControllerCore(store, self.experiment, now=self.clock())
+                self.core = ControllerCore(store, self.experiment, now=self._clock())
                 for key, value in self.meta.items():
                     store.put_meta(key, value)
             except BaseException:
@@ -107,72 +116,53 @@ class ControllerActor(pykka.ThreadingActor):
         if self.core is not None:
             self.core.store.close()
 
-    def on_receive(self, message: Any) -> Any:
+    def _serving(self) -> ControllerCore:
+        """The core, or why there is none to serve with (a failed start, a full disk)."""
         if self.core is None:
             raise self.startup_errors[-1] if self.startup_errors else RuntimeError("controller has no store")
         if self.fatal is not None:
             raise self.fatal
+        return self.core
+
+    def _committing(self, write: Callable[[ControllerCore], _T]) -> _T:
+        """Run ``write`` on the core; a full disk makes the controller stop serving."""
         try:
-            return self._dispatch(message)
+            return write(self._serving())
         except StoreFull as exc:
             log.info("the store's disk is full; the controller stops serving: %s", exc)
             self.fatal = exc
             raise
 
-    def _dispatch(self, message: Any) -> Any:
-        assert self.core is not None
-        if isinstance(message, _HandleBatch):
-            return self.core.handle_batch(message.messages, self.clock())
-        if isinstance(message, _Tick):
-            return self.core.tick(self.clock())
-        if isinstance(message, _Status):
-            return self._status()
-        if isinstance(message, _PlanRetention):
-            if not self.core.experiment.retention.enabled:
-                return []
-            plan = plan_retention(self.core.store, self.core.experiment)
-            return uris_of(self.core.store, plan.delete)
-        if isinstance(message, _RecordCollected):
-            return record_with_retries(self.core.store, message.trial_ids, self.clock())
-        raise TypeError(f"ControllerActor got an unknown message {message!r}")
+    def handle_batch(self, messages: list[Message]) -> list[Reply]:
+        """Apply a batch of requests in one commit; a reply for each, in order."""
+        return self._committing(lambda core: core.handle_batch(messages, self._clock()))
 
-    def _status(self) -> StatusSnapshot:
-        assert self.core is not None
-        store = self.core.store
+    def tick(self) -> bool:
+        """Expire leases; whether any trial was released (parked requests may now get one)."""
+        return bool(self._committing(lambda core: core.tick(self._clock())))
+
+    def record_collected(self, trial_ids: list[int]) -> list[int]:
+        """Record these trials' checkpoints as collected (their files are gone), in one commit."""
+        return self._committing(lambda core: record_with_retries(core.store, trial_ids, self._clock()))
+
+    def plan_retention(self) -> list[tuple[int, str]]:
+        """Which checkpoints may be deleted now: ``[(trial id, uri)]`` (a short read)."""
+        core = self._serving()
+        if not core.experiment.retention.enabled:
+            return []
+        plan = plan_retention(core.store, core.experiment)
+        return uris_of(core.store, plan.delete)
+
+    def status(self) -> StatusSnapshot:
+        core = self._serving()
+        store = core.store
         running = [t.lease.worker for t in store.trials(store.ids_with_status(TrialStatus.RUNNING)) if t.lease]
         return StatusSnapshot(
             total=store.count(), by_status={s.value: store.count(s) for s in TrialStatus},
-            best=best_completed(store, self.core.experiment), running_workers=sorted(running),
-            finished=self.core.finished, run_id=self.core.run_id, leased_steps=self.core.leased_steps,
-            estimate=read_estimate(store, self.core.experiment),
+            best=best_completed(store, core.experiment), running_workers=sorted(running),
+            finished=core.finished, run_id=core.run_id, leased_steps=core.leased_steps,
+            estimate=read_estimate(store, core.experiment),
         )
-
-
-@dataclass(frozen=True)
-class _HandleBatch:
-    messages: list[Message]
-
-
-@dataclass(frozen=True)
-class _Tick:
-    pass
-
-
-@dataclass(frozen=True)
-class _Status:
-    pass
-
-
-@dataclass(frozen=True)
-class _PlanRetention:
-    """Which checkpoints may be deleted now: ``[(trial id, uri)]`` (a short read)."""
-
-
-@dataclass(frozen=True)
-class _RecordCollected:
-    """Record these trials' checkpoints as collected (their files are gone), in one commit."""
-
-    trial_ids: list[int]
 
 
 class _Bridge(threading.Thread):
@@ -188,7 +178,7 @@ class _Bridge(threading.Thread):
     def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any],
                  run_id: str | None = None) -> None:
         super().__init__(name="pbt-controller-bridge", daemon=True)
-        self.actor = actor
+        self.controller = actor.proxy()
         self.bind = bind
         self.endpoint_options = endpoint_options
         self.stop_event = threading.Event()
@@ -221,14 +211,14 @@ class _Bridge(threading.Thread):
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     try:
-                        released = self.actor.ask(_Tick(), timeout=30)
+                        released = self.controller.tick().get(timeout=30)
                     except pykka.ActorDeadError:
                         log.error("controller actor is gone; bridge stops")
                         return
                     except StoreFull as exc:
                         self.fatal = exc
                         return
-                    self._exchange(endpoint, self.session.tick(released=bool(released)))
+                    self._exchange(endpoint, self.session.tick(released=released))
         finally:
             endpoint.close()
 
@@ -241,7 +231,7 @@ class _Bridge(threading.Thread):
                 continue
             requests.append((item.identity, item.request_id, item.message))
         # with CURVE, who said it (the ZAP User-Id: the client's public key) for the key binding
-        keys = {item.identity: item.key for item in incoming if getattr(item, "key", "")}
+        keys = {item.identity: item.key for item in incoming if item.key}
         self._exchange(endpoint, self.session.receive(requests, keys=keys or None))
 
     def _exchange(self, endpoint: ControllerEndpoint, step: Round) -> None:
@@ -251,7 +241,7 @@ class _Bridge(threading.Thread):
         if not step.messages:
             return
         try:
-            replies = cast(list[Reply], self.actor.ask(_HandleBatch(step.messages), timeout=60))
+            replies: list[Reply] = self.controller.handle_batch(step.messages).get(timeout=60)
         except StoreFull as exc:  # nothing of the batch was committed: answer nothing, stop serving
             self.fatal = exc
             return
@@ -297,7 +287,7 @@ class ControllerHandle:
         """
         if self.bridge.fatal is not None:
             raise self.bridge.fatal
-        snapshot = cast(StatusSnapshot, self.actor.ask(_Status(), timeout=timeout_s))
+        snapshot: StatusSnapshot = self.bridge.controller.status().get(timeout=timeout_s)
         return snapshot
 
     def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> bool:
@@ -348,7 +338,8 @@ class Controller:
         errors: list[BaseException] = []
         actor = ControllerActor.start(open_store, experiment, clock, errors, meta=meta)
         try:
-            snapshot = cast(StatusSnapshot, actor.ask(_Status(), timeout=60))
+            controller = actor.proxy()
+            snapshot: StatusSnapshot = controller.status().get(timeout=60)
         except pykka.ActorDeadError:
             raise errors[0] if errors else RuntimeError("controller failed to start (see log)") from None
         except BaseException:  # the store could not be opened: its error, and no actor left behind
@@ -358,8 +349,8 @@ class Controller:
         bridge = _Bridge(actor, bind, dict(endpoint_options or {}), run_id=snapshot.run_id)
         collector = None
         if checkpoint_delete is not None:  # plans are empty while the experiment has retention off
-            collector = Collector(lambda: cast(list[tuple[int, str]], actor.ask(_PlanRetention(), timeout=60)),
-                                  lambda ids: actor.ask(_RecordCollected(ids), timeout=60),
+            collector = Collector(lambda: controller.plan_retention().get(timeout=60),
+                                  lambda ids: controller.record_collected(ids).get(timeout=60),
                                   checkpoint_delete, retention_interval_s)
             bridge.after_reports = collector.nudge
         bridge.start()

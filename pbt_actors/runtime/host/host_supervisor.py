@@ -2,41 +2,42 @@
 
 Layer 4. Each child is a real OS process (so a CUDA crash, an OOM kill or a SIGKILL takes
 out one slot, never the supervisor), built afresh from its ``ChildSpec`` on every restart.
-A watcher thread polls the processes and tells the actor about exits; the actor applies the
-pure ``RestartTracker`` rules, tells the controller ``worker_lost`` at once (so the trial is
-re-queued now, not at lease expiry) and schedules the restart after its backoff.
 
-With ``state_path`` the actor also writes its children's state (running, waiting to restart,
-exited, gave up, and why) to a small JSON file, atomically (temp file + rename), on every
-change. Another process (``pbt-actors status``) reads it with ``read_host_states``; the
-convention is one file per host under ``<checkpoint root>/.pbt-hosts/`` (``host_state_path``),
-because the checkpoint root is the one folder that every host and the controller share.
+The actor owns every slot's state and process; others reach it through its pykka proxy,
+calling its methods (``status``, ``poll_children``, ``start_child``, ``refuse``) as messages.
+A ticker thread asks it to ``poll_children`` every ``WATCH_INTERVAL_S`` and waits for that to
+finish, so at most one poll is ever queued. On an exit the actor applies the pure
+``RestartTracker`` rules, has the ``LostNotifier`` tell the controller ``worker_lost`` at once
+(so the trial is re-queued now, not at lease expiry) and schedules the restart after its
+backoff. Calls that need no answer are ``defer``-red (pykka's tell): one that raises kills the
+actor, whose ``on_failure`` then stops every worker, as a crashed supervisor must.
+
+With ``state_path`` the actor also publishes its children's state (``host_state``) on every
+change and at least every ``HOST_STATE_REFRESH_S``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
-import queue
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import pykka
 
-from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.common.backoff import Backoff
 from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_WRONG_RUN
-from pbt_actors.model.errors import RequestTimeout
-from pbt_actors.model.protocol import Ack, Error, Hello, WorkerLost
+from pbt_actors.model.protocol import WorkerLost
+from pbt_actors.runtime.host.host_state import HOST_STATE_REFRESH_S, ChildInfo, write_host_state
+from pbt_actors.runtime.host.lost_notifier import LostNotifier
 from pbt_actors.runtime.host.restart_rules import (
     ChildSpec,
     Intensity,
@@ -46,17 +47,10 @@ from pbt_actors.runtime.host.restart_rules import (
     fresh_worker_id,
 )
 from pbt_actors.runtime.worker.trial_marker import RUNNING_DIR, marker_path, take_marker
-from pbt_actors.storage.checkpoint_urls import local_state_folder
-from pbt_actors.transport.endpoints import WorkerEndpoint
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.05
-HOST_HELLO_S = 3.0
-"""The supervisor repeats its ``hello`` (host id, worker ids) this often: its claim on them at
-the controller lasts ``control.session.HOST_LEASE_S`` past the last one."""
-REFUSALS = ("host_taken", "wrong_run")
-"""Answers to the supervisor's ``hello`` that stop the whole host (docs/protocol.md §4)."""
 FINAL_EXIT_REASONS = {
     EXIT_WRONG_RUN: "the controller serves another run: this worker is stale, not restarted",
     EXIT_NO_CONTROLLER: "no reply from the controller for --controller-timeout seconds: not restarted",
@@ -65,13 +59,6 @@ FINAL_EXIT_REASONS = {
 STOP_GRACE_S = 5.0
 """How long ``stop`` lets the workers finish after their SIGTERM (checkpoint, report the trial
 preempted) before it SIGKILLs them; ``pbt-actors worker --stop-grace`` sets it."""
-HOST_STATE_DIR = ".pbt-hosts"
-HOST_STATE_VERSION = 1
-# The state file is rewritten at least this often (a heartbeat: ``updated_at``), and says so
-# (``refresh_s``); a reader calls a host that missed ``HOST_LOST_AFTER`` refreshes lost
-# (``read_host_states``): its supervisor died without saying so (SIGKILL, power, network).
-HOST_STATE_REFRESH_S = 5.0
-HOST_LOST_AFTER = 3
 
 
 @dataclass
@@ -91,52 +78,16 @@ class ChildState:
     """The worker id of the slot's current (or last) process: the slot id, or with
     ``ChildSpec.fresh_ids`` one of its own per start (``<slot>-<6 hex>``)."""
 
-
-@dataclass(frozen=True)
-class ChildInfo:
-    id: str
-    state: str
-    pid: int | None
-    starts: int
-    last_exit: int | None
-    reason: str
-    since: float = 0.0
-    worker: str = ""
-    """The worker id of the slot's current (or last) process (``id`` is the slot)."""
+    def info(self) -> ChildInfo:
+        pid = self.process.pid if self.process is not None else None
+        return ChildInfo(self.spec.id, self.state, pid, self.starts, self.last_exit, self.reason, self.since,
+                         self.worker_id)
 
 
-@dataclass(frozen=True)
-class _Exited:
-    child_id: str
-    exit_code: int | None
-
-
-@dataclass(frozen=True)
-class _Refused:
-    reason: str
-
-
-@dataclass(frozen=True)
-class _StartChild:
-    child_id: str
-
-
-@dataclass(frozen=True)
-class _Status:
-    pass
-
-
-@dataclass(frozen=True)
-class _RefreshState:
-    """Rewrite the host state file (its periodic heartbeat)."""
-
-
-@dataclass
-class _Watch:
-    """Processes the watcher thread polls (child id -> process), guarded by ``lock``."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    processes: dict[str, Any] = field(default_factory=dict)
+def _tell(deferred: Callable[..., None], *args: Any) -> None:
+    """A proxy's ``defer`` from another thread; an actor already gone hears nothing."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        deferred(*args)
 
 
 class HostSupervisorActor(pykka.ThreadingActor):
@@ -164,30 +115,38 @@ class HostSupervisorActor(pykka.ThreadingActor):
                          for spec in children}
         self.controller = controller
         self.endpoint_options = dict(endpoint_options or {})
-        self.notifier: _LostNotifier | None = None
-        self.watch = _Watch()
-        self.watch_stop = threading.Event()
+        self.notifier: LostNotifier | None = None
+        self.watched: dict[str, Any] = {}
+        """The processes ``poll_children`` polls (child id -> process), until each exits."""
+        self.ticker_stop = threading.Event()
+        self.refresh_at = 0.0
         self.all_done = threading.Event()
         self.timers: list[threading.Timer] = []
         self.refused: str | None = None
         """Why the controller refused this host (``host_taken``, ``wrong_run``): every worker
         was stopped and none is restarted."""
+        self._self: pykka.ActorProxy[HostSupervisorActor] | None = None
+        """This actor's own proxy, for its ticker, timers and notifier (private: pykka does not
+        introspect it)."""
 
     def on_start(self) -> None:
+        self._self = self.actor_ref.proxy()
         for child in self.children.values():  # the first processes' ids, in the first hello
             child.worker_id = fresh_worker_id(child.spec.id) if child.spec.fresh_ids else child.spec.id
         if self.controller is not None:
             identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
-            self.notifier = _LostNotifier(self.controller, identity, self.endpoint_options, host=self.host,
-                                          workers=self._worker_ids(), on_refused=self._tell_refused)
-        threading.Thread(target=self._watch_loop, name="pbt-supervisor-watch", daemon=True).start()
+            self.notifier = LostNotifier(self.controller, identity, self.endpoint_options, host=self.host,
+                                         workers=self._worker_ids(),
+                                         on_refused=functools.partial(_tell, self._self.refuse.defer))
+        threading.Thread(target=_tick, args=(self._self, self.ticker_stop), name="pbt-supervisor-ticker",
+                         daemon=True).start()
         for child_id in self.children:
-            self._start(child_id)
+            self.start_child(child_id)
         self._write_state()
 
     def on_stop(self) -> None:
         self.stopping.set()
-        self.watch_stop.set()
+        self.ticker_stop.set()
         for timer in self.timers:
             timer.cancel()
         _terminate_all([child.process for child in self.children.values()], self.stop_grace_s)
@@ -199,49 +158,21 @@ class HostSupervisorActor(pykka.ThreadingActor):
         log.error("host supervisor died: %s; terminating its workers", exception_value)
         self.on_stop()
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Refused):
-            self._on_refused(message.reason)
-        elif isinstance(message, _Exited):
-            self._on_exit(message.child_id, message.exit_code)
-        elif isinstance(message, _StartChild):
-            self._start(message.child_id)
-        elif isinstance(message, _Status):
-            return self._infos()
-        elif isinstance(message, _RefreshState):
+    # --- messages ---------------------------------------------------------------------------------
+    def status(self) -> list[ChildInfo]:
+        return [child.info() for child in self.children.values()]
+
+    def poll_children(self) -> None:
+        """The ticker's call: handle the processes that exited; rewrite the state file when due."""
+        if time.monotonic() >= self.refresh_at:  # the state file's heartbeat, even when nothing changed
             self._write_state()
-        else:
-            raise TypeError(f"HostSupervisorActor got an unknown message {message!r}")
-        return None
+        exited = [(child_id, code) for child_id, process in self.watched.items()
+                  if (code := process.poll()) is not None]
+        for child_id, code in exited:
+            del self.watched[child_id]
+            self._on_exit(child_id, code)
 
-    def _infos(self) -> list[ChildInfo]:
-        return [ChildInfo(c.spec.id, c.state, getattr(c.process, "pid", None), c.starts, c.last_exit, c.reason,
-                          c.since, c.worker_id) for c in self.children.values()]
-
-    def _worker_ids(self) -> tuple[str, ...]:
-        """The worker ids of the slots' current processes (what the host's ``hello`` lists)."""
-        return tuple(c.worker_id or c.spec.id for c in self.children.values())
-
-    def _write_state(self, *, stopped: bool = False) -> None:
-        """Publish the children's state to ``state_path`` (atomically; never raises)."""
-        if self.state_path is None:
-            return
-        state = {"v": HOST_STATE_VERSION, "host": self.host, "pid": os.getpid(), "updated_at": time.time(),
-                 "refresh_s": HOST_STATE_REFRESH_S, "stopped": stopped,
-                 "children": [asdict(info) for info in self._infos()]}
-        try:
-            write_atomically(self.state_path, json.dumps(state))
-        except OSError as exc:
-            if not self.state_write_failed:  # once: a full or read-only disk must not flood the log
-                log.warning("cannot write the host state file %s: %s", self.state_path, exc)
-            self.state_write_failed = True
-
-    # --- life cycle of one child ------------------------------------------------------------
-    def _tell_refused(self, reason: str) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(_Refused(reason))
-
-    def _on_refused(self, reason: str) -> None:
+    def refuse(self, reason: str) -> None:
         """The controller refused this host: stop every worker, restart none, and be done."""
         log.error("the controller refuses this host: %s; stopping its workers", reason)
         self.refused = reason
@@ -253,7 +184,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
         self._write_state()
         self.all_done.set()
 
-    def _start(self, child_id: str) -> None:
+    def start_child(self, child_id: str) -> None:
         child = self.children[child_id]
         if self.refused is not None or self.stopping.is_set():
             return
@@ -274,11 +205,35 @@ class HostSupervisorActor(pykka.ThreadingActor):
             return
         child.started_at, child.state, child.since = time.monotonic(), "running", time.time()
         child.starts += 1
-        with self.watch.lock:
-            self.watch.processes[child_id] = child.process
+        self.watched[child_id] = child.process
         log.info("worker %s started as %s (pid %s, start #%d)", child_id, child.worker_id, child.process.pid,
                  child.starts)
         self._write_state()
+
+    def restart_later(self, child_id: str, delay_s: float) -> None:
+        """Start ``child_id`` again in ``delay_s`` (its backoff)."""
+        assert self._self is not None
+        timer = threading.Timer(delay_s, _tell, args=(self._self.start_child.defer, child_id))
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+
+    # --- on the actor's thread --------------------------------------------------------------------
+    def _worker_ids(self) -> tuple[str, ...]:
+        """The worker ids of the slots' current processes (what the host's ``hello`` lists)."""
+        return tuple(c.worker_id or c.spec.id for c in self.children.values())
+
+    def _write_state(self, *, stopped: bool = False) -> None:
+        """Publish the children's state to ``state_path`` (never raises)."""
+        self.refresh_at = time.monotonic() + HOST_STATE_REFRESH_S
+        if self.state_path is None:
+            return
+        try:
+            write_host_state(self.state_path, self.host, self.status(), stopped=stopped)
+        except OSError as exc:
+            if not self.state_write_failed:  # once: a full or read-only disk must not flood the log
+                log.warning("cannot write the host state file %s: %s", self.state_path, exc)
+            self.state_write_failed = True
 
     def _on_exit(self, child_id: str, exit_code: int | None, reason: str = "") -> None:
         child = self.children[child_id]
@@ -297,20 +252,21 @@ class HostSupervisorActor(pykka.ThreadingActor):
                                              trial=running[0] if running is not None else None)
         restart = None
         if decision.restart:
+            assert self._self is not None
             child.state, child.reason = "waiting", f"restarting in {decision.delay_s:.2f}s after {decision.reason}"
             if decision.explained:
                 log.warning("worker %s died; restart in %.2fs, not counted against this host: %s", child_id,
                             decision.delay_s, decision.reason)
             else:
                 log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
-            restart = functools.partial(self._restart_later, child_id, decision.delay_s)
+            restart = functools.partial(_tell, self._self.restart_later.defer, child_id, decision.delay_s)
         if exit_code not in (0, EXIT_NO_CONTROLLER) and self.notifier is not None:  # (nobody to tell)
             # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
             # resends) never blocks this actor; the restart waits for it, so that the controller
             # hears "lost" before the same worker id asks for new work
             self.notifier.tell(WorkerLost(worker_id, reason or f"process exited with code {exit_code}"), restart)
         elif restart is not None:
-            restart()
+            self.restart_later(child_id, decision.delay_s)
         if decision.give_up:
             child.state, child.reason = "gave_up", decision.reason
             log.error("GIVING UP on worker %s: %s", child_id, decision.reason)
@@ -321,136 +277,19 @@ class HostSupervisorActor(pykka.ThreadingActor):
         if all(c.state in ("exited", "gave_up") for c in self.children.values()):
             self.all_done.set()
 
-    def _restart_later(self, child_id: str, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._tell_start, args=(child_id,))
-        timer.daemon = True
-        self.timers.append(timer)  # a list append: safe from the notifier's thread too
-        timer.start()
 
-    def _tell_start(self, child_id: str) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(_StartChild(child_id))
-
-    def _watch_loop(self) -> None:
-        refresh_at = time.monotonic() + HOST_STATE_REFRESH_S
-        while not self.watch_stop.wait(WATCH_INTERVAL_S):
-            if time.monotonic() >= refresh_at:  # the state file's heartbeat, even when nothing changed
-                refresh_at = time.monotonic() + HOST_STATE_REFRESH_S
-                with contextlib.suppress(pykka.ActorDeadError):
-                    self.actor_ref.tell(_RefreshState())
-            with self.watch.lock:
-                exited = [(cid, p.poll()) for cid, p in self.watch.processes.items() if p.poll() is not None]
-                for cid, _ in exited:
-                    del self.watch.processes[cid]
-            for cid, code in exited:
-                try:
-                    self.actor_ref.tell(_Exited(cid, code))
-                except pykka.ActorDeadError:
-                    return
-
-
-@dataclass(frozen=True)
-class _Announce:
-    """For ``_LostNotifier``: the host's worker ids are now ``workers``."""
-
-    workers: tuple[str, ...]
-
-
-class _LostNotifier:
-    """Tells the controller ``worker_lost`` from a thread of its own (which owns the DEALER).
-
-    Each notice is tried 3 times (2 s apart) and then given up (the lease expires instead);
-    ``after`` (the restart, if any) runs once the notice was answered or given up.
-
-    It also says ``hello`` for the host (host id, worker ids) at once and every
-    ``HOST_HELLO_S``: the controller then knows this connection owns those workers (only it may
-    say they are lost), and refuses a second host with the same id. An answer in ``REFUSALS``
-    (another live supervisor has this host id; the controller serves another run than the one
-    this host joined) goes to ``on_refused`` and the hellos stop. ``run`` is learned from the
-    first ``ack`` and sent in every later message. ``announce`` replaces the worker ids (a
-    slot restarted under a new id) and says ``hello`` with them at once, in turn with the
-    notices: a ``worker_lost`` told after it is sent after that ``hello``.
-    """
-
-    TRIES = 3
-    TIMEOUT_S = 2.0
-
-    def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any], *, host: str = "",
-                 workers: tuple[str, ...] = (), on_refused: Callable[[str], None] | None = None) -> None:
-        self.controller, self.identity, self.endpoint_options = controller, identity, dict(endpoint_options)
-        self.host, self.workers, self.on_refused = host, workers, on_refused
-        self.run = ""
-        self.refused: str | None = None
-        self.queue: queue.Queue[tuple[WorkerLost, Callable[[], None] | None] | _Announce | None] = queue.Queue()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="pbt-supervisor-notifier", daemon=True)
-        self.thread.start()
-
-    def tell(self, message: WorkerLost, after: Callable[[], None] | None) -> None:
-        self.queue.put((message, after))
-
-    def announce(self, workers: tuple[str, ...]) -> None:
-        """The host's worker ids are now ``workers``: say ``hello`` with them (in turn)."""
-        self.queue.put(_Announce(tuple(workers)))
-
-    def stop(self, timeout_s: float = 3.0) -> None:
-        self.stopping.set()
-        self.queue.put(None)
-        self.thread.join(timeout_s)
-
-    def _run(self) -> None:
-        endpoint = WorkerEndpoint(self.controller, self.identity, **self.endpoint_options)
-        next_hello = time.monotonic()
+def _tick(supervisor: pykka.ActorProxy[HostSupervisorActor], stop: threading.Event) -> None:
+    """Ask the supervisor to poll its children every ``WATCH_INTERVAL_S``, one poll at a time."""
+    while not stop.wait(WATCH_INTERVAL_S):
         try:
-            while True:
-                if self.workers and self.refused is None and time.monotonic() >= next_hello:
-                    self._hello(endpoint)
-                    next_hello = time.monotonic() + HOST_HELLO_S
-                try:
-                    item = self.queue.get(timeout=max(0.0, next_hello - time.monotonic())
-                                          if self.workers and self.refused is None else None)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    break
-                if isinstance(item, _Announce):
-                    self.workers = item.workers
-                    if self.refused is None:
-                        self._hello(endpoint)
-                        next_hello = time.monotonic() + HOST_HELLO_S
-                    continue
-                message, after = item
-                if self.run:
-                    message = WorkerLost(message.worker, message.reason, self.run)
-                self._notify(endpoint, message)
-                if after is not None and not self.stopping.is_set():
-                    after()
-        finally:
-            endpoint.close()
-
-    def _hello(self, endpoint: WorkerEndpoint) -> None:
-        hello = Hello(self.identity, self.host, os.getpid(), "", self.run, self.workers)
-        try:
-            reply = endpoint.request(hello, timeout_s=self.TIMEOUT_S, retries=0)
-        except RequestTimeout:
-            return  # the controller is not up (yet): try again later
-        if isinstance(reply, Ack) and reply.run:
-            self.run = reply.run
-        elif isinstance(reply, Error) and reply.code in REFUSALS:
-            self.refused = reply.message
-            if self.on_refused is not None:
-                self.on_refused(f"{reply.code}: {reply.message}")
-
-    def _notify(self, endpoint: WorkerEndpoint, message: WorkerLost) -> None:
-        for _ in range(self.TRIES):
-            if self.stopping.is_set():
-                return
-            try:
-                endpoint.request(message, timeout_s=self.TIMEOUT_S, retries=0)
-                return
-            except RequestTimeout:
-                continue
-        log.warning("controller did not hear that %s was lost; the lease will expire instead", message.worker)
+            supervisor.poll_children().get()
+        except pykka.ActorDeadError:
+            return
+        except Exception:  # its state is in doubt: stop it, which stops every worker
+            log.exception("host supervisor failed to poll its workers; stopping")
+            with contextlib.suppress(pykka.ActorDeadError):
+                supervisor.actor_ref.stop(block=False)
+            return
 
 
 class HostSupervisor:
@@ -460,7 +299,8 @@ class HostSupervisor:
         self._stopping = threading.Event()
         self._stop_grace_s = float(options.get("stop_grace_s", STOP_GRACE_S))
         self.ref = HostSupervisorActor.start(children, stopping=self._stopping, **options)
-        self._done: threading.Event = self.ref.proxy().all_done.get()
+        self.proxy = self.ref.proxy()
+        self._done: threading.Event = self.proxy.all_done.get()
 
     def begin_stop(self) -> None:
         """From now on no worker is (re)started. Safe in a signal handler (it sets an event):
@@ -469,8 +309,7 @@ class HostSupervisor:
         self._stopping.set()
 
     def status(self) -> list[ChildInfo]:
-        info = cast(list[ChildInfo], self.ref.ask(_Status(), timeout=10))
-        return info
+        return cast(list[ChildInfo], self.proxy.status().get(timeout=10))
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """True once every child exited for good (done, or given up)."""
@@ -481,67 +320,6 @@ class HostSupervisor:
         self.begin_stop()
         if self.ref.is_alive():
             self.ref.stop(timeout=self._stop_grace_s + 30)
-
-
-# --- the host state files that `pbt-actors status` shows ------------------------------------------
-def host_state_path(checkpoint_root: str | os.PathLike[str], host: str) -> Path:
-    """Where the supervisor of ``host`` publishes its children's state (see the module doc)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "host"
-    return local_state_folder(checkpoint_root) / HOST_STATE_DIR / f"supervisor-{safe}.json"
-
-
-def read_host_states(checkpoint_root: str | os.PathLike[str], now: float | None = None) -> list[dict[str, Any]]:
-    """Every host state file under ``checkpoint_root``, by host name; unreadable ones skipped.
-
-    Each gets ``lost``: True when its supervisor did not stop but has not rewritten the file for
-    ``HOST_LOST_AFTER`` of its refresh intervals (it died unannounced); then its children that
-    it last saw running or waiting are in state ``lost`` (their processes were its children).
-    """
-    now = time.time() if now is None else now
-    folder = local_state_folder(checkpoint_root) / HOST_STATE_DIR  # a URL root: this host's local folder
-    states = []
-    for path in sorted(folder.glob("supervisor-*.json")) if folder.is_dir() else []:
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict) and isinstance(state.get("children"), list):
-            states.append(_judge_lost(state, now))
-    return sorted(states, key=lambda s: str(s.get("host")))
-
-
-def _judge_lost(state: dict[str, Any], now: float) -> dict[str, Any]:
-    refresh, updated = state.get("refresh_s"), state.get("updated_at")
-    lost = (not state.get("stopped") and isinstance(refresh, (int, float)) and isinstance(updated, (int, float))
-            and now - updated > HOST_LOST_AFTER * refresh)  # files without refresh_s: no heartbeat to judge by
-    state["lost"] = bool(lost)
-    if lost:
-        for child in state["children"]:
-            if isinstance(child, dict) and child.get("state") in ("running", "waiting", "starting"):
-                child["state"], child["reason"] = "lost", "its host supervisor stopped updating its state"
-    return state
-
-
-def describe_host_states(states: Sequence[Mapping[str, Any]], now: float | None = None) -> list[str]:
-    """Human lines for ``status``: one per worker slot, with the reason when it is not running."""
-    now = time.time() if now is None else now
-    lines = []
-    for state in states:
-        age = max(0.0, now - float(state.get("updated_at", now)))
-        stopped = " (supervisor stopped)" if state.get("stopped") else ""
-        if state.get("lost"):
-            stopped = f" (LOST: no heartbeat for {age:.0f}s; its workers are gone)"
-        lines.append(f"host {state.get('host')}  supervisor pid {state.get('pid')}  updated {age:.0f}s ago{stopped}")
-        for child in state["children"]:
-            line = f"  worker {child.get('id')}  {child.get('state')}  starts {child.get('starts')}"
-            if child.get("worker") and child.get("worker") != child.get("id"):
-                line += f"  as {child.get('worker')}"
-            if child.get("last_exit") is not None:
-                line += f"  last exit {child.get('last_exit')}"
-            if child.get("state") != "running" and child.get("reason"):
-                line += f": {child.get('reason')}"
-            lines.append(line)
-    return lines
 
 
 def _terminate(process: Any, grace_s: float = 5.0) -> None:
@@ -565,5 +343,4 @@ def _terminate_all(processes: Sequence[Any], grace_s: float) -> None:
             process.wait(5)
 
 
-__all__ = ["Backoff", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart",
-           "describe_host_states", "host_state_path", "read_host_states"]
+__all__ = ["Backoff", "ChildInfo", "ChildSpec", "HostSupervisor", "HostSupervisorActor", "Intensity", "Restart"]

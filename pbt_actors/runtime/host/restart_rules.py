@@ -90,7 +90,7 @@ class RestartTracker:
         """Decide what follows an exit with ``exit_code`` (None/negative: killed by a signal).
 
         ``trial``: the trial the child was running when it died (``trial_marker``), if any.
-        DESIGN §10, "death while running a trial counts against that trial first": a death
+        docs/design.md §6.4, "death while running a trial counts against that trial first": a death
         while running a trial that already killed this child before is *explained* by that
         trial (a configuration that gets its process OOM-killed, say): it restarts after the
         first backoff delay and does not count against the intensity, so one poison

@@ -1,6 +1,6 @@
 """Which trial a worker process is running, told to its host supervisor through a small file.
 
-Layer 4. DESIGN §10: "Death while running a trial counts against that trial first." When a
+Layer 4. docs/design.md §6.4: "Death while running a trial counts against that trial first." When a
 worker process dies, its supervisor must know whether the death is explained by the trial it
 was running (a configuration that gets its process OOM-killed, segfaults, ``os._exit``s) or
 not (a broken install, a CUDA driver that cannot start): only the latter may exhaust the
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 RUNNING_DIR = Path(".pbt-hosts") / "running"
-"""Under the checkpoint root, beside the host state files (``host_supervisor.HOST_STATE_DIR``)."""
+"""Under the checkpoint root, beside the host state files (``host_state.HOST_STATE_DIR``)."""
 
 
 def markers_dir(checkpoint_root: str | os.PathLike[str]) -> Path:

@@ -51,13 +51,15 @@ BAD_RESULT = "unusable trial result"
 
 
 def build_context(spec: TrialAssignment, checkpoint_root: str, device: str = "cpu", *,
-                  link: TrialLink | None = None, preempt_event: threading.Event | None = None) -> TrialContext:
+                  link: TrialLink | None = None, preempt_event: threading.Event | None = None,
+                  stop_event: threading.Event | None = None) -> TrialContext:
     """The ``TrialContext`` a ``train(ctx)`` gets for the assignment ``spec``."""
     return TrialContext(
         trial_id=spec.trial_id, attempt=spec.attempt, generation=spec.generation, hparams=dict(spec.hparams),
         start_step=spec.start_step, end_step=spec.end_step, checkpoint_root=checkpoint_root,
         parent_checkpoint=spec.parent_checkpoint, device=device, experiment=spec.experiment,
         link=link if link is not None else NullLink(),
+        stop_event=stop_event if stop_event is not None else threading.Event(),
         preempt_event=preempt_event if preempt_event is not None else threading.Event(),
     )
 
