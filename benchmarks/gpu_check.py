@@ -362,7 +362,7 @@ def checkpoint_check(work: Path, devices: list[str]) -> dict[str, Any]:
     """Save on ``devices[0]`` through the project's writer, load (weights_only) and restore on each."""
     import torch
 
-    from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint, save_checkpoint
+    from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
     from pbt_actors.torch_helpers import restore_training_state, training_state
 
     sys.path.insert(0, str(EXAMPLE.parent))

@@ -38,7 +38,7 @@ Devices
 -------
 A checkpoint saved on ``cuda:0`` must load in a child on another GPU or on a CPU-only host.
 ``ctx.load_checkpoint`` therefore always loads onto the CPU (``map_location="cpu"``,
-``weights_only=True``; ``runtime/worker/checkpoint_payloads.py``); ``restore_training_state`` then copies
+``weights_only=True``; ``runtime/checkpoint_payloads.py``); ``restore_training_state`` then copies
 the weights into a model already on ``ctx.device`` (``load_state_dict`` copies into the
 existing parameters; the optimizer casts its state to each parameter's device). Tensors a
 train function keeps from the state outside those (``extra``) go through ``to_device``.

@@ -2,7 +2,7 @@
 any fsspec URL (``s3://bucket/prefix``, ``gs://...``).
 
 Layer 2 (beside the ``TrialStore``): it moves and checks *bytes*; what the bytes mean (msgpack
-or ``torch.save``) is the runtime's business (``runtime/worker/checkpoint_payloads.py``). It lives here, not in
+or ``torch.save``) is the runtime's business (``runtime/checkpoint_payloads.py``). It lives here, not in
 the runtime, because three layers need it: workers write and read checkpoints (runtime), the
 controller deletes the ones retention gives up (runtime), and ``verify``/``gc``/``replay``
 (tools, CLI) read, list and delete them.

@@ -34,7 +34,7 @@ from typing import Any
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.model.errors import ReplayError
 from pbt_actors.model.records import CheckpointRef, Measurement
-from pbt_actors.runtime.worker.checkpoint_payloads import inside_root, load_checkpoint, read_verified, store_for
+from pbt_actors.runtime.checkpoint_payloads import inside_root, load_checkpoint, read_verified, store_for
 from pbt_actors.runtime.worker.trial_context import NullLink, TrialContext
 from pbt_actors.tools.lineage import Schedule, Segment
 

@@ -18,7 +18,7 @@ from pbt_actors.control.retention_rules import needed_parents
 from pbt_actors.model.errors import PbtError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import OriginKind, Trial, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import verify_file
+from pbt_actors.runtime.checkpoint_payloads import verify_file
 from pbt_actors.storage import indexes
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 

@@ -34,7 +34,7 @@ def test_the_contracts_hold(tree: Path) -> None:
     result = lint(tree)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" not in result.stdout.lower().replace("0 broken", "")
-    assert "Contracts: 5 kept, 0 broken." in result.stdout, result.stdout
+    assert "Contracts: 8 kept, 0 broken." in result.stdout, result.stdout
 
 
 def test_a_data_model_module_importing_storage_breaks_the_layers(tree: Path) -> None:
@@ -43,6 +43,16 @@ def test_a_data_model_module_importing_storage_breaks_the_layers(tree: Path) -> 
     result = lint(tree)
     assert result.returncode != 0
     assert "pbt_actors.model.space -> pbt_actors.storage.trial_store" in result.stdout, result.stdout
+
+
+def test_a_worker_module_importing_the_controller_side_breaks_the_runtime_sides(tree: Path) -> None:
+    runner = tree / "pbt_actors" / "runtime" / "worker" / "trial_runner.py"
+    runner.write_text(runner.read_text() + "\n\ndef _late() -> None:\n"
+                      "    from pbt_actors.runtime.controller import controller_actor  # noqa\n")
+    result = lint(tree)
+    assert result.returncode != 0
+    assert "pbt_actors.runtime.worker is not allowed to import" in result.stdout, result.stdout
+    assert "pbt_actors.runtime.worker.trial_runner ->" in result.stdout, result.stdout
 
 
 def test_a_lazy_import_cycle_between_two_modules_is_caught(tree: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pbt_actors.model.errors import StoreError
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.tools.verify import verify_store
 from tests.cluster.slurm import SlurmCluster

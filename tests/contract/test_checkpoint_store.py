@@ -20,7 +20,7 @@ import pytest
 
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, ConfigError
 from pbt_actors.model.records import CheckpointRef
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint, save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
 from pbt_actors.storage.checkpoint_cache import STAGING, CheckpointCache
 from pbt_actors.storage.checkpoint_store import CheckpointStore
 from pbt_actors.storage.checkpoint_urls import local_state_folder, normalize_root, open_store

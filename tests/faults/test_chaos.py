@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import env_with, finished, start, verify_cli, worker_pids
 from tests.support.runs import TOY

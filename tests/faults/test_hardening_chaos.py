@@ -28,7 +28,7 @@ from pbt_actors.common.exit_codes import EXIT_WRONG_RUN
 from pbt_actors.model.errors import RequestTimeout
 from pbt_actors.model.protocol import Ack, Error, Heartbeat, Hello, Message, Report, Stop, WorkerLost
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.trial_store import META_RUN_ID
 from pbt_actors.transport.endpoints import WorkerEndpoint

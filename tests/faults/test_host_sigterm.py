@@ -23,7 +23,7 @@ import pytest
 
 from pbt_actors.common.exit_codes import EXIT_SIGTERM
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.runtime.worker.trial_runner import PREEMPTED
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.tools.verify import verify_store
 from tests.faults.harness import EXPERIMENTS, env_with, read_trace, running, start, worker_pids

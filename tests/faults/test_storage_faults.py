@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import TrialStatus
+from pbt_actors.runtime.checkpoint_payloads import verify_file
 from pbt_actors.runtime.controller.controller_actor import Controller
 from pbt_actors.runtime.host.launch import load_experiment_file
-from pbt_actors.runtime.worker.checkpoint_payloads import verify_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import EXPERIMENTS, env_with, start, start_host, trials, verify_cli
 from tests.support.runs import REPO, TOY, assert_complete_lineage

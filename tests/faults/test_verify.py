@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.records import Lease, Origin, OriginKind, Trial, TrialSpec, TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import save_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.trial_store import META_FINISHED_AT
 from tests.faults.harness import verify_cli

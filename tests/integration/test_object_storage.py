@@ -23,8 +23,8 @@ import pytest
 
 from pbt_actors.model.errors import CheckpointError
 from pbt_actors.model.records import TrialStatus
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.runtime.host.launch import load_experiment_file
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.tools.lineage import resolve_trial, schedule
 from pbt_actors.tools.replay import replay

@@ -25,8 +25,8 @@ from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.errors import CheckpointError, PbtError, ReplayError
 from pbt_actors.model.protocol import Fail, Heartbeat, RequestTrial, TrialAssignment
 from pbt_actors.model.records import OriginKind, TrialStatus
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.runtime.host.launch import load_experiment_file
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.tools.inprocess import run_assignment, run_inprocess
 from pbt_actors.tools.lineage import Schedule, lineage, resolve_trial, schedule

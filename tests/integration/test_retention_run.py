@@ -152,8 +152,8 @@ def test_the_deleter_of_an_object_store_root_deletes_the_object_idempotently() -
     deleter for an ``s3://`` root is the storage backend's ``CheckpointStore.delete``."""
     import uuid
 
+    from pbt_actors.runtime.checkpoint_payloads import save_checkpoint
     from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
-    from pbt_actors.runtime.worker.checkpoint_payloads import save_checkpoint
     from tests.support.s3_server import pointed_at, running_s3_server
 
     with running_s3_server() as server, pointed_at(server):

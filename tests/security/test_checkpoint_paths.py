@@ -18,7 +18,7 @@ import pytest
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, ProtocolError
 from pbt_actors.model.protocol import REPLY_TYPES, TrialAssignment, safe_name
 from pbt_actors.model.records import CheckpointRef
-from pbt_actors.runtime.worker.checkpoint_payloads import inside_root, load_checkpoint, save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import inside_root, load_checkpoint, save_checkpoint
 from pbt_actors.runtime.worker.trial_context import TrialContext
 from pbt_actors.transport.codec import decode, encode
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.model.records import TrialStatus
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.tools.verify import verify_store
 

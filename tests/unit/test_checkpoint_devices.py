@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pbt_actors.model.records import CheckpointRef  # noqa: E402
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint, save_checkpoint  # noqa: E402
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint  # noqa: E402
 from pbt_actors.torch_helpers import restore_training_state, to_device, training_state  # noqa: E402
 
 CPU_TAG = b"X\x03\x00\x00\x00cpu"  # the BINUNICODE "cpu" of a storage's location in data.pkl

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint, save_checkpoint  # noqa: E402
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint  # noqa: E402
 from pbt_actors.torch_helpers import (  # noqa: E402
     STATE_FORMAT,
     apply_hparams,

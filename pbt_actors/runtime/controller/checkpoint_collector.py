@@ -26,7 +26,7 @@ from pathlib import Path
 from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
 from pbt_actors.model.errors import StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.runtime.worker.checkpoint_payloads import inside_root
+from pbt_actors.runtime.checkpoint_payloads import inside_root
 from pbt_actors.storage.trial_store import TrialStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
     text = str(root)
     if "://" not in text or text.startswith("file://"):
         return local_deleter(text.removeprefix("file://"))
-    from pbt_actors.runtime.worker.checkpoint_payloads import store_for
+    from pbt_actors.runtime.checkpoint_payloads import store_for
 
     return store_for(text).delete
 

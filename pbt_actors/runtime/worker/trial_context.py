@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pbt_actors.model.records import CheckpointRef, Measurement
-from pbt_actors.runtime.worker.checkpoint_payloads import load_checkpoint, save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
