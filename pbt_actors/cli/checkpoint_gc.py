@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.cli import arguments
 from pbt_actors.model.errors import ConfigError
 
 
@@ -100,7 +101,7 @@ def _trial_id(text: str) -> int:
 def add_parsers(sub: Any) -> None:
     """Register ``gc`` and ``pin``."""
     gc = sub.add_parser("gc", help="delete checkpoints no trial can need any more (a stopped store)")
-    gc.add_argument("--store", required=True)
+    gc.add_argument("--store", required=True, type=arguments.store_path)
     gc.add_argument("--checkpoint-root", default=None, help="checkpoint folder or URL (default <store>/checkpoints)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     gc.add_argument("--force", action="store_true", help="collect even if the run had retention off")
@@ -109,7 +110,7 @@ def add_parsers(sub: Any) -> None:
 
     pin = sub.add_parser("pin", help="keep a trial's checkpoint forever (or --unpin)")
     pin.add_argument("trial_id", type=_trial_id)
-    pin.add_argument("--store", required=True)
+    pin.add_argument("--store", required=True, type=arguments.store_path)
     pin.add_argument("--unpin", action="store_true")
     pin.add_argument("--json", action="store_true")
     pin.set_defaults(func=cmd_pin)

@@ -298,7 +298,8 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--workers", type=arguments.positive_int, default=None,
                      help="worker processes (default: one per GPU, or CPUs)")
     run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
-    run.add_argument("--store", default=None, help="store folder (default ./pbt-runs/<experiment>)")
+    run.add_argument("--store", default=None, type=arguments.store_path,
+                     help="store folder (default ./pbt-runs/<experiment>)")
     run.add_argument("--checkpoint-root", default=None,
                      help="checkpoint folder or fsspec URL, e.g. s3://bucket/prefix (default <store>/checkpoints)")
     run.add_argument("--seed", type=arguments.seed, default=None,
@@ -315,7 +316,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
     run.add_argument("--dashboard", action="store_true", help="serve the live web dashboard on 127.0.0.1 while it runs")
-    run.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
+    run.add_argument("--dashboard-port", type=arguments.port, default=8265, help="the dashboard's port (default 8265)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",
                      help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
@@ -324,7 +325,7 @@ def add_parsers(sub: Any) -> None:
 
     ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
     ctl.add_argument("experiment")
-    ctl.add_argument("--store", required=True)
+    ctl.add_argument("--store", required=True, type=arguments.store_path)
     ctl.add_argument("--checkpoint-root", default=None,
                      help="the workers' checkpoint folder or URL: retention deletes unneeded checkpoints there "
                           "(without it every checkpoint is kept; `pbt-actors gc` can collect later)")

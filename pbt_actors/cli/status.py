@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from pbt_actors.cli import arguments
 from pbt_actors.cli.live import LiveText
 from pbt_actors.cli.summary import (
     final_population_text,
@@ -176,7 +177,7 @@ def watch_status(store_dir: str | Path, interval_s: float, json_out: bool, *, ma
 def add_parsers(sub: Any) -> None:
     """Register ``status`` and ``verify``."""
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
-    status.add_argument("--store", required=True)
+    status.add_argument("--store", required=True, type=arguments.store_path)
     status.add_argument("--checkpoint-root", default=None,
                         help="where the hosts publish their workers' state (default <store>/checkpoints)")
     status.add_argument("--json", action="store_true")
@@ -185,7 +186,7 @@ def add_parsers(sub: Any) -> None:
     status.set_defaults(func=cmd_status)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
-    ver.add_argument("--store", required=True)
+    ver.add_argument("--store", required=True, type=arguments.store_path)
     ver.add_argument("--checkpoint-root", default=None,
                      help="checkpoint folder or fsspec URL such as s3://bucket/prefix (default <store>/checkpoints)")
     ver.add_argument("--json", action="store_true")

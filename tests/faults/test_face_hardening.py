@@ -1,0 +1,136 @@
+"""Issue 20, the faces' data safety and clean errors, driven from the CLI.
+
+* item 9: no face (``export``, ``report``, ``export --format tensorboard``) writes inside a
+  store's folder or over its files; the refusal is one line and the store stays intact.
+* item 13: a ``--budget-steps`` smaller than one trial is refused, not a run of nothing.
+* item 15: one-line errors instead of tracebacks for an impossible port, an unusable cache
+  folder with a URL checkpoint root, a store path the file system refuses and an ``--out``
+  that cannot be created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import start
+from tests.support.runs import TOY
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished toy run's store (read by every test; none may change it)."""
+    path = tmp_path_factory.mktemp("faces") / "store"
+    proc = start("run", str(TOY), "--store", str(path), "--devices", "cpu", "--workers", "1", "--quiet")
+    assert proc.wait(90) == 0, proc.output()
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def refused(*argv: str, env: dict[str, str] | None = None) -> str:
+    """The CLI with ``argv`` must exit 2 with one ``pbt-actors`` line (no traceback); its output."""
+    proc = start(*argv, env=env)
+    code = proc.wait(60)
+    out = proc.output()
+    assert code == 2, (code, out)
+    assert "Traceback" not in out, out
+    said = [line for line in out.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(said) == 1 and said[0].startswith("pbt-actors"), out  # one line (argparse adds its usage)
+    return out
+
+
+@pytest.mark.parametrize("face", ["csv", "json", "tensorboard", "report"])
+@pytest.mark.parametrize("where", ["data.mdb", "lock.mdb", "checkpoints/x", "."])
+def test_no_face_writes_inside_the_store(store: Path, face: str, where: str) -> None:
+    """Was: ``export --format csv --out STORE/data.mdb`` truncated the LMDB file (SIGBUS, store lost)."""
+    before = digest(store / "data.mdb")
+    out = str(store / where)
+    argv = ["report", "--store", str(store), "--out", out] if face == "report" else \
+        ["export", "--store", str(store), "--format", face, "--out", out]
+    text = refused(*argv)
+    assert f"pbt-actors: refusing --out {out}: it lies inside the store" in text, text
+    assert digest(store / "data.mdb") == before
+    assert not (store / "checkpoints" / "x").exists()
+    status = start("status", "--store", str(store), "--json")
+    assert status.wait(60) == 0, status.output()
+
+
+def test_a_hard_link_to_the_store_file_is_refused(store: Path, tmp_path: Path) -> None:
+    link = tmp_path / "looks-harmless.csv"
+    os.link(store / "data.mdb", link)
+    before = digest(store / "data.mdb")
+    text = refused("export", "--store", str(store), "--format", "csv", "--out", str(link))
+    assert "it is the store's data.mdb" in text
+    assert digest(store / "data.mdb") == before
+
+
+def test_the_report_still_writes_its_own_default_folder_and_outside(store: Path, tmp_path: Path) -> None:
+    proc = start("report", "--store", str(store))
+    assert proc.wait(90) == 0, proc.output()
+    assert (store / "report" / "index.html").exists()
+    proc = start("export", "--store", str(store), "--format", "csv", "--out", str(tmp_path / "rows.csv"))
+    assert proc.wait(60) == 0, proc.output()
+    assert (tmp_path / "rows.csv").read_text().count("\n") > 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--format", "csv", "--out", "/proc/nope/rows.csv"],
+    ["export", "--format", "json", "--out", "/proc/nope"],
+    ["export", "--format", "tensorboard", "--out", "/proc/nope"],
+    ["report", "--out", "/proc/nope"],
+])
+def test_an_out_that_cannot_be_created_is_one_line(store: Path, argv: list[str]) -> None:
+    """Was: ``FileNotFoundError`` tracebacks."""
+    text = refused(argv[0], "--store", str(store), *argv[1:])
+    assert "pbt-actors: cannot write --out /proc/nope" in text, text
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_an_impossible_dashboard_port_is_a_usage_error(store: Path, port: str) -> None:
+    """Was: ``OverflowError: bind(): port must be 0-65535`` (and exit 0 for ``run --dashboard``'s child)."""
+    text = refused("dashboard", "--store", str(store), "--port", port)
+    assert "argument --port:" in text, text
+
+
+def test_an_impossible_dashboard_port_of_run_is_refused_before_the_run(tmp_path: Path) -> None:
+    text = refused("run", str(TOY), "--store", str(tmp_path / "s"), "--dashboard", "--dashboard-port", "70000")
+    assert "argument --dashboard-port:" in text
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "status", "export"])
+@pytest.mark.parametrize("kind", ["long-name", "long-path", "not-utf8"])
+def test_a_store_path_the_file_system_refuses_is_one_line(tmp_path: Path, command: str, kind: str) -> None:
+    """Was: ``OSError: [Errno 36] File name too long`` / ``UnicodeEncodeError`` from LMDB."""
+    path = {"long-name": str(tmp_path / ("a" * 300)),
+            "long-path": str(tmp_path / "/".join(["b" * 200] * 25)),
+            "not-utf8": os.fsdecode(os.fsencode(str(tmp_path)) + b"/store-\xff")}[kind]
+    argv = ["run", str(TOY), "--store", path] if command == "run" else [command, "--store", path]
+    text = refused(*argv)
+    assert "argument --store:" in text, text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unusable_cache_folder_with_a_url_root_is_one_line(tmp_path: Path) -> None:
+    """Was: a ``FileNotFoundError`` traceback from the checkpoint cache's ``mkdir``."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    text = refused("run", str(TOY), "--store", str(tmp_path / "s"), "--checkpoint-root", "s3://bucket/prefix",
+                   "--devices", "cpu", "--workers", "1", "--quiet", env={"PBT_ACTORS_CACHE_DIR": str(blocker)})
+    assert f"cannot use {blocker}/checkpoints for the checkpoint cache" in text, text
+    assert "PBT_ACTORS_CACHE_DIR" in text
+
+
+def test_a_budget_smaller_than_one_trial_is_refused(tmp_path: Path) -> None:
+    """Was: ``--budget-steps 4`` with 5 steps per trial ran nothing and exited 0."""
+    text = refused("run", str(TOY), "--store", str(tmp_path / "s"), "--budget-steps", "4", "--devices", "cpu")
+    assert "budget_steps 4 is smaller than one trial (steps_per_trial 5)" in text, text
+    assert not (tmp_path / "s").exists()
