@@ -45,15 +45,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
                               "use --force to collect anyway (or --dry-run to see what would go)")
         result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True)
         keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
-    deletes = [{"trial": i, "uri": uri} for i, uri in result.targets]
+    absent = {i for i, _uri in result.absent}
+    deletes = [{"trial": i, "uri": uri} for i, uri in result.targets if i not in absent]
+    missing = [{"trial": i, "uri": uri} for i, uri in result.absent]
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "checkpoint_root": root, "held": len(result.plan.held),
                           "bound": result.plan.bound, "delete": deletes, "deleted": result.deleted,
-                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors}))
+                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors, "absent": missing}))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for item in deletes:
             print(f"{verb} trial {item['trial']}: {item['uri']}")
+        for item in missing:
+            print(f"not found, nothing deleted: trial {item['trial']}: {item['uri']}")
         print(f"{verb} {len(deletes) if args.dry_run else len(result.deleted)} of {len(result.plan.held)} held "
               f"checkpoint(s), {result.bytes_freed} bytes; keeping {len(keep)} (bound {result.plan.bound}) "
               f"under {root}")
@@ -61,7 +65,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(f"keep trial {trial_id}: {why}")
         for line in result.errors:
             print(f"error: {line}")
-    return 1 if result.errors else 0
+        if missing:
+            print(f"error: {len(missing)} checkpoint(s) to collect were not under {root}; nothing was recorded for "
+                  "them (is --checkpoint-root the run's? `pbt-actors verify --checkpoint-root` lists what is absent)")
+    return 1 if result.errors or missing else 0
 
 
 def cmd_pin(args: argparse.Namespace) -> int:

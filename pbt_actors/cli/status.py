@@ -62,7 +62,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     root: str | Path = args.checkpoint_root or store_dir / "checkpoints"  # a folder or a URL (s3://...)
     with open_store_readonly(store_dir) as store:
-        report = verify_store(store, root if is_url(root) or Path(root).exists() else None)
+        # an explicit root is always checked (a wrong one shows as absent checkpoints); the
+        # default only when it exists (a store that never wrote checkpoints there)
+        checked = args.checkpoint_root is not None or is_url(root) or Path(root).exists()
+        report = verify_store(store, root if checked else None)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:

@@ -134,3 +134,37 @@ def test_a_budget_smaller_than_one_trial_is_refused(tmp_path: Path) -> None:
     text = refused("run", str(TOY), "--store", str(tmp_path / "s"), "--budget-steps", "4", "--devices", "cpu")
     assert "budget_steps 4 is smaller than one trial (steps_per_trial 5)" in text, text
     assert not (tmp_path / "s").exists()
+
+
+def collected_ids(store_dir: Path) -> list[int]:
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+
+    with LmdbTrialStore(store_dir, readonly=True) as store:
+        return [t.id for t in store.iter_trials() if t.collected_at is not None]
+
+
+def test_gc_at_a_wrong_root_deletes_nothing_records_nothing_and_says_so(tmp_path: Path) -> None:
+    """Item 10. Was: "deleted 34 of 37" with nothing there, those trials marked collected (so
+    the real files were never deleted) and ``verify`` clean."""
+    store = tmp_path / "s"
+    run = start("run", str(TOY), "--store", str(store), "--devices", "cpu", "--workers", "1", "--quiet")
+    assert run.wait(90) == 0, run.output()
+    files = sorted((store / "checkpoints").rglob("*.ckpt"))
+    wrong = tmp_path / "not-the-root"
+    wrong.mkdir()
+    gc = start("gc", "--store", str(store), "--force", "--checkpoint-root", str(wrong))
+    assert gc.wait(60) == 1, gc.output()
+    out = gc.output()
+    assert "deleted 0 of " in out and "not found, nothing deleted: trial " in out, out
+    assert f"were not under {wrong}; nothing was recorded for them" in out, out
+    assert collected_ids(store) == []
+    assert sorted((store / "checkpoints").rglob("*.ckpt")) == files
+    verify = start("verify", "--store", str(store), "--checkpoint-root", str(tmp_path / "nowhere"))
+    assert verify.wait(60) == 1, verify.output()  # was: "0 checkpoints checked: all invariants hold"
+    assert "is missing (expected under" in verify.output(), verify.output()
+    right = start("gc", "--store", str(store), "--force")
+    assert right.wait(60) == 0, right.output()
+    gone = collected_ids(store)
+    assert gone and all(not f.exists() for f in files if f.parent.name in {f"trial-{i:06d}" for i in gone})
+    clean = start("verify", "--store", str(store))
+    assert clean.wait(60) == 0, clean.output()
