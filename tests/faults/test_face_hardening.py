@@ -168,3 +168,25 @@ def test_gc_at_a_wrong_root_deletes_nothing_records_nothing_and_says_so(tmp_path
     assert gone and all(not f.exists() for f in files if f.parent.name in {f"trial-{i:06d}" for i in gone})
     clean = start("verify", "--store", str(store))
     assert clean.wait(60) == 0, clean.output()
+
+
+def test_the_summary_says_how_many_steps_retries_added_to_the_budget(tmp_path: Path) -> None:
+    """Item 12. Was: "200 leased, 275 trained" with nothing saying where the 75 came from.
+    Retries stay uncharged (the search must not depend on machine faults); the summary counts
+    what they re-leased, and ``leased + retried`` bounds the steps trained."""
+    import json
+
+    from tests.faults.harness import EXPERIMENTS, env_with
+
+    store, trace = tmp_path / "s", tmp_path / "trace"
+    trace.mkdir()
+    run = start("run", str(EXPERIMENTS / "flaky.py"), "--store", str(store), "--devices", "cpu", "--workers", "2",
+                "--budget-steps", "40", "--json", env=env_with(FLAKY_ONCE="1,2,3", FAULT_TRACE_DIR=trace))
+    assert run.wait(90) == 0, run.output()
+    budget = json.loads(run.output().strip().splitlines()[-1])["budget"]
+    assert budget["leased_steps"] <= 40 and budget["retried_steps"] == 15, budget  # 3 trials x 5 steps again
+    trained = sum(len(f.read_text().splitlines()) for f in trace.iterdir())
+    assert budget["leased_steps"] < trained <= budget["leased_steps"] + budget["retried_steps"]
+    status = start("status", "--store", str(store))
+    assert status.wait(60) == 0, status.output()
+    assert "retries re-leased 15 more (not charged to the budget)" in status.output(), status.output()

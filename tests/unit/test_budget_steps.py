@@ -118,7 +118,8 @@ def test_ledger_arithmetic() -> None:
     assert leased.committed == 20 and not leased.spent() and not leased.admits_lease(11)
     assert BudgetLedger(30, 20, 10).spent()
     assert BudgetLedger(None).admits_new(10**9)
-    assert BudgetLedger(None, 5, 7).summary() == {"budget_steps": None, "leased_steps": 5, "queued_steps": 7}
+    assert BudgetLedger(None, 5, 7).summary() == {"budget_steps": None, "leased_steps": 5, "queued_steps": 7,
+                                                   "retried_steps": 0}
 
 
 def test_budget_steps_is_validated() -> None:
@@ -198,4 +199,5 @@ def test_budget_is_shown_in_progress_and_summary() -> None:
     d = Driver(ControllerCore(InMemoryTrialStore(), exp))
     d.lease("w0")
     summary = store_summary(d.store, exp)
-    assert summary["budget"] == {"budget_steps": 35, "leased_steps": 10, "queued_steps": 20}
+    assert summary["budget"] == {"budget_steps": 35, "leased_steps": 10, "queued_steps": 20,
+                                 "retried_steps": 0}
