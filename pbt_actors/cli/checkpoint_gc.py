@@ -1,11 +1,14 @@
 """``pbt-actors gc`` and ``pbt-actors pin``: checkpoint retention for a stopped store.
 
     pbt-actors gc  --store DIR [--checkpoint-root DIR|URL] [--dry-run] [--force] [--json]
-    pbt-actors pin --store DIR TRIAL_ID [--unpin] [--json]
+    pbt-actors pin --store DIR TRIAL_ID [--unpin] [--wait S] [--json]
 
 A running controller collects by itself (``runtime.retention.Collector``); these commands
-open the store as its writer, so they refuse a store whose controller still runs (the
-writer lock names it). ``gc --dry-run`` lists what would be deleted and why the rest stays;
+open the store as its writer. ``gc`` refuses a store whose controller still runs (the writer
+lock names it); ``pin`` then hands the request to the live controller instead
+(``runtime.controller.pin_requests``: a request file it applies before its next retention
+plan) and waits until it has, so a checkpoint can be protected before retention takes it.
+``gc --dry-run`` lists what would be deleted and why the rest stays;
 ``--force`` collects even when the experiment was run with retention off. A pinned trial's
 checkpoint is never collected, by either.
 """
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from pbt_actors.cli import arguments
-from pbt_actors.model.errors import ConfigError
+from pbt_actors.model.errors import ConfigError, StoreLocked
 
 
 def _open_writer(store_dir: str) -> Any:
@@ -73,8 +78,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_pin(args: argparse.Namespace) -> int:
     from pbt_actors.control.retention_rules import META_PINS, read_pins
+    from pbt_actors.runtime.controller.pin_requests import apply_requests, requests_folder
 
-    with _open_writer(args.store) as store:
+    try:
+        writer = _open_writer(args.store)
+    except StoreLocked:
+        return _pin_live(args)
+    with writer as store:
+        apply_requests(store, requests_folder(Path(args.store).resolve()))  # left by a run that ended since
         trial = store.find_trial(args.trial_id)
         if trial is None:
             raise ConfigError(f"no trial {args.trial_id} in {args.store}")
@@ -88,10 +99,45 @@ def cmd_pin(args: argparse.Namespace) -> int:
             pins.add(trial.id)
         with store.batch():
             store.put_meta(META_PINS, sorted(pins))
+    _print_pins(args, trial.id, pins)
+    return 0
+
+
+def _print_pins(args: argparse.Namespace, trial_id: int, pins: set[int] | frozenset[int], by: str = "") -> None:
     if args.json:
-        print(json.dumps({"trial": trial.id, "pinned": not args.unpin, "pins": sorted(pins)}))
+        print(json.dumps({"trial": trial_id, "pinned": not args.unpin, "pins": sorted(pins), "live": bool(by)}))
     else:
-        print(f"trial {trial.id} {'unpinned' if args.unpin else 'pinned'}; pins: {sorted(pins) or 'none'}")
+        print(f"trial {trial_id} {'unpinned' if args.unpin else 'pinned'}{by}; pins: {sorted(pins) or 'none'}")
+
+
+def _pin_live(args: argparse.Namespace) -> int:
+    """The store's controller runs: leave it a request and wait until it applied it."""
+    from pbt_actors.cli.summary import open_store_readonly
+    from pbt_actors.control.retention_rules import read_pins
+    from pbt_actors.runtime.controller.pin_requests import write_request
+
+    def check(store: Any) -> None:
+        trial = store.find_trial(args.trial_id)
+        if trial is None:
+            raise ConfigError(f"no trial {args.trial_id} in {args.store}")
+        if not args.unpin and trial.collected_at is not None:
+            raise ConfigError(f"trial {trial.id}'s checkpoint was already collected; replay it from "
+                              "scratch (`pbt-actors replay --trial`)")
+
+    with open_store_readonly(args.store) as store:
+        check(store)
+    request = write_request(Path(args.store).resolve(), args.trial_id, not args.unpin)
+    deadline = time.monotonic() + args.wait
+    while request.exists():  # the controller removes it once applied (before its next retention plan)
+        if time.monotonic() > deadline:
+            print(f"pbt-actors: the live controller has not applied {request} within {args.wait:g}s; it applies "
+                  "it before its next retention pass (or when the run starts again)", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    with open_store_readonly(args.store) as store:
+        check(store)  # collected in between: the controller could not pin it
+        pins = read_pins(store)
+    _print_pins(args, args.trial_id, pins, " by the live controller")
     return 0
 
 
@@ -119,5 +165,7 @@ def add_parsers(sub: Any) -> None:
     pin.add_argument("trial_id", type=_trial_id)
     pin.add_argument("--store", required=True, type=arguments.store_path)
     pin.add_argument("--unpin", action="store_true")
+    pin.add_argument("--wait", type=float, default=30.0,
+                     help="while a run is live: seconds to wait for its controller to apply the pin (default 30)")
     pin.add_argument("--json", action="store_true")
     pin.set_defaults(func=cmd_pin)

@@ -190,3 +190,51 @@ def test_the_summary_says_how_many_steps_retries_added_to_the_budget(tmp_path: P
     status = start("status", "--store", str(store))
     assert status.wait(60) == 0, status.output()
     assert "retries re-leased 15 more (not charged to the budget)" in status.output(), status.output()
+
+
+def test_pin_reaches_the_live_controller_before_retention_collects(tmp_path: Path) -> None:
+    """Item 11. Was: ``pin`` refused while the run's controller held the store (writer lock),
+    so retention collected the checkpoint the user wanted to keep."""
+    import json
+
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+    from tests.support.waiting import wait_until
+
+    experiment = tmp_path / "toy_pin_live.py"
+    experiment.write_text(
+        f"exec(open({str(TOY)!r}).read())\n"
+        "from dataclasses import replace\n"
+        "experiment = replace(experiment, name='toy_pin_live', retention=Retention(keep_best=1))\n")
+    store = tmp_path / "s"
+    run = start("run", str(experiment), "--store", str(store), "--devices", "cpu", "--workers", "2", "--quiet",
+                env={"TOY_STEP_SLEEP_S": "0.1", "TOY_MAX_STEPS": "40"})
+
+    def held_completed() -> int | None:
+        from pbt_actors.model.errors import StoreError
+
+        if not (store / "data.mdb").exists():
+            return None
+        try:
+            opened = LmdbTrialStore(store, readonly=True)
+        except StoreError:  # created, its databases not yet committed
+            return None
+        with opened as s:
+            held = [t.id for t in s.iter_trials() if t.completed_attempt is not None and s.checkpoint(t.id)]
+        return held[-1] if held else None
+
+    target = wait_until(held_completed, 60, "a completed trial whose checkpoint is still held")
+    pin = start("pin", "--store", str(store), str(target), "--json")
+    assert pin.wait(60) == 0, pin.output()
+    answer = json.loads(pin.output().strip().splitlines()[-1])
+    assert answer["live"] is True and target in answer["pins"]
+    assert run.poll() is None  # pinned while the run went on
+    assert run.wait(120) == 0, run.output()
+    with LmdbTrialStore(store, readonly=True) as s:
+        trial = s.find_trial(target)
+        assert trial is not None and trial.collected_at is None and s.checkpoint(target) is not None
+        collected = sum(1 for t in s.iter_trials() if t.collected_at is not None)
+    assert collected > 0  # retention did run around the pin
+    assert (store / "checkpoints" / trial.checkpoint.uri).is_file()
+    verify = start("verify", "--store", str(store))
+    assert verify.wait(60) == 0, verify.output()
+    assert not list((store / "pin-requests").iterdir())
