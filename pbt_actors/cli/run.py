@@ -210,11 +210,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
-    from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    if is_url(args.checkpoint_root):
+        checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
     options, extra = worker_security(args)
     if args.controller_timeout:
         extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]

@@ -115,31 +115,11 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
             problem = verify_file(checkpoint_root, trial.checkpoint)
             if problem is not None:
                 problems.append(f"{tag}: {problem}")
-    if checkpoint_root is not None:
-        _check_indexed_present(store, trials, checkpoint_root, problems)
     for initiator, count in initiated_children.items():
         if count > 1:
             problems.append(f"trial {initiator} initiated {count} times (must be exactly once)")
     _check_future_parents(store, trials, problems)
     return report
-
-
-def _check_indexed_present(store: TrialStore, trials: dict[int, Trial], root: str | Path,
-                           problems: list[str]) -> None:
-    """Every indexed checkpoint that the loop above did not read (not a COMPLETED trial's) is
-    at ``root``: an indexed file that is absent was deleted behind the store's back, or the root
-    is not the run's (``gc --checkpoint-root WRONG`` once recorded such files collected)."""
-    from pbt_actors.runtime.checkpoint_payloads import store_for
-
-    files = store_for(root)
-    for trial_id in store.checkpoint_ids():
-        trial = trials.get(trial_id)
-        ref = store.checkpoint(trial_id)
-        if ref is None or (trial is not None and trial.status is TrialStatus.COMPLETED
-                           and trial.checkpoint is not None and trial.collected_at is None):
-            continue  # verify_file read it above
-        if not files.exists(ref.uri):
-            problems.append(f"trial {trial_id}'s checkpoint {ref.uri} is indexed but absent at {root}")
 
 
 def _check_future_parents(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:

@@ -119,12 +119,15 @@ def test_a_store_path_the_file_system_refuses_is_one_line(tmp_path: Path, comman
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unusable_cache_folder_with_a_url_root_is_one_line(tmp_path: Path) -> None:
-    """Was: a ``FileNotFoundError`` traceback from the checkpoint cache's ``mkdir``."""
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_an_unusable_cache_folder_with_a_url_root_is_one_line(tmp_path: Path, command: str) -> None:
+    """Was: a ``FileNotFoundError`` traceback from the checkpoint cache's ``mkdir`` (``run``), a
+    warning per worker and a host that went on (``worker``)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    text = refused("run", str(TOY), "--store", str(tmp_path / "s"), "--checkpoint-root", "s3://bucket/prefix",
-                   "--devices", "cpu", "--workers", "1", "--quiet", env={"PBT_ACTORS_CACHE_DIR": str(blocker)})
+    where = ["--store", str(tmp_path / "s")] if command == "run" else ["--connect", "tcp://127.0.0.1:5"]
+    text = refused(command, str(TOY), *where, "--checkpoint-root", "s3://bucket/prefix",
+                   "--devices", "cpu", "--workers", "1", env={"PBT_ACTORS_CACHE_DIR": str(blocker)})
     assert f"cannot use {blocker}/checkpoints for the checkpoint cache" in text, text
     assert "PBT_ACTORS_CACHE_DIR" in text
 
