@@ -114,7 +114,7 @@ def _pin_live(args: argparse.Namespace) -> int:
     """The store's controller runs: leave it a request and wait until it applied it."""
     from pbt_actors.cli.summary import open_store_readonly
     from pbt_actors.control.retention_rules import read_pins
-    from pbt_actors.runtime.controller.pin_requests import write_request
+    from pbt_actors.runtime.controller.pin_requests import apply_requests, write_request
 
     def check(store: Any) -> None:
         trial = store.find_trial(args.trial_id)
@@ -127,17 +127,25 @@ def _pin_live(args: argparse.Namespace) -> int:
     with open_store_readonly(args.store) as store:
         check(store)
     request = write_request(Path(args.store).resolve(), args.trial_id, not args.unpin)
-    deadline = time.monotonic() + args.wait
+    start = time.monotonic()
+    polls = 0
     while request.exists():  # the controller removes it once applied (before its next retention plan)
-        if time.monotonic() > deadline:
+        if time.monotonic() - start > args.wait:
             print(f"pbt-actors: the live controller has not applied {request} within {args.wait:g}s; it applies "
                   "it before its next retention pass (or when the run starts again)", file=sys.stderr)
             return 1
+        polls += 1
+        if polls % 10 == 0:  # about once a second: the run may have ended meanwhile, then apply it here
+            try:
+                with _open_writer(args.store) as store:
+                    apply_requests(store, request.parent)
+            except StoreLocked:
+                pass
         time.sleep(0.1)
     with open_store_readonly(args.store) as store:
         check(store)  # collected in between: the controller could not pin it
         pins = read_pins(store)
-    _print_pins(args, args.trial_id, pins, " by the live controller")
+    _print_pins(args, args.trial_id, pins, " by request to the live controller")
     return 0
 
 
