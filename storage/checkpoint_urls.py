@@ -104,5 +104,19 @@ def open_store(root: str | os.PathLike[str]) -> CheckpointStore:
     text = str(root)
     if is_url(text):
         url = checked_url(text)
-        return FsspecCheckpointStore(url, CheckpointCache(cache_base() / "checkpoints", cache_bytes()))
+        return FsspecCheckpointStore(url, checkpoint_cache())
     return LocalCheckpointStore(normalize_root(text))
+
+
+def checkpoint_cache() -> CheckpointCache:
+    """The host's cache of a URL root's checkpoints, in ``PBT_ACTORS_CACHE_DIR``.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (one line naming the variable).
+    """
+    folder = cache_base() / "checkpoints"
+    try:
+        return CheckpointCache(folder, cache_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot use {folder} for the checkpoint cache of a URL checkpoint root: "
+                          f"{exc.strerror or exc} (set {CACHE_DIR_ENV} to a writable folder)") from None

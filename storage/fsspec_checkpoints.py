@@ -20,11 +20,13 @@ logs and the store, must not carry any: ``user:password@`` is refused (``checkpo
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,36 @@ class FsspecCheckpointStore(CheckpointStore):
             relative = path[len(prefix):] if path.startswith(prefix) else path
             if relative and not any(part.startswith(HIDDEN_PREFIX) for part in relative.split("/")):
                 yield relative
+
+
+CLOSE_TIMEOUT_S = 10.0
+
+
+def close_filesystem(fs: Any) -> None:
+    """Close an async filesystem's HTTP client now, on its own loop, with time to do it.
+
+    s3fs closes its aiobotocore client in a finalizer that waits only 0.1 s on the IO loop;
+    on a busy machine that times out and the aiohttp session is left open until the
+    interpreter drops it ("Unclosed client session" printed after everything else). A closed
+    filesystem reconnects on its next call (s3fs's ``set_session``)."""
+    client, loop = getattr(fs, "_s3", None), getattr(fs, "loop", None)
+    if client is None or loop is None or not loop.is_running():
+        return
+    from fsspec.asyn import sync
+
+    with contextlib.suppress(Exception):  # a client the backend already tore down
+        sync(loop, client.__aexit__, None, None, None, timeout=CLOSE_TIMEOUT_S)
+    fs._s3 = None
+
+
+def close_filesystems() -> None:
+    """Close every s3fs filesystem this process made (fsspec keeps them in its instance
+    cache): called at exit, and by whoever stops fsspec's IO loop first (the tests)."""
+    s3fs = sys.modules.get("s3fs")
+    if s3fs is None or getattr(s3fs.S3FileSystem, "_pid", None) != os.getpid():
+        return  # a forked child holds its parent's instances, on a loop that does not run here
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        close_filesystem(fs)
+
+
+atexit.register(close_filesystems)

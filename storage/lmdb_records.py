@@ -18,13 +18,13 @@ import lmdb
 
 from pbt_actors.model.errors import StoreError
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.model.trial_cost import charge_deltas
+from pbt_actors.model.trial_cost import charge_deltas, retry_charge
 from pbt_actors.storage import schema
 from pbt_actors.storage.index_mirror import MIRRORED, IndexMirror
 from pbt_actors.storage.indexes import ADD, STATUS, index_edits
 from pbt_actors.storage.lmdb_best import LmdbBestIndex
 from pbt_actors.storage.population_index import tail_edits
-from pbt_actors.storage.trial_store import META_EXPERIMENT, STEPS_LEASED, STEPS_QUEUED, status_counter
+from pbt_actors.storage.trial_store import META_EXPERIMENT, STEPS_LEASED, STEPS_QUEUED, STEPS_RETRIED, status_counter
 
 T = TypeVar("T")
 _COMPLETED = TrialStatus.COMPLETED
@@ -218,6 +218,8 @@ class LmdbRecords:
             self.incr(txn, STEPS_LEASED, leased)
         if queued:
             self.incr(txn, STEPS_QUEUED, queued)
+        if retried := retry_charge(old, new):
+            self.incr(txn, STEPS_RETRIED, retried)
         edits = index_edits(old, new)
         if not edits:  # e.g. a heartbeat: the record changed, no index entry did
             return

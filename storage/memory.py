@@ -19,7 +19,7 @@ from pbt_actors.model import wire
 from pbt_actors.model.fitness import Objective
 from pbt_actors.model.ranking import BestEntry
 from pbt_actors.model.records import CheckpointRef, Trial, TrialSpec, TrialStatus
-from pbt_actors.model.trial_cost import charge_deltas
+from pbt_actors.model.trial_cost import charge_deltas, retry_charge
 from pbt_actors.storage.best_index import FRONT, META_BEST_INDEX, RANKED, BestEdit, BestRule, ranking_by
 from pbt_actors.storage.indexes import (
     ADD,
@@ -40,6 +40,7 @@ from pbt_actors.storage.trial_store import (
     META_EXPERIMENT,
     STEPS_LEASED,
     STEPS_QUEUED,
+    STEPS_RETRIED,
     TRIAL_ID_COUNTER,
     TrialStore,
     check_spec,
@@ -217,6 +218,8 @@ class InMemoryTrialStore(TrialStore):
             self.incr_counter(STEPS_LEASED, leased)
         if queued:
             self.incr_counter(STEPS_QUEUED, queued)
+        if retried := retry_charge(old, new):
+            self.incr_counter(STEPS_RETRIED, retried)
         self._apply(index_edits(old, new))
         if new.status is TrialStatus.COMPLETED or (old is not None and old.status is TrialStatus.COMPLETED):
             completed = self._by_status.get(TrialStatus.COMPLETED, set())

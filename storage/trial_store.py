@@ -36,6 +36,9 @@ STEPS_LEASED = "steps_leased"
 STEPS_QUEUED = "steps_queued"
 """Counters of the steps charged to the search (``pbt_actors.model.trial_cost``), kept by every
 store in the transaction of each record write."""
+STEPS_RETRIED = "steps_retried"
+"""Steps re-leased by retries (``trial_cost.retry_charge``): not charged, reported. Counted from
+this version on (a store written before reads 0 for its earlier retries)."""
 
 # Meta keys of a run, next to the store schema because every face reads them (status, report,
 # lineage, verify) and none of those should import the controller that writes them.

@@ -8,6 +8,8 @@ the flag), never a traceback, a hang or a quiet substitution.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 SEED_LIMIT = 2**64
 
@@ -67,6 +69,54 @@ def _endpoint(text: str, *, allow_any_port: bool) -> str:
     return text
 
 
+def port(text: str) -> int:
+    """``--port``: 0-65535 (0: any free port); the socket would raise ``OverflowError`` later."""
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), got {text}")
+    return value
+
+
+PATH_MAX_FALLBACK, NAME_MAX_FALLBACK = 4096, 255
+
+
+def store_path(text: str) -> str:
+    """``--store``: a folder path the file system and LMDB can hold, checked before anything
+    opens it: UTF-8 text (LMDB encodes the path so; bytes the locale cannot decode are
+    refused), no name longer than the file system's ``NAME_MAX``, the whole (with
+    ``/data.mdb``) within ``PATH_MAX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} has bytes that are not UTF-8 text; name the store with "
+                                         "characters the file system and LMDB both accept") from None
+    path = Path(text).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if _is_folder(p)), Path("/"))
+    name_max, path_max = _limit(existing, "PC_NAME_MAX", NAME_MAX_FALLBACK), \
+        _limit(existing, "PC_PATH_MAX", PATH_MAX_FALLBACK)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise argparse.ArgumentTypeError(f"the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer than "
+                                             f"this file system allows ({name_max})")
+    if len(os.fsencode(str(path / "data.mdb"))) >= path_max:
+        raise argparse.ArgumentTypeError(f"the path is longer than this file system allows ({path_max} bytes)")
+    return text
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # the name is too long to even look up
+        return False
+
+
+def _limit(folder: Path, name: str, fallback: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return fallback
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -74,4 +124,4 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
-__all__ = ["SEED_LIMIT", "bind_endpoint", "connect_endpoint", "devices", "positive_int", "seed"]
+__all__ = ["SEED_LIMIT", "bind_endpoint", "connect_endpoint", "devices", "port", "positive_int", "seed", "store_path"]

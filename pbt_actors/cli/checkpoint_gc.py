@@ -1,11 +1,14 @@
 """``pbt-actors gc`` and ``pbt-actors pin``: checkpoint retention for a stopped store.
 
     pbt-actors gc  --store DIR [--checkpoint-root DIR|URL] [--dry-run] [--force] [--json]
-    pbt-actors pin --store DIR TRIAL_ID [--unpin] [--json]
+    pbt-actors pin --store DIR TRIAL_ID [--unpin] [--wait S] [--json]
 
 A running controller collects by itself (``runtime.retention.Collector``); these commands
-open the store as its writer, so they refuse a store whose controller still runs (the
-writer lock names it). ``gc --dry-run`` lists what would be deleted and why the rest stays;
+open the store as its writer. ``gc`` refuses a store whose controller still runs (the writer
+lock names it); ``pin`` then hands the request to the live controller instead
+(``runtime.controller.pin_requests``: a request file it applies before its next retention
+plan) and waits until it has, so a checkpoint can be protected before retention takes it.
+``gc --dry-run`` lists what would be deleted and why the rest stays;
 ``--force`` collects even when the experiment was run with retention off. A pinned trial's
 checkpoint is never collected, by either.
 """
@@ -14,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from pbt_actors.model.errors import ConfigError
+from pbt_actors.cli import arguments
+from pbt_actors.model.errors import ConfigError, StoreLocked
 
 
 def _open_writer(store_dir: str) -> Any:
@@ -44,15 +50,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
                               "use --force to collect anyway (or --dry-run to see what would go)")
         result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True)
         keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
-    deletes = [{"trial": i, "uri": uri} for i, uri in result.targets]
+    absent = {i for i, _uri in result.absent}
+    deletes = [{"trial": i, "uri": uri} for i, uri in result.targets if i not in absent]
+    missing = [{"trial": i, "uri": uri} for i, uri in result.absent]
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "checkpoint_root": root, "held": len(result.plan.held),
                           "bound": result.plan.bound, "delete": deletes, "deleted": result.deleted,
-                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors}))
+                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors, "absent": missing}))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for item in deletes:
             print(f"{verb} trial {item['trial']}: {item['uri']}")
+        for item in missing:
+            print(f"not found, nothing deleted: trial {item['trial']}: {item['uri']}")
         print(f"{verb} {len(deletes) if args.dry_run else len(result.deleted)} of {len(result.plan.held)} held "
               f"checkpoint(s), {result.bytes_freed} bytes; keeping {len(keep)} (bound {result.plan.bound}) "
               f"under {root}")
@@ -60,13 +70,22 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(f"keep trial {trial_id}: {why}")
         for line in result.errors:
             print(f"error: {line}")
-    return 1 if result.errors else 0
+        if missing:
+            print(f"error: {len(missing)} checkpoint(s) to collect were not under {root}; nothing was recorded for "
+                  "them (is --checkpoint-root the run's? `pbt-actors verify --checkpoint-root` lists what is absent)")
+    return 1 if result.errors or missing else 0
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
     from pbt_actors.control.retention_rules import META_PINS, read_pins
+    from pbt_actors.runtime.controller.pin_requests import apply_requests, requests_folder
 
-    with _open_writer(args.store) as store:
+    try:
+        writer = _open_writer(args.store)
+    except StoreLocked:
+        return _pin_live(args)
+    with writer as store:
+        apply_requests(store, requests_folder(Path(args.store).resolve()))  # left by a run that ended since
         trial = store.find_trial(args.trial_id)
         if trial is None:
             raise ConfigError(f"no trial {args.trial_id} in {args.store}")
@@ -80,10 +99,53 @@ def cmd_pin(args: argparse.Namespace) -> int:
             pins.add(trial.id)
         with store.batch():
             store.put_meta(META_PINS, sorted(pins))
+    _print_pins(args, trial.id, pins)
+    return 0
+
+
+def _print_pins(args: argparse.Namespace, trial_id: int, pins: set[int] | frozenset[int], by: str = "") -> None:
     if args.json:
-        print(json.dumps({"trial": trial.id, "pinned": not args.unpin, "pins": sorted(pins)}))
+        print(json.dumps({"trial": trial_id, "pinned": not args.unpin, "pins": sorted(pins), "live": bool(by)}))
     else:
-        print(f"trial {trial.id} {'unpinned' if args.unpin else 'pinned'}; pins: {sorted(pins) or 'none'}")
+        print(f"trial {trial_id} {'unpinned' if args.unpin else 'pinned'}{by}; pins: {sorted(pins) or 'none'}")
+
+
+def _pin_live(args: argparse.Namespace) -> int:
+    """The store's controller runs: leave it a request and wait until it applied it."""
+    from pbt_actors.cli.summary import open_store_readonly
+    from pbt_actors.control.retention_rules import read_pins
+    from pbt_actors.runtime.controller.pin_requests import apply_requests, write_request
+
+    def check(store: Any) -> None:
+        trial = store.find_trial(args.trial_id)
+        if trial is None:
+            raise ConfigError(f"no trial {args.trial_id} in {args.store}")
+        if not args.unpin and trial.collected_at is not None:
+            raise ConfigError(f"trial {trial.id}'s checkpoint was already collected; replay it from "
+                              "scratch (`pbt-actors replay --trial`)")
+
+    with open_store_readonly(args.store) as store:
+        check(store)
+    request = write_request(Path(args.store).resolve(), args.trial_id, not args.unpin)
+    start = time.monotonic()
+    polls = 0
+    while request.exists():  # the controller removes it once applied (before its next retention plan)
+        if time.monotonic() - start > args.wait:
+            print(f"pbt-actors: the live controller has not applied {request} within {args.wait:g}s; it applies "
+                  "it before its next retention pass (or when the run starts again)", file=sys.stderr)
+            return 1
+        polls += 1
+        if polls % 10 == 0:  # about once a second: the run may have ended meanwhile, then apply it here
+            try:
+                with _open_writer(args.store) as store:
+                    apply_requests(store, request.parent)
+            except StoreLocked:
+                pass
+        time.sleep(0.1)
+    with open_store_readonly(args.store) as store:
+        check(store)  # collected in between: the controller could not pin it
+        pins = read_pins(store)
+    _print_pins(args, args.trial_id, pins, " by request to the live controller")
     return 0
 
 
@@ -100,7 +162,7 @@ def _trial_id(text: str) -> int:
 def add_parsers(sub: Any) -> None:
     """Register ``gc`` and ``pin``."""
     gc = sub.add_parser("gc", help="delete checkpoints no trial can need any more (a stopped store)")
-    gc.add_argument("--store", required=True)
+    gc.add_argument("--store", required=True, type=arguments.store_path)
     gc.add_argument("--checkpoint-root", default=None, help="checkpoint folder or URL (default <store>/checkpoints)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     gc.add_argument("--force", action="store_true", help="collect even if the run had retention off")
@@ -109,7 +171,9 @@ def add_parsers(sub: Any) -> None:
 
     pin = sub.add_parser("pin", help="keep a trial's checkpoint forever (or --unpin)")
     pin.add_argument("trial_id", type=_trial_id)
-    pin.add_argument("--store", required=True)
+    pin.add_argument("--store", required=True, type=arguments.store_path)
     pin.add_argument("--unpin", action="store_true")
+    pin.add_argument("--wait", type=float, default=30.0,
+                     help="while a run is live: seconds to wait for its controller to apply the pin (default 30)")
     pin.add_argument("--json", action="store_true")
     pin.set_defaults(func=cmd_pin)

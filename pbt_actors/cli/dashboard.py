@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.cli import arguments
 from pbt_actors.model.errors import ConfigError
 
 DEFAULT_PORT = 8265  # kept equal to pbt_actors.tools.dashboard.server.DEFAULT_PORT (no heavy import here)
@@ -50,8 +51,9 @@ def start_dashboard_process(store: str | Path, port: int = DEFAULT_PORT, bind: s
 def add_parser(sub: Any) -> None:
     """Register ``dashboard``."""
     dash = sub.add_parser("dashboard", help="a live web page of a run (reads the store read-only)")
-    dash.add_argument("--store", required=True)
-    dash.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
+    dash.add_argument("--store", required=True, type=arguments.store_path)
+    dash.add_argument("--port", type=arguments.port, default=DEFAULT_PORT,
+                      help=f"default {DEFAULT_PORT}; 0 picks a free port")
     dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (default loopback only)")
     dash.add_argument("--allow-remote", action="store_true",
                       help="allow a non-loopback --bind (no authentication: prints a warning)")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from pathlib import Path
 
+from pbt_actors.cli.output_paths import checked_out, writing
 from pbt_actors.cli.summary import open_store_readonly
 from pbt_actors.control.progress import run_finished
 from pbt_actors.model.errors import ConfigError
@@ -24,9 +24,9 @@ def cmd_export_tensorboard(args: argparse.Namespace, stop: threading.Event | Non
     if args.out in (None, "-"):
         raise ConfigError("export --format tensorboard needs --out DIR (a folder for the event files)")
     stop = stop if stop is not None else threading.Event()
-    out = Path(args.out)
+    out = checked_out(args.out, args.store)
     try:
-        with open_store_readonly(args.store) as store, TensorBoardExport(store, out) as export:
+        with open_store_readonly(args.store) as store, writing(args.out), TensorBoardExport(store, out) as export:
             export.poll()
             if args.follow:
                 print(f"following {args.store}: {export.trials_written} trials in {len(export.lineages)} "

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.cli import arguments
 from pbt_actors.model.errors import ConfigError
 
 
@@ -40,6 +41,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Register ``migrate``."""
     migrate = sub.add_parser("migrate", help="bring a store written by an older pbt-actors up to date")
-    migrate.add_argument("--store", required=True)
+    migrate.add_argument("--store", required=True, type=arguments.store_path)
     migrate.add_argument("--json", action="store_true")
     migrate.set_defaults(func=cmd_migrate)

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pbt_actors.cli import arguments
+from pbt_actors.cli.output_paths import checked_out, make_folder, writing
 from pbt_actors.cli.summary import fmt_map, fmt_value, open_store_readonly, table
 from pbt_actors.model.errors import ConfigError
 
@@ -149,15 +151,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_export_tensorboard(args)
     if args.follow:
         raise ConfigError("--follow needs --format tensorboard")
+    target = None if args.out in (None, "-") else checked_out(args.out, args.store)
     with open_store_readonly(args.store) as store:
-        if args.out in (None, "-"):
+        if target is None:
             count = export_store(store, sys.stdout, args.format)
         else:
-            target = Path(args.out)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("w", encoding="utf-8", newline="") as handle:
+            make_folder(target.parent, args.out)
+            with writing(args.out), target.open("w", encoding="utf-8", newline="") as handle:
                 count = export_store(store, handle, args.format)
-            print(f"{count} rows written to {target}", file=sys.stderr)
+            print(f"{count} rows written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -165,9 +167,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pbt_actors.tools.report import write_report
 
-    out = Path(args.out) if args.out else Path(args.store) / "report"
+    own = Path(args.store) / "report"  # the default: the report's own subfolder of the store
+    out = checked_out(args.out or own, args.store, own=own)
     with open_store_readonly(args.store) as store:
-        paths = write_report(store, out)
+        make_folder(out, args.out or own)
+        with writing(args.out or own):
+            paths = write_report(store, out)
     if args.json:
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     else:
@@ -179,7 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_lineage_parsers(subparsers: Any) -> None:
     """Register ``lineage``, ``replay``, ``export`` and ``report`` on the CLI's subparsers."""
     lin = subparsers.add_parser("lineage", help="a trial's ancestor DAG (topological order) and its schedule")
-    lin.add_argument("--store", required=True)
+    lin.add_argument("--store", required=True, type=arguments.store_path)
     lin.add_argument("trial", nargs="?", default="best", help="trial id or 'best' (default)")
     lin.add_argument("--json", action="store_true", help="print {trial_id, lineage, schedule} as JSON")
     lin.set_defaults(func=cmd_lineage)
@@ -189,7 +194,7 @@ def add_lineage_parsers(subparsers: Any) -> None:
         description="Re-run the warm-start chain of a trial (its schedule) through the experiment file's "
                     "train(ctx), one segment per original trial, from scratch or from the stored checkpoint at "
                     "--from-step. ctx.replay is True unless --same-data.")
-    rep.add_argument("--store", default=None, help="the search's store (or give --schedule)")
+    rep.add_argument("--store", default=None, type=arguments.store_path, help="the search's store (or give --schedule)")
     rep.add_argument("trial", nargs="?", default="best", help="trial id or 'best' (default)")
     rep.add_argument("--experiment", "-e", default=None,
                      help="the experiment file whose train(ctx) to run (default with --store: the file the run "
@@ -212,7 +217,7 @@ def add_lineage_parsers(subparsers: Any) -> None:
     rep.set_defaults(func=cmd_replay)
 
     exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
-    exp.add_argument("--store", required=True)
+    exp.add_argument("--store", required=True, type=arguments.store_path)
     exp.add_argument("--format", choices=["csv", "json", "tensorboard"], default="csv",
                      help="tensorboard: one run per lineage, event files under --out DIR")
     exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
@@ -222,7 +227,7 @@ def add_lineage_parsers(subparsers: Any) -> None:
     exp.set_defaults(func=cmd_export)
 
     rpt = subparsers.add_parser("report", help="PNG figures and an index.html for a finished or running store")
-    rpt.add_argument("--store", required=True)
+    rpt.add_argument("--store", required=True, type=arguments.store_path)
     rpt.add_argument("--out", default=None, help="folder for the report (default <store>/report)")
     rpt.add_argument("--json", action="store_true", help="print the written files as JSON")
     rpt.set_defaults(func=cmd_report)

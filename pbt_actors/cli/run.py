@@ -210,11 +210,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
-    from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    if is_url(args.checkpoint_root):
+        checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
     options, extra = worker_security(args)
     if args.controller_timeout:
         extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]
@@ -298,7 +300,8 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--workers", type=arguments.positive_int, default=None,
                      help="worker processes (default: one per GPU, or CPUs)")
     run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
-    run.add_argument("--store", default=None, help="store folder (default ./pbt-runs/<experiment>)")
+    run.add_argument("--store", default=None, type=arguments.store_path,
+                     help="store folder (default ./pbt-runs/<experiment>)")
     run.add_argument("--checkpoint-root", default=None,
                      help="checkpoint folder or fsspec URL, e.g. s3://bucket/prefix (default <store>/checkpoints)")
     run.add_argument("--seed", type=arguments.seed, default=None,
@@ -315,7 +318,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
     run.add_argument("--dashboard", action="store_true", help="serve the live web dashboard on 127.0.0.1 while it runs")
-    run.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
+    run.add_argument("--dashboard-port", type=arguments.port, default=8265, help="the dashboard's port (default 8265)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",
                      help="start each worker as a fresh interpreter instead of forking it from a pre-imported "
@@ -324,7 +327,7 @@ def add_parsers(sub: Any) -> None:
 
     ctl = sub.add_parser("controller", help="the controller alone (multi-host)")
     ctl.add_argument("experiment")
-    ctl.add_argument("--store", required=True)
+    ctl.add_argument("--store", required=True, type=arguments.store_path)
     ctl.add_argument("--checkpoint-root", default=None,
                      help="the workers' checkpoint folder or URL: retention deletes unneeded checkpoints there "
                           "(without it every checkpoint is kept; `pbt-actors gc` can collect later)")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from pbt_actors.cli import arguments
 from pbt_actors.cli.live import LiveText
 from pbt_actors.cli.summary import (
     final_population_text,
@@ -61,7 +62,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     root: str | Path = args.checkpoint_root or store_dir / "checkpoints"  # a folder or a URL (s3://...)
     with open_store_readonly(store_dir) as store:
-        report = verify_store(store, root if is_url(root) or Path(root).exists() else None)
+        # an explicit root is always checked (a wrong one shows as absent checkpoints); the
+        # default only when it exists (a store that never wrote checkpoints there)
+        checked = args.checkpoint_root is not None or is_url(root) or Path(root).exists()
+        report = verify_store(store, root if checked else None)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -176,7 +180,7 @@ def watch_status(store_dir: str | Path, interval_s: float, json_out: bool, *, ma
 def add_parsers(sub: Any) -> None:
     """Register ``status`` and ``verify``."""
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
-    status.add_argument("--store", required=True)
+    status.add_argument("--store", required=True, type=arguments.store_path)
     status.add_argument("--checkpoint-root", default=None,
                         help="where the hosts publish their workers' state (default <store>/checkpoints)")
     status.add_argument("--json", action="store_true")
@@ -185,7 +189,7 @@ def add_parsers(sub: Any) -> None:
     status.set_defaults(func=cmd_status)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
-    ver.add_argument("--store", required=True)
+    ver.add_argument("--store", required=True, type=arguments.store_path)
     ver.add_argument("--checkpoint-root", default=None,
                      help="checkpoint folder or fsspec URL such as s3://bucket/prefix (default <store>/checkpoints)")
     ver.add_argument("--json", action="store_true")

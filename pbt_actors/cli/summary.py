@@ -95,8 +95,10 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
     print(f"trials       {summary['trials']}  " + "  ".join(f"{k} {v}" for k, v in counts.items() if v))
     budget = summary.get("budget")
     if budget:
+        retried = budget.get("retried_steps") or 0
         print(f"{budget_text(budget['leased_steps'], budget['budget_steps']).rstrip():<12} leased"
-              + (f" (budget {budget['budget_steps']:,})" if budget["budget_steps"] is not None else ""))
+              + (f" (budget {budget['budget_steps']:,})" if budget["budget_steps"] is not None else "")
+              + (f"; retries re-leased {retried:,} more (not charged to the budget)" if retried else ""))
     if summary.get("seed") is not None:
         print(f"seed         {summary['seed']}  (the same seed picks the same decisions, yet trials finish "
               f"in a different order: runs differ)")

@@ -14,13 +14,17 @@ charges with it. This module only judges them against the budget (docs/design.md
   (which trials exist) depend on machine faults; equal-budget comparisons would then compare
   luck. Trained steps are therefore ``<= budget + re-run work``; without faults, ``<= budget``.
 * A trial stopped early (early stop) is charged in full: the steps were reserved for it.
+
+Retried steps are counted apart (``trial_cost.retry_charge``, the store's ``steps_retried``
+counter) and shown next to the leased steps in every summary: ``leased + retried`` bounds what
+was trained.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from pbt_actors.storage.trial_store import TrialStore
+from pbt_actors.storage.trial_store import STEPS_RETRIED, TrialStore
 
 
 class BudgetLedger(NamedTuple):
@@ -33,12 +37,13 @@ class BudgetLedger(NamedTuple):
     budget: int | None
     leased: int = 0
     queued: int = 0
+    retried: int = 0
 
     @classmethod
     def read(cls, store: TrialStore, budget: int | None) -> BudgetLedger:
         """The store's totals (O(1): its counters) against ``budget``."""
         leased, queued = store.step_totals()
-        return cls(budget, leased, queued)
+        return cls(budget, leased, queued, store.counter(STEPS_RETRIED))
 
     @property
     def committed(self) -> int:
@@ -57,5 +62,6 @@ class BudgetLedger(NamedTuple):
         return self.budget is not None and self.committed >= self.budget
 
     def summary(self) -> dict[str, int | None]:
-        """JSON-ready ``{"budget_steps", "leased_steps", "queued_steps"}`` for summaries."""
-        return {"budget_steps": self.budget, "leased_steps": self.leased, "queued_steps": self.queued}
+        """JSON-ready ``{"budget_steps", "leased_steps", "queued_steps", "retried_steps"}`` for summaries."""
+        return {"budget_steps": self.budget, "leased_steps": self.leased, "queued_steps": self.queued,
+                "retried_steps": self.retried}

@@ -187,6 +187,9 @@ class Experiment:
         checks = [
             (self.max_steps >= self.steps_per_trial, "max_steps must be >= steps_per_trial"),
             (len(self.initial) <= self.population, "more initial configurations than population"),
+            (self.budget_steps is None or self.budget_steps >= self.steps_per_trial,
+             f"budget_steps {self.budget_steps} is smaller than one trial (steps_per_trial {self.steps_per_trial}): "
+             "nothing could run"),
             (not self.budget_mode or self.policy == "initiator", "budget_mode needs the initiator policy"),
         ]
         for ok, message in checks:

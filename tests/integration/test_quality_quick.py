@@ -47,7 +47,8 @@ def test_run_spends_exactly_the_budget(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, cwd=str(REPO), check=False)
     assert status.returncode == 0, status.stderr
     summary = json.loads(status.stdout)
-    assert summary["budget"] == {"budget_steps": budget, "leased_steps": 45, "queued_steps": 0}
+    assert summary["budget"] == {"budget_steps": budget, "leased_steps": 45, "queued_steps": 0,
+                                 "retried_steps": 0}
     assert summary["finished"] is True
 
 

@@ -75,6 +75,9 @@ def _forget_s3_clients() -> None:
     ``AWS_ENDPOINT_URL`` when it was made) would keep talking to that dead server."""
     s3fs = sys.modules.get("s3fs")
     if s3fs is not None:
+        from pbt_actors.storage.fsspec_checkpoints import close_filesystems
+
+        close_filesystems()  # on the loop, before it stops: nothing left for an exit to complain about
         s3fs.S3FileSystem.clear_instance_cache()
     _stop_fsspec_io_thread()
 

@@ -76,6 +76,23 @@ def test_retries_are_not_charged_again() -> None:
     assert d.core.leased_steps == 10
 
 
+@pytest.mark.parametrize("kind", ["memory", "lmdb"])
+def test_the_steps_retries_re_lease_are_counted_apart(tmp_path, kind: str) -> None:
+    """Issue 20, item 12: not charged, but counted in the store and shown in the summary."""
+    from pbt_actors.cli.summary import store_summary
+
+    store = InMemoryTrialStore() if kind == "memory" else LmdbTrialStore(tmp_path / "s")
+    exp = experiment(budget_steps=40)
+    d = Driver(ControllerCore(store, exp))
+    spec = d.lease("w0")
+    d.fail("w0", spec)  # re-queued: nothing re-trained yet
+    assert store_summary(d.store, exp)["budget"]["retried_steps"] == 0
+    d.fail("w1", d.lease("w1"))
+    d.lease("w2")  # attempt 3 of the same trial
+    budget = store_summary(d.store, exp)["budget"]
+    assert budget["retried_steps"] == 20 and budget["leased_steps"] == 10
+
+
 def test_restarted_core_rebuilds_the_ledger_from_the_store(tmp_path) -> None:
     exp = experiment(budget_steps=60)
     store = LmdbTrialStore(tmp_path / "s")
@@ -118,7 +135,8 @@ def test_ledger_arithmetic() -> None:
     assert leased.committed == 20 and not leased.spent() and not leased.admits_lease(11)
     assert BudgetLedger(30, 20, 10).spent()
     assert BudgetLedger(None).admits_new(10**9)
-    assert BudgetLedger(None, 5, 7).summary() == {"budget_steps": None, "leased_steps": 5, "queued_steps": 7}
+    assert BudgetLedger(None, 5, 7).summary() == {"budget_steps": None, "leased_steps": 5, "queued_steps": 7,
+                                                   "retried_steps": 0}
 
 
 def test_budget_steps_is_validated() -> None:
@@ -198,4 +216,5 @@ def test_budget_is_shown_in_progress_and_summary() -> None:
     d = Driver(ControllerCore(InMemoryTrialStore(), exp))
     d.lease("w0")
     summary = store_summary(d.store, exp)
-    assert summary["budget"] == {"budget_steps": 35, "leased_steps": 10, "queued_steps": 20}
+    assert summary["budget"] == {"budget_steps": 35, "leased_steps": 10, "queued_steps": 20,
+                                 "retried_steps": 0}

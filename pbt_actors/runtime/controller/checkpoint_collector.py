@@ -10,8 +10,11 @@ Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts
   checkpoint that is no longer needed never becomes needed again.
 * ``collect_store`` — the same for a stopped store (``pbt-actors gc``), with ``dry_run``.
 * ``local_deleter`` — the default deletion for a local checkpoint folder. Deleters are plain
-  ``Callable[[str], None]`` taking a checkpoint uri and idempotent (a missing file is fine), so
-  ``CheckpointStore.delete`` of any storage backend drops in unchanged.
+  ``Callable[[str], bool | None]`` taking a checkpoint uri and idempotent (a missing file is no
+  error). They return whether a file was there: a deleter that cannot tell returns None, read as
+  deleted. The running collector records an absent file collected (a pass that deleted it may
+  have died before recording); ``gc`` does not: deleting a file that is not there is not a
+  deletion, and a wrong ``--checkpoint-root`` must not mark the real files collected.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from pbt_actors.storage.trial_store import TrialStore
 
 log = logging.getLogger(__name__)
 
-Deleter = Callable[[str], None]
-"""Deletes one checkpoint by its uri; idempotent (deleting what is gone is not an error)."""
+Deleter = Callable[[str], bool | None]
+"""Deletes one checkpoint by its uri; idempotent (deleting what is gone is not an error).
+Returns False when no file was there (None: cannot tell, counted as deleted)."""
 
 MAX_STORE_RETRIES = 8
 
@@ -40,8 +44,12 @@ MAX_STORE_RETRIES = 8
 def local_deleter(root: str | Path) -> Deleter:
     """Delete checkpoint files under a local ``root`` (refusing uris that escape it)."""
 
-    def delete(uri: str) -> None:
-        inside_root(root, uri).unlink(missing_ok=True)
+    def delete(uri: str) -> bool:
+        try:
+            inside_root(root, uri).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     return delete
 
@@ -54,7 +62,14 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
         return local_deleter(text.removeprefix("file://"))
     from pbt_actors.runtime.checkpoint_payloads import store_for
 
-    return store_for(text).delete
+    store = store_for(text)
+
+    def delete(uri: str) -> bool:
+        present = store.exists(uri)
+        store.delete(uri)
+        return present
+
+    return delete
 
 
 def uris_of(store: TrialStore, trial_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -67,19 +82,21 @@ def uris_of(store: TrialStore, trial_ids: Sequence[int]) -> list[tuple[int, str]
     return out
 
 
-def delete_all(targets: Sequence[tuple[int, str]], delete: Deleter) -> tuple[list[int], list[str]]:
-    """Delete each uri; the ids whose file is gone, and one line per failure (kept for next
-    time: a checkpoint is recorded collected only once its file is really gone)."""
+def delete_all(targets: Sequence[tuple[int, str]], delete: Deleter) -> tuple[list[int], list[str], list[int]]:
+    """Delete each uri; the ids whose file was deleted, one line per failure (kept for next
+    time: a checkpoint is recorded collected only once its file is really gone), and the ids
+    whose file was not there to delete."""
     gone: list[int] = []
     errors: list[str] = []
+    absent: list[int] = []
     for trial_id, uri in targets:
         try:
-            delete(uri)
+            deleted = delete(uri)
         except Exception as exc:  # any backend's error: log, keep the index entry, retry later
             errors.append(f"trial {trial_id}: cannot delete {uri}: {type(exc).__name__}: {exc}")
             continue
-        gone.append(trial_id)
-    return gone, errors
+        (absent if deleted is False else gone).append(trial_id)
+    return gone, errors, absent
 
 
 def record_with_retries(store: TrialStore, trial_ids: Sequence[int], now: float) -> list[int]:
@@ -101,6 +118,8 @@ class GcResult:
     deleted: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    absent: list[tuple[int, str]] = field(default_factory=list)
+    """Targets whose file was not at the root: nothing deleted, nothing recorded."""
 
 
 def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *, dry_run: bool = False,
@@ -120,7 +139,8 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
     if dry_run or not targets:
         result.bytes_freed = sum(sizes.values())
         return result
-    gone, result.errors = delete_all(targets, delete)
+    gone, result.errors, absent = delete_all(targets, delete)
+    result.absent = [(i, uri) for i, uri in targets if i in set(absent)]
     result.deleted = record_with_retries(store, gone, time.time() if now is None else now)
     result.bytes_freed = sum(sizes[i] for i in result.deleted)
     return result
@@ -166,9 +186,10 @@ class Collector(threading.Thread):
                 targets = self._plan_fn()
                 if not targets:
                     return 0
-                gone, errors = delete_all(targets, self._delete_fn)
+                gone, errors, absent = delete_all(targets, self._delete_fn)
                 for line in errors:
                     log.warning("retention: %s", line)
+                gone += absent  # already gone (an earlier pass deleted it, then died before recording)
                 if gone:
                     self._record_fn(gone)
                 self.deleted += len(gone)

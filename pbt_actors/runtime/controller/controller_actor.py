@@ -37,6 +37,7 @@ from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.protocol import Error, Message, Reply, Report
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.runtime.controller.checkpoint_collector import Collector, Deleter, record_with_retries, uris_of
+from pbt_actors.runtime.controller.pin_requests import apply_requests, requests_folder
 from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.transport.endpoints import ControllerEndpoint
 
@@ -72,8 +73,10 @@ class ControllerActor(pykka.ThreadingActor):
 
     def __init__(self, open_store: Callable[[], TrialStore], experiment: Experiment | None,
                  clock: Callable[[], float] = time.time, startup_errors: list[BaseException] | None = None,
-                 meta: Mapping[str, Any] | None = None) -> None:
+                 meta: Mapping[str, Any] | None = None, pin_requests: Path | None = None) -> None:
         super().__init__()
+        self.pin_requests = pin_requests
+        """Where ``pbt-actors pin`` leaves requests while this controller holds the store."""
         self.meta = dict(meta or {})
         """Meta entries written once the store accepted the experiment (the experiment file's
         path and hash: ``replay`` defaults to it); a refused start writes none."""
@@ -148,6 +151,9 @@ class ControllerActor(pykka.ThreadingActor):
     def plan_retention(self) -> list[tuple[int, str]]:
         """Which checkpoints may be deleted now: ``[(trial id, uri)]`` (a short read)."""
         core = self._serving()
+        folder = self.pin_requests
+        if folder is not None:  # first: no deletion planned from here on can take a pinned file
+            self._committing(lambda c: apply_requests(c.store, folder))
         if not core.experiment.retention.enabled:
             return []
         plan = plan_retention(core.store, core.experiment)
@@ -325,10 +331,12 @@ class Controller:
         collector thread deletes checkpoints no trial can need any more, after completions
         and every ``retention_interval_s``; without it the controller keeps every file.
         """
+        pin_requests = None
         if callable(store):
             open_store = store
         else:
             path = Path(store)
+            pin_requests = requests_folder(path)
 
             def open_store() -> TrialStore:
                 from pbt_actors.storage.lmdb_store import LmdbTrialStore
@@ -336,7 +344,7 @@ class Controller:
                 return LmdbTrialStore(path)
 
         errors: list[BaseException] = []
-        actor = ControllerActor.start(open_store, experiment, clock, errors, meta=meta)
+        actor = ControllerActor.start(open_store, experiment, clock, errors, meta=meta, pin_requests=pin_requests)
         try:
             controller = actor.proxy()
             snapshot: StatusSnapshot = controller.status().get(timeout=60)
