@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, migrate, results, run, sim, status
-from pbt_actors.common.exit_codes import EXIT_STORE_FULL, EXIT_USAGE
+from pbt_actors.common.exit_codes import EXIT_SIGINT, EXIT_STORE_FULL, EXIT_USAGE
 from pbt_actors.model.errors import PbtError, StoreFull
 
 
@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PbtError as exc:
         print(f"pbt-actors: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # a Ctrl-C no command caught (e.g. while importing the experiment)
+        print(f"pbt-actors: interrupted{f' {exc}' if str(exc) else ''}", file=sys.stderr)
+        return EXIT_SIGINT
 
 
 def console_main() -> None:
