@@ -22,8 +22,8 @@ from typing import Any
 from pbt_actors.cli import arguments
 from pbt_actors.cli.bind_security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.live import LiveProgress
-from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_summary
-from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_SIGINT, EXIT_SIGTERM
+from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_no_result_reason, read_summary
+from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_NO_RESULT, EXIT_SIGINT, EXIT_SIGTERM
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(finished_store_message(store_dir, previous, experiment, args))
             print_summary(previous, str(store_dir))
-        return 0
+        return _outcome(store_dir)
     started = time.monotonic()
     local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
                            workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote)
@@ -161,7 +161,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"worker {child.id} gave up: {child.reason}")
     if interrupted:
         return EXIT_SIGINT
-    return 0 if summary.get("finished") else 1
+    return _outcome(store_dir) if summary.get("finished") else EXIT_NO_RESULT
+
+
+def _outcome(store_dir: Path) -> int:
+    """The exit code of a finished run: 0 with a result; ``EXIT_NO_RESULT`` and one line saying
+    why when no trial completed."""
+    reason = read_no_result_reason(store_dir)
+    if reason is None:
+        return 0
+    print(f"pbt-actors: {reason}", file=sys.stderr, flush=True)
+    return EXIT_NO_RESULT
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -203,7 +213,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "store": str(store_dir)}))
     else:
         print_summary(summary, str(store_dir))
-    return 0
+    return _outcome(store_dir) if summary.get("finished") else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -14,6 +14,10 @@ EXIT_DONE = 0
 """The controller said ``done``: the run is over."""
 EXIT_USAGE = 2
 """A usage or configuration error (argparse's own code); one line on stderr says which."""
+EXIT_NO_RESULT = 1
+"""``run``/``controller``: the run ended without what it was for: it finished with no trial
+completed (one line says why: how many failed or stopped, and the last error), or ``run``'s
+workers gave up with trials still pending."""
 EXIT_PREEMPTED = 3
 """A worker process stopped by SIGTERM: its trial handed back a resume checkpoint if it could."""
 EXIT_ORPHANED = 4

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import EXPERIMENTS, start
+from pbt_actors.common.exit_codes import EXIT_NO_RESULT
+from tests.faults.harness import EXPERIMENTS, env_with, start, start_controller, start_host
 
 
 @pytest.mark.timeout(120)
@@ -28,3 +29,27 @@ def test_an_experiment_file_that_exits_at_import_says_so_in_one_line(tmp_path: P
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pbt-actors: ") and expected in lines[0], out
     assert str(EXPERIMENTS / experiment) in lines[0]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("command", ["run", "controller"])
+def test_a_run_in_which_no_trial_completed_exits_non_zero_saying_why(tmp_path: Path, command: str) -> None:
+    """Was: every trial FAILED, the summary said ``finished`` and the command exited 0."""
+    store, experiment = tmp_path / "store", EXPERIMENTS / "always_fails.py"
+    env = env_with(FAULT_MAX_ATTEMPTS=1)
+    if command == "run":
+        proc = start("run", str(experiment), "--workers", "2", "--devices", "cpu", "--store", str(store), env=env)
+    else:
+        proc, endpoint = start_controller(experiment, store, env=env, linger_s=1)
+        host = start_host(experiment, endpoint, tmp_path / "ckpt", "h", 2, env=env)
+        assert host.wait(120) == 0, host.output()
+    assert proc.wait(120) == EXIT_NO_RESULT != 0, proc.output()
+    lines = [line for line in proc.output().splitlines() if line.startswith("pbt-actors: ")]
+    assert len(lines) == 1, proc.output()
+    assert "the run ended with no completed trial" in lines[0] and " failed" in lines[0], lines
+    assert "always_fails: trial" in lines[0] and "cannot train" in lines[0], lines  # the last error, in its words
+    assert "Traceback" not in lines[0]
+    # asked again, a finished store without a result says the same, not "finished" and 0
+    again = start("run", str(experiment), "--workers", "1", "--devices", "cpu", "--store", str(store), env=env)
+    assert again.wait(120) == EXIT_NO_RESULT, again.output()
+    assert "pbt-actors: the run ended with no completed trial" in again.output()
