@@ -98,6 +98,18 @@ def test_deaths_explained_by_a_trial_that_killed_before_do_not_count_against_the
     assert len(t.restarts) == 1 and t.consecutive == 1
 
 
+def test_a_death_in_a_trial_after_others_finished_is_the_trials_from_the_first_one() -> None:
+    """Issue 20, item 6: random deaths over different trials (out of memory on some
+    configurations) used to count against the host once per trial; a process that had finished
+    trials before proved the host can train, so its death is the trial's from the first."""
+    t = tracker()
+    for n in range(1, 20):  # a different trial each time
+        decision = t.on_exit(Restart.PERMANENT, -9, n - 0.5, float(n), trial=n, proven=True)
+        assert decision.restart and decision.explained and not decision.give_up and decision.delay_s == 1.0
+        assert f"running trial {n}, after this process had finished others" in decision.reason
+    assert not t.restarts and t.consecutive == 0
+
+
 def test_a_host_that_kills_every_trial_still_gives_up() -> None:
     t = tracker()
     assert t.on_exit(Restart.PERMANENT, 70, 0.0, 1.0, trial=1).restart
