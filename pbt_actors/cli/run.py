@@ -184,9 +184,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     try:
         delete = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
+            from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
             from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
+            check_checkpoint_root(normalize_root(args.checkpoint_root))  # before the first trial
             delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
         handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
                                   checkpoint_delete=delete, meta=file_meta(args.experiment))
@@ -217,6 +219,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
@@ -230,6 +233,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]
     zygote = start_zygote(not args.no_zygote)  # before the supervisor starts threads
     try:
+        check_checkpoint_root(normalize_root(args.checkpoint_root))  # a missing bucket: no worker starts
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
         host = args.host_id or socket.gethostname()

@@ -36,6 +36,11 @@ crash and reschedule."""
 EXIT_STORE_FULL = 75
 """``run``/``controller``: the store's disk filled up (``StoreFull``). The store keeps its last
 committed state; free space and run the same command again to resume (sysexits' EX_TEMPFAIL)."""
+EXIT_CHECKPOINT_STORE = 74
+"""``run``/``controller``/``worker``: the checkpoint store cannot be written (a full disk, a
+bucket deleted or never created, a folder not writable): checked before the first trial and
+reported by a worker whose save failed (``CheckpointStoreFault``). No trial was charged for
+it; fix the store and run the same command again to resume (sysexits' EX_IOERR)."""
 EXIT_SIGINT = 128 + signal.SIGINT
 """Stopped by Ctrl-C (what a shell reports for SIGINT)."""
 EXIT_SIGTERM = 128 + signal.SIGTERM

@@ -15,7 +15,7 @@ envelope, beside the body, so it is a class attribute here rather than a msgspec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
 import msgspec
 
@@ -153,6 +153,10 @@ class Fail(ProtocolMessage, frozen=True):
     preempted: bool = False
     """The worker was told to go (SIGTERM): a loss, not a failure of the trial."""
     run: RunId = ""
+    fault: Literal["", "checkpoint_store"] = ""
+    """``checkpoint_store``: the checkpoint store could not be written (disk full, bucket gone):
+    an infrastructure fault, not the trial's. The trial is re-queued uncharged and the
+    controller stops serving (``CheckpointStoreFault``) until the store is fixed."""
 
     def check(self) -> None:
         self._check_ref("resume")
