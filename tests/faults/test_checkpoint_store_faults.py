@@ -66,7 +66,8 @@ def test_a_bucket_that_never_existed_stops_before_the_first_trial(s3: S3Server, 
         proc = start("worker", str(EXPERIMENT), "--connect", "tcp://127.0.0.1:9", "--devices", "cpu",
                      "--workers", "1", "--checkpoint-root", root, env=s3_env(s3, tmp_path))
     assert proc.wait(120) == EXIT_CHECKPOINT_STORE, proc.output()[-4000:]
-    one_line(proc, "the checkpoint root s3://pbt-never-made/run cannot be written", "The specified bucket does not exist")
+    one_line(proc, "the checkpoint root s3://pbt-never-made/run cannot be written",
+             "The specified bucket does not exist")
     nothing_charged(store)
     assert not [t for t in trials(store) if t.attempt > 1]  # nothing was even leased
 
