@@ -23,7 +23,13 @@ from pbt_actors.cli import arguments
 from pbt_actors.cli.bind_security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.live import LiveProgress
 from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_no_result_reason, read_summary
-from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_NO_RESULT, EXIT_SIGINT, EXIT_SIGTERM
+from pbt_actors.common.exit_codes import (
+    EXIT_CHECKPOINT_STORE,
+    EXIT_NO_CONTROLLER,
+    EXIT_NO_RESULT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +288,7 @@ WORKER_EXIT_CODES = f"""exit codes:
   1    a worker slot gave up (it kept crashing, or the controller refused this host)
   2    a problem to fix (the experiment file, an argument)
   {EXIT_NO_CONTROLLER}   no reply from the controller for --controller-timeout seconds (it is gone)
+  {EXIT_CHECKPOINT_STORE}   the --checkpoint-root cannot be written (a full disk, a missing bucket)
   130  stopped by SIGINT
   {EXIT_SIGTERM}  stopped by SIGTERM (a cluster's preemption): the running trials were handed back
        (fail(preempted) with a resume checkpoint) and run again elsewhere"""

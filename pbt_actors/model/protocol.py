@@ -137,10 +137,12 @@ class Report(ProtocolMessage, frozen=True):
         self._check_ref("checkpoint")
 
 
-class Fail(ProtocolMessage, frozen=True):
+class Fail(ProtocolMessage, frozen=True, omit_defaults=True):
     """A trial's attempt failed. ``retryable`` False means "this spec can never work" (e.g.
     the parent checkpoint is corrupt). ``resume`` is a checkpoint saved before a graceful
-    preemption: the retry continues from it instead of from the parent."""
+    preemption: the retry continues from it instead of from the parent. Fields at their
+    default are left out of the body (so ``fault``, added later, leaves the bytes of every
+    earlier ``fail`` as they were; the receiver fills the defaults in)."""
 
     TYPE: ClassVar[str] = "fail"
     CLIPPED: ClassVar[Mapping[str, int]] = {"error": MAX_ERROR_TEXT}
