@@ -108,6 +108,8 @@ def test_a_death_in_a_trial_after_others_finished_is_the_trials_from_the_first_o
         assert decision.restart and decision.explained and not decision.give_up and decision.delay_s == 1.0
         assert f"running trial {n}, after this process had finished others" in decision.reason
     assert not t.restarts and t.consecutive == 0
+    again = t.on_exit(Restart.PERMANENT, -9, 30.0, 30.5, trial=19)  # a fresh process, killed by trial 19 again
+    assert again.explained and "which killed this worker before" in again.reason
 
 
 def test_a_host_that_kills_every_trial_still_gives_up() -> None:

@@ -112,6 +112,8 @@ class RestartTracker:
                 f"(counted against the trial, not the host)"))
         if not normal and trial is not None:
             if proven:
+                if trial not in self.killers:
+                    self.killers.append(trial)  # its next kill, of a fresh process, is explained too
                 return RestartDecision(True, delay_s=self.backoff.delay(0), explained=True, reason=(
                     f"exit code {exit_code} running trial {trial}, after this process had finished "
                     f"others (counted against the trial, not the host)"))
