@@ -20,17 +20,22 @@ Keys (``CheckpointRef.uri``) are relative to the root: ``exp/trial-000001/a1-s5-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import posixpath
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-from pbt_actors.model.errors import CheckpointError
+from pbt_actors.model.errors import CheckpointError, CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef
 
 HIDDEN_PREFIX = "."
 """Names starting with this (staging files, ``.pbt-hosts``) are never checkpoints."""
+PROBE_FOLDER = ".pbt-probe"
+"""Where ``probe_writable`` puts (and removes) its small object: hidden, so never a checkpoint."""
 
 
 def checked_key(relative_uri: str) -> str:
@@ -123,6 +128,27 @@ class CheckpointStore(ABC):
     @abstractmethod
     def list_uris(self) -> Iterator[str]:
         """Every committed key under the root (no staging leftovers, no host state files)."""
+
+    def probe_writable(self) -> None:
+        """Put a small object under the root through the same path a checkpoint takes (staging,
+        ``commit``), then delete it: the root exists and takes writes. Run before the first
+        trial, so that a bucket that never existed, a deleted one or a folder that cannot be
+        written stops a run at once instead of failing every trial.
+
+        Raises:
+            CheckpointWriteError: what the file system or the object store said.
+        """
+        key = f"{PROBE_FOLDER}/{os.getpid()}-{secrets.token_hex(6)}"
+        data = b"pbt-actors: can checkpoints be written here?\n"
+        staging = self.staging_path(key)
+        try:
+            staging.write_bytes(data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                staging.unlink()
+            raise CheckpointWriteError(f"cannot write checkpoint {self.describe(key)}: {exc.strerror or exc}") from exc
+        self.commit(staging, key, len(data), hashlib.sha256(data).hexdigest())
+        self.delete(key)
 
     def describe(self, relative_uri: str) -> str:
         """Where ``relative_uri`` lives, for messages."""

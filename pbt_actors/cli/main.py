@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 
 from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, migrate, results, run, sim, status
-from pbt_actors.common.exit_codes import EXIT_STORE_FULL, EXIT_USAGE
-from pbt_actors.model.errors import PbtError, StoreFull
+from pbt_actors.common.exit_codes import EXIT_CHECKPOINT_STORE, EXIT_SIGINT, EXIT_STORE_FULL, EXIT_USAGE
+from pbt_actors.model.errors import CheckpointStoreFault, PbtError, StoreFull
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreFull as exc:
         print(f"pbt-actors: the store's disk is full ({exc}); free space and run again to resume", file=sys.stderr)
         return EXIT_STORE_FULL
+    except CheckpointStoreFault as exc:
+        print(f"pbt-actors: {exc}; fix the checkpoint store and run the same command again to resume "
+              "(no trial was charged for it)", file=sys.stderr)
+        return EXIT_CHECKPOINT_STORE
     except PbtError as exc:
         print(f"pbt-actors: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # a Ctrl-C no command caught (e.g. while importing the experiment)
+        print(f"pbt-actors: interrupted{f' {exc}' if str(exc) else ''}", file=sys.stderr)
+        return EXIT_SIGINT
 
 
 def console_main() -> None:

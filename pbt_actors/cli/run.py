@@ -22,8 +22,14 @@ from typing import Any
 from pbt_actors.cli import arguments
 from pbt_actors.cli.bind_security import check_open_bind, controller_security, worker_security
 from pbt_actors.cli.live import LiveProgress
-from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_summary
-from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER, EXIT_SIGINT, EXIT_SIGTERM
+from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_no_result_reason, read_summary
+from pbt_actors.common.exit_codes import (
+    EXIT_CHECKPOINT_STORE,
+    EXIT_NO_CONTROLLER,
+    EXIT_NO_RESULT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(finished_store_message(store_dir, previous, experiment, args))
             print_summary(previous, str(store_dir))
-        return 0
+        return _outcome(store_dir)
     started = time.monotonic()
     local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
                            workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote)
@@ -161,7 +167,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"worker {child.id} gave up: {child.reason}")
     if interrupted:
         return EXIT_SIGINT
-    return 0 if summary.get("finished") else 1
+    return _outcome(store_dir) if summary.get("finished") else EXIT_NO_RESULT
+
+
+def _outcome(store_dir: Path) -> int:
+    """The exit code of a finished run: 0 with a result; ``EXIT_NO_RESULT`` and one line saying
+    why when no trial completed."""
+    reason = read_no_result_reason(store_dir)
+    if reason is None:
+        return 0
+    print(f"pbt-actors: {reason}", file=sys.stderr, flush=True)
+    return EXIT_NO_RESULT
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -174,9 +190,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     try:
         delete = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
+            from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
             from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
+            check_checkpoint_root(normalize_root(args.checkpoint_root))  # before the first trial
             delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
         handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
                                   checkpoint_delete=delete, meta=file_meta(args.experiment))
@@ -203,10 +221,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "store": str(store_dir)}))
     else:
         print_summary(summary, str(store_dir))
-    return 0
+    return _outcome(store_dir) if summary.get("finished") else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
@@ -222,6 +241,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         extra = [*extra, "--controller-timeout", repr(args.controller_timeout)]
     zygote = start_zygote(not args.no_zygote)  # before the supervisor starts threads
     try:
+        check_checkpoint_root(normalize_root(args.checkpoint_root))  # a missing bucket: no worker starts
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
         host = args.host_id or socket.gethostname()
@@ -270,6 +290,7 @@ WORKER_EXIT_CODES = f"""exit codes:
   1    a worker slot gave up (it kept crashing, or the controller refused this host)
   2    a problem to fix (the experiment file, an argument)
   {EXIT_NO_CONTROLLER}   no reply from the controller for --controller-timeout seconds (it is gone)
+  {EXIT_CHECKPOINT_STORE}   the --checkpoint-root cannot be written (a full disk, a missing bucket)
   130  stopped by SIGINT
   {EXIT_SIGTERM}  stopped by SIGTERM (a cluster's preemption): the running trials were handed back
        (fail(preempted) with a resume checkpoint) and run again elsewhere"""

@@ -55,6 +55,30 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
     }
 
 
+def no_result_reason(store: TrialStore) -> str | None:
+    """Why a finished run has no result, as one line; None when a trial completed or the run
+    is not over. A run whose every trial failed used to say ``finished`` and exit 0."""
+    if store.count(TrialStatus.COMPLETED) or not run_finished(store):
+        return None
+    counts = ", ".join(f"{store.count(s)} {s.value}" for s in (TrialStatus.FAILED, TrialStatus.STOPPED)
+                       if store.count(s))
+    text = f"the run ended with no completed trial ({counts or 'no trial ran'})"
+    failed = store.ids_with_status(TrialStatus.FAILED)
+    if failed:
+        error = (store.get_trial(failed[-1]).error or "").strip().splitlines()
+        if error:
+            text += f"; trial {failed[-1]}'s last error: {error[-1][:300]}"
+    return text
+
+
+def read_no_result_reason(store_dir: Path) -> str | None:
+    """``no_result_reason`` of the store at ``store_dir`` (None without a store)."""
+    if not (store_dir / "data.mdb").exists():
+        return None
+    with open_store_readonly(store_dir) as store:
+        return no_result_reason(store)
+
+
 def budget_text(leased_steps: int, budget_steps: int | None) -> str:
     """``steps 1,200/4,000  `` (or ``steps 1,200  `` without a budget) for progress lines."""
     total = "" if budget_steps is None else f"/{budget_steps:,}"

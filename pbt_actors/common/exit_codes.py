@@ -14,6 +14,10 @@ EXIT_DONE = 0
 """The controller said ``done``: the run is over."""
 EXIT_USAGE = 2
 """A usage or configuration error (argparse's own code); one line on stderr says which."""
+EXIT_NO_RESULT = 1
+"""``run``/``controller``: the run ended without what it was for: it finished with no trial
+completed (one line says why: how many failed or stopped, and the last error), or ``run``'s
+workers gave up with trials still pending."""
 EXIT_PREEMPTED = 3
 """A worker process stopped by SIGTERM: its trial handed back a resume checkpoint if it could."""
 EXIT_ORPHANED = 4
@@ -32,6 +36,11 @@ crash and reschedule."""
 EXIT_STORE_FULL = 75
 """``run``/``controller``: the store's disk filled up (``StoreFull``). The store keeps its last
 committed state; free space and run the same command again to resume (sysexits' EX_TEMPFAIL)."""
+EXIT_CHECKPOINT_STORE = 74
+"""``run``/``controller``/``worker``: the checkpoint store cannot be written (a full disk, a
+bucket deleted or never created, a folder not writable): checked before the first trial and
+reported by a worker whose save failed (``CheckpointStoreFault``). No trial was charged for
+it; fix the store and run the same command again to resume (sysexits' EX_IOERR)."""
 EXIT_SIGINT = 128 + signal.SIGINT
 """Stopped by Ctrl-C (what a shell reports for SIGINT)."""
 EXIT_SIGTERM = 128 + signal.SIGTERM

@@ -109,6 +109,9 @@ class ControllerCore:
         self.view = PopulationView(store, self.experiment, committed_steps=lambda: self.ledger.committed)
         self.wait_s = wait_s
         self._timeout_cache: tuple[int, tuple[float, ...]] | None = None
+        self.checkpoint_store_fault: str | None = None
+        """A worker could not write its checkpoint (``Fail.fault``): nothing more is leased, and
+        the controller stops serving (an infrastructure fault; a rerun starts without it)."""
         if store.count() == 0:
             with store.batch():
                 for spawn in self.policy.initial(self._rngs):
@@ -278,6 +281,8 @@ class ControllerCore:
     def _request_trial(self, msg: RequestTrial, now: float) -> Reply:
         for stale in self._leased_to(msg.worker):
             self._release(stale, now, f"worker {msg.worker} asked for new work while holding it", lost=True)
+        if self.checkpoint_store_fault is not None:
+            return Wait(self.wait_s)  # every trial would fail on the store: lease none
         if self.finished:
             return Done()
         trial_id = self.store.first_with_status(TrialStatus.PENDING)
@@ -396,18 +401,23 @@ class ControllerCore:
         assert trial.lease is not None
         if trial.lease.worker != msg.worker:
             return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
+        if msg.fault == "checkpoint_store":  # the store's fault, not the trial's: re-queued uncharged
+            self._release(trial, now, msg.error, resume=msg, lost=True, fault=True)
+            self.checkpoint_store_fault = msg.error
+            return Ack()
         self._release(trial, now, msg.error, retryable=msg.retryable, resume=msg, lost=msg.preempted)
         return Ack()
 
     # --- state changes ------------------------------------------------------------------------------
     def _release(self, trial: Trial, now: float, error: str, *, retryable: bool = True,
-                 resume: Fail | None = None, lost: bool = False, death: bool = False) -> None:
+                 resume: Fail | None = None, lost: bool = False, death: bool = False, fault: bool = False) -> None:
         """Take a RUNNING trial back: re-queue with ``attempt + 1`` or, past a limit, FAIL.
 
         A *loss* (``lost``: the machine's fault) counts against ``max_losses``, a failure of
         the trial's own code against ``max_attempts``; see ``docs/protocol.md`` §4. A
         ``death`` (its worker process died) is a loss the first time, a failure after that
-        (``control.deadlines.death_is_failure``).
+        (``control.deadlines.death_is_failure``). A ``fault`` of the checkpoint store is a loss
+        that never fails the trial: it is re-queued whatever its counts.
         """
         history = self._with_attempt_ended(trial, now)
         resume_ref = resume.resume if resume is not None and resume.resume is not None else trial.resume
@@ -417,7 +427,9 @@ class ControllerCore:
             error = f"{error} (death {deaths} of a worker running this trial: counted as its failure)"
         losses = trial.losses + (1 if lost else 0)
         failures = trial.attempt - losses
-        if lost:
+        if fault:
+            again = True
+        elif lost:
             again = losses < self.experiment.max_losses
         else:
             again = retryable and failures < self.experiment.max_attempts

@@ -8,8 +8,11 @@ past their deadline, ``worker_lost`` counts deaths.
 Timeouts. ``Experiment.trial_timeout_s`` is a number of seconds, ``None``/``0`` (no timeout)
 or ``"auto"`` (the default): ``AUTO_FACTOR`` × the median *time per step* of the last
 ``AUTO_SAMPLE`` completed attempts × the steps the running attempt itself trains, at least
-``AUTO_FLOOR_S``; before any attempt completed there is nothing to derive it from, and there
-is no timeout. Per step, not per attempt: an attempt resumed from a preemption checkpoint
+``AUTO_FLOOR_S``. Before any attempt completed there is nothing to derive it from, yet a run
+whose first trials all hang must still end: the first-trial ceiling is ``AUTO_FIRST_STEP_S``
+(a generous default per step) × the steps the attempt trains, at least ``AUTO_FIRST_FLOOR_S``
+(an experiment with longer steps sets ``trial_timeout_s`` in seconds).
+Per step, not per attempt: an attempt resumed from a preemption checkpoint
 trains only the rest of its trial, so its whole duration is short and would pull a median of
 durations down (the simulator, with preemptions, timed out healthy full-length attempts);
 per step it is as fast as any other, and a resumed attempt gets a limit for the steps it has
@@ -33,6 +36,11 @@ from pbt_actors.model.records import Trial
 AUTO: Literal["auto"] = "auto"
 AUTO_FACTOR = 10.0
 AUTO_FLOOR_S = 60.0
+AUTO_FIRST_STEP_S = 600.0
+"""Before any attempt completed: seconds a step may take (ten minutes: generous, since no step
+of this run was seen yet)."""
+AUTO_FIRST_FLOOR_S = 3600.0
+"""Before any attempt completed: the least an attempt gets, however few its steps (an hour)."""
 AUTO_SAMPLE = 50
 """The median is taken over this many most recently completed trials."""
 TIMEOUT_ERROR = "trial timeout"
@@ -46,13 +54,15 @@ def effective_timeout(configured: float | str | None, rates: Sequence[float], st
 
     For ``"auto"``: ``rates`` are the seconds per step of completed attempts
     (``completed_rates``) and ``steps`` those of the attempt to time (``attempt_steps``);
-    with ``steps`` = 1 and whole durations as ``rates`` it is the median of durations.
+    with ``steps`` = 1 and whole durations as ``rates`` it is the median of durations. With no
+    rates yet, the first-trial ceiling (``AUTO_FIRST_STEP_S`` per step, ``AUTO_FIRST_FLOOR_S``
+    at least): a run whose first trials all hang used to wait forever.
     """
     if configured is None:
         return None
     if configured == AUTO:
         if not rates:
-            return None
+            return max(AUTO_FIRST_STEP_S * max(1, steps), AUTO_FIRST_FLOOR_S)
         return max(AUTO_FACTOR * statistics.median(rates) * max(1, steps), AUTO_FLOOR_S)
     limit = float(configured)
     return limit if limit > 0 else None

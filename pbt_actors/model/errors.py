@@ -166,6 +166,14 @@ class CheckpointWriteError(PbtError):
     """
 
 
+class CheckpointStoreFault(PbtError):
+    """The checkpoint store cannot be written: its disk is full, its bucket was deleted or never
+    existed, its folder is not writable. An infrastructure fault, not a training failure: the
+    trial whose save failed is re-queued uncharged, the controller stops serving, and ``run`` /
+    ``controller`` / ``worker`` exit with ``EXIT_CHECKPOINT_STORE``; fix the store and run the
+    same command again to resume."""
+
+
 # --- faces (CLI, replay, lineage): tell the user what is wrong and exit non-zero ------------------
 class LineageError(PbtError):
     """The store's trial graph cannot give a lineage (a dangling parent, a cycle, a gap in the

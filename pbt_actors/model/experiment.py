@@ -131,7 +131,8 @@ class Experiment:
         trial_timeout_s: how long one attempt may train before it counts as failed and its
             worker process is restarted (a hung ``train``): seconds, ``None``/0 for no limit,
             or ``"auto"`` (the default): 10 × the median time per step of completed attempts ×
-            the steps the attempt trains, at least 60 s (no limit before one completed;
+            the steps the attempt trains, at least 60 s (before one completed: 600 s per step,
+            at least an hour;
             ``pbt_actors.control.deadlines``; per step, so that attempts resumed from a
             preemption checkpoint, which train only the rest of their trial, do not skew it).
         seed: every decision's randomness derives from it.

@@ -15,7 +15,7 @@ envelope, beside the body, so it is a class attribute here rather than a msgspec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
 import msgspec
 
@@ -137,10 +137,12 @@ class Report(ProtocolMessage, frozen=True):
         self._check_ref("checkpoint")
 
 
-class Fail(ProtocolMessage, frozen=True):
+class Fail(ProtocolMessage, frozen=True, omit_defaults=True):
     """A trial's attempt failed. ``retryable`` False means "this spec can never work" (e.g.
     the parent checkpoint is corrupt). ``resume`` is a checkpoint saved before a graceful
-    preemption: the retry continues from it instead of from the parent."""
+    preemption: the retry continues from it instead of from the parent. Fields at their
+    default are left out of the body (so ``fault``, added later, leaves the bytes of every
+    earlier ``fail`` as they were; the receiver fills the defaults in)."""
 
     TYPE: ClassVar[str] = "fail"
     CLIPPED: ClassVar[Mapping[str, int]] = {"error": MAX_ERROR_TEXT}
@@ -153,6 +155,10 @@ class Fail(ProtocolMessage, frozen=True):
     preempted: bool = False
     """The worker was told to go (SIGTERM): a loss, not a failure of the trial."""
     run: RunId = ""
+    fault: Literal["", "checkpoint_store"] = ""
+    """``checkpoint_store``: the checkpoint store could not be written (disk full, bucket gone):
+    an infrastructure fault, not the trial's. The trial is re-queued uncharged and the
+    controller stops serving (``CheckpointStoreFault``) until the store is fixed."""
 
     def check(self) -> None:
         self._check_ref("resume")

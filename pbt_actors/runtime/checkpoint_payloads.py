@@ -25,13 +25,14 @@ from typing import IO, Any, cast
 
 from pbt_actors.common.atomic_files import atomic_write
 from pbt_actors.model import wire
-from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, WireError
+from pbt_actors.model.errors import CheckpointError, CheckpointStoreFault, CheckpointWriteError, WireError
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.storage.checkpoint_store import CheckpointStore, keyed_name
 from pbt_actors.storage.checkpoint_urls import open_store
 from pbt_actors.storage.local_checkpoints import inside_root
 
-__all__ = ["inside_root", "load_checkpoint", "read_verified", "save_checkpoint", "store_for", "verify_file"]
+__all__ = ["check_checkpoint_root", "inside_root", "load_checkpoint", "read_verified", "save_checkpoint", "store_for",
+           "verify_file"]
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
@@ -139,6 +140,16 @@ def save_checkpoint(root: Root, relative_uri: str, state: Any, step: int, *, key
         with contextlib.suppress(OSError):
             os.unlink(staging)
     return CheckpointRef(final, sink.size, sink.hexdigest(), step)
+
+
+def check_checkpoint_root(root: Root) -> None:
+    """Raise ``CheckpointStoreFault`` unless a checkpoint can be written under ``root`` now
+    (``CheckpointStore.probe_writable``: the folder is writable, the bucket exists)."""
+    store = store_for(root)
+    try:
+        store.probe_writable()
+    except (CheckpointWriteError, CheckpointError) as exc:
+        raise CheckpointStoreFault(f"the checkpoint root {store.root} cannot be written: {exc}") from exc
 
 
 def read_verified(root: Root, ref: CheckpointRef) -> bytes | bytearray:

@@ -23,7 +23,12 @@ EXPERIMENT_MODULE_PREFIX = "pbt_experiment_"  # sys.modules name of an imported 
 
 def load_module(path: str | os.PathLike[str]) -> ModuleType:
     """Import ``path`` once per process as ``pbt_experiment_<hash of its path>``, with its
-    folder on ``sys.path`` while its module code runs (so it can import modules beside it)."""
+    folder on ``sys.path`` while its module code runs (so it can import modules beside it).
+
+    Raises:
+        ConfigError: the file is missing, has a syntax error or calls ``sys.exit`` at import.
+        KeyboardInterrupt: Ctrl-C during the import, saying which file (the CLI: exit 130).
+    """
     file = Path(path).resolve()
     if not file.is_file():
         raise ConfigError(f"experiment file {file} does not exist")
@@ -41,6 +46,12 @@ def load_module(path: str | os.PathLike[str]) -> ModuleType:
     except SyntaxError as exc:
         sys.modules.pop(name, None)
         raise ConfigError(_syntax_error(file, exc)) from None
+    except SystemExit as exc:  # the file's own exit would leave our process without a word
+        sys.modules.pop(name, None)
+        raise ConfigError(f"the experiment file {file} called sys.exit({exc.code!r}) while being imported") from None
+    except KeyboardInterrupt:  # Ctrl-C (or a file raising it): one line and 130 from the CLI, no traceback
+        sys.modules.pop(name, None)
+        raise KeyboardInterrupt(f"while importing the experiment file {file}") from None
     except BaseException:
         sys.modules.pop(name, None)
         raise

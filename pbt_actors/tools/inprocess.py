@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.control.core import ControllerCore
+from pbt_actors.model.errors import CheckpointStoreFault
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.protocol import Done, Fail, Report, RequestTrial, TrialAssignment, Wait
 from pbt_actors.runtime.worker.trial_context import TrialContext
@@ -26,6 +27,10 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
                   store: TrialStore | None = None, workers: int = 1, device: str = "cpu",
                   clock: Callable[[], float] = time.time) -> ControllerCore:
     """Run to the end with ``workers`` virtual workers taking turns; returns the core.
+
+    Raises:
+        CheckpointStoreFault: a checkpoint could not be written (its trial was re-queued
+            uncharged; the same call on the same ``store`` resumes once the store is fixed).
 
     With ``workers > 1`` the virtual workers lease trials round-robin before any of them
     reports, which reproduces the asynchrony (several trials in flight) of a real run.
@@ -44,6 +49,8 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
             reply = core.handle(RequestTrial(names[0]), clock())
             if isinstance(reply, Done):
                 return core
+            if isinstance(reply, Wait) and core.checkpoint_store_fault is not None:
+                raise CheckpointStoreFault(f"the checkpoint store cannot be written: {core.checkpoint_store_fault}")
             if isinstance(reply, Wait):
                 raise RuntimeError("in-process run is waiting with nothing running: a policy stalled")
             continue
@@ -57,7 +64,7 @@ def run_inprocess(experiment: Experiment, train: Callable[[TrialContext], Any], 
 def run_assignment(worker: str, spec: TrialAssignment, train: Callable[[TrialContext], Any], checkpoint_root: str,
                    device: str = "cpu", *, objective: Sequence[str] = ()) -> Report | Fail | None:
     """Run one assignment inline and build the message a worker would send (the same
-    ``pbt_actors.runtime.worker.trial_runner`` a worker uses: a checkpoint that cannot be *written* is a
-    retryable failure, one that cannot be *read* is not). ``None``: the trial was stopped and
+    ``pbt_actors.runtime.worker.trial_runner`` a worker uses: a checkpoint that cannot be *written* is the
+    store's fault, not the trial's; one that cannot be *read* is the trial's). ``None``: the trial was stopped and
     has nothing to report (no controller asks for that in process, so it does not happen)."""
     return execute(build_context(spec, checkpoint_root, device), train, worker, objective=objective)

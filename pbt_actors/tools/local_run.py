@@ -92,6 +92,7 @@ class LocalRun:
               workers: int | None, checkpoint_root: str | None = None, zygote: bool = True) -> LocalRun:
         """Start the zygote, the controller on ``store_dir`` and the supervised workers; whatever
         started is stopped again if a later part fails."""
+        from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
         from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
         from pbt_actors.runtime.host.host_state import host_state_path
         from pbt_actors.runtime.host.host_supervisor import HostSupervisor
@@ -101,6 +102,7 @@ class LocalRun:
         root = normalize_root(checkpoint_root or store_dir / "checkpoints")
         forks = start_zygote(zygote)  # before Controller.start: the first thread of this process
         try:
+            check_checkpoint_root(root)  # a bucket that is not there stops the run before any trial
             handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file),
                                       checkpoint_delete=checkpoint_deleter(root))  # retention deletes here
         except BaseException:

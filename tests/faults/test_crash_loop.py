@@ -133,3 +133,26 @@ def test_pbt_actors_status_shows_why_a_worker_gave_up(tmp_path: Path, monkeypatc
     assert status.wait(60) == 0
     assert "flaky-w0  gave_up" in status.output() and "1 restarts within 60s" in status.output()
 
+
+
+@pytest.mark.timeout(300)
+def test_random_worker_deaths_over_different_trials_never_make_the_host_give_up(tmp_path: Path) -> None:
+    """Issue 20, item 6: a fifth of all attempts SIGKILL their worker (out of memory on some
+    configurations, say). Each death counted against the host unless its trial had killed that
+    worker before, so both slots gave up ("5 restarts within 60 s") and ``run`` exited 1 with
+    trials pending. A death in a trial of a process that had finished others is that trial's."""
+    store = tmp_path / "store"
+    env = env_with(FAULT_MAX_STEPS=150, FAULT_MAX_ATTEMPTS=10, DEATH_RATE=0.2)
+    run = start("run", str(EXPERIMENTS / "random_deaths.py"), "--workers", "2", "--devices", "cpu",
+                "--store", str(store), env=env)
+    assert run.wait(240) == 0, run.output()[-4000:]
+    out = run.output()
+    assert "GIVING UP" not in out and "gave up" not in out, out[-4000:]
+    assert "not counted against this host" in out  # the deaths happened, and were the trials'
+    with LmdbTrialStore(store, readonly=True) as s:
+        everything = list(s.iter_trials())
+    deaths = sum(t.deaths for t in everything)
+    assert deaths > 2 * Intensity().max_restarts, deaths  # more than both slots' limits together
+    assert len({t.id for t in everything if t.deaths}) > Intensity().max_restarts  # over different trials
+    assert all(t.status is TrialStatus.COMPLETED for t in everything), [(t.id, t.status, t.error) for t in everything]
+    assert verify_cli(store, store / "checkpoints")["ok"]

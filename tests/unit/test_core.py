@@ -13,9 +13,11 @@ from pbt_actors.model.protocol import (
     Ack,
     Done,
     Error,
+    Fail,
     Heartbeat,
     Hello,
     Report,
+    RequestTrial,
     Stop,
     TrialAssignment,
     Wait,
@@ -315,3 +317,25 @@ def test_a_report_with_next_is_applied_and_answered_with_the_next_trial() -> Non
     done = d.core.handle(Report("w1", second.trial_id, second.attempt, {"score": 0.5}, (),
                                 fake_checkpoint(second.trial_id, 1, 10), next=True), d.now)
     assert isinstance(done, TrialAssignment | Wait)
+
+
+def test_a_checkpoint_store_fault_requeues_uncharged_and_leases_nothing_more() -> None:
+    """Issue 20, item 4: ``fail(fault=checkpoint_store)`` is the store's fault: with
+    ``max_attempts=1`` and ``max_losses=1`` the trial still goes back to PENDING, nothing more is
+    leased (every trial would fail on the store), and the run is not finished."""
+    core = ControllerCore(InMemoryTrialStore(), Experiment(name="e", space={"x": Float(0, 1)}, objective="Q",
+                                                           population=2, steps_per_trial=5, max_steps=10,
+                                                           max_attempts=1, max_losses=1))
+    first = core.handle(RequestTrial("w1"), 1.0)
+    assert isinstance(first, TrialAssignment)
+    for n in range(3):  # again and again: never FAILED
+        assert core.handle(Fail("w1", first.trial_id, first.attempt + n, "CheckpointStoreFault: disk full",
+                                fault="checkpoint_store"), 2.0 + n) == Ack()
+        trial = core.store.get_trial(first.trial_id)
+        assert trial.status is TrialStatus.PENDING and trial.attempt == first.attempt + n + 1
+        core.checkpoint_store_fault = None  # (a rerun's core starts without it)
+        assert isinstance(core.handle(RequestTrial("w1"), 2.5 + n), TrialAssignment)
+    core.handle(Fail("w1", first.trial_id, 4, "CheckpointStoreFault: disk full", fault="checkpoint_store"), 9.0)
+    assert core.checkpoint_store_fault == "CheckpointStoreFault: disk full"
+    assert isinstance(core.handle(RequestTrial("w2"), 10.0), Wait)  # nothing more is leased
+    assert not core.finished and core.store.count(TrialStatus.FAILED) == 0

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(20)
 
 @pytest.mark.parametrize(("configured", "durations", "expected"), [
     (None, [1.0], None), (0, [1.0], None), (0.0, [], None), (12.5, [], 12.5), (12.5, [100.0], 12.5),
-    (AUTO, [], None),  # nothing observed yet: nothing to derive a limit from
+    (AUTO, [], deadlines.AUTO_FIRST_FLOOR_S),  # nothing observed yet: the first-trial ceiling (issue 20, item 8)
     (AUTO, [1.0, 2.0, 30.0], deadlines.AUTO_FLOOR_S),  # 10 × median 2 s = 20 s < the floor
     (AUTO, [10.0, 20.0, 30.0, 1000.0], 250.0),  # 10 × median 25 s
 ])
@@ -98,6 +98,20 @@ def test_deaths_explained_by_a_trial_that_killed_before_do_not_count_against_the
     assert len(t.restarts) == 1 and t.consecutive == 1
 
 
+def test_a_death_in_a_trial_after_others_finished_is_the_trials_from_the_first_one() -> None:
+    """Issue 20, item 6: random deaths over different trials (out of memory on some
+    configurations) used to count against the host once per trial; a process that had finished
+    trials before proved the host can train, so its death is the trial's from the first."""
+    t = tracker()
+    for n in range(1, 20):  # a different trial each time
+        decision = t.on_exit(Restart.PERMANENT, -9, n - 0.5, float(n), trial=n, proven=True)
+        assert decision.restart and decision.explained and not decision.give_up and decision.delay_s == 1.0
+        assert f"running trial {n}, after this process had finished others" in decision.reason
+    assert not t.restarts and t.consecutive == 0
+    again = t.on_exit(Restart.PERMANENT, -9, 30.0, 30.5, trial=19)  # a fresh process, killed by trial 19 again
+    assert again.explained and "which killed this worker before" in again.reason
+
+
 def test_a_host_that_kills_every_trial_still_gives_up() -> None:
     t = tracker()
     assert t.on_exit(Restart.PERMANENT, 70, 0.0, 1.0, trial=1).restart
@@ -134,12 +148,30 @@ def test_the_tick_fails_an_attempt_past_its_timeout_and_its_heartbeat_hears_stop
     assert isinstance(reply, Stop) and reply.reason.startswith("trial timeout")
 
 
-def test_auto_timeout_waits_for_observed_durations() -> None:
+def test_auto_timeout_before_any_completion_is_the_first_trial_ceiling() -> None:
+    """Issue 20, item 8: with "auto", a run whose first trials all hang used to wait forever
+    (no attempt completed, so no limit); now they time out at the first-trial ceiling, and a
+    run of hung trials ends with them FAILED, not never."""
+    from pbt_actors.model.protocol import Done, Heartbeat
+
     core = ControllerCore(InMemoryTrialStore(), Experiment(name="e", space={"x": Float(0, 1)}, objective="Q",
-                                                           population=1, steps_per_trial=5, max_steps=5,
-                                                           lease_s=1e9, trial_timeout_s=AUTO))
-    core.handle(RequestTrial("w"), 0.0)
-    assert core.tick(1e6) == []  # nothing completed yet: no limit
+                                                           population=2, steps_per_trial=10, max_steps=10,
+                                                           max_attempts=1, max_replacements=0, lease_s=1e9,
+                                                           trial_timeout_s=AUTO))
+    ceiling = max(deadlines.AUTO_FIRST_STEP_S * 10, deadlines.AUTO_FIRST_FLOOR_S)
+    assert effective_timeout(AUTO, [], 10) == ceiling == 6000.0
+    for worker in ("a", "b"):
+        assert isinstance(core.handle(RequestTrial(worker), 0.0), TrialAssignment)
+    now = 0.0
+    while now < ceiling:  # the hung attempts keep their leases alive, and report nothing
+        now += 1000.0
+        for trial_id, worker in ((1, "a"), (2, "b")):
+            core.handle(Heartbeat(worker, trial_id, 1, 0, None), now)
+        assert core.tick(now - 1) == []  # not before the ceiling
+    assert sorted(core.tick(ceiling + 1)) == [1, 2]
+    for trial in core.store.trials([1, 2]):
+        assert trial.status is TrialStatus.FAILED and (trial.error or "").startswith("trial timeout"), trial
+    assert core.handle(RequestTrial("a"), ceiling + 2) == Done()
 
 
 # --- "auto", the default: per step of what the attempt trains (issue item 10) -----------------------
@@ -179,7 +211,7 @@ def test_rates_are_seconds_per_step_trained() -> None:
     ([2.0], 100, 2000.0),  # 10 × 2 s/step × 100 steps
     ([2.0], 2, deadlines.AUTO_FLOOR_S),  # a resumed attempt with 2 steps left: the floor
     ([1.0, 2.0, 3.0], 10, 200.0),  # the median rate
-    ([], 100, None),
+    ([], 100, 100 * deadlines.AUTO_FIRST_STEP_S),  # none completed yet: the first-trial ceiling
 ])
 def test_the_auto_timeout_scales_with_the_attempts_steps(rates: list[float], steps: int,
                                                          expected: float | None) -> None:

@@ -12,7 +12,11 @@ def test_a_marker_round_trips_and_is_taken_once(tmp_path: Path) -> None:
     assert path.parent == tmp_path / ".pbt-hosts" / "running" and path.name == "host_w0"
     assert take_marker(path) is None
     write_marker(path, 12, 3)
-    assert take_marker(path) == (12, 3)
+    assert take_marker(path) == (12, 3, 0)
+    write_marker(path, 12, 4, trials_before=7)  # the process had run 7 trials to their end
+    assert take_marker(path) == (12, 4, 7)
+    path.write_text("5 2\n")  # an older worker's marker
+    assert take_marker(path) == (5, 2, 0)
     assert take_marker(path) is None
     write_marker(path, 1, 1)
     clear_marker(path)

@@ -87,6 +87,28 @@ def test_a_checkpoint_that_cannot_be_written_is_a_retryable_failure(tmp_path: Pa
     fail = run(save, not_a_folder)
     assert isinstance(fail, Fail) and fail.retryable
     assert "CheckpointWriteError: cannot write checkpoint" in fail.error
+    assert fail.fault == "checkpoint_store"  # the store's fault, not the trial's (issue 20, item 4)
+
+
+def test_a_write_failure_the_trial_catches_is_still_the_stores_fault(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("a file where the checkpoint root should be")
+
+    def swallowing(ctx: TrialContext) -> None:
+        try:
+            ctx.save_checkpoint({"w": 1})
+        except Exception as exc:
+            raise RuntimeError("could not save") from exc
+
+    fail = run(swallowing, not_a_folder)
+    assert isinstance(fail, Fail) and fail.fault == "checkpoint_store", fail
+
+
+def test_a_missing_parent_is_the_trials_fault_while_the_root_can_be_written(tmp_path: Path) -> None:
+    missing = CheckpointRef("exp/trial-000003/a1-s10.ckpt", 10, "0" * 64, 10)
+    fail = run(lambda ctx: ctx.load_checkpoint(), tmp_path, spec=assignment(missing))
+    assert isinstance(fail, Fail) and not fail.retryable and fail.fault == ""
+    assert not (tmp_path / ".pbt-probe").exists() or not list((tmp_path / ".pbt-probe").iterdir())  # probe cleaned
 
 
 def test_inprocess_treats_a_checkpoint_write_failure_as_retryable_like_the_worker(tmp_path: Path) -> None:
@@ -96,7 +118,7 @@ def test_inprocess_treats_a_checkpoint_write_failure_as_retryable_like_the_worke
     fail = run_assignment("inproc-0", assignment(), save, str(not_a_folder))
     assert isinstance(fail, Fail)
     assert "CheckpointWriteError: cannot write checkpoint" in fail.error
-    assert fail.retryable
+    assert fail.retryable and fail.fault == "checkpoint_store"
 
 
 def test_inprocess_and_worker_run_trials_through_the_same_runner() -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
-from pbt_actors.model.errors import StoreFull, StoreRetry
+from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.runtime.checkpoint_payloads import inside_root
 from pbt_actors.storage.trial_store import TrialStore
@@ -195,10 +195,10 @@ class Collector(threading.Thread):
                 self.deleted += len(gone)
                 log.debug("retention: collected %d checkpoint(s)", len(gone))
                 return len(gone)
-            except StoreFull as exc:
-                # the controller stops serving and says so once (exit 75); a traceback here
+            except (StoreFull, CheckpointStoreFault) as exc:
+                # the controller stops serving and says so once (exit 75 or 74); a traceback here
                 # would only repeat it, and no later collection can commit either
-                log.warning("retention: stopped, the store cannot commit: %s", exc)
+                log.warning("retention: stopped, the controller stopped serving: %s", exc)
                 self._halt.set()
                 return 0
             except Exception:

@@ -32,7 +32,7 @@ from pbt_actors.control.estimate import read_estimate
 from pbt_actors.control.progress import best_completed
 from pbt_actors.control.retention_rules import plan_retention
 from pbt_actors.control.session import ProtocolSession, Round
-from pbt_actors.model.errors import StoreFull
+from pbt_actors.model.errors import CheckpointStoreFault, StoreFull
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.protocol import Error, Message, Reply, Report
 from pbt_actors.model.records import Trial, TrialStatus
@@ -85,10 +85,12 @@ class ControllerActor(pykka.ThreadingActor):
         self._clock = clock
         self.core: ControllerCore | None = None
         self.startup_errors = startup_errors if startup_errors is not None else []
-        self.fatal: StoreFull | None = None
+        self.fatal: StoreFull | CheckpointStoreFault | None = None
         """Set when the store's disk filled up (``StoreFull``): the store holds its last committed
         state, and every later request raises this instead of touching it (the controller stops
-        serving; the CLI exits with ``EXIT_STORE_FULL``)."""
+        serving; the CLI exits with ``EXIT_STORE_FULL``). Likewise once a worker reported that
+        the checkpoint store cannot be written (``CheckpointStoreFault``, ``EXIT_CHECKPOINT_STORE``):
+        the batch that said so was committed and answered; nothing after it is served."""
 
     def on_start(self) -> None:
         # A failure here (unwritable store folder, another experiment's store, ...) is the
@@ -130,11 +132,17 @@ class ControllerActor(pykka.ThreadingActor):
     def _committing(self, write: Callable[[ControllerCore], _T]) -> _T:
         """Run ``write`` on the core; a full disk makes the controller stop serving."""
         try:
-            return write(self._serving())
+            core = self._serving()
+            result = write(core)
         except StoreFull as exc:
             log.info("the store's disk is full; the controller stops serving: %s", exc)
             self.fatal = exc
             raise
+        if core.checkpoint_store_fault is not None and self.fatal is None:
+            why = _last_line(core.checkpoint_store_fault).removeprefix("CheckpointStoreFault: ")
+            self.fatal = CheckpointStoreFault(f"a worker could not write its checkpoint: {why}")
+            log.error("%s; the controller stops serving (no trial is charged for it)", self.fatal)
+        return result
 
     def handle_batch(self, messages: list[Message]) -> list[Reply]:
         """Apply a batch of requests in one commit; a reply for each, in order."""
@@ -171,6 +179,12 @@ class ControllerActor(pykka.ThreadingActor):
         )
 
 
+def _last_line(text: str) -> str:
+    """The last line of an error text (a traceback ends with the exception's own words)."""
+    lines = text.strip().splitlines()
+    return lines[-1][:500] if lines else "(no error text)"
+
+
 class _Bridge(threading.Thread):
     """Owns the ROUTER socket (created on this thread) and moves frames between it, the
     protocol session and the actor.
@@ -191,8 +205,9 @@ class _Bridge(threading.Thread):
         self.ready = threading.Event()
         self.address: str | None = None
         self.startup_error: BaseException | None = None
-        self.fatal: StoreFull | None = None
-        """The store's disk filled up: this thread stopped serving (see ``ControllerActor.fatal``)."""
+        self.fatal: StoreFull | CheckpointStoreFault | None = None
+        """The store's disk filled up, or the checkpoint store cannot be written: this thread
+        stopped serving (see ``ControllerActor.fatal``)."""
         self.after_reports: Callable[[], None] | None = None
         """Called after a batch holding reports was committed (the retention collector's nudge)."""
         self.session = ProtocolSession(clock=time.monotonic, run_id=run_id)
@@ -221,7 +236,7 @@ class _Bridge(threading.Thread):
                     except pykka.ActorDeadError:
                         log.error("controller actor is gone; bridge stops")
                         return
-                    except StoreFull as exc:
+                    except (StoreFull, CheckpointStoreFault) as exc:
                         self.fatal = exc
                         return
                     self._exchange(endpoint, self.session.tick(released=released))
@@ -248,7 +263,7 @@ class _Bridge(threading.Thread):
             return
         try:
             replies: list[Reply] = self.controller.handle_batch(step.messages).get(timeout=60)
-        except StoreFull as exc:  # nothing of the batch was committed: answer nothing, stop serving
+        except (StoreFull, CheckpointStoreFault) as exc:  # nothing of the batch committed: answer none, stop serving
             self.fatal = exc
             return
         except Exception as exc:  # the actor is the one that must never die of input
@@ -280,7 +295,7 @@ class ControllerHandle:
         return self.bridge.session.peers_not_done()
 
     @property
-    def fatal(self) -> StoreFull | None:
+    def fatal(self) -> StoreFull | CheckpointStoreFault | None:
         """Why the controller stopped serving before the run finished (its store's disk filled
         up), or None."""
         return self.bridge.fatal
@@ -290,10 +305,16 @@ class ControllerHandle:
 
         Raises:
             StoreFull: the store's disk filled up and the controller stopped serving.
+            CheckpointStoreFault: a worker could not write its checkpoint; the controller stopped
+                serving.
         """
         if self.bridge.fatal is not None:
             raise self.bridge.fatal
-        snapshot: StatusSnapshot = self.bridge.controller.status().get(timeout=timeout_s)
+        try:
+            snapshot: StatusSnapshot = self.bridge.controller.status().get(timeout=timeout_s)
+        except (StoreFull, CheckpointStoreFault) as exc:  # the actor knew first: stopping need not wait
+            self.bridge.fatal = self.bridge.fatal or exc
+            raise
         return snapshot
 
     def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> bool:

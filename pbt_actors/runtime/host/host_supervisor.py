@@ -249,7 +249,8 @@ class HostSupervisorActor(pykka.ThreadingActor):
             decision = RestartDecision(False, give_up=True, reason=f"exit code {exit_code} is final: {why}")
         else:
             decision = child.tracker.on_exit(child.spec.restart, exit_code, child.started_at, time.monotonic(),
-                                             trial=running[0] if running is not None else None)
+                                             trial=running.trial_id if running is not None else None,
+                                             proven=running is not None and running.trials_before > 0)
         restart = None
         if decision.restart:
             assert self._self is not None

@@ -86,18 +86,22 @@ class RestartTracker:
     """Trials whose run ended in a death of this child (most recent last)."""
 
     def on_exit(self, restart: Restart, exit_code: int | None, started_at: float, now: float,
-                trial: int | None = None) -> RestartDecision:
+                trial: int | None = None, proven: bool = False) -> RestartDecision:
         """Decide what follows an exit with ``exit_code`` (None/negative: killed by a signal).
 
-        ``trial``: the trial the child was running when it died (``trial_marker``), if any.
-        docs/design.md §6.4, "death while running a trial counts against that trial first": a death
-        while running a trial that already killed this child before is *explained* by that
-        trial (a configuration that gets its process OOM-killed, say): it restarts after the
-        first backoff delay and does not count against the intensity, so one poison
-        configuration cannot make the host give up (the controller fails that trial after
-        ``max_attempts`` such deaths). The first death in a trial still counts: a host that
-        kills every trial it starts (a broken install, a dead GPU) gives up after
-        ``max_restarts`` *different* trials died on it, instead of failing them one by one.
+        ``trial``: the trial the child was running when it died (``trial_marker``), if any;
+        ``proven``: the process had run other trials to their end before that one.
+        docs/design.md §6.4, "death while running a trial counts against that trial": a death
+        while running a trial is *explained* by it, and restarts after the first backoff delay
+        without counting against the intensity, when the process had proven that this host
+        can train (it finished a trial before: random deaths of 10% of attempts, out of memory
+        on some configurations, never make the host give up, from the first death on), or
+        when that trial killed this child before (one poison configuration). Only a fresh
+        process that dies in its very first trial, a trial that never killed it before,
+        counts: a host that kills every trial it starts (a broken install, a dead GPU) still
+        gives up after ``max_restarts`` such deaths instead of failing the run's trials one
+        by one. Deaths outside any trial count, as always. (The controller counts each death
+        against its trial either way: ``control.deadlines``.)
         """
         normal = exit_code == 0
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and normal):
@@ -107,6 +111,12 @@ class RestartTracker:
                 f"exit code {exit_code}: its trial{'' if trial is None else f' {trial}'} timed out "
                 f"(counted against the trial, not the host)"))
         if not normal and trial is not None:
+            if proven:
+                if trial not in self.killers:
+                    self.killers.append(trial)  # its next kill, of a fresh process, is explained too
+                return RestartDecision(True, delay_s=self.backoff.delay(0), explained=True, reason=(
+                    f"exit code {exit_code} running trial {trial}, after this process had finished "
+                    f"others (counted against the trial, not the host)"))
             if trial in self.killers:
                 return RestartDecision(True, delay_s=self.backoff.delay(0), explained=True, reason=(
                     f"exit code {exit_code} running trial {trial}, which killed this worker before "

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pbt_actors.model.errors import CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef, Measurement
 from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
 
@@ -81,6 +82,9 @@ class TrialContext:
     """For each kept measurement, the number of the ``report`` call that made it (0-based)."""
     _latest: dict[str, int] = field(default_factory=dict, repr=False)
     """For each metric name, the number of the last ``report`` call that carried it."""
+    store_fault: Exception | None = None
+    """Why ``save_checkpoint`` could not write (``CheckpointWriteError``): set even when ``train``
+    catches it, so the attempt's end is reported as the store's fault, not the trial's."""
     _stride: int = field(default=1, repr=False)
     _thinned: bool = field(default=False, repr=False)
 
@@ -109,7 +113,11 @@ class TrialContext:
         into place, or an upload that finished) and record it; the report names it only after."""
         at = self.end_step if step is None else step
         uri = f"{self.experiment or 'exp'}/trial-{self.trial_id:06d}/a{self.attempt}-s{at}.ckpt"
-        self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
+        try:
+            self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
+        except CheckpointWriteError as exc:
+            self.store_fault = exc
+            raise
         return self.saved
 
     def report(self, step: int, **metrics: float) -> bool:

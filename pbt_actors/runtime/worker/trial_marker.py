@@ -7,7 +7,9 @@ not (a broken install, a CUDA driver that cannot start): only the latter may exh
 host's restart intensity (``RestartTracker``). The simplest robust channel that survives a
 SIGKILL is a file the worker writes before ``train`` starts and removes after it returned:
 one per worker slot, ``<checkpoint root>/.pbt-hosts/running/<worker id>``, holding
-``"<trial id> <attempt>"``. The supervisor reads (and removes) it when the process exits. A
+``"<trial id> <attempt> <trials finished before>"`` (the last: how many trials this process ran
+to their end before this one; a process that did has proven the host can train, so its death
+is the trial's from the first one: issue 20, item 6). The supervisor reads (and removes) it when the process exits. A
 missing or unreadable marker means "not running a trial": the death counts against the host,
 which is the old, conservative behaviour. The controller keeps its own, authoritative count
 (``Trial.deaths``, from ``worker_lost``); this file only feeds the host's restart rule.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 RUNNING_DIR = Path(".pbt-hosts") / "running"
 """Under the checkpoint root, beside the host state files (``host_state.HOST_STATE_DIR``)."""
@@ -35,12 +38,22 @@ def marker_path(folder: str | os.PathLike[str], worker_id: str) -> Path:
     return Path(folder) / safe
 
 
-def write_marker(path: Path, trial_id: int, attempt: int) -> None:
-    """Record that the process runs ``(trial_id, attempt)`` (atomic rename; never raises)."""
+class Running(NamedTuple):
+    """What a marker says: the trial and attempt a process ran, and how many trials it had
+    run to their end before."""
+
+    trial_id: int
+    attempt: int
+    trials_before: int = 0
+
+
+def write_marker(path: Path, trial_id: int, attempt: int, trials_before: int = 0) -> None:
+    """Record that the process runs ``(trial_id, attempt)`` after ``trials_before`` others
+    (atomic rename; never raises)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{trial_id} {attempt}\n")
+        tmp.write_text(f"{trial_id} {attempt} {trials_before}\n")
         os.replace(tmp, path)
     except OSError:  # no marker: a death then counts against the host, as it always did
         with contextlib.suppress(OSError):
@@ -52,14 +65,15 @@ def clear_marker(path: Path) -> None:
         path.unlink()
 
 
-def take_marker(path: Path) -> tuple[int, int] | None:
-    """The ``(trial_id, attempt)`` a dead process was running, or None; the marker is removed."""
+def take_marker(path: Path) -> Running | None:
+    """What a dead process was running, or None; the marker is removed. A marker of two
+    numbers (an older worker) reads as ``trials_before`` 0."""
     try:
         text = path.read_text()
     except OSError:
         return None
     clear_marker(path)
     parts = text.split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
         return None
-    return int(parts[0]), int(parts[1])
+    return Running(*(int(p) for p in parts))

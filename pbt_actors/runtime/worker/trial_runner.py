@@ -9,8 +9,10 @@ What ``execute`` returns, i.e. what the controller is told:
 
 * ``train`` raised → ``Fail``, retryable unless the exception is a ``CheckpointError`` (the
   parent's checkpoint cannot be read: no retry of this spec can fix it; the policy picks
-  another parent). Anything else, a ``CheckpointWriteError`` (disk full) included, says
-  nothing about the trial, so it is retried (up to ``max_attempts``). A ``ctx.report`` of a
+  another parent). A checkpoint the store could not write (disk full, bucket deleted), or a
+  parent unreadable because the whole root is gone, is the store's fault: ``fault`` =
+  ``checkpoint_store`` (``store_fault``), re-queued uncharged while the run stops. Anything
+  else says nothing about the trial, so it is retried (up to ``max_attempts``). A ``ctx.report`` of a
   value that is not a number raises ``MetricError`` inside ``train``: the same failure.
 * ``train`` called ``sys.exit`` (``SystemExit``, whatever its code) → a retryable ``Fail``
   saying so: user code ending "the process" must not end the worker, which serves the whole
@@ -37,7 +39,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pbt_actors.model.errors import CheckpointError
+from pbt_actors.model.errors import CheckpointError, CheckpointStoreFault
 from pbt_actors.model.protocol import Fail, Report, TrialAssignment
 from pbt_actors.runtime.worker.trial_context import MetricError, NullLink, TrialContext, TrialLink
 
@@ -69,6 +71,26 @@ def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, CheckpointError)
 
 
+def store_fault(ctx: TrialContext, exc: BaseException) -> str | None:
+    """Why the attempt's end is the checkpoint store's fault, or None when it is the trial's.
+
+    A checkpoint that could not be written (``ctx.store_fault``: disk full, bucket deleted) is
+    never the trial's doing. A parent checkpoint that cannot be read (``CheckpointError``) is
+    the trial's (a missing or damaged file: another parent is picked) unless the root itself
+    cannot be written either (a deleted bucket loses every file at once): probed then.
+    """
+    if ctx.store_fault is not None:
+        return str(ctx.store_fault)
+    if isinstance(exc, CheckpointError) and not ctx.replay:
+        from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
+
+        try:
+            check_checkpoint_root(ctx.checkpoint_root)
+        except CheckpointStoreFault as fault:
+            return str(fault)
+    return None
+
+
 def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool = False,
             objective: Sequence[str] = ()) -> Report | Fail | None:
     """Run ``train(ctx)`` and return what to tell the controller (see the module docstring).
@@ -91,6 +113,12 @@ def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool
     except BaseException as exc:  # the user's code: report it, never die of it
         log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, exc)
         text = "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]
+        fault = store_fault(ctx, exc)
+        if fault is not None:
+            log.error("trial %d attempt %d: the checkpoint store cannot be written: %s", ctx.trial_id, ctx.attempt,
+                      fault)
+            text = f"{text}\nCheckpointStoreFault: {fault}"[-MAX_ERROR_TEXT:]
+            return Fail(worker_id, ctx.trial_id, ctx.attempt, text, True, fault="checkpoint_store")
         return Fail(worker_id, ctx.trial_id, ctx.attempt, text, is_retryable(exc))
     if ctx.preempted and (ctx.saved is None or ctx.saved.step < ctx.end_step):
         resume = ctx.saved if ctx.saved is not None and ctx.saved.step > ctx.start_step else None

@@ -244,7 +244,7 @@ class WorkerClient:
                             stop_event=slot.stop)
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
         self._ticker_wake.set()
-        write_marker(self._marker, spec.trial_id, spec.attempt)
+        write_marker(self._marker, spec.trial_id, spec.attempt, self.trials_run)
         try:
             # ``ask_next``: the ack brings the next trial along (one round trip)
             outcome = execute(ctx, self.train, self.worker_id, ask_next=True, objective=self.objective)
