@@ -151,7 +151,7 @@ class ControllerActor(pykka.ThreadingActor):
         if not core.experiment.retention.enabled:
             return []
         plan = plan_retention(core.store, core.experiment)
-        return uris_of(core.store, plan.delete)
+        return uris_of(core.store, plan.delete, core.experiment.name)
 
     def status(self) -> StatusSnapshot:
         core = self._serving()
