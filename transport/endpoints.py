@@ -269,6 +269,10 @@ class WorkerEndpoint(_Owned):
         self._curve = (curve_server_key, curve_keypair)
         self.reopened = 0
         """How often the socket was replaced by a fresh connection (see ``request``)."""
+        self.refused_reply = ""
+        """Why the last reply that came for a pending request was dropped (it failed the
+        protocol's schema): the peer is there but its answers are not acceptable; "" after a
+        good reply. A caller that gives up says this rather than "no answer"."""
         self._socket = self._open()
 
     def _open(self) -> zmq.Socket:
@@ -380,8 +384,11 @@ class WorkerEndpoint(_Owned):
                 env = decode(frames[0], max_bytes=self.max_message_bytes, accept=REPLY_TYPES)
             except ProtocolError as exc:
                 self._errors.warning(exc.code, "dropped an undecodable reply: %s", exc)
+                if exc.request_id in (request_id, None):
+                    self.refused_reply = str(exc)
                 continue
             if env.request_id == request_id:
+                self.refused_reply = ""
                 return env.message
             log.debug("dropped a stale reply (id %d, waiting for %d)", env.request_id, request_id)
 

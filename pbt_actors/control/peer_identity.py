@@ -20,7 +20,8 @@
 Every table is a ``BoundedLru``, but a live claim is never evicted from one (a flood of made-up
 worker ids once evicted the real owners and took their ids over): each supervisor ``hello`` lists
 at most ``MAX_WORKERS_PER_HOST`` ids, one connection speaks for one host, one CURVE key for at
-most ``MAX_HOSTS_PER_KEY`` live hosts, and a re-``hello`` replaces the ids its connection held.
+most ``MAX_HOSTS_PER_KEY`` live hosts, and the ids a re-``hello`` no longer lists stay its own
+(a late ``worker_lost``) only up to as many again as a hello may list.
 When a table is full, only claims whose connection is gone are dropped (a host that has not
 repeated its ``hello`` within ``host_lease_s``, a key binding silent for ``KEY_IDLE_S`` and not
 held by a live host); if that frees too little, the new claim is refused, never an old one.
@@ -181,10 +182,17 @@ class PeerIdentityRules:
             return refusal
         host = hello.host or hello.worker
         previous = self._hosts.get(host)
-        if previous is not None and previous.peer == peer:  # its ids now are the ones listed
-            for gone in set(previous.workers) - set(hello.workers):
+        listed = list(dict.fromkeys(hello.workers))
+        owned = listed
+        if previous is not None and previous.peer == peer:
+            # ids it no longer lists (a restarted slot's dead process) stay its own, so that a late
+            # worker_lost for them is accepted, but at most as many as it lists: the oldest go first
+            retired = [w for w in previous.workers if w not in set(listed)]
+            keep = max(0, self.max_workers_per_host * 2 - len(listed))
+            for gone in retired[:len(retired) - keep] if len(retired) > keep else ():
                 if self._owners.get(gone) == peer:
                     self._owners.pop(gone)
+            owned = retired[-keep:] + listed if keep and retired else listed
         lapsed = lambda _k, c: now - c.seen > self.host_lease_s  # noqa: E731
         if not (self._hosts.make_room([host], lapsed)
                 and self._peer_host.make_room([peer], lambda p, _h: self._live_host_of(p, now) is None)
@@ -192,7 +200,7 @@ class PeerIdentityRules:
                 and self._keys.make_room(claims, lambda c, e: self._key_binding_dead(c, e, now))):
             return _refused("the controller's tables of hosts and worker ids are full of live claims "
                             f"(at most {self._hosts.cap} hosts, {self._owners.cap} worker ids); try again later")
-        self._hosts.put(host, HostClaim(peer, now, tuple(hello.workers), key))
+        self._hosts.put(host, HostClaim(peer, now, tuple(owned), key))
         self._peer_host.put(peer, host)
         self._owners.put_all(hello.workers, peer)
         if key:

@@ -40,10 +40,16 @@ MAX_ERROR_TEXT = 64 * 1024
 MAX_MEASUREMENTS = 100_000
 MAX_RUN_ID_LEN = 64
 MAX_HOST_WORKERS = 4096
+MAX_RETRY_AFTER_S = 3600.0
+MAX_HEARTBEAT_S = 7 * 24 * 3600.0
 
 WorkerId: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_WORKER_ID_LEN)]
 RunId: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_RUN_ID_LEN)]
 """The run id the sender expects; ``""`` when not known yet."""
+RetryAfter: TypeAlias = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_RETRY_AFTER_S)]
+"""Seconds to wait before asking again: finite and bounded (NaN fails ``ge``), so a rogue
+controller's ``wait`` cannot make a worker ask in a busy loop or sleep forever."""
+HeartbeatInterval: TypeAlias = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_HEARTBEAT_S)]
 
 
 class ProtocolMessage(msgspec.Struct, frozen=True):
@@ -182,12 +188,15 @@ class TrialAssignment(_Assigned, frozen=True, kw_only=True):
     sha256 before loading)."""
 
     TYPE: ClassVar[str] = "trial"
-    parent_id: int | None
+    parent_id: PositiveInt | None
     parent_checkpoint: CheckpointRef | None
-    heartbeat_s: float
+    heartbeat_s: HeartbeatInterval
     experiment: str
 
     def check(self) -> None:
+        if self.generation < 0 or not 0 <= self.start_step <= self.end_step:
+            raise SchemaError(f"body: generation {self.generation} and steps [{self.start_step}, {self.end_step}) "
+                              "are not a trial's (generation >= 0, 0 <= start_step <= end_step)")
         check_finite(self.hparams, "body.hparams")
         self._check_ref("parent_checkpoint")
         safe_name(self.experiment, "experiment")
@@ -197,7 +206,7 @@ class Wait(ProtocolMessage, frozen=True):
     """Nothing to run yet (e.g. budget mode waits for a generation); ask again later."""
 
     TYPE: ClassVar[str] = "wait"
-    retry_after_s: float
+    retry_after_s: RetryAfter
 
 
 class Ack(ProtocolMessage, frozen=True, omit_defaults=True):
