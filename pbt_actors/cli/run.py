@@ -213,6 +213,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
@@ -225,9 +226,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
         host = args.host_id or socket.gethostname()
+        record = experiment_file_record(args.experiment)
         supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
                                     state_path=host_state_path(args.checkpoint_root, host),
-                                    stop_grace_s=args.stop_grace)
+                                    stop_grace_s=args.stop_grace, experiment_file=(record["path"], record["sha256"]))
     except BaseException:
         close_zygote(zygote)
         raise

@@ -76,13 +76,15 @@ def _refused(text: str) -> Error:
 class PeerIdentityRules:
     """The run-identity, key-binding and host-ownership rules of one run (module docstring)."""
 
-    __slots__ = ("_hosts", "_keys", "_owners", "_peer_host", "host_lease_s", "max_hosts_per_key",
-                 "max_workers_per_host", "run_id")
+    __slots__ = ("_hosts", "_keys", "_owners", "_peer_host", "experiment_file", "host_lease_s",
+                 "max_hosts_per_key", "max_workers_per_host", "run_id")
 
     def __init__(self, run_id: str, *, host_lease_s: float = HOST_LEASE_S, max_hosts: int = MAX_HOSTS,
                  max_owned: int = MAX_OWNED_WORKERS, max_workers_per_host: int = MAX_WORKERS_PER_HOST,
-                 max_hosts_per_key: int = MAX_HOSTS_PER_KEY) -> None:
+                 max_hosts_per_key: int = MAX_HOSTS_PER_KEY, experiment_file: tuple[str, str] = ("", "")) -> None:
         self.run_id = run_id
+        self.experiment_file = experiment_file
+        """(path, sha256) of the experiment file this controller was started from (("", ""): unknown)."""
         self.host_lease_s = host_lease_s
         self.max_workers_per_host = max_workers_per_host
         self.max_hosts_per_key = max_hosts_per_key
@@ -124,6 +126,10 @@ class PeerIdentityRules:
         if run and run != self.run_id:
             return Error("wrong_run", f"this controller serves run {self.run_id}, not run {run} "
                                       "(the worker belongs to another run or store: it must exit)")
+        if isinstance(message, Hello):
+            refusal = self._other_experiment(message)
+            if refusal is not None:
+                return refusal
         supervisor_hello = message if isinstance(message, Hello) and message.workers else None
         claims: list[str] = []
         if key:
@@ -150,6 +156,16 @@ class PeerIdentityRules:
         if supervisor_hello is not None:
             return self._claim_host(peer, supervisor_hello, now, key, claims)
         return None
+
+    def _other_experiment(self, hello: Hello) -> Error | None:
+        """``wrong_run`` for a host started from another experiment file than ours (by sha256):
+        its workers would fail every trial. A hello that does not say (an older peer) passes."""
+        ours_path, ours = self.experiment_file
+        if not hello.experiment_sha256 or not ours or hello.experiment_sha256 == ours:
+            return None
+        return Error("wrong_run", f"the host's experiment file {hello.experiment_file or '(unnamed)'} (sha256 "
+                                  f"{hello.experiment_sha256[:12]}) is not the controller's {ours_path or '(unnamed)'} "
+                                  f"(sha256 {ours[:12]}): start the host with the controller's experiment file")
 
     def _refusal(self, peer: bytes, hello: Hello, now: float, key: str) -> Error | None:
         """Why ``peer`` may not claim the host and workers of ``hello`` (None: it may)."""

@@ -30,6 +30,7 @@ from pbt_actors.model.fields import (  # noqa: F401  (safe_name, MAX_NAME_LEN: p
     check_finite,
     from_plain,
     safe_name,
+    to_builtins,
     to_plain,
 )
 from pbt_actors.model.records import CheckpointRef, Measurement, TrialWork
@@ -40,6 +41,7 @@ MAX_ERROR_TEXT = 64 * 1024
 MAX_MEASUREMENTS = 100_000
 MAX_RUN_ID_LEN = 64
 MAX_HOST_WORKERS = 4096
+MAX_PATH_LEN = 4096
 MAX_RETRY_AFTER_S = 3600.0
 MAX_HEARTBEAT_S = 7 * 24 * 3600.0
 
@@ -58,10 +60,24 @@ class ProtocolMessage(msgspec.Struct, frozen=True):
     TYPE: ClassVar[str]
     CLIPPED: ClassVar[Mapping[str, int]] = {}
     """Free-text fields cut to this many characters instead of refused (a long traceback)."""
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+    """Fields added after the type was first sent: left out of the body while empty, so a
+    message that does not use them has the bytes it always had (an old peer ignores them)."""
 
     def to_body(self) -> dict[str, Any]:
-        """The body as the receiver unpacks it (the codec packs ``to_builtins``: same bytes)."""
+        """The body as the receiver unpacks it (the codec packs ``to_wire()``: same bytes)."""
         body: dict[str, Any] = to_plain(self)
+        return self._without_empty(body)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body as builtins for the codec to pack (``to_builtins``, less empty ``OPTIONAL``)."""
+        body: dict[str, Any] = to_builtins(self)
+        return self._without_empty(body)
+
+    def _without_empty(self, body: dict[str, Any]) -> dict[str, Any]:
+        for name in self.OPTIONAL:
+            if not body.get(name):
+                body.pop(name, None)
         return body
 
     @classmethod
@@ -98,6 +114,11 @@ class Hello(ProtocolMessage, frozen=True):
     """The run id the sender expects; ``""`` on first contact (it learns it from the ``ack``)."""
     workers: Annotated[tuple[WorkerId, ...], msgspec.Meta(max_length=MAX_HOST_WORKERS)] = ()
     """Only from a host supervisor: the worker ids of its host, which it alone may say are lost."""
+    experiment_file: Annotated[str, msgspec.Meta(max_length=MAX_PATH_LEN)] = ""
+    """Optional, from a host supervisor: the experiment file its workers run (for the refusal's text)."""
+    experiment_sha256: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] = ""
+    """Optional: that file's sha256; a controller started from another file refuses the host."""
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("experiment_file", "experiment_sha256")
 
 
 class RequestTrial(ProtocolMessage, frozen=True):
