@@ -6,8 +6,10 @@ security tests share.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from pathlib import Path
 
 from pbt_actors.model.protocol import Ack, Hello, Reply, RequestTrial
 from pbt_actors.transport.endpoints import ControllerEndpoint
@@ -16,7 +18,7 @@ from tests.support.waiting import wait_until
 
 STEP_ENV = {"TOY_STEP_SLEEP_S": "0.1", "TOY_LEASE_S": "30"}
 
-__all__ = ["STEP_ENV", "RogueController", "free_tcp_address", "wait_until"]
+__all__ = ["STEP_ENV", "RogueController", "free_tcp_address", "two_authorised_keys", "wait_until"]
 
 
 def free_tcp_address() -> str:
@@ -50,3 +52,18 @@ class RogueController(threading.Thread):
                     endpoint.send(incoming.identity, incoming.request_id, reply)
         finally:
             endpoint.close()
+
+
+def two_authorised_keys(tmp_path: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """CURVE keys for a controller and two clients A and B, both authorised: (controller public,
+    controller secret, A secret, B secret, the authorised-keys folder)."""
+    from pbt_actors.transport.curve import generate_keypair
+
+    ctl_pub, ctl_secret = generate_keypair(tmp_path / "controller", "controller")
+    a_pub, a_secret = generate_keypair(tmp_path / "a", "host-a")
+    b_pub, b_secret = generate_keypair(tmp_path / "b", "host-b")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    shutil.copy(a_pub, authorized)
+    shutil.copy(b_pub, authorized)
+    return Path(ctl_pub), Path(ctl_secret), Path(a_secret), Path(b_secret), authorized

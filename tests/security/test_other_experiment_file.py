@@ -19,7 +19,7 @@ import pytest
 from pbt_actors.model.protocol import Hello, message_from_body
 from pbt_actors.model.records import TrialStatus
 from tests.faults.harness import trials
-from tests.support.runs import TOY, cli, wait_for_line
+from tests.support.runs import TOY, cli, output_once_exited, wait_for_line
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -40,12 +40,7 @@ def test_a_host_with_another_experiment_file_is_refused_naming_both(tmp_path: Pa
     try:
         address = wait_for_line(controller, "listening on").split("listening on ")[1].split()[0]
         wrong = host(other, address, tmp_path / "ckpt", "h-other")
-        try:
-            out, _ = wrong.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            wrong.kill()
-            out, _ = wrong.communicate(timeout=10)
-            raise AssertionError(f"the host with another experiment file kept running:\n{out}") from None
+        out = output_once_exited(wrong, 90, "the host with another experiment file kept running")
         assert wrong.returncode == 1, out
         line = next(line for line in out.splitlines() if "experiment file" in line)
         assert str(other) in line and str(TOY) in line, line

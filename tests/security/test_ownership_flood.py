@@ -12,7 +12,6 @@ step of the attacker is refused and the real host keeps completing trials.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +23,9 @@ import zmq
 from pbt_actors.model.protocol import Ack, Error, Hello, Message, Reply, WorkerLost
 from pbt_actors.runtime.controller.controller_actor import Controller
 from pbt_actors.runtime.experiment_loader import load_experiment_file
-from pbt_actors.transport.curve import generate_keypair, load_keypair, start_authenticator
+from pbt_actors.transport.curve import load_keypair, start_authenticator
 from pbt_actors.transport.endpoints import WorkerEndpoint
-from tests.security.conftest import STEP_ENV, free_tcp_address, wait_until
+from tests.security.conftest import STEP_ENV, free_tcp_address, two_authorised_keys, wait_until
 from tests.support.runs import TOY, cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,13 +51,7 @@ def test_a_hello_flood_never_evicts_a_live_hosts_claim(tmp_path: Path, curve: bo
     host_args: list[str] = []
     authenticator = None
     if curve:
-        ctl_pub, ctl_secret = generate_keypair(tmp_path / "controller", "controller")
-        a_pub, a_secret = generate_keypair(tmp_path / "a", "host-a")
-        b_pub, b_secret = generate_keypair(tmp_path / "b", "host-b")
-        authorized = tmp_path / "authorized"
-        authorized.mkdir()
-        shutil.copy(a_pub, authorized)
-        shutil.copy(b_pub, authorized)
+        ctl_pub, ctl_secret, a_secret, b_secret, authorized = two_authorised_keys(tmp_path)
         public, secret = load_keypair(ctl_secret)
         server = {"curve_secret_key": secret, "curve_public_key": public}
         authenticator = start_authenticator(zmq.Context.instance(), str(authorized))
