@@ -5,7 +5,7 @@ map, the *envelope*::
 
     {"v": PROTOCOL_VERSION, "t": message.TYPE, "id": request_id, "b": message.to_body()}
 
-(the body packed from ``to_builtins(message)``: the same bytes, without the list copies).
+(the body packed from ``message.to_wire()``: the same bytes, without the list copies).
 
 Replies echo the request's ``id``. ``pbt_actors.model.wire`` is the only msgpack entry point (size
 and depth limits, no extension types, never pickle).
@@ -32,7 +32,7 @@ from typing import Any
 
 from pbt_actors.model import wire
 from pbt_actors.model.errors import ProtocolError, SchemaError, WireError
-from pbt_actors.model.fields import is_int, to_builtins
+from pbt_actors.model.fields import is_int
 from pbt_actors.model.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, Message, message_from_body
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -65,7 +65,7 @@ def encode(message: Message, request_id: int) -> bytes:
     tag = getattr(type(message), "TYPE", None)
     if not isinstance(tag, str) or MESSAGE_TYPES.get(tag) is not type(message):
         raise TypeError(f"{type(message).__name__} is not a protocol message type")
-    return wire.pack({"v": PROTOCOL_VERSION, "t": tag, "id": request_id, "b": to_builtins(message)})
+    return wire.pack({"v": PROTOCOL_VERSION, "t": tag, "id": request_id, "b": message.to_wire()})
 
 
 def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,

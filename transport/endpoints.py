@@ -27,6 +27,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Self
 
@@ -141,11 +142,14 @@ class ControllerEndpoint(_Owned):
     inproc, where the codec's own size check still rejects them), high-water marks of
     ``ROUTER_HWM``. With ``curve_secret_key`` the socket is a CURVE server; authorising client
     keys is the caller's job (``pbt_actors.transport.curve.start_authenticator`` on the same context).
+    ``check_bound`` is called with the address actually bound (``LAST_ENDPOINT``; ``bind`` may say
+    ``source;address``, and a name resolves), and an exception from it closes the socket.
     """
 
     def __init__(self, bind: str, *, context: zmq.Context | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None) -> None:
+                 curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None,
+                 check_bound: Callable[[str], None] | None = None) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be >= 1")
         self.max_message_bytes = max_message_bytes
@@ -167,6 +171,8 @@ class ControllerEndpoint(_Owned):
             self.curve = _set_curve_server(sock, curve_secret_key, curve_public_key)
             sock.bind(bind)
             self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if check_bound is not None:  # judged on what ZeroMQ bound, not on the text asked for
+                check_bound(self.endpoint)
         except BaseException:
             sock.close(linger=0)
             raise
@@ -263,6 +269,10 @@ class WorkerEndpoint(_Owned):
         self._curve = (curve_server_key, curve_keypair)
         self.reopened = 0
         """How often the socket was replaced by a fresh connection (see ``request``)."""
+        self.refused_reply = ""
+        """Why the last reply that came for a pending request was dropped (it failed the
+        protocol's schema): the peer is there but its answers are not acceptable; "" after a
+        good reply. A caller that gives up says this rather than "no answer"."""
         self._socket = self._open()
 
     def _open(self) -> zmq.Socket:
@@ -374,8 +384,11 @@ class WorkerEndpoint(_Owned):
                 env = decode(frames[0], max_bytes=self.max_message_bytes, accept=REPLY_TYPES)
             except ProtocolError as exc:
                 self._errors.warning(exc.code, "dropped an undecodable reply: %s", exc)
+                if exc.request_id in (request_id, None):
+                    self.refused_reply = str(exc)
                 continue
             if env.request_id == request_id:
+                self.refused_reply = ""
                 return env.message
             log.debug("dropped a stale reply (id %d, waiting for %d)", env.request_id, request_id)
 

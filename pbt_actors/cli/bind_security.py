@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,22 @@ def is_loopback(address: str) -> bool:
     """ipc/inproc, or tcp on 127.x / ::1 / localhost: nothing leaves this machine."""
     if address.startswith(("ipc://", "inproc://")):
         return True
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    # ZeroMQ's ``tcp://source;address`` binds the part after the ";": judge that one
+    host = address.split("://", 1)[-1].rsplit(";", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def bound_check(insecure: bool, remedy: str) -> Callable[[str], None]:
+    """The same rule, applied to the address ZeroMQ actually bound (``ControllerEndpoint``'s
+    ``check_bound``: its ``LAST_ENDPOINT``), so no spelling of ``--bind`` can slip past the text
+    check (a ``source;address`` pair, a name that resolves elsewhere)."""
+
+    def check(endpoint: str) -> None:
+        if not insecure and not is_loopback(endpoint):
+            raise ConfigError(f"refusing to serve on {endpoint} (what ZeroMQ bound) without encryption: "
+                              f"{remedy}, or --insecure")
+
+    return check
 
 
 def check_open_bind(bind: str, insecure: bool, remedy: str) -> None:
@@ -45,9 +60,9 @@ def controller_security(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if bool(secret) != bool(keys):
         raise ConfigError("CURVE needs both --curve-secret (the controller's key) and --authorized-keys (a folder)")
     if not secret:
-        check_open_bind(args.bind, getattr(args, "insecure", False),
-                        "give --curve-secret and --authorized-keys (see `pbt-actors keys generate`)")
-        return {}, None
+        remedy = "give --curve-secret and --authorized-keys (see `pbt-actors keys generate`)"
+        check_open_bind(args.bind, getattr(args, "insecure", False), remedy)
+        return {"check_bound": bound_check(getattr(args, "insecure", False), remedy)}, None
     import zmq
 
     from pbt_actors.transport.curve import load_keypair, start_authenticator

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt_actors.cli import arguments
-from pbt_actors.cli.bind_security import check_open_bind, controller_security, worker_security
+from pbt_actors.cli.bind_security import bound_check, check_open_bind, controller_security, worker_security
 from pbt_actors.cli.live import LiveProgress
 from pbt_actors.cli.summary import budget_text, fmt_map, print_summary, read_no_result_reason, read_summary
 from pbt_actors.common.exit_codes import (
@@ -103,8 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file
     from pbt_actors.tools.local_run import LocalRun, with_overrides
 
-    check_open_bind(args.bind, args.insecure, "`run` has no CURVE: keep --bind on 127.0.0.1, or run "
-                    "`pbt-actors controller` with --curve-secret/--authorized-keys and `pbt-actors worker` per host")
+    remedy = ("`run` has no CURVE: keep --bind on 127.0.0.1, or run `pbt-actors controller` with "
+              "--curve-secret/--authorized-keys and `pbt-actors worker` per host")
+    check_open_bind(args.bind, args.insecure, remedy)
     device_slots(args.devices, args.workers)  # a GPU that is not there: refused before anything starts
     experiment, _ = load_experiment_file(args.experiment)
     experiment = with_overrides(experiment, seed=args.seed, policy=args.policy, budget_steps=args.budget_steps,
@@ -120,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _outcome(store_dir)
     started = time.monotonic()
     local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
-                           workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote)
+                           workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote,
+                           endpoint_options={"check_bound": bound_check(args.insecure, remedy)})
     dashboard = None
     if args.dashboard:  # a child process: web requests never share the controller's interpreter
         from pbt_actors.cli.dashboard import start_dashboard_process
@@ -230,6 +232,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
     from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
+    from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
@@ -245,9 +248,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
                              args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
         host = args.host_id or socket.gethostname()
+        record = experiment_file_record(args.experiment)
         supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
                                     state_path=host_state_path(args.checkpoint_root, host),
-                                    stop_grace_s=args.stop_grace)
+                                    stop_grace_s=args.stop_grace, experiment_file=(record["path"], record["sha256"]))
     except BaseException:
         close_zygote(zygote)
         raise

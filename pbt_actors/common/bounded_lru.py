@@ -9,7 +9,7 @@ as fast as the hand-written caches it replaced on the simulator's hot path.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -48,6 +48,19 @@ class BoundedLru(Generic[K, V]):
         if len(items) > self.cap:
             return self._evict()
         return _NONE_EVICTED
+
+    def make_room(self, keys: Iterable[K], expired: Callable[[K, V], bool]) -> bool:
+        """Whether ``keys`` fit without evicting a live entry, for entries that must never be
+        dropped while live (a host's claim on its worker ids): past the cap, the entries that
+        ``expired`` says are dead are dropped (only those); False if that leaves too little room.
+        The caller then stores with ``put_all`` (which, having room, evicts nothing)."""
+        items = self._items
+        wanted = set(keys)
+        if len(items) + sum(key not in items for key in wanted) <= self.cap:
+            return True
+        for dead in [k for k, v in items.items() if expired(k, v)]:
+            del items[dead]
+        return len(items) + sum(key not in items for key in wanted) <= self.cap
 
     def _evict(self) -> list[tuple[K, V]]:
         """The eviction policy, in one place: the least recently stored first, down to ``cap``."""

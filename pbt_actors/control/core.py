@@ -77,7 +77,15 @@ from pbt_actors.model.protocol import (
     Wait,
     WorkerLost,
 )
-from pbt_actors.model.records import AttemptRecord, Lease, Measurement, Trial, TrialStatus
+from pbt_actors.model.records import (
+    AttemptRecord,
+    Lease,
+    Measurement,
+    Trial,
+    TrialStatus,
+    owns_checkpoint,
+    trial_checkpoint_prefix,
+)
 from pbt_actors.model.rng import decision_rng
 from pbt_actors.model.trial_cost import trial_cost, was_leased
 from pbt_actors.storage.trial_store import META_EXPERIMENT, META_FINISHED_AT, META_RUN_ID, TrialStore
@@ -380,6 +388,15 @@ class ControllerCore:
                 self._release(trial, now, f"attempt {msg.attempt} reported no value for the objective metric "
                                           f"{', '.join(map(repr, missing))} (final {dict(msg.final)!r:.200})")
             return Ack()
+        if msg.checkpoint is not None and not owns_checkpoint(self.experiment.name, trial.id, msg.checkpoint):
+            log.warning("trial %d attempt %d: %s reported checkpoint %r, outside the trial's own prefix %r: "
+                        "refused (a checkpoint of another trial?)", trial.id, msg.attempt, msg.worker,
+                        msg.checkpoint.uri, trial_checkpoint_prefix(self.experiment.name, trial.id))
+            if current:
+                self._release(trial, now, f"attempt {msg.attempt} reported checkpoint {msg.checkpoint.uri!r}, "
+                                          "which is not under the trial's own prefix "
+                                          f"{trial_checkpoint_prefix(self.experiment.name, trial.id)!r}")
+            return Ack()
         history = self._with_attempt_ended(trial, now) if current else trial.history
         completed = trial.evolve(
             status=TrialStatus.COMPLETED, final=dict(msg.final),
@@ -401,11 +418,16 @@ class ControllerCore:
         assert trial.lease is not None
         if trial.lease.worker != msg.worker:
             return Error("not_leaseholder", f"trial {trial.id} is leased to another worker")
+        resume: Fail | None = msg
+        if msg.resume is not None and not owns_checkpoint(self.experiment.name, trial.id, msg.resume):
+            log.warning("trial %d: resume checkpoint %r is not under the trial's own prefix: ignored",
+                        trial.id, msg.resume.uri)
+            resume = None
         if msg.fault == "checkpoint_store":  # the store's fault, not the trial's: re-queued uncharged
-            self._release(trial, now, msg.error, resume=msg, lost=True, fault=True)
+            self._release(trial, now, msg.error, resume=resume, lost=True, fault=True)
             self.checkpoint_store_fault = msg.error
             return Ack()
-        self._release(trial, now, msg.error, retryable=msg.retryable, resume=msg, lost=msg.preempted)
+        self._release(trial, now, msg.error, retryable=msg.retryable, resume=resume, lost=msg.preempted)
         return Ack()
 
     # --- state changes ------------------------------------------------------------------------------

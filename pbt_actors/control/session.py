@@ -145,7 +145,7 @@ class ProtocolSession:
                  clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = log,
                  run_id: str | None = None, host_lease_s: float = HOST_LEASE_S,
                  max_peers: int = MAX_TRACKED_PEERS, max_hosts: int = MAX_HOSTS,
-                 max_owned: int = MAX_OWNED_WORKERS) -> None:
+                 max_owned: int = MAX_OWNED_WORKERS, experiment_file: tuple[str, str] = ("", "")) -> None:
         if cache_peers < 1:
             raise ValueError("cache_peers must be >= 1")
         if park_s is not None and park_s < 0:
@@ -159,7 +159,8 @@ class ProtocolSession:
         self._answered = AnsweredPeers(max_peers)
         self.run_id = run_id
         self._identity = (PeerIdentityRules(run_id, host_lease_s=host_lease_s, max_hosts=max_hosts,
-                                            max_owned=max_owned) if run_id is not None else None)
+                                            max_owned=max_owned, experiment_file=experiment_file)
+                          if run_id is not None else None)
         self.held_total = 0
         """How many times a request was newly held (for the simulator's statistics)."""
 

@@ -30,6 +30,7 @@ from pbt_actors.model.fields import (  # noqa: F401  (safe_name, MAX_NAME_LEN: p
     check_finite,
     from_plain,
     safe_name,
+    to_builtins,
     to_plain,
 )
 from pbt_actors.model.records import CheckpointRef, Measurement, TrialWork
@@ -40,10 +41,17 @@ MAX_ERROR_TEXT = 64 * 1024
 MAX_MEASUREMENTS = 100_000
 MAX_RUN_ID_LEN = 64
 MAX_HOST_WORKERS = 4096
+MAX_PATH_LEN = 4096
+MAX_RETRY_AFTER_S = 3600.0
+MAX_HEARTBEAT_S = 7 * 24 * 3600.0
 
 WorkerId: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_WORKER_ID_LEN)]
 RunId: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_RUN_ID_LEN)]
 """The run id the sender expects; ``""`` when not known yet."""
+RetryAfter: TypeAlias = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_RETRY_AFTER_S)]
+"""Seconds to wait before asking again: finite and bounded (NaN fails ``ge``), so a rogue
+controller's ``wait`` cannot make a worker ask in a busy loop or sleep forever."""
+HeartbeatInterval: TypeAlias = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_HEARTBEAT_S)]
 
 
 class ProtocolMessage(msgspec.Struct, frozen=True):
@@ -52,10 +60,24 @@ class ProtocolMessage(msgspec.Struct, frozen=True):
     TYPE: ClassVar[str]
     CLIPPED: ClassVar[Mapping[str, int]] = {}
     """Free-text fields cut to this many characters instead of refused (a long traceback)."""
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+    """Fields added after the type was first sent: left out of the body while empty, so a
+    message that does not use them has the bytes it always had (an old peer ignores them)."""
 
     def to_body(self) -> dict[str, Any]:
-        """The body as the receiver unpacks it (the codec packs ``to_builtins``: same bytes)."""
+        """The body as the receiver unpacks it (the codec packs ``to_wire()``: same bytes)."""
         body: dict[str, Any] = to_plain(self)
+        return self._without_empty(body)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body as builtins for the codec to pack (``to_builtins``, less empty ``OPTIONAL``)."""
+        body: dict[str, Any] = to_builtins(self)
+        return self._without_empty(body)
+
+    def _without_empty(self, body: dict[str, Any]) -> dict[str, Any]:
+        for name in self.OPTIONAL:
+            if not body.get(name):
+                body.pop(name, None)
         return body
 
     @classmethod
@@ -92,6 +114,11 @@ class Hello(ProtocolMessage, frozen=True):
     """The run id the sender expects; ``""`` on first contact (it learns it from the ``ack``)."""
     workers: Annotated[tuple[WorkerId, ...], msgspec.Meta(max_length=MAX_HOST_WORKERS)] = ()
     """Only from a host supervisor: the worker ids of its host, which it alone may say are lost."""
+    experiment_file: Annotated[str, msgspec.Meta(max_length=MAX_PATH_LEN)] = ""
+    """Optional, from a host supervisor: the experiment file its workers run (for the refusal's text)."""
+    experiment_sha256: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] = ""
+    """Optional: that file's sha256; a controller started from another file refuses the host."""
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("experiment_file", "experiment_sha256")
 
 
 class RequestTrial(ProtocolMessage, frozen=True):
@@ -188,12 +215,15 @@ class TrialAssignment(_Assigned, frozen=True, kw_only=True):
     sha256 before loading)."""
 
     TYPE: ClassVar[str] = "trial"
-    parent_id: int | None
+    parent_id: PositiveInt | None
     parent_checkpoint: CheckpointRef | None
-    heartbeat_s: float
+    heartbeat_s: HeartbeatInterval
     experiment: str
 
     def check(self) -> None:
+        if self.generation < 0 or not 0 <= self.start_step <= self.end_step:
+            raise SchemaError(f"body: generation {self.generation} and steps [{self.start_step}, {self.end_step}) "
+                              "are not a trial's (generation >= 0, 0 <= start_step <= end_step)")
         check_finite(self.hparams, "body.hparams")
         self._check_ref("parent_checkpoint")
         safe_name(self.experiment, "experiment")
@@ -203,7 +233,7 @@ class Wait(ProtocolMessage, frozen=True):
     """Nothing to run yet (e.g. budget mode waits for a generation); ask again later."""
 
     TYPE: ClassVar[str] = "wait"
-    retry_after_s: float
+    retry_after_s: RetryAfter
 
 
 class Ack(ProtocolMessage, frozen=True, omit_defaults=True):

@@ -119,6 +119,18 @@ class CheckpointRef(Record, frozen=True):
         check_relative_uri(self.uri, f"{what}.uri")
 
 
+def trial_checkpoint_prefix(experiment: str, trial_id: int) -> str:
+    """The key prefix under which trial ``trial_id`` writes its checkpoints (the worker's trial
+    context) and the only one a report of that trial may name: the controller refuses a ref
+    outside it, and retention deletes only such files, so no trial can have another's deleted."""
+    return f"{experiment or 'exp'}/trial-{trial_id:06d}/"
+
+
+def owns_checkpoint(experiment: str, trial_id: int, ref: CheckpointRef) -> bool:
+    """Whether ``ref`` lies under trial ``trial_id``'s own prefix (``trial_checkpoint_prefix``)."""
+    return ref.uri.startswith(trial_checkpoint_prefix(experiment, trial_id))
+
+
 class Lease(Record, frozen=True):
     """A RUNNING trial belongs to ``worker`` until ``deadline`` (controller clock, seconds)."""
 

@@ -89,7 +89,8 @@ class LocalRun:
 
     @classmethod
     def start(cls, experiment_file: str, experiment: Experiment, store_dir: Path, *, bind: str, devices: str,
-              workers: int | None, checkpoint_root: str | None = None, zygote: bool = True) -> LocalRun:
+              workers: int | None, checkpoint_root: str | None = None, zygote: bool = True,
+              endpoint_options: dict[str, Any] | None = None) -> LocalRun:
         """Start the zygote, the controller on ``store_dir`` and the supervised workers; whatever
         started is stopped again if a later part fails."""
         from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
@@ -104,6 +105,7 @@ class LocalRun:
         try:
             check_checkpoint_root(root)  # a bucket that is not there stops the run before any trial
             handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file),
+                                      endpoint_options=endpoint_options,
                                       checkpoint_delete=checkpoint_deleter(root))  # retention deletes here
         except BaseException:
             close_zygote(forks)

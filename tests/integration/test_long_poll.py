@@ -20,7 +20,7 @@ import pytest
 import pbt_actors.control.session as session_module
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.protocol import Done, Hello, Message, Report, RequestTrial, TrialAssignment, Wait, WorkerLost
-from pbt_actors.model.records import CheckpointRef
+from pbt_actors.model.records import CheckpointRef, trial_checkpoint_prefix
 from pbt_actors.model.space import Float
 from pbt_actors.runtime.controller.controller_actor import Controller, ControllerHandle
 from pbt_actors.transport.endpoints import WorkerEndpoint
@@ -73,7 +73,7 @@ class Worker(threading.Thread):
 
 
 def report_for(worker: str, spec: TrialAssignment, *, next_trial: bool) -> Report:
-    ckpt = CheckpointRef(f"t{spec.trial_id}.ckpt", 1, "0" * 64, spec.end_step)
+    ckpt = CheckpointRef(f"{trial_checkpoint_prefix(spec.experiment, spec.trial_id)}a.ckpt", 1, "0" * 64, spec.end_step)
     return Report(worker, spec.trial_id, spec.attempt, {"score": 0.5}, (), ckpt, next=next_trial)
 
 

@@ -10,7 +10,6 @@ Key A, on a fresh connection, still speaks for its worker.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from pbt_actors.model.protocol import (
     RequestTrial,
     TrialAssignment,
 )
-from pbt_actors.transport.curve import generate_keypair, load_keypair, load_public_key
+from pbt_actors.transport.curve import load_keypair, load_public_key
 from pbt_actors.transport.endpoints import WorkerEndpoint
+from tests.security.conftest import two_authorised_keys
 from tests.support.runs import TOY, cli, wait_for_line
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,13 +52,7 @@ def ask(endpoint: str, server_key: bytes, secret: Path, message: Message) -> Rep
 
 
 def test_a_second_authorised_key_cannot_speak_for_the_first_keys_worker(tmp_path: Path) -> None:
-    ctl_pub, ctl_secret = generate_keypair(tmp_path / "controller", "controller")
-    a_pub, a_secret = generate_keypair(tmp_path / "a", "host-a")
-    b_pub, b_secret = generate_keypair(tmp_path / "b", "host-b")
-    authorized = tmp_path / "authorized"
-    authorized.mkdir()
-    shutil.copy(a_pub, authorized)
-    shutil.copy(b_pub, authorized)
+    ctl_pub, ctl_secret, a_secret, b_secret, authorized = two_authorised_keys(tmp_path)
     controller = cli("controller", str(TOY), "--store", str(tmp_path / "store"), "--bind", "tcp://127.0.0.1:0",
                      "--curve-secret", str(ctl_secret), "--authorized-keys", str(authorized),
                      env={"TOY_LEASE_S": "300"})

@@ -14,13 +14,15 @@ from pbt_actors.model.protocol import (
     RequestTrial,
     TrialAssignment,
 )
-from pbt_actors.model.records import CheckpointRef, Trial
+from pbt_actors.model.records import CheckpointRef, Trial, trial_checkpoint_prefix
 from pbt_actors.storage.trial_store import TrialStore
 
 
-def fake_checkpoint(trial_id: int, attempt: int, step: int) -> CheckpointRef:
+def fake_checkpoint(trial_id: int, attempt: int, step: int, experiment: str = "exp") -> CheckpointRef:
+    """A ref under the trial's own prefix (the controller refuses any other)."""
     data = f"{trial_id}:{attempt}:{step}".encode()
-    return CheckpointRef(f"t{trial_id}/a{attempt}.ckpt", len(data), hashlib.sha256(data).hexdigest(), step)
+    return CheckpointRef(f"{trial_checkpoint_prefix(experiment, trial_id)}a{attempt}.ckpt", len(data),
+                         hashlib.sha256(data).hexdigest(), step)
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Driver:
     def report(self, worker: str, spec: TrialAssignment, value: float, metric: str = "score") -> Reply:
         return self.core.handle(
             Report(worker, spec.trial_id, spec.attempt, {metric: value},
-                   checkpoint=fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)), self.now)
+                   checkpoint=fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step, spec.experiment)), self.now)
 
     def heartbeat(self, worker: str, spec: TrialAssignment, step: int, metrics=None) -> Reply:
         return self.core.handle(Heartbeat(worker, spec.trial_id, spec.attempt, step, metrics), self.now)

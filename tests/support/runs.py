@@ -54,6 +54,18 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float = 6
     raise AssertionError(f"no {needle!r} within {timeout_s}s")
 
 
+def output_once_exited(proc: subprocess.Popen[str], timeout_s: float, kept_running: str) -> str:
+    """``proc``'s output once it exits; killed, and the test failed with ``kept_running``, if it
+    is still running after ``timeout_s`` (a process that should have been refused)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        raise AssertionError(f"{kept_running}:\n{out}") from None
+    return out
+
+
 def assert_complete_lineage(store: TrialStore, checkpoint_root: Path) -> None:
     """Every trial completed once, children after and from their parents' checkpoints."""
     report = verify_store(store, checkpoint_root, finished=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.protocol import Done, Report, RequestTrial, TrialAssignment, Wait
-from pbt_actors.model.records import CheckpointRef
+from pbt_actors.model.records import CheckpointRef, trial_checkpoint_prefix
 from pbt_actors.model.space import Float
 
 ALPHA = 0.02
@@ -53,9 +53,10 @@ class ToyCluster:
     checkpoints: dict[str, tuple[float, float]] = field(default_factory=dict)
     now: float = 0.0
 
-    def save(self, trial_id: int, attempt: int, theta: tuple[float, float], step: int) -> CheckpointRef:
+    def save(self, trial_id: int, attempt: int, theta: tuple[float, float], step: int,
+             experiment: str = "exp") -> CheckpointRef:
         data = struct.pack("<dd", *theta)
-        uri = f"trial-{trial_id}-a{attempt}.ckpt"
+        uri = f"{trial_checkpoint_prefix(experiment, trial_id)}a{attempt}.ckpt"
         self.checkpoints[uri] = theta
         return CheckpointRef(uri, len(data), hashlib.sha256(data).hexdigest(), step)
 
@@ -63,7 +64,7 @@ class ToyCluster:
         theta = (0.9, 0.9) if spec.parent_checkpoint is None else self.checkpoints[spec.parent_checkpoint.uri]
         theta = train_toy(theta, float(spec.hparams["h0"]), float(spec.hparams["h1"]),
                           spec.end_step - spec.start_step)
-        ckpt = self.save(spec.trial_id, spec.attempt, theta, spec.end_step)
+        ckpt = self.save(spec.trial_id, spec.attempt, theta, spec.end_step, spec.experiment)
         return theta, Report(worker="", trial_id=spec.trial_id, attempt=spec.attempt,
                              final={"Q": q_true(theta)}, checkpoint=ckpt)
 

@@ -175,7 +175,8 @@ def _complete(d: Driver, worker: str, spec: TrialAssignment, values: list[float]
     steps = range(spec.start_step + 1, spec.end_step + 1)
     measurements = tuple(Measurement(s, {"score": v}) for s, v in zip(steps, values, strict=True))
     d.core.handle(Report(worker, spec.trial_id, spec.attempt, {"score": values[-1]}, measurements=measurements,
-                         checkpoint=fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)), d.now)
+                         checkpoint=fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step,
+                                                    spec.experiment)), d.now)
 
 
 def test_lineage_reports_walk_up_to_the_ancestors() -> None:

@@ -305,7 +305,7 @@ def test_a_report_with_next_is_applied_and_answered_with_the_next_trial() -> Non
     d = driver(population=2, steps_per_trial=10, max_steps=20)
     first, second = d.lease("w0"), d.lease("w1")
     reply = d.core.handle(Report("w0", first.trial_id, first.attempt, {"score": 1.0}, (),
-                                 fake_checkpoint(first.trial_id, 1, 10), next=True), d.now)
+                                 fake_checkpoint(first.trial_id, 1, 10, first.experiment), next=True), d.now)
     assert d.trial(first.trial_id).status is TrialStatus.COMPLETED  # applied, like a plain report
     assert isinstance(reply, TrialAssignment) and reply.trial_id not in (first.trial_id, second.trial_id)
     assert d.trial(reply.trial_id).lease.worker == "w0"
@@ -315,7 +315,7 @@ def test_a_report_with_next_is_applied_and_answered_with_the_next_trial() -> Non
     assert d.store.running_leased_to("w9") == []
     # nothing left to lease while the last trials run: the answer is what request_trial gets
     done = d.core.handle(Report("w1", second.trial_id, second.attempt, {"score": 0.5}, (),
-                                fake_checkpoint(second.trial_id, 1, 10), next=True), d.now)
+                                fake_checkpoint(second.trial_id, 1, 10, second.experiment), next=True), d.now)
     assert isinstance(done, TrialAssignment | Wait)
 
 

@@ -29,7 +29,7 @@ from pbt_actors.control.retention_rules import (
 )
 from pbt_actors.model.experiment import EarlyStop, Experiment, Retention
 from pbt_actors.model.protocol import Fail, Heartbeat, Report, RequestTrial, Stop, TrialAssignment, WorkerLost
-from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus
+from pbt_actors.model.records import CheckpointRef, Trial, TrialStatus, trial_checkpoint_prefix
 from pbt_actors.model.space import Float
 from pbt_actors.storage.memory import InMemoryTrialStore
 
@@ -40,7 +40,8 @@ POLICIES = [("initiator", False), ("initiator", True), ("truncation", False), ("
 
 def ref(trial_id: int, attempt: int, step: int, kind: str = "final") -> CheckpointRef:
     data = f"{kind}:{trial_id}:{attempt}:{step}".encode()
-    return CheckpointRef(f"t{trial_id}/a{attempt}-{kind}.ckpt", len(data), hashlib.sha256(data).hexdigest(), step)
+    return CheckpointRef(f"{trial_checkpoint_prefix('retention', trial_id)}a{attempt}-{kind}.ckpt", len(data),
+                         hashlib.sha256(data).hexdigest(), step)
 
 
 def make_experiment(policy: Any, budget: bool, population: int, window: int, keep_best: int,

@@ -34,7 +34,7 @@ from pbt_actors.model.protocol import (
     Wait,
     WorkerLost,
 )
-from pbt_actors.model.records import CheckpointRef, TrialStatus
+from pbt_actors.model.records import CheckpointRef, TrialStatus, trial_checkpoint_prefix
 from pbt_actors.model.space import Float
 from pbt_actors.storage.memory import InMemoryTrialStore
 
@@ -79,7 +79,7 @@ class Harness:
 
 
 def report(worker: str, spec: TrialAssignment, *, next_trial: bool = False) -> Report:
-    ckpt = CheckpointRef(f"t{spec.trial_id}.ckpt", 1, "0" * 64, spec.end_step)
+    ckpt = CheckpointRef(f"{trial_checkpoint_prefix(spec.experiment, spec.trial_id)}a.ckpt", 1, "0" * 64, spec.end_step)
     return Report(worker, spec.trial_id, spec.attempt, {"score": 0.5}, (), ckpt, next=next_trial)
 
 

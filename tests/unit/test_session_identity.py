@@ -109,7 +109,8 @@ def test_worker_lost_only_from_the_supervisor_that_owns_the_worker() -> None:
 # --- memory (item 9) -------------------------------------------------------------------------------
 def test_a_flood_of_fresh_identities_keeps_every_per_peer_structure_under_its_cap() -> None:
     caps = dict(cache_peers=512, max_peers=512, max_hosts=64, max_owned=256)
-    session = ProtocolSession(park_s=2.0, clock=lambda: 0.0, logger=None, run_id="r" * 32,
+    now = [0.0]  # one second per round: claims lapse (a live one is never evicted: refused instead)
+    session = ProtocolSession(park_s=2.0, clock=lambda: now[0], logger=None, run_id="r" * 32,
                               **caps)  # type: ignore[arg-type]
     requests = 0
 
@@ -118,6 +119,7 @@ def test_a_flood_of_fresh_identities_keeps_every_per_peer_structure_under_its_ca
                 else Ack() for m in messages]
 
     for i in range(100_000):
+        now[0] = float(i)
         peer = f"p{i}".encode()
         batch: list[tuple[bytes, int, Message]] = [(peer, 1, Hello(peer.decode())),
                                                    (f"q{i}".encode(), 1, RequestTrial(f"q{i}"))]
@@ -125,7 +127,7 @@ def test_a_flood_of_fresh_identities_keeps_every_per_peer_structure_under_its_ca
             batch.append((f"s{i}".encode(), 1, Hello(f"s{i}", host=f"host{i}", workers=(f"host{i}-w0",
                                                                                        f"host{i}-w1"))))
         keys = {p: f"key{i}" for p, _, _ in batch}  # CURVE: every peer its own key, all bound
-        session.serve(session.receive(batch, 0.0, keys=keys), handle, 0.0)
+        session.serve(session.receive(batch, now[0], keys=keys), handle, now[0])
         requests += len(batch)
         if i % 10_000 == 0:
             sizes = session.sizes()
@@ -133,8 +135,8 @@ def test_a_flood_of_fresh_identities_keeps_every_per_peer_structure_under_its_ca
             assert sizes["parked"] <= 512 and sizes["hosts"] <= 64 and sizes["owners"] <= 256
             assert sizes["keys"] <= 256
     sizes = session.sizes()
-    assert sizes == {"reply_cache": 512, "parked": 512, "peers_seen": 512, "peers_done": 0, "hosts": 64,
-                     "owners": 256, "keys": 256}, sizes
+    assert sizes["reply_cache"] == 512 and sizes["peers_seen"] == 512 and sizes["parked"] <= 512, sizes
+    assert sizes["hosts"] <= 64 and sizes["owners"] <= 256 and sizes["keys"] == 256, sizes
     assert requests > 200_000
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
 from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.records import owns_checkpoint
 from pbt_actors.runtime.checkpoint_payloads import inside_root
 from pbt_actors.storage.trial_store import TrialStore
 
@@ -72,13 +73,19 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
     return delete
 
 
-def uris_of(store: TrialStore, trial_ids: Sequence[int]) -> list[tuple[int, str]]:
-    """``(trial id, checkpoint uri)`` of each id still in the checkpoint index."""
+def uris_of(store: TrialStore, trial_ids: Sequence[int], experiment: str) -> list[tuple[int, str]]:
+    """``(trial id, checkpoint uri)`` of each id still in the checkpoint index whose file the
+    trial owns (under its own prefix): retention never deletes a file another trial wrote, even
+    if a ref to it got into the store (a borrowed ref, an older build's record)."""
     out = []
     for trial_id in trial_ids:
         ref = store.checkpoint(trial_id)
-        if ref is not None:
+        if ref is None:
+            continue
+        if owns_checkpoint(experiment, trial_id, ref):
             out.append((trial_id, ref.uri))
+        else:
+            log.debug("trial %d's checkpoint %r is not under its own prefix: not deleted", trial_id, ref.uri)
     return out
 
 
@@ -133,7 +140,7 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
 
         experiment = replace(experiment, retention=replace(experiment.retention, enabled=True))
     plan = plan_retention(store, experiment, read_pins(store))
-    targets = uris_of(store, plan.delete)
+    targets = uris_of(store, plan.delete, experiment.name)
     result = GcResult(plan, targets)
     sizes = {i: ref.bytes for i in plan.delete if (ref := store.checkpoint(i)) is not None}
     if dry_run or not targets:

@@ -38,7 +38,7 @@ from pbt_actors.model.protocol import Error, Message, Reply, Report
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.runtime.controller.checkpoint_collector import Collector, Deleter, record_with_retries, uris_of
 from pbt_actors.runtime.controller.pin_requests import apply_requests, requests_folder
-from pbt_actors.storage.trial_store import TrialStore
+from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE, TrialStore
 from pbt_actors.transport.endpoints import ControllerEndpoint
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class ControllerActor(pykka.ThreadingActor):
         if not core.experiment.retention.enabled:
             return []
         plan = plan_retention(core.store, core.experiment)
-        return uris_of(core.store, plan.delete)
+        return uris_of(core.store, plan.delete, core.experiment.name)
 
     def status(self) -> StatusSnapshot:
         core = self._serving()
@@ -196,7 +196,7 @@ class _Bridge(threading.Thread):
     """
 
     def __init__(self, actor: pykka.ActorRef[ControllerActor], bind: str, endpoint_options: dict[str, Any],
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, experiment_file: tuple[str, str] = ("", "")) -> None:
         super().__init__(name="pbt-controller-bridge", daemon=True)
         self.controller = actor.proxy()
         self.bind = bind
@@ -210,7 +210,7 @@ class _Bridge(threading.Thread):
         stopped serving (see ``ControllerActor.fatal``)."""
         self.after_reports: Callable[[], None] | None = None
         """Called after a batch holding reports was committed (the retention collector's nudge)."""
-        self.session = ProtocolSession(clock=time.monotonic, run_id=run_id)
+        self.session = ProtocolSession(clock=time.monotonic, run_id=run_id, experiment_file=experiment_file)
         """The protocol rules; monotonic time, as parking measures intervals, not dates. With
         the store's run id: workers of another run are refused, hosts own their workers."""
 
@@ -375,7 +375,11 @@ class Controller:
             if actor.is_alive():
                 actor.stop(timeout=30)
             raise
-        bridge = _Bridge(actor, bind, dict(endpoint_options or {}), run_id=snapshot.run_id)
+        record = (meta or {}).get(META_EXPERIMENT_FILE)  # the file this controller was started from
+        experiment_file = ((str(record.get("path", "")), str(record.get("sha256", "")))
+                           if isinstance(record, Mapping) else ("", ""))
+        bridge = _Bridge(actor, bind, dict(endpoint_options or {}), run_id=snapshot.run_id,
+                         experiment_file=experiment_file)
         collector = None
         if checkpoint_delete is not None:  # plans are empty while the experiment has retention off
             collector = Collector(lambda: controller.plan_retention().get(timeout=60),

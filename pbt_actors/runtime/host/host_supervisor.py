@@ -97,8 +97,11 @@ class HostSupervisorActor(pykka.ThreadingActor):
                  intensity: Intensity | None = None, backoff: Backoff | None = None,
                  endpoint_options: Mapping[str, Any] | None = None, state_path: str | os.PathLike[str] | None = None,
                  host: str | None = None, markers: str | os.PathLike[str] | None = None,
-                 stop_grace_s: float = STOP_GRACE_S, stopping: threading.Event | None = None) -> None:
+                 stop_grace_s: float = STOP_GRACE_S, stopping: threading.Event | None = None,
+                 experiment_file: tuple[str, str] = ("", "")) -> None:
         super().__init__()
+        self.experiment_file = experiment_file
+        """(path, sha256) of the experiment file the workers run, said in the host's hello."""
         self.stop_grace_s = stop_grace_s
         self.stopping = stopping if stopping is not None else threading.Event()
         """Set when the host is shutting down (``HostSupervisor.begin_stop``, from a signal
@@ -136,7 +139,7 @@ class HostSupervisorActor(pykka.ThreadingActor):
         if self.controller is not None:
             identity = f"supervisor-{socket.gethostname()}-{os.getpid()}"
             self.notifier = LostNotifier(self.controller, identity, self.endpoint_options, host=self.host,
-                                         workers=self._worker_ids(),
+                                         workers=self._worker_ids(), experiment_file=self.experiment_file,
                                          on_refused=functools.partial(_tell, self._self.refuse.defer))
         threading.Thread(target=_tick, args=(self._self, self.ticker_stop), name="pbt-supervisor-ticker",
                          daemon=True).start()

@@ -52,9 +52,12 @@ class LostNotifier:
     TIMEOUT_S = 2.0
 
     def __init__(self, controller: str, identity: str, endpoint_options: Mapping[str, Any], *, host: str = "",
-                 workers: tuple[str, ...] = (), on_refused: Callable[[str], None] | None = None) -> None:
+                 workers: tuple[str, ...] = (), on_refused: Callable[[str], None] | None = None,
+                 experiment_file: tuple[str, str] = ("", "")) -> None:
         self.controller, self.identity, self.endpoint_options = controller, identity, dict(endpoint_options)
         self.host, self.workers, self.on_refused = host, workers, on_refused
+        self.experiment_file = experiment_file
+        """(path, sha256) of the experiment file this host's workers run; ("", "") unknown."""
         self.run = ""
         self.refused: str | None = None
         self.next_hello = time.monotonic()
@@ -102,7 +105,7 @@ class LostNotifier:
             self._hello(endpoint)
 
     def _hello(self, endpoint: WorkerEndpoint) -> None:
-        hello = Hello(self.identity, self.host, os.getpid(), "", self.run, self.workers)
+        hello = Hello(self.identity, self.host, os.getpid(), "", self.run, self.workers, *self.experiment_file)
         try:
             reply = endpoint.request(hello, timeout_s=self.TIMEOUT_S, retries=0)
         except RequestTimeout:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pbt_actors.model.errors import CheckpointWriteError
-from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.model.records import CheckpointRef, Measurement, trial_checkpoint_prefix
 from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class TrialContext:
         """Save this trial's state put-once under a key carrying its sha256 (a local file linked
         into place, or an upload that finished) and record it; the report names it only after."""
         at = self.end_step if step is None else step
-        uri = f"{self.experiment or 'exp'}/trial-{self.trial_id:06d}/a{self.attempt}-s{at}.ckpt"
+        uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.ckpt"
         try:
             self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
         except CheckpointWriteError as exc:

@@ -82,6 +82,9 @@ class SilenceClock:
     def __init__(self) -> None:
         self.heard_at = time.monotonic()
         self.quiet_until = 0.0
+        self.refused = ""
+        """Why the controller's last answer was refused (``WorkerEndpoint.refused_reply``): when
+        the worker gives up, it says that the controller answered and what was wrong."""
 
     def heard(self) -> None:
         self.heard_at = time.monotonic()
@@ -149,8 +152,13 @@ class WorkerActor(pykka.ThreadingActor):
         self.trial = None
         if self.wrong_run and isinstance(message, RequestTrial):
             return Error("wrong_run", self.wrong_run)
-        reply = self.endpoint.request(stamp_run(message, self.run), timeout_s=timeout_s, retries=retries)
+        try:
+            reply = self.endpoint.request(stamp_run(message, self.run), timeout_s=timeout_s, retries=retries)
+        except RequestTimeout:
+            self._clock.refused = self.endpoint.refused_reply or self._clock.refused
+            raise
         self._clock.heard()
+        self._clock.refused = ""
         if isinstance(reply, TrialAssignment) and slot is not None:
             self.trial = _RunningTrial(reply, slot)
         elif isinstance(message, Hello) and isinstance(reply, Ack) and reply.run:

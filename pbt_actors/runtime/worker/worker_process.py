@@ -215,8 +215,14 @@ def run(config: WorkerProcessConfig) -> int:
     finally:
         client.close()
     if client.controller_gone.is_set():
-        print(f"pbt-actors: worker {config.worker_id}: no controller at {config.connect} for "
-              f"{config.controller_timeout_s:g} s; giving up", file=sys.stderr, flush=True)
+        refused = client.silence.refused
+        if refused:  # it answered: say what was refused, not "no controller"
+            print(f"pbt-actors: worker {config.worker_id}: the controller at {config.connect} answered, but "
+                  f"its replies were refused for {config.controller_timeout_s:g} s ({refused}); giving up",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"pbt-actors: worker {config.worker_id}: no controller at {config.connect} for "
+                  f"{config.controller_timeout_s:g} s; giving up", file=sys.stderr, flush=True)
         return EXIT_NO_CONTROLLER
     return EXIT_PREEMPTED if client.preempt.is_set() else EXIT_DONE
 

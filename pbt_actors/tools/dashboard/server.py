@@ -66,6 +66,10 @@ def serve(store_dir: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT
         t0 = time.perf_counter()
         app = create_app(index, path, refresh_s=refresh_s, host_states=host_states)
         sock = bind_socket(host, port)
+        bound = sock.getsockname()[0]
+        if not allow_remote and not is_loopback(bound):  # judged on what was bound: a name may resolve anywhere
+            sock.close()
+            check_bind(bound, allow_remote)
         url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/"
         print(f"dashboard: {url}  ({len(index.rows)} trials indexed in {time.perf_counter() - t0:.1f}s; "
               "Ctrl-C to stop)", file=sys.stderr, flush=True)

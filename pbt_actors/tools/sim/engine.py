@@ -82,7 +82,7 @@ from pbt_actors.model.protocol import (
     Wait,
     WorkerLost,
 )
-from pbt_actors.model.records import CheckpointRef, TrialStatus
+from pbt_actors.model.records import CheckpointRef, TrialStatus, trial_checkpoint_prefix
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.trial_store import TrialStore
 from pbt_actors.tools.sim.cluster_model import SimConfig
@@ -117,9 +117,10 @@ class _Worker:
         self.duration = 0.0
 
 
-def fake_checkpoint(trial_id: int, attempt: int, step: int) -> CheckpointRef:
-    """A checkpoint reference that points at no file (the state lives in the simulator)."""
-    return CheckpointRef(f"sim/t{trial_id}/a{attempt}/s{step}.ckpt", 0,
+def fake_checkpoint(trial_id: int, attempt: int, step: int, experiment: str = "sim") -> CheckpointRef:
+    """A checkpoint reference that points at no file (the state lives in the simulator), under
+    the trial's own prefix as a real worker's (the controller refuses any other)."""
+    return CheckpointRef(f"{trial_checkpoint_prefix(experiment, trial_id)}a{attempt}-s{step}.ckpt", 0,
                          f"{trial_id:08x}{attempt:08x}{_FAKE_SHA_PAD}", step)
 
 
@@ -379,7 +380,7 @@ class Simulation:
         state = self.objective.train(state, spec.hparams, spec.start_step, spec.end_step)
         true = self.objective.evaluate(state)
         observed = self.objective.observe(true, self._rng_noise)
-        ckpt = fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step)
+        ckpt = fake_checkpoint(spec.trial_id, spec.attempt, spec.end_step, spec.experiment)
         self.states[ckpt.uri] = state
         self.truth[ckpt.uri] = true
         # the report asks for the next trial in the same round trip (as WorkerClient does),
@@ -446,7 +447,7 @@ class Simulation:
             # SIGTERM with notice: save where we are; the retry continues from there
             step = spec.start_step + done_steps
             state = self.objective.train(self._parent_state(spec), spec.hparams, spec.start_step, step)
-            ckpt = fake_checkpoint(spec.trial_id, spec.attempt, step)
+            ckpt = fake_checkpoint(spec.trial_id, spec.attempt, step, spec.experiment)
             self.states[ckpt.uri] = state
             saved = worker.duration * done_steps / steps
             self.useful_s += saved
