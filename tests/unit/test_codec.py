@@ -19,72 +19,23 @@ from pbt_actors.model.protocol import (
     REPLY_TYPES,
     REQUEST_TYPES,
     Ack,
-    Done,
-    Error,
     Fail,
-    Heartbeat,
     Hello,
-    Report,
-    RequestTrial,
-    Stop,
-    TrialAssignment,
-    Wait,
-    WorkerLost,
     message_from_body,
 )
-from pbt_actors.model.records import CheckpointRef, Measurement
+from pbt_actors.model.records import CheckpointRef
 from pbt_actors.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
     decode,
     encode,
 )
+from tests.support.samples import sample_messages
 
 pytestmark = pytest.mark.timeout(120)
 
-CKPT = CheckpointRef("t3/a2.ckpt", 1234, "ab" * 32, 100)
 
-EXAMPLES: list[Any] = [
-    Hello("w1", "host-a", 4242, "cuda:0"),
-    Hello("w2"),
-    RequestTrial("w1"),
-    Heartbeat("w1", 3, 1, 50, {"loss": 0.5, "acc": 0.75}),
-    Heartbeat("w1", 3, 1, 60),
-    Report("w1", 3, 2, {"score": 0.9}, (Measurement(10, {"loss": 1.0}), Measurement(20, {"loss": 0.5})), CKPT),
-    Report("w1", 4, 1, {"score": float("-inf")}),
-    Fail("w1", 3, 1, "CUDA out of memory", False, CKPT),
-    Fail("w1", 3, 2, "preempted"),
-    WorkerLost("w1", "SIGKILL"),
-    TrialAssignment(
-        3,
-        1,
-        generation=2,
-        hparams={"lr": 0.1, "opt": "adam", "batch": 32, "nesterov": True},
-        start_step=0,
-        end_step=100,
-        parent_id=1,
-        parent_checkpoint=CKPT,
-        heartbeat_s=20.0,
-        experiment="toy",
-    ),
-    TrialAssignment(
-        1,
-        1,
-        generation=0,
-        hparams={},
-        start_step=0,
-        end_step=10,
-        parent_id=None,
-        parent_checkpoint=None,
-        heartbeat_s=1.5,
-        experiment="toy",
-    ),
-    Wait(1.5),
-    Ack(),
-    Stop(3, "early stop: diverged"),
-    Done(),
-    Error("malformed", "bad body"),
-]
+EXAMPLES: list[Any] = list(sample_messages().values())
 
 
 def envelope(**overrides: Any) -> dict[str, Any]:

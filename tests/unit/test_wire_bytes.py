@@ -20,7 +20,6 @@ from pbt_actors.model.experiment import EarlyStop, Experiment, Retention
 from pbt_actors.model.fitness import Metric, Objective
 from pbt_actors.model.records import (
     AttemptRecord,
-    CheckpointRef,
     Lease,
     Measurement,
     Origin,
@@ -30,16 +29,10 @@ from pbt_actors.model.records import (
 )
 from pbt_actors.model.space import Categorical, Discrete, Fixed, Float, Int
 from pbt_actors.tools.lineage import Lineage, LineageEdge, Schedule, Segment
-
-try:  # the message types moved beside the model; the golden file was written before that
-    from pbt_actors.model import protocol as messages
-except ImportError:  # pragma: no cover - only when writing the golden file from an older tree
-    from pbt_actors.transport import messages  # type: ignore[attr-defined,no-redef]
 from pbt_actors.transport.codec import decode, encode
+from tests.support.samples import CKPT, RESUME, sample_messages
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "wire_golden.json"
-CKPT = CheckpointRef("exp/trial-000003/a2-s100.ckpt", 1234, "ab" * 32, 100)
-RESUME = CheckpointRef("exp/trial-000003/a1-s40.ckpt", 99, "0f" * 32, 40)
 
 
 def trials() -> dict[str, Trial]:
@@ -97,60 +90,6 @@ def trials() -> dict[str, Trial]:
     }
 
 
-def messages_() -> dict[str, Any]:
-    m = messages
-    return {
-        "hello": m.Hello("w1", "host-a", 4242, "cuda:0", "run-1", ("w1", "w2")),
-        "hello_min": m.Hello("w2"),
-        "request_trial": m.RequestTrial("w1", "run-1"),
-        "heartbeat": m.Heartbeat("w1", 3, 1, 50, {"loss": 0.5, "acc": 0.75}, "run-1"),
-        "heartbeat_bare": m.Heartbeat("w1", 3, 1, 60),
-        "report": m.Report(
-            "w1",
-            3,
-            2,
-            {"score": 0.9},
-            (Measurement(10, {"loss": 1.0}), Measurement(20, {"loss": 0.5})),
-            CKPT,
-            True,
-            "run-1",
-        ),
-        "report_inf": m.Report("w1", 4, 1, {"score": float("-inf")}),
-        "fail": m.Fail("w1", 3, 1, "CUDA out of memory", False, RESUME, True, "run-1"),
-        "worker_lost": m.WorkerLost("w1", "SIGKILL", "run-1"),
-        "trial": m.TrialAssignment(
-            3,
-            1,
-            generation=2,
-            hparams={"lr": 0.1, "opt": "adam", "batch": 32, "nesterov": True},
-            start_step=0,
-            end_step=100,
-            parent_id=1,
-            parent_checkpoint=CKPT,
-            heartbeat_s=20.0,
-            experiment="toy",
-        ),
-        "trial_seed": m.TrialAssignment(
-            1,
-            1,
-            generation=0,
-            hparams={},
-            start_step=0,
-            end_step=10,
-            parent_id=None,
-            parent_checkpoint=None,
-            heartbeat_s=1.5,
-            experiment="",
-        ),
-        "wait": m.Wait(1.5),
-        "ack": m.Ack(),
-        "ack_run": m.Ack("run-1"),
-        "stop": m.Stop(3, "early stop: diverged"),
-        "done": m.Done(),
-        "error": m.Error("malformed", "bad body"),
-    }
-
-
 def experiments() -> dict[str, Experiment]:
     space: dict[str, Any] = {"lr": Float(1e-4, 0.1, log=True), "layers": Int(1, 8), "batch": Discrete([16, 32, 64]),
              "opt": Categorical(["adam", "sgd"]), "wd": Fixed(0.0)}
@@ -187,7 +126,7 @@ def produce() -> dict[str, str]:
         out[f"record/{name}"] = wire.pack(ref.to_dict()).hex()
     for name, experiment in experiments().items():
         out[f"experiment/{name}"] = wire.pack(experiment.to_dict()).hex()
-    for i, (name, message) in enumerate(messages_().items()):
+    for i, (name, message) in enumerate(sample_messages().items()):
         out[f"message/{name}"] = encode(message, 2**i + i).hex()
     for name, text in exports().items():
         out[f"export/{name}"] = text
@@ -216,11 +155,11 @@ def test_old_trial_records_read_back(name: str) -> None:
         assert wire.pack(trial.to_dict()) == data
 
 
-@pytest.mark.parametrize("name", sorted(messages_()))
+@pytest.mark.parametrize("name", sorted(sample_messages()))
 def test_old_frames_decode_to_the_same_message(name: str) -> None:
     frame = bytes.fromhex(GOLDEN_DATA[f"message/{name}"])
     envelope = decode(frame)
-    assert envelope.message == messages_()[name]
+    assert envelope.message == sample_messages()[name]
     assert encode(envelope.message, envelope.request_id) == frame
 
 
