@@ -23,7 +23,6 @@ from pbt_actors.model.protocol import (
     Hello,
     message_from_body,
 )
-from pbt_actors.model.records import CheckpointRef
 from pbt_actors.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
