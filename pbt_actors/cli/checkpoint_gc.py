@@ -3,7 +3,7 @@
     pbt-actors gc  --store DIR [--checkpoint-root DIR|URL] [--dry-run] [--force] [--json]
     pbt-actors pin --store DIR TRIAL_ID [--unpin] [--wait S] [--json]
 
-A running controller collects by itself (``runtime.retention.Collector``); these commands
+A running controller collects by itself (``runtime.controller.checkpoint_collector.Collector``); these commands
 open the store as its writer. ``gc`` refuses a store whose controller still runs (the writer
 lock names it); ``pin`` then hands the request to the live controller instead
 (``runtime.controller.pin_requests``: a request file it applies before its next retention

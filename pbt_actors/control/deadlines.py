@@ -22,7 +22,7 @@ left (still at least the floor). A timed-out attempt is a *failure* of the trial
 Deaths. The first worker death during a trial is a loss (``max_losses``: it may be the
 machine's fault); every further one is a failure (``max_attempts``): a configuration that
 gets its process OOM-killed ends FAILED after a few attempts instead of ten losses, and the
-host supervisor stops counting its deaths against the host (``runtime.restart_rules``).
+host supervisor stops counting its deaths against the host (``runtime.host.restart_rules``).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
 
 
 def _check_future_parents(store: TrialStore, trials: dict[int, Trial], problems: list[str]) -> None:
-    """No checkpoint that can still be a parent (``control.retention.needed_parents``) may be
+    """No checkpoint that can still be a parent (``control.retention_rules.needed_parents``) may be
     collected or missing from the checkpoint index: a child would train from scratch."""
     raw = store.get_meta(META_EXPERIMENT)
     if raw is None:

@@ -347,7 +347,7 @@ class Controller:
 
         ``store`` is a folder (an LMDB store is created or resumed there) or a factory
         returning any ``TrialStore`` (called on the actor's thread). ``checkpoint_delete``
-        deletes one checkpoint by uri (``runtime.retention.local_deleter(root)``, or a
+        deletes one checkpoint by uri (``runtime.controller.checkpoint_collector.local_deleter(root)``, or a
         ``CheckpointStore``'s ``delete``): with it, and retention on in the experiment, a
         collector thread deletes checkpoints no trial can need any more, after completions
         and every ``retention_interval_s``; without it the controller keeps every file.
