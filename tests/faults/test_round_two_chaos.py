@@ -88,30 +88,6 @@ def borrow_a_checkpoint(address: str, store: Path, client: dict[str, Any]) -> tu
     return victim.id, lease.trial_id
 
 
-def move_bucket(s3: S3Server, source: str, target: str) -> None:
-    """Move every object of ``source`` into a new bucket ``target``, then delete ``source``
-    (again while workers still write into it: a delete of a non-empty bucket is refused)."""
-    from botocore.exceptions import ClientError
-
-    client = s3.client()
-    client.create_bucket(Bucket=target)
-
-    def moved_and_deleted() -> bool:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source):
-            for item in page.get("Contents", []):
-                client.copy_object(Bucket=target, Key=item["Key"], CopySource={"Bucket": source, "Key": item["Key"]})
-                client.delete_object(Bucket=source, Key=item["Key"])
-        try:
-            client.delete_bucket(Bucket=source)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "BucketNotEmpty":
-                raise
-            return False
-        return True
-
-    wait_until(moved_and_deleted, 60, f"bucket {source} moved to {target}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
@@ -157,7 +133,7 @@ def test_floods_a_borrowed_ref_and_a_bucket_outage_in_one_run(s3: S3Server, tmp_
         assert host.popen.poll() is None, host.output()[-4000:]
 
         # an outage of the bucket mid-run: the controller stops, nothing is charged for it
-        move_bucket(s3, bucket, f"{bucket}-saved")
+        s3.remove_bucket(bucket, move_to=f"{bucket}-saved")
         assert controller.wait(180) == EXIT_CHECKPOINT_STORE, controller.output()[-4000:]
         assert "run the same command again to resume" in controller.output()
         host.wait(120)  # its workers find no controller (exit 69) or were told to stop
@@ -166,7 +142,7 @@ def test_floods_a_borrowed_ref_and_a_bucket_outage_in_one_run(s3: S3Server, tmp_
         assert not finished(store)
 
         # the bucket comes back: the same commands resume and finish the run
-        move_bucket(s3, f"{bucket}-saved", bucket)
+        s3.remove_bucket(f"{bucket}-saved", move_to=bucket)
         controller, host, address = launch()
         procs += [controller, host]
         assert controller.wait(300) == 0, controller.output()[-4000:]

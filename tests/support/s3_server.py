@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,6 +52,36 @@ class S3Server:
     def make_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
         return name
+
+    def remove_bucket(self, name: str, *, move_to: str | None = None, timeout_s: float = 60) -> None:
+        """Delete bucket ``name`` while workers may still be writing into it (S3 refuses to
+        delete a non-empty bucket, so empty it again until the delete goes through); with
+        ``move_to``, its objects are copied into that new bucket first (an outage, not a loss)."""
+        from botocore.exceptions import ClientError
+
+        client = self.client()
+        if move_to is not None:
+            client.create_bucket(Bucket=move_to)
+
+        def emptied_and_deleted() -> bool:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for item in page.get("Contents", []):
+                    if move_to is not None:
+                        source = {"Bucket": name, "Key": item["Key"]}
+                        client.copy_object(Bucket=move_to, Key=item["Key"], CopySource=source)
+                    client.delete_object(Bucket=name, Key=item["Key"])
+            try:
+                client.delete_bucket(Bucket=name)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketNotEmpty":
+                    raise
+                return False
+            return True
+
+        deadline = time.monotonic() + timeout_s
+        while not emptied_and_deleted():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bucket {name} still refilled after {timeout_s:g} s")
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

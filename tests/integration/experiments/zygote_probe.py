@@ -5,7 +5,7 @@ Imported by a worker process (forked by the zygote or a fresh interpreter), its 
 prints one ``PROBE {json}`` line: ``t`` (``time.monotonic()`` at its first line, comparable
 across processes), environment, pid, argv, and which of ``PROBE_MODULES`` were imported
 before it ran; then ``PROBE_MODE=exit`` exits with ``PROBE_CODE``; ``PROBE_MODE=wait`` prints
-``PROBE ready`` and waits for a signal (with ``PROBE_ON_TERM=N`` a SIGTERM exits with code N).
+``PROBE ready`` and waits for a signal (with ``PROBE_ON_TERM=N`` a SIGTERM exits with code N), by ``os._exit``.
 """
 
 import time
@@ -32,10 +32,12 @@ def train(ctx):
 if "worker-process" in sys.argv:
     print("PROBE " + json.dumps({"t": T_FIRST_LINE, "env": dict(os.environ), "pid": os.getpid(), "argv": sys.argv[1:],
                                  "modules": {m: m in sys.modules for m in PROBE_MODULES}}), flush=True)
+    # os._exit, not sys.exit: an experiment file calling sys.exit at import is refused as a
+    # configuration error (exit 2); the probe wants its own code to come back through the zygote
     if os.environ.get("PROBE_MODE", "exit") == "exit":
-        sys.exit(int(os.environ.get("PROBE_CODE", "0")))
+        os._exit(int(os.environ.get("PROBE_CODE", "0")))
     if os.environ.get("PROBE_ON_TERM"):
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(int(os.environ["PROBE_ON_TERM"])))
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(int(os.environ["PROBE_ON_TERM"])))
     print("PROBE ready", flush=True)
     while True:
         signal.pause()
