@@ -20,7 +20,7 @@ from tests.faults.test_storage_faults import _read_only_folder
 from tests.support.s3_server import S3Server, serving_bucket
 from tests.support.waiting import wait_until
 
-pytest.importorskip("s3fs")
+pytest.importorskip("s3fs", reason="object-storage tests need the s3 extra: pip install .[s3] (.ci/install does)")
 EXPERIMENT = EXPERIMENTS / "flaky.py"  # without FLAKY_* it trains and saves like the toy
 
 

@@ -34,7 +34,7 @@ from tests.security.conftest import two_authorised_keys
 from tests.support.s3_server import S3Server, serving_bucket
 from tests.support.waiting import wait_until
 
-pytest.importorskip("s3fs")
+pytest.importorskip("s3fs", reason="object-storage tests need the s3 extra: pip install .[s3] (.ci/install does)")
 EXPERIMENT = EXPERIMENTS / "flaky.py"  # without FLAKY_* it trains and saves like the toy
 ENV = env_with(FAULT_POPULATION=4, FAULT_STEPS_PER_TRIAL=5, FAULT_MAX_STEPS=60, FAULT_STEP_SLEEP_S=0.04,
                FAULT_LEASE_S=20, FAULT_MAX_ATTEMPTS=3)

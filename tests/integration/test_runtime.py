@@ -15,6 +15,7 @@ from pbt_actors.runtime.controller.controller_actor import Controller
 from pbt_actors.runtime.host.launch import load_experiment_file
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.support.runs import TOY, assert_complete_lineage, cli, drive_embedded_workers, wait_for_line
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.timeout(180)
@@ -129,16 +130,16 @@ def test_an_interrupted_run_resumes_on_the_same_store(tmp_path: Path) -> None:
     store_dir = tmp_path / "run"
     env = {"TOY_STEP_SLEEP_S": "0.05"}
     first = cli("run", str(TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (store_dir / "data.mdb").exists():
-            try:
-                with LmdbTrialStore(store_dir, readonly=True) as store:
-                    if store.count(TrialStatus.COMPLETED) >= 6:
-                        break
-            except Exception:  # the writer may not have committed its first transaction yet
-                pass
-        time.sleep(0.05)
+    def six_completed() -> bool:
+        if not (store_dir / "data.mdb").exists():
+            return False
+        try:
+            with LmdbTrialStore(store_dir, readonly=True) as store:
+                return store.count(TrialStatus.COMPLETED) >= 6
+        except Exception:  # the writer may not have committed its first transaction yet
+            return False
+
+    wait_until(six_completed, 60, "six completed trials")
     first.send_signal(signal.SIGINT)
     out, _ = first.communicate(timeout=60)
     assert first.returncode == 130 and "resume" in out, out

@@ -21,7 +21,7 @@ from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpo
 from tests.support.runs import REPO
 from tests.support.s3_server import serving_bucket
 
-pytest.importorskip("s3fs")
+pytest.importorskip("s3fs", reason="object-storage tests need the s3 extra: pip install .[s3] (.ci/install does)")
 pytestmark = pytest.mark.timeout(120)
 
 SCRIPT = textwrap.dedent("""

@@ -21,6 +21,7 @@ from pbt_actors.model.errors import SchemaError
 from pbt_actors.model.protocol import TrialAssignment, Wait, message_from_body
 from tests.security.conftest import RogueController, free_tcp_address
 from tests.support.runs import TOY, cli
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,15 +37,12 @@ def test_a_bad_wait_from_a_rogue_controller_is_a_bad_reply_not_a_busy_loop(tmp_p
     host = cli("worker", str(TOY), "--connect", rogue.address, "--checkpoint-root", str(tmp_path / "ckpt"),
                "--devices", "cpu", "--workers", "1", "--no-zygote")
     try:
-        deadline = time.monotonic() + 60
-        while not rogue.asked and time.monotonic() < deadline:
-            if host.poll() is not None:
-                break
-            time.sleep(0.05)  # polling the rogue's own counter: no event to await across processes
+        wait_until(lambda: rogue.asked or host.poll() is not None, 60, "the worker's first request_trial")
         assert rogue.asked, "the worker never asked for a trial"
         first = rogue.asked[0]
-        while time.monotonic() < first + WINDOW_S and host.poll() is None:
-            time.sleep(0.1)
+        # the measuring window: count what the worker asks in WINDOW_S (a rate, so a deadline)
+        wait_until(lambda: time.monotonic() >= first + WINDOW_S or host.poll() is not None, WINDOW_S + 10,
+                   "the measuring window")
         in_window = sum(1 for t in rogue.asked if t <= first + WINDOW_S)
         assert in_window <= 10, f"{in_window} request_trial in {WINDOW_S}s: a busy loop"
     finally:
