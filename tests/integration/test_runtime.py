@@ -82,22 +82,22 @@ def test_a_sigkilled_worker_is_restarted_and_its_trial_requeued_before_lease_exp
 
 def _kill_one_running_worker(store_dir: Path, timeout_s: float = 60) -> int:
     """Wait until some trial is RUNNING with progress, SIGKILL its worker process; return the trial id."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (store_dir / "data.mdb").exists():
-            with LmdbTrialStore(store_dir, readonly=True) as store:
-                running = store.trials(store.ids_with_status(TrialStatus.RUNNING))
-                # a trial lasts ~2 s: kill one that started within the last second, mid-trial
-                candidates = [t for t in running if t.lease and t.started_at is not None
-                              and 0.2 < time.time() - t.started_at < 1.0]
-                if candidates:
-                    trial = candidates[0]
-                    pid = _pid_of_worker(trial.lease.worker, store_dir / "checkpoints")
-                    if pid is not None:
-                        os.kill(pid, signal.SIGKILL)
-                        return trial.id
-        time.sleep(0.05)
-    raise AssertionError("no running trial to kill")
+
+    def killed_one() -> int | None:
+        if not (store_dir / "data.mdb").exists():
+            return None
+        with LmdbTrialStore(store_dir, readonly=True) as store:
+            running = store.trials(store.ids_with_status(TrialStatus.RUNNING))
+        # a trial lasts ~2 s: kill one that started within the last second, mid-trial
+        for trial in running:
+            if trial.lease and trial.started_at is not None and 0.2 < time.time() - trial.started_at < 1.0:
+                pid = _pid_of_worker(trial.lease.worker, store_dir / "checkpoints")
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    return trial.id
+        return None
+
+    return wait_until(killed_one, timeout_s, "a running trial to kill")
 
 
 def _pid_of_worker(worker_id: str, checkpoint_root: Path) -> int | None:
