@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pbt_actors.model.command_line import AttemptFacts, AttemptPaths, environment, expand, shell_words, values
+from pbt_actors.model.errors import CheckpointError
 from pbt_actors.model.metric_lines import CheckpointLine, MetricLine, MetricLineError, parse_line
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.runtime.command.output_log import format_output, save_output
@@ -158,8 +159,7 @@ class CommandTrial:
         if run.stopped:
             if ctx.preempted and run.reached is not None and ctx.start_step < run.reached < ctx.end_step \
                     and any(out.iterdir()):
-                self._check_tree(run, out)
-                ctx.save_checkpoint_dir(out, run.reached)  # the retry resumes here
+                self._store(ctx, run, out, run.reached)  # the retry resumes here
             return dict(run.latest)
         if status != 0:
             raise self._error(run, f"exited with {_status_text(status)}")
@@ -170,14 +170,21 @@ class CommandTrial:
         if not any(out.iterdir()):
             raise self._error(run, "exited 0 but wrote no checkpoint into its checkpoint directory "
                               "({checkpoint_dir} / $PBT_CHECKPOINT_DIR)")
-        self._check_tree(run, out)
-        ctx.save_checkpoint_dir(out, ctx.end_step)
+        self._store(ctx, run, out, ctx.end_step)
         return dict(run.latest)
 
-    def _check_tree(self, run: _Run, out: Path) -> None:
-        problem = checkpoint_tree_problem(out, self.max_checkpoint_files)
-        if problem is not None:
-            raise self._error(run, problem)
+    def _store(self, ctx: CommandContext, run: _Run, out: Path, step: int) -> None:
+        """``out`` as the trial's checkpoint at ``step``. What the directory store refuses (a
+        symbolic link out of it, a FIFO: ``storage.dir_manifest``) is this program's failure,
+        said with its stderr; a store that cannot write stays the store's fault."""
+        if too_many_files(out, self.max_checkpoint_files):
+            raise self._error(run, f"wrote more than {self.max_checkpoint_files} files into its checkpoint "
+                              "directory (each is one upload and one download per trial): pack them (tar, "
+                              "safetensors shards) into fewer")
+        try:
+            ctx.save_checkpoint_dir(out, step)
+        except CheckpointError as exc:
+            raise self._error(run, f"left a checkpoint directory that cannot be stored: {exc}") from exc
 
     @staticmethod
     def _error(run: _Run, what: str) -> CommandError:
@@ -234,29 +241,14 @@ class _Run:
             self.reached = parsed.step
 
 
-def checkpoint_tree_problem(root: Path, max_files: int) -> str | None:
-    """Why the directory ``root`` cannot be stored as a checkpoint, or None: a symbolic link
-    that leads out of it (it would store, or later overwrite, someone else's file), something
-    that is neither a file, a folder nor such a link, or more than ``max_files`` files."""
-    base = root.resolve()
+def too_many_files(root: Path, max_files: int) -> bool:
+    """Whether the directory ``root`` holds more than ``max_files`` files (counted lazily)."""
     files = 0
-    for folder, dirs, names in os.walk(base):
-        for name in [*dirs, *names]:
-            path = Path(folder) / name
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(base):
-                    return (f"left a symbolic link {path.relative_to(base)} in its checkpoint directory that points "
-                            f"outside it (to {os.readlink(path)}); checkpoints hold their own files only")
-                continue
-            if name in names:
-                if not path.is_file():
-                    return f"left {path.relative_to(base)} in its checkpoint directory, which is not a regular file"
-                files += 1
-                if files > max_files:
-                    return (f"wrote more than {max_files} files into its checkpoint directory; pack them (tar, "
-                            f"safetensors shards) or fewer")
-    return None
+    for _, _, names in os.walk(root):
+        files += len(names)
+        if files > max_files:
+            return True
+    return False
 
 
 def _status_text(status: int | None) -> str:
@@ -270,5 +262,4 @@ def _status_text(status: int | None) -> str:
     return f"exit status {status}"
 
 
-__all__ = ["GRACE_S", "MAX_CHECKPOINT_FILES", "CommandContext", "CommandError", "CommandTrial",
-           "checkpoint_tree_problem"]
+__all__ = ["GRACE_S", "MAX_CHECKPOINT_FILES", "CommandContext", "CommandError", "CommandTrial", "too_many_files"]
