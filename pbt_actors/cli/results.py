@@ -3,7 +3,7 @@
 ``pbt_actors.cli.main`` registers them with ``add_lineage_parsers(subparsers)``. Every command
 opens the store read-only, so it can run while a controller writes.
 
-    pbt-actors lineage --store DIR TRIAL|best [--json]
+    pbt-actors lineage --store DIR TRIAL|best [--output] [--checkpoint-root DIR|URL] [--json]
     pbt-actors replay  --store DIR TRIAL|best [--experiment EXP.py] [--from-step A] [--to-step B]
                        [--schedule-out FILE] [--out DIR] [--same-data] [--dry-run] [--json]
     pbt-actors replay  --schedule FILE --experiment EXP.py ...      (no store needed)
@@ -26,7 +26,7 @@ from typing import Any
 
 from pbt_actors.cli import arguments
 from pbt_actors.cli.output_paths import checked_out, make_folder, writing
-from pbt_actors.cli.summary import fmt_map, fmt_value, open_store_readonly, table
+from pbt_actors.cli.summary import fmt_map, fmt_value, open_store_readonly, stored_experiment, table
 from pbt_actors.model.errors import ConfigError
 
 
@@ -34,12 +34,25 @@ from pbt_actors.model.errors import ConfigError
 def cmd_lineage(args: argparse.Namespace) -> int:
     from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
 
+    from pbt_actors.tools.command_outputs import attempt_outputs, schedule_commands
+
     with open_store_readonly(args.store) as store:
         trial_id = resolve_trial(store, args.trial)
         dag = lineage(store, trial_id)
         sched = schedule(store, trial_id)
+        experiment = stored_experiment(store)
+        segment_trials = [store.get_trial(s.trial_id) for s in sched.segments] if args.output else []
+    command = experiment.command if experiment is not None else None
+    commands = schedule_commands(command, sched, python=sys.executable) if command else []
+    root = args.checkpoint_root or str(Path(args.store) / "checkpoints")
+    outputs = {t.id: attempt_outputs(root, sched.experiment, t) for t in segment_trials}
     if args.json:
-        print(json.dumps({"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}))
+        body: dict[str, Any] = {"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}
+        if command:
+            body["commands"] = commands
+        if args.output:
+            body["outputs"] = {str(k): v for k, v in outputs.items()}
+        print(json.dumps(body))
         return 0
     crossovers = sum(1 for e in dag.edges if e.kind == "crossover")
     print(f"lineage of trial {trial_id}{' (' + sched.experiment + ')' if sched.experiment else ''}: "
@@ -59,7 +72,24 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if any(s.collected for s in sched.segments):
         print("  (checkpoint collected: retention deleted it; `replay` from step "
               f"{sched.segments[0].start_step} needs none)")
+    if commands:
+        print()
+        print("commands (a command trial: what `replay` runs per segment, in the experiment file's folder)")
+        for seg, line in zip(sched.segments, commands, strict=True):
+            print(f"  {seg.start_step}-{seg.end_step}  {line}")
+    for trial in segment_trials:
+        print_outputs(trial.id, outputs[trial.id])
     return 0
+
+
+def print_outputs(trial_id: int, outputs: list[dict[str, Any]]) -> None:
+    """A command trial's attempts' output tails (``lineage --output``, ``status --output``)."""
+    print()
+    if not outputs:
+        print(f"trial {trial_id}: no output kept (not a command trial, or its logs are elsewhere: --checkpoint-root)")
+    for item in outputs:
+        print(f"--- trial {trial_id} attempt {item['attempt']} ---")
+        print(item["output"].rstrip("\n"))
 
 
 # --- replay ------------------------------------------------------------------------------------
@@ -187,6 +217,10 @@ def add_lineage_parsers(subparsers: Any) -> None:
     lin.add_argument("--store", required=True, type=arguments.store_path)
     lin.add_argument("trial", nargs="?", default="best", help="trial id or 'best' (default)")
     lin.add_argument("--json", action="store_true", help="print {trial_id, lineage, schedule} as JSON")
+    lin.add_argument("--output", action="store_true",
+                     help="also print each schedule trial's kept stdout/stderr (command trials)")
+    lin.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint folder or URL holding the output logs (default <store>/checkpoints)")
     lin.set_defaults(func=cmd_lineage)
 
     rep = subparsers.add_parser(

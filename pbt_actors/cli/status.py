@@ -43,12 +43,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
     hosts = read_host_states(args.checkpoint_root or store_dir / "checkpoints")  # a folder or a URL
+    if args.output is not None:
+        return _print_outputs(args, store_dir)
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir), "hosts": hosts}))
     else:
         print_summary(summary, str(store_dir))
         for line in describe_host_states(hosts):
             print(line)
+    return 0
+
+
+def _print_outputs(args: argparse.Namespace, store_dir: Path) -> int:
+    """``status --output TRIAL``: the trial's attempts' kept stdout/stderr (command trials)."""
+    from pbt_actors.cli.results import print_outputs
+    from pbt_actors.tools.command_outputs import attempt_outputs
+
+    with open_store_readonly(store_dir) as store:
+        experiment = stored_experiment(store)
+        trial = store.find_trial(args.output)
+    if trial is None or experiment is None:
+        print(f"no trial {args.output} in {store_dir}", file=sys.stderr)
+        return 2
+    outputs = attempt_outputs(args.checkpoint_root or str(store_dir / "checkpoints"), experiment.name, trial)
+    if args.json:
+        print(json.dumps({"trial_id": trial.id, "outputs": outputs}))
+    else:
+        print_outputs(trial.id, outputs)
     return 0
 
 
@@ -186,6 +207,8 @@ def add_parsers(sub: Any) -> None:
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", action="store_true", help="a live table that refreshes until the run ends")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
+    status.add_argument("--output", type=int, default=None, metavar="TRIAL",
+                        help="print the kept stdout/stderr of TRIAL's attempts (command trials)")
     status.set_defaults(func=cmd_status)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
