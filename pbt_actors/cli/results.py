@@ -32,9 +32,8 @@ from pbt_actors.model.errors import ConfigError
 
 # --- lineage -----------------------------------------------------------------------------------
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
-
     from pbt_actors.tools.command_outputs import attempt_outputs, schedule_commands
+    from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
 
     with open_store_readonly(args.store) as store:
         trial_id = resolve_trial(store, args.trial)
