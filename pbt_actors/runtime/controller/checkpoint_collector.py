@@ -9,7 +9,10 @@ Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts
   never waits for a deletion; a plan computed from an older snapshot stays valid because a
   checkpoint that is no longer needed never becomes needed again.
 * ``collect_store`` — the same for a stopped store (``pbt-actors gc``), with ``dry_run``.
-* ``local_deleter`` — the default deletion for a local checkpoint folder. Deleters are plain
+* ``local_deleter`` — the default deletion for a local checkpoint folder. A directory
+  checkpoint (its uri is its manifest's, ``model.records.is_directory_checkpoint``) is deleted
+  whole: the manifest, then its files' folder (derived from the manifest's key, under the same
+  trial prefix). Deleters are plain
   ``Callable[[str], bool | None]`` taking a checkpoint uri and idempotent (a missing file is no
   error). They return whether a file was there: a deleter that cannot tell returns None, read as
   deleted. The running collector records an absent file collected (a pass that deleted it may
@@ -29,8 +32,9 @@ from pathlib import Path
 from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
 from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import owns_checkpoint
+from pbt_actors.model.records import MANIFEST_SUFFIX, directory_files_folder, owns_checkpoint
 from pbt_actors.runtime.checkpoint_payloads import inside_root
+from pbt_actors.storage.dir_manifest import remove_tree
 from pbt_actors.storage.trial_store import TrialStore
 
 log = logging.getLogger(__name__)
@@ -48,9 +52,12 @@ def local_deleter(root: str | Path) -> Deleter:
     def delete(uri: str) -> bool:
         try:
             inside_root(root, uri).unlink()
+            present = True
         except FileNotFoundError:
-            return False
-        return True
+            present = False
+        if uri.endswith(MANIFEST_SUFFIX):  # a directory checkpoint: its files go too
+            present = remove_tree(inside_root(root, directory_files_folder(uri))) or present
+        return present
 
     return delete
 
@@ -61,14 +68,12 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
     text = str(root)
     if "://" not in text or text.startswith("file://"):
         return local_deleter(text.removeprefix("file://"))
-    from pbt_actors.runtime.checkpoint_payloads import store_for
+    from pbt_actors.runtime.checkpoint_payloads import delete_checkpoint, store_for
 
     store = store_for(text)
 
     def delete(uri: str) -> bool:
-        present = store.exists(uri)
-        store.delete(uri)
-        return present
+        return delete_checkpoint(store, uri)
 
     return delete
 

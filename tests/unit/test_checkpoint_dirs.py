@@ -1,0 +1,245 @@
+"""Directory checkpoints on a local root: the manifest's safety checks, what a folder may hold,
+the trial API (``ctx.save_checkpoint_dir`` / ``ctx.load_checkpoint_dir``), verification, and
+deletion by retention's deleter. The store contract over S3 is in
+``tests/contract/test_checkpoint_store.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pbt_actors.model.errors import CheckpointError, CheckpointWriteError
+from pbt_actors.model.records import CheckpointRef, directory_files_folder, is_directory_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import (
+    load_checkpoint_dir,
+    save_checkpoint,
+    save_checkpoint_dir,
+    verify_file,
+)
+from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, local_deleter
+from pbt_actors.runtime.worker.trial_context import TrialContext
+from pbt_actors.storage.dir_manifest import (
+    FORMAT,
+    ManifestFile,
+    decode_manifest,
+    encode_manifest,
+    scan_directory,
+)
+
+SHA = "ab" * 32
+
+
+def make_tree(base: Path) -> Path:
+    (base / "sub" / "deeper").mkdir(parents=True)
+    (base / "config.json").write_text('{"lr": 0.1}')
+    (base / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 12)
+    (base / "sub" / "deeper" / "empty").write_bytes(b"")
+    (base / ".gitattributes").write_text("*.bin binary\n")
+    return base
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def ctx(root: Path, trial_id: int = 1, parent: CheckpointRef | None = None) -> TrialContext:
+    return TrialContext(trial_id=trial_id, attempt=1, generation=0, hparams={}, start_step=0, end_step=5,
+                        checkpoint_root=str(root), experiment="exp", parent_checkpoint=parent)
+
+
+def manifest_doc(rows: list[dict[str, object]]) -> bytes:
+    return json.dumps({"format": FORMAT, "files": rows}).encode()
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+def test_manifest_round_trip_is_canonical() -> None:
+    files = [ManifestFile("b/x", 3, SHA), ManifestFile("a", 0, "cd" * 32)]
+    data = encode_manifest(files)
+    assert data == encode_manifest(list(reversed(files)))  # same files, same bytes, same keys
+    assert decode_manifest(data, "m") == sorted(files, key=lambda f: f.path)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../up", "a/../../b", "a//b", "./a", "a/.", "", "a\\b", "a\x00b"])
+def test_manifest_with_an_unsafe_path_is_refused(path: str) -> None:
+    with pytest.raises(CheckpointError, match=r"clean relative path|non-empty"):
+        decode_manifest(manifest_doc([{"path": path, "bytes": 1, "sha256": SHA}]), "m")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"path": "a", "bytes": 1, "sha256": SHA}, {"path": "a", "bytes": 1, "sha256": SHA}], "twice"),
+    ([{"path": "a", "bytes": 1, "sha256": SHA}, {"path": "a/b", "bytes": 1, "sha256": SHA}], "file and a folder"),
+    ([{"path": "a", "bytes": -1, "sha256": SHA}], "size"),
+    ([{"path": "a", "bytes": True, "sha256": SHA}], "size"),
+    ([{"path": "a", "bytes": 1, "sha256": "XYZ"}], "sha256"),
+    (["a"], "not an object"),
+])
+def test_manifest_with_bad_entries_is_refused(rows: list[object], message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        decode_manifest(json.dumps({"format": FORMAT, "files": rows}).encode(), "m")
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe", b"[]", b'{"format": "other", "files": []}', b"{"])
+def test_what_is_not_a_manifest_is_refused(data: bytes) -> None:
+    with pytest.raises(CheckpointError, match="not a directory checkpoint manifest"):
+        decode_manifest(data, "m")
+
+
+# --- what a folder may hold ----------------------------------------------------------------------
+
+def test_a_symlink_out_of_the_directory_is_refused_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not yours")
+    src = make_tree(tmp_path / "src")
+    (src / "sub" / "leak").symlink_to(secret)
+    with pytest.raises(CheckpointError, match=r"sub/leak is a symbolic link to .*outside the directory"):
+        ctx(tmp_path / "root").save_checkpoint_dir(src)
+    assert not list((tmp_path / "root").rglob("*.manifest"))  # nothing referenced
+
+
+def test_a_relative_symlink_escaping_by_dotdot_is_refused(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    (tmp_path / "outside").write_text("x")
+    (src / "sub" / "up").symlink_to("../../outside")
+    with pytest.raises(CheckpointError, match="outside the directory"):
+        scan_directory(src)
+
+
+def test_a_symlinked_folder_and_a_fifo_are_refused(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    (src / "again").symlink_to(src / "sub")
+    with pytest.raises(CheckpointError, match="symbolic link to a folder"):
+        scan_directory(src)
+    (src / "again").unlink()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        scan_directory(src)
+
+
+def test_a_symlink_inside_the_directory_is_stored_as_its_file(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    (src / "alias.json").symlink_to("config.json")
+    ref = ctx(tmp_path / "root").save_checkpoint_dir(src)
+    loaded = load_checkpoint_dir(tmp_path / "root", ref)
+    assert not (loaded / "alias.json").is_symlink()
+    assert (loaded / "alias.json").read_text() == '{"lr": 0.1}'
+
+
+def test_not_a_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        scan_directory(tmp_path / "file")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        scan_directory(tmp_path / "missing")
+
+
+# --- the trial API -------------------------------------------------------------------------------
+
+def test_save_then_load_gives_the_same_tree_read_only(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    parent = ctx(tmp_path / "root")
+    ref = parent.save_checkpoint_dir(src, step=4)
+    assert parent.saved == ref and ref.step == 4 and is_directory_checkpoint(ref)
+    assert ref.uri == f"exp/trial-000001/a1-s4-{ref.sha256[:16]}.manifest"
+    (src / "config.json").write_text("changed after saving")  # the checkpoint is a snapshot
+    child = ctx(tmp_path / "root", 2, ref)
+    loaded = child.load_checkpoint_dir()
+    assert loaded is not None and loaded.name == Path(directory_files_folder(ref.uri)).name
+    expected = tree_of(make_tree(tmp_path / "again")) | {"sub/weights.bin": (src / "sub" / "weights.bin").read_bytes()}
+    assert tree_of(loaded) == expected
+    assert (loaded / "config.json").stat().st_mode & 0o222 == 0  # read-only by convention, enforced
+    assert ctx(tmp_path / "root").load_checkpoint_dir() is None  # from scratch
+
+
+def test_saving_the_same_folder_twice_is_a_no_op(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    first = save_checkpoint_dir(tmp_path / "root", "exp/trial-000001/a1-s5", src, 5)
+    second = save_checkpoint_dir(tmp_path / "root", "exp/trial-000001/a1-s5", src, 5)
+    assert first == second
+    assert not [p for p in (tmp_path / "root").rglob(".*") if "staging" in p.name]  # no leftovers
+
+
+def test_an_empty_folder_is_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    ref = save_checkpoint_dir(tmp_path / "root", "exp/trial-000001/a1-s5", tmp_path / "empty", 5)
+    assert tree_of(load_checkpoint_dir(tmp_path / "root", ref)) == {}
+
+
+def test_the_wrong_loader_says_which_one_to_use(tmp_path: Path) -> None:
+    single = save_checkpoint(tmp_path / "root", "exp/trial-000001/a1-s5.ckpt", {"w": 1}, 5, keyed=True)
+    with pytest.raises(CheckpointError, match=r"single file.*load_checkpoint"):
+        ctx(tmp_path / "root", 2, single).load_checkpoint_dir()
+    folder = ctx(tmp_path / "root").save_checkpoint_dir(make_tree(tmp_path / "src"))
+    with pytest.raises(CheckpointError, match=r"is a directory.*load_checkpoint_dir"):
+        ctx(tmp_path / "root", 2, folder).load_checkpoint()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove", "manifest"])
+def test_a_damaged_directory_checkpoint_is_refused_on_load_and_by_verify(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "root"
+    ref = ctx(root).save_checkpoint_dir(make_tree(tmp_path / "src"))
+    files = root / directory_files_folder(ref.uri)
+    weights = files / "sub" / "weights.bin"
+    data = weights.read_bytes()
+    weights.chmod(0o644)
+    if damage == "flip":
+        weights.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    elif damage == "truncate":
+        weights.write_bytes(data[:-1])
+    elif damage == "remove":
+        weights.unlink()
+    else:
+        (root / ref.uri).write_bytes((root / ref.uri).read_bytes().replace(b"weights", b"weightz"))
+    with pytest.raises(CheckpointError, match=r"weights.bin|sha256|bytes"):
+        load_checkpoint_dir(root, ref)
+    problem = verify_file(root, ref)
+    assert problem is not None and ref.uri.split("/")[-1].removesuffix(".manifest") in problem
+    assert verify_file(root, CheckpointRef(ref.uri + "x", 1, SHA, 5)) is not None  # missing manifest
+
+
+def test_retention_deletes_the_manifest_and_its_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    keep = ctx(root, 1).save_checkpoint_dir(make_tree(tmp_path / "a"))
+    drop = ctx(root, 2).save_checkpoint_dir(make_tree(tmp_path / "b"))
+    for deleter in (local_deleter(root), checkpoint_deleter(str(root))):
+        assert deleter(drop.uri) in (True, False)
+    assert not (root / drop.uri).exists() and not (root / directory_files_folder(drop.uri)).exists()
+    assert local_deleter(root)(drop.uri) is False  # idempotent, and says nothing was there
+    assert verify_file(root, keep) is None
+
+
+def test_a_folder_of_another_content_under_the_key_is_never_overwritten(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ref = ctx(root).save_checkpoint_dir(make_tree(tmp_path / "src"))
+    (root / ref.uri).unlink()
+    victim = root / directory_files_folder(ref.uri) / "config.json"
+    victim.chmod(0o644)
+    victim.write_text("someone else's")
+    with pytest.raises(CheckpointWriteError, match="exists with different content"):
+        ctx(root).save_checkpoint_dir(make_tree(tmp_path / "again"))
+    assert victim.read_text() == "someone else's"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ten_thousand_small_files_save_and_load_in_reasonable_time(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for shard in range(100):
+        (src / f"s{shard:03d}").mkdir(parents=True)
+        for i in range(100):
+            (src / f"s{shard:03d}" / f"f{i:03d}.txt").write_bytes(f"{shard}-{i}".encode())
+    began = time.perf_counter()
+    ref = ctx(tmp_path / "root").save_checkpoint_dir(src)
+    saved = time.perf_counter() - began
+    began = time.perf_counter()
+    loaded = load_checkpoint_dir(tmp_path / "root", ref)
+    fetched = time.perf_counter() - began
+    assert (loaded / "s042" / "f017.txt").read_bytes() == b"42-17"
+    assert sum(1 for _ in loaded.rglob("*.txt")) == 10_000
+    print(f"10,000 files: save {saved:.2f} s, load (verify) {fetched:.2f} s")
+    assert saved < 60 and fetched < 30  # generous: a loaded 2-core machine
