@@ -288,3 +288,25 @@ def test_a_preempted_program_saves_and_the_retry_resumes_at_the_step_it_reached(
     assert [m.step for m in done.measurements] == list(range(reached + 1, 41))
     assert done.final == {"score": 4.0} and done.checkpoint is not None and done.checkpoint.step == 40
     assert all_gone(pid_dir)
+
+
+@pytest.mark.timeout(90)
+def test_scalars_written_as_tensorboard_event_files_are_reports(tmp_path: Path, pid_dir: Path) -> None:
+    """A program that logs with TensorBoard (here its own event writer, as a SummaryWriter
+    would) and prints no metric line: its scalars are the reports, its objective included."""
+    pytest.importorskip("tensorboard")
+    trial = program(tmp_path, """\
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+writer = EventFileWriter(os.environ["PBT_TENSORBOARD_DIR"])
+for step in range(START + 1, END + 1):
+    value = summary_pb2.Summary.Value(tag="score", simple_value=step / 4)
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=[value])))
+writer.close()
+(OUT / "state.txt").write_text("x")
+""")
+    outcome = execute(context(tmp_path), trial, "w", objective=("score",))
+    assert isinstance(outcome, Report), outcome
+    assert [(m.step, m.metrics) for m in outcome.measurements] == [(1, {"score": 0.25}), (2, {"score": 0.5}),
+                                                                   (3, {"score": 0.75})]
+    assert outcome.final == {"score": 0.75}

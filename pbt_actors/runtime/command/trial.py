@@ -11,9 +11,10 @@ path's, unchanged. Per attempt it:
 2. starts the program in its own process group (``process.ProgramGroup``) with the
    placeholders of its arguments filled in and the ``PBT_*`` environment
    (``pbt_actors.model.command_line``), in the experiment file's folder;
-3. turns each metric line on its stdout (``pbt_actors.model.metric_lines``) into
-   ``ctx.report``; when that asks to stop, or the worker is preempted, the group gets SIGTERM
-   and, ``grace_s`` later, SIGKILL;
+3. turns each metric line on its stdout (``pbt_actors.model.metric_lines``), and each scalar
+   it writes as a TensorBoard event file into its TensorBoard directory
+   (``tensorboard_scalars``), into ``ctx.report``; when that asks to stop, or the worker is
+   preempted, the group gets SIGTERM and, ``grace_s`` later, SIGKILL;
 4. decides: exit 0 with the objective reported and a checkpoint directory with content is a
    completed attempt (the directory is stored at the trial's end step); a preempted program
    that said ``pbt: checkpoint step=N`` (N past the start) leaves the directory as the resume
@@ -45,6 +46,7 @@ from pbt_actors.model.metric_lines import CheckpointLine, MetricLine, MetricLine
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.runtime.command.output_log import format_output, save_output
 from pbt_actors.runtime.command.process import EndOfOutput, Line, ProgramGroup
+from pbt_actors.runtime.command.tensorboard_scalars import POLL_S, TensorboardScalars
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ class CommandTrial:
         except OSError as exc:
             raise CommandError(f"cannot start the command {shell_words(argv)}: {exc.strerror or exc} "
                                f"(in {self.cwd})") from None
-        run = _Run(ctx, group)
+        run = _Run(ctx, group, TensorboardScalars(paths.tensorboard_dir))
         try:
             run.follow(self.grace_s)
         finally:
@@ -197,9 +199,11 @@ class _Run:
     """Following one started program: its metric lines into ``ctx.report``, until it ends or
     the trial must stop."""
 
-    def __init__(self, ctx: CommandContext, group: ProgramGroup) -> None:
+    def __init__(self, ctx: CommandContext, group: ProgramGroup, tensorboard: TensorboardScalars) -> None:
         self.ctx = ctx
         self.group = group
+        self.tensorboard = tensorboard
+        self._next_poll = time.monotonic() + POLL_S
         self.latest: dict[str, float] = {}
         self.reached: int | None = None
         self.line_error: str | None = None
@@ -207,6 +211,8 @@ class _Run:
 
     def follow(self, grace_s: float) -> None:
         while not self.ctx.should_stop and self.line_error is None:
+            if time.monotonic() >= self._next_poll:
+                self._poll_tensorboard()
             item = self.group.read(0.1)
             if isinstance(item, Line):
                 self._take(item)
@@ -224,6 +230,16 @@ class _Run:
             if not isinstance(item, Line):
                 break
             self._take(item)
+        self._poll_tensorboard()
+
+    def _poll_tensorboard(self) -> None:
+        self._next_poll = time.monotonic() + POLL_S
+        for step, metrics in self.tensorboard.poll():
+            self._record(step, metrics)
+
+    def _record(self, step: int, metrics: dict[str, float]) -> None:
+        self.latest.update(metrics)
+        self.ctx.report(step, **metrics)  # a False here sets should_stop: ``follow`` ends the group
 
     def _take(self, line: Line) -> None:
         if line.cut or self.line_error is not None:
@@ -234,9 +250,7 @@ class _Run:
             self.line_error = f"stdout line {line.number}: {exc}"
             return
         if isinstance(parsed, MetricLine):
-            self.latest.update(parsed.metrics)
-            if not self.ctx.report(parsed.step, **parsed.metrics):
-                return  # should_stop is set now: ``follow`` ends the group
+            self._record(parsed.step, parsed.metrics)
         elif isinstance(parsed, CheckpointLine):
             self.reached = parsed.step
 
