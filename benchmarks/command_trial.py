@@ -22,6 +22,7 @@ Timings are medians of ``--repeats``; each repeat uses fresh trial ids (no cache
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -77,7 +78,7 @@ def one_step(root: Path, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         for name, train in (("train(ctx)", python_train), ("command /bin/sh", shell), ("command python -S", python)):
             trial += 1
-            seconds, outcome = _timed(lambda t=train, i=trial: execute(_ctx(root, i), t, "b", objective=("score",)))
+            seconds, outcome = _timed(functools.partial(execute, _ctx(root, trial), train, "b", objective=("score",)))
             _check(outcome)
             times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -112,10 +113,11 @@ def big_directory(root: Path, repeats: int, megabytes: int) -> dict[str, float]:
         for name, parent_train, child_train in (("train(ctx)", python_train, python_train),
                                                 ("command /bin/sh", command, command)):
             trial += 2
-            put, parent = _timed(lambda p=parent_train, i=trial: execute(_ctx(root, i), p, "b", objective=("score",)))
+            put, parent = _timed(functools.partial(execute, _ctx(root, trial), parent_train, "b",
+                                                   objective=("score",)))
             ref = _check(parent).checkpoint
-            fetch, child = _timed(lambda c=child_train, i=trial, r=ref: execute(_ctx(root, i + 1, r), c, "b",
-                                                                                objective=("score",)))
+            fetch, child = _timed(functools.partial(execute, _ctx(root, trial + 1, ref), child_train, "b",
+                                                    objective=("score",)))
             _check(child)
             times[name].append(put + fetch)
     return {name: statistics.median(values) for name, values in times.items()}
