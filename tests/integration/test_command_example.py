@@ -24,6 +24,8 @@ from pbt_actors.runtime.experiment_loader import load_experiment_file
 from pbt_actors.runtime.worker.trial_context import TrialContext
 from pbt_actors.runtime.worker.trial_runner import execute
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
+from pbt_actors.tools.dashboard.index import StoreIndex
+from pbt_actors.tools.dashboard.views import trial_details
 from pbt_actors.tools.lineage import resolve_trial, schedule
 from pbt_actors.tools.replay import replay
 from tests.support.runs import REPO, cli, output_once_exited
@@ -55,6 +57,11 @@ def test_the_c_program_runs_replays_bit_for_bit_and_shows_its_output(tmp_path: P
         best = resolve_trial(s, "best")
         sched = schedule(s, best)
         by_id = {t.id: t for t in trials}
+        index = StoreIndex(s)
+        index.refresh()
+        details = trial_details(index, best, store)  # the dashboard's /api/trial/ID
+    assert details is not None and [o["attempt"] for o in details["output"]] == [1]
+    assert "pbt: checkpoint step=" in details["output"][0]["output"]
     assert trials and all(t.status is TrialStatus.COMPLETED for t in trials), [t.error for t in trials]
     assert by_id[best].final is not None and by_id[best].final["score"] > -1.5  # near the optimum, -1
 
@@ -101,3 +108,19 @@ def test_the_plain_pytorch_script_trains_and_resumes_from_its_checkpoint_directo
     assert isinstance(child, Report), child
     assert [m.step for m in child.measurements] == [3, 4]
     assert child.final["accuracy"] >= 0.9  # examples/digits.py reaches ~0.95 after 4 epochs at these values
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_toml_experiment_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((EXAMPLES / "quadratic.toml").read_text().replace("population = 6", "population = -1"))
+    proc = cli("run", str(bad), "--store", str(tmp_path / "store"))
+    out = output_once_exited(proc, 50, "run of a bad TOML file kept running")
+    assert proc.returncode == 2, out
+    assert str(bad) in out and "population" in out and "Traceback" not in out
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "x"\ncommand = [\n')
+    proc = cli("run", str(broken), "--store", str(tmp_path / "store"))
+    out = output_once_exited(proc, 50, "run of a broken TOML file kept running")
+    assert proc.returncode == 2 and "not a valid TOML file" in out and "Traceback" not in out, out
+    assert not (tmp_path / "store").exists()

@@ -114,3 +114,24 @@ def test_bad_toml_is_a_config_error_naming_the_file(text: str, complaint: str) -
     with pytest.raises(ConfigError, match=complaint) as info:
         experiment_from_toml(text, "/x/bad.toml")
     assert str(info.value).startswith("/x/bad.toml")
+
+
+def test_an_experiment_file_with_both_train_and_command_is_refused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from pbt_actors.runtime.command.trial import CommandTrial
+    from pbt_actors.runtime.experiment_loader import load_experiment_file
+
+    folder = Path(str(tmp_path))
+    both = folder / "both_exp.py"
+    both.write_text("from pbt_actors import Experiment, Float\n"
+                    "experiment = Experiment(name='b', space={'lr': Float(0.1, 1)}, objective='acc',\n"
+                    "                        command=['./prog', '{lr}'])\n"
+                    "def train(ctx):\n    return {}\n")
+    with pytest.raises(ConfigError, match=r"both `train` and `Experiment\(command=\.\.\.\)`"):
+        load_experiment_file(both)
+    only = folder / "only_exp.py"
+    only.write_text(both.read_text().split("def train")[0])
+    experiment, train = load_experiment_file(only)
+    assert isinstance(train, CommandTrial) and train.command == ("./prog", "{lr}") and train.cwd == str(folder)
+    assert experiment.name == "b"
