@@ -224,9 +224,12 @@ class Experiment:
         return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form, in field order; ``from_dict(to_dict())`` round-trips exactly."""
+        """The stored form, in field order (``command`` only when set); ``from_dict(to_dict())``
+        round-trips exactly."""
         own = {f.name: getattr(self, f.name) for f in fields(self)}
         own.update(space=self.space_.to_dict(), objective=self.objective_.to_dict())
+        if own["command"] is None:  # only for command trials: stores written before them read back equal
+            del own["command"]
         plain: dict[str, Any] = to_plain(own)
         return plain
 
@@ -250,6 +253,7 @@ class Experiment:
         """The settings that change decisions; a resumed store must agree on all of them."""
         d = self.to_dict()
         for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "budget_steps", "max_attempts",
-                         "max_losses", "trial_timeout_s", "retention", "command"):
+                         "max_losses", "trial_timeout_s", "retention"):
             d.pop(volatile)
+        d.pop("command", None)
         return d
