@@ -124,3 +124,47 @@ def test_a_bad_toml_experiment_is_a_usage_error(tmp_path: Path) -> None:
     out = output_once_exited(proc, 50, "run of a broken TOML file kept running")
     assert proc.returncode == 2 and "not a valid TOML file" in out and "Traceback" not in out, out
     assert not (tmp_path / "store").exists()
+
+
+FLAKY_TOML = """
+name = "crashy"
+command = ["/bin/sh", "prog.sh", "{mode}"]
+objective = "score"
+population = 4
+steps_per_trial = 1
+max_steps = 3
+max_attempts = 2
+initial = [{ mode = "ok" }, { mode = "crash" }]
+seed = 1
+
+[space]
+mode = { type = "categorical", choices = ["ok", "crash"] }
+"""
+FLAKY_PROGRAM = """\
+if [ "$1" = crash ]; then echo "boom: cannot train with mode $1" >&2; exit 3; fi
+echo "pbt: step=$PBT_END_STEP score=$PBT_END_STEP"
+echo state > "$PBT_CHECKPOINT_DIR/state.txt"
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_run_goes_on_past_programs_that_fail(tmp_path: Path) -> None:
+    """End to end: the attempts of a program that exits 3 fail with its status and stderr,
+    each trial is retried, then FAILED and replaced; nothing else is lost and the run ends."""
+    (tmp_path / "crashy.toml").write_text(FLAKY_TOML)
+    (tmp_path / "prog.sh").write_text(FLAKY_PROGRAM)
+    store = tmp_path / "store"
+    _cli_ok("run", str(tmp_path / "crashy.toml"), "--store", str(store), "--workers", "2")
+    with LmdbTrialStore(store, readonly=True) as s:
+        trials = list(s.iter_trials())
+    failed = [t for t in trials if t.status is TrialStatus.FAILED]
+    completed = [t for t in trials if t.status is TrialStatus.COMPLETED]
+    assert failed and completed and len(failed) + len(completed) == len(trials)
+    for trial in failed:
+        assert trial.hparams["mode"] == "crash" and trial.attempt == 2
+        assert trial.error is not None and "exited with exit status 3" in trial.error
+        assert "boom: cannot train with mode crash" in trial.error
+    assert all(t.hparams["mode"] == "ok" and t.checkpoint is not None for t in completed)
+    assert max(t.end_step for t in completed) == 3
+    report = json.loads(_cli_ok("verify", "--store", str(store), "--json"))
+    assert report["ok"], report
