@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remedy = ("`run` has no CURVE: keep --bind on 127.0.0.1, or run `pbt-actors controller` with "
               "--curve-secret/--authorized-keys and `pbt-actors worker` per host")
     check_open_bind(args.bind, args.insecure, remedy)
-    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)  # refused before anything starts
+    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)  # refused before any start
     experiment, _ = load_experiment_file(args.experiment)
     experiment = with_overrides(experiment, seed=args.seed, policy=args.policy, budget_steps=args.budget_steps,
                                 max_trials=args.max_trials)

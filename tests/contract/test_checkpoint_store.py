@@ -282,7 +282,7 @@ def test_a_damaged_file_of_a_directory_is_caught_on_fetch_and_by_verify(make: St
     ref = save_checkpoint_dir(writer, "exp/trial-000001/a1-s5", checkpoint_folder(tmp_path / "src"), 5)
     key = f"{directory_files_folder(ref.uri)}/shards/part-002.bin"
     good = bytes([2]) * 1002
-    for data, message in ((good[:-1] + b"\x07", "sha256"), (good[:-3], "truncated"), (None, "missing|incomplete")):
+    for data, message in ((good[:-1] + b"\x07", "sha256"), (good[:-3], "truncated"), (None, r"missing|incomplete")):
         damage_file(writer, key, data)
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint_dir(make(f"fresh-{message[:4]}"), ref)
@@ -328,7 +328,7 @@ def test_a_fetched_directory_is_cached_per_host(tmp_path: Path, s3: S3Server) ->
     entry = first / "config.json"
     entry.chmod(0o644)
     entry.write_text("tampered in the cache")
-    with pytest.raises(CheckpointError, match="incomplete|missing"):  # never trusted: dropped, refetched
+    with pytest.raises(CheckpointError, match=r"incomplete|missing"):  # never trusted: dropped, refetched
         load_checkpoint_dir(reader, ref)
 
 

@@ -167,7 +167,8 @@ def worker_specs(experiment_file: str, connect: str, checkpoint_root: str, devic
                  log_dir: str | None = None, zygote: Zygote | None = None, gpus_per_trial: int = 1,
                  workers_per_gpu: int = 1) -> list[ChildSpec]:
     """One ``ChildSpec`` per slot (see the module doc). The spec's id is the slot,
-    ``<host>-w<N>`` (``-gpu<D>`` with a device, ``-gpu<D>_<E>`` with several), which names its log file; each process started
+    ``<host>-w<N>`` (``-gpu<D>`` with a device, ``-gpu<D>_<E>`` with several), which names its
+    log file; each process started
     for it gets a worker id of its own (``ChildSpec.fresh_ids``: the supervisor passes it to the
     factory; called without one, the factory uses the slot id). ``extra_args``: more ``worker-process``
     arguments (the CURVE key files)."""
