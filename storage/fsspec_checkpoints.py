@@ -247,6 +247,16 @@ class FsspecCheckpointStore(CheckpointStore):
         base = self.object_path(folder_uri)
         return [f"{base}/{f.path}" for f in files]
 
+    def _sizes(self, folder_uri: str) -> dict[str, int | None]:
+        """Every object under ``folder_uri`` with its size: one listing (pages of 1,000 on S3)."""
+        base = self.object_path(folder_uri)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path: info.get("size") for path, info in found.items()}
+
     def commit_folder(self, staging: Path, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> None:
         try:
             keys = self._file_keys(folder_uri, files)
@@ -254,15 +264,12 @@ class FsspecCheckpointStore(CheckpointStore):
                 if files:
                     extra = {"chunksize": self.part_bytes} if self.protocol in _MULTIPART_PROTOCOLS else {}
                     self.fs.put([str(staging / f.path) for f in files], keys, **extra)
-                base = self.object_path(folder_uri)
-                self.fs.invalidate_cache(base)
-                landed = {path: info.get("size") for path, info in self.fs.find(base, detail=True).items()} \
-                    if files else {}
+                landed = self._sizes(folder_uri) if files else {}
             except Exception as exc:  # the backend's own errors (botocore, aiohttp, OSError): all mean "not written"
                 raise CheckpointWriteError(f"cannot upload checkpoint folder {self.describe(folder_uri)}: "
                                            f"{type(exc).__name__}: {exc}") from exc
             for key, entry in zip(keys, files, strict=True):
-                if landed.get(self.fs._strip_protocol(key), landed.get(key)) != entry.bytes:
+                if landed.get(key) != entry.bytes:
                     raise CheckpointWriteError(f"checkpoint folder {self.describe(folder_uri)}: {entry.path} landed "
                                                f"with {landed.get(key)} bytes, wrote {entry.bytes}")
             with contextlib.suppress(OSError):
@@ -283,9 +290,18 @@ class FsspecCheckpointStore(CheckpointStore):
         for folder in {p.parent for p in locals_}:
             folder.mkdir(parents=True, exist_ok=True)
         try:
-            self.fs.invalidate_cache(self.object_path(folder_uri))
+            landed = self._sizes(folder_uri) if files else {}
+            for key, entry in zip(keys, files, strict=True):  # one listing refuses what is absent or of another size
+                size = landed.get(key)
+                if size is None:
+                    raise CheckpointError(f"checkpoint {where}: {entry.path} is missing")
+                if size != entry.bytes:
+                    raise CheckpointError(f"checkpoint {where}: {entry.path} is {size} bytes, expected {entry.bytes} "
+                                          "(truncated?)")
             if files:
                 self.fs.get(keys, [str(p) for p in locals_])
+        except CheckpointError:
+            raise
         except FileNotFoundError as exc:
             raise CheckpointError(f"checkpoint folder {where} is incomplete: {exc}") from None
         except Exception as exc:  # the backend's own errors: the checkpoint cannot be had

@@ -166,7 +166,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if result.to_dict()["original_final"] is not None:
             print(f"search {fmt_map(sched.final)}")
         if result.checkpoint is not None:
-            print(f"state  {Path(result.checkpoint_root) / result.checkpoint.uri}")
+            print(f"state  {result.state_path}")
     return 0
 
 

@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remedy = ("`run` has no CURVE: keep --bind on 127.0.0.1, or run `pbt-actors controller` with "
               "--curve-secret/--authorized-keys and `pbt-actors worker` per host")
     check_open_bind(args.bind, args.insecure, remedy)
-    device_slots(args.devices, args.workers)  # a GPU that is not there: refused before anything starts
+    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)  # refused before any start
     experiment, _ = load_experiment_file(args.experiment)
     experiment = with_overrides(experiment, seed=args.seed, policy=args.policy, budget_steps=args.budget_steps,
                                 max_trials=args.max_trials)
@@ -122,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
                            workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote,
-                           endpoint_options={"check_bound": bound_check(args.insecure, remedy)})
+                           endpoint_options={"check_bound": bound_check(args.insecure, remedy)},
+                           gpus_per_trial=args.gpus_per_trial, workers_per_gpu=args.workers_per_gpu)
     dashboard = None
     if args.dashboard:  # a child process: web requests never share the controller's interpreter
         from pbt_actors.cli.dashboard import start_dashboard_process
@@ -235,7 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
-    device_slots(args.devices, args.workers)
+    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
     if is_url(args.checkpoint_root):
         checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
@@ -246,7 +247,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         check_checkpoint_root(normalize_root(args.checkpoint_root))  # a missing bucket: no worker starts
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
-                             args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
+                             args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote,
+                             gpus_per_trial=args.gpus_per_trial, workers_per_gpu=args.workers_per_gpu)
         host = args.host_id or socket.gethostname()
         record = experiment_file_record(args.experiment)
         supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
@@ -318,6 +320,17 @@ def cmd_worker_process(args: argparse.Namespace) -> int:
     return worker_process_main(args.argv)
 
 
+def add_slot_flags(parser: argparse.ArgumentParser) -> None:
+    """``--gpus-per-trial`` and ``--workers-per-gpu`` (``runtime.host.launch.assign_slots``):
+    flags, like ``--devices``, because what a host has is the host's; the same experiment runs
+    on an 8-GPU node with ``--gpus-per-trial 2`` and on a laptop without."""
+    parser.add_argument("--gpus-per-trial", type=arguments.positive_int, default=1, metavar="N",
+                        help="GPUs each worker (trial) gets: CUDA_VISIBLE_DEVICES=a,b for a trial that runs e.g. "
+                             "torchrun --nproc-per-node N (default 1)")
+    parser.add_argument("--workers-per-gpu", type=arguments.positive_int, default=1, metavar="K",
+                        help="worker processes packed on each GPU, for small models (default 1)")
+
+
 def add_parsers(sub: Any) -> None:
     """Register ``run``, ``controller``, ``worker`` and the internal ``worker-process``."""
     run = sub.add_parser("run", help="controller + local workers on this host (the embedded default)")
@@ -325,6 +338,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--workers", type=arguments.positive_int, default=None,
                      help="worker processes (default: one per GPU, or CPUs)")
     run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
+    add_slot_flags(run)
     run.add_argument("--store", default=None, type=arguments.store_path,
                      help="store folder (default ./pbt-runs/<experiment>)")
     run.add_argument("--checkpoint-root", default=None,
@@ -371,6 +385,7 @@ def add_parsers(sub: Any) -> None:
     wrk.add_argument("--connect", type=arguments.connect_endpoint, required=True, help="tcp://HOST:PORT")
     wrk.add_argument("--devices", type=arguments.devices, default="all")
     wrk.add_argument("--workers", type=arguments.positive_int, default=None)
+    add_slot_flags(wrk)
     wrk.add_argument("--checkpoint-root", required=True,
                      help="where checkpoints live: a folder all hosts share, or an fsspec URL such as "
                           "s3://bucket/prefix or gs://bucket/prefix (credentials from the environment, never the URL)")

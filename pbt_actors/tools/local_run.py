@@ -90,7 +90,8 @@ class LocalRun:
     @classmethod
     def start(cls, experiment_file: str, experiment: Experiment, store_dir: Path, *, bind: str, devices: str,
               workers: int | None, checkpoint_root: str | None = None, zygote: bool = True,
-              endpoint_options: dict[str, Any] | None = None) -> LocalRun:
+              endpoint_options: dict[str, Any] | None = None, gpus_per_trial: int = 1,
+              workers_per_gpu: int = 1) -> LocalRun:
         """Start the zygote, the controller on ``store_dir`` and the supervised workers; whatever
         started is stopped again if a later part fails."""
         from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
@@ -112,7 +113,8 @@ class LocalRun:
             raise
         try:
             specs = worker_specs(experiment_file, handle.endpoint, root, devices, workers,
-                                 log_dir=str(store_dir / "logs"), zygote=forks)
+                                 log_dir=str(store_dir / "logs"), zygote=forks, gpus_per_trial=gpus_per_trial,
+                                 workers_per_gpu=workers_per_gpu)
             host = socket.gethostname()
             supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
                                         state_path=host_state_path(root, host))

@@ -243,3 +243,102 @@ def test_ten_thousand_small_files_save_and_load_in_reasonable_time(tmp_path: Pat
     assert sum(1 for _ in loaded.rglob("*.txt")) == 10_000
     print(f"10,000 files: save {saved:.2f} s, load (verify) {fetched:.2f} s")
     assert saved < 60 and fetched < 30  # generous: a loaded 2-core machine
+
+
+# --- retention and gc over directory checkpoints -------------------------------------------------
+
+def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferenced_files(tmp_path: Path) -> None:
+    """A small run whose every trial saves a directory: retention deletes each collected
+    manifest with its files; ``gc``'s sweep removes what no record references (a writer that
+    died before its manifest, an attempt's manifest never reported) and keeps the rest."""
+    from pbt_actors.control.core import ControllerCore
+    from pbt_actors.model.experiment import Experiment, Retention
+    from pbt_actors.model.protocol import Report, RequestTrial, TrialAssignment
+    from pbt_actors.model.records import trial_checkpoint_prefix
+    from pbt_actors.model.space import Float
+    from pbt_actors.runtime.controller.checkpoint_collector import collect_store, sweep_orphan_directories
+    from pbt_actors.storage.checkpoint_urls import open_store
+    from pbt_actors.storage.dir_manifest import copy_tree_hashing
+    from pbt_actors.storage.memory import InMemoryTrialStore
+
+    root = tmp_path / "root"
+    experiment = Experiment(name="dirs", space={"x": Float(0.0, 1.0)}, objective="score", population=2,
+                            steps_per_trial=5, max_steps=20, policy="random", seed=3,
+                            retention=Retention(keep_best=1))
+    core = ControllerCore(InMemoryTrialStore(), experiment)
+    for step in range(100):
+        reply = core.handle(RequestTrial("w"), float(step))
+        if not isinstance(reply, TrialAssignment):
+            break
+        folder = tmp_path / f"out-{reply.trial_id}"
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(f"trial {reply.trial_id}".encode())
+        saved = save_checkpoint_dir(root, f"{trial_checkpoint_prefix('dirs', reply.trial_id)}a1-s{reply.end_step}",
+                                    folder, reply.end_step)
+        core.handle(Report("w", reply.trial_id, reply.attempt, {"score": float(reply.hparams["x"])},
+                           checkpoint=saved), float(step))
+    store = core.store
+    last = max(t.id for t in store.iter_trials())
+    # debris under a finished trial: files without a manifest, and a manifest nobody reported
+    store_ = open_store(str(root))
+    staging = store_.staging_folder(f"{trial_checkpoint_prefix('dirs', last)}a2-s20.manifest")
+    (tmp_path / "debris").mkdir()
+    (tmp_path / "debris" / "half.bin").write_bytes(b"half")
+    files = copy_tree_hashing([("half.bin", tmp_path / "debris" / "half.bin")], staging)
+    store_.commit_folder(staging, f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.files", files, SHA)
+    unreported = save_checkpoint_dir(root, f"{trial_checkpoint_prefix('dirs', last)}a3-s20", tmp_path / "debris", 20)
+
+    result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0)
+    assert result.deleted and not result.errors
+    for trial_id in result.deleted:
+        gone = store.get_trial(trial_id).checkpoint
+        assert gone is not None and not (root / gone.uri).exists()
+        assert not (root / directory_files_folder(gone.uri)).exists()
+    orphans, _ = sweep_orphan_directories(store, experiment, str(root), dry_run=True)
+    assert orphans == sorted([f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.manifest", unreported.uri])
+    assert sweep_orphan_directories(store, experiment, str(root)) == (orphans, [])
+    kept = [store.checkpoint(i) for i in store.checkpoint_ids()]
+    left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    expected = sorted([r.uri for r in kept if r] + [f"{directory_files_folder(r.uri)}/weights.bin" for r in kept if r])
+    assert left == expected
+    assert all(verify_file(root, r) is None for r in kept if r)
+
+
+# --- replay of a directory lineage ---------------------------------------------------------------
+
+def counting_train(ctx: TrialContext) -> dict[str, float]:
+    """A ``train`` that keeps its state as a folder (as ``save_pretrained`` would)."""
+    parent = ctx.load_checkpoint_dir()
+    total = float((parent / "state" / "total.txt").read_text()) if parent is not None else 0.0
+    for step in range(ctx.start_step, ctx.end_step):
+        total += float(ctx.hparams["lr"]) * (step + 1)
+    out = Path(ctx.checkpoint_root).parent / f"work-{ctx.trial_id}-{ctx.end_step}"
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "total.txt").write_text(repr(total))
+    (out / "config.json").write_text(json.dumps(dict(ctx.hparams)))
+    ctx.save_checkpoint_dir(out)
+    return {"total": total}
+
+
+def test_replay_of_a_directory_lineage_from_scratch_and_from_a_stored_step(tmp_path: Path) -> None:
+    from pbt_actors.tools.lineage import Schedule, Segment
+    from pbt_actors.tools.replay import replay
+
+    search = tmp_path / "search"
+    first = ctx(search)
+    first.hparams = {"lr": 0.5}
+    first.end_step = 3
+    original = counting_train(first)
+    segments = (Segment(0, 3, {"lr": 0.5}, 1, final=original, checkpoint=first.saved),
+                Segment(3, 6, {"lr": 2.0}, 2, generation=1))
+    schedule = Schedule(2, segments, experiment="exp")
+    whole = replay(schedule, counting_train, checkpoint_root=tmp_path / "r1" / "ckpt")
+    assert whole.final == {"total": 0.5 * (1 + 2 + 3) + 2.0 * (4 + 5 + 6)}
+    assert whole.segments[0].final == original  # bit-identical segment
+    state = whole.load_state()
+    assert isinstance(state, Path) and state == whole.state_path and (state / "state" / "total.txt").exists()
+    part = replay(schedule, counting_train, checkpoint_root=tmp_path / "r2" / "ckpt", from_step=3,
+                  source_checkpoint_root=search)
+    assert part.final == whole.final
+    copied = tmp_path / "r2" / "ckpt" / directory_files_folder(first.saved.uri)  # type: ignore[union-attr]
+    assert (copied / "config.json").read_text() == '{"lr": 0.5}'

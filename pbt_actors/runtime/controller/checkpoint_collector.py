@@ -29,10 +29,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
+from pbt_actors.control.retention_rules import (
+    RetentionPlan,
+    orphan_directory_checkpoints,
+    plan_retention,
+    read_pins,
+    record_collected,
+)
 from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import MANIFEST_SUFFIX, directory_files_folder, owns_checkpoint
+from pbt_actors.model.records import MANIFEST_SUFFIX, directory_files_folder, owns_checkpoint, trial_checkpoint_prefix
 from pbt_actors.runtime.checkpoint_payloads import inside_root
 from pbt_actors.storage.dir_manifest import remove_tree
 from pbt_actors.storage.trial_store import TrialStore
@@ -226,3 +232,47 @@ class Collector(threading.Thread):
             self.join(timeout=30)
         if final_pass:
             self.collect_once()
+
+
+def referenced_checkpoints(store: TrialStore) -> set[str]:
+    """Every checkpoint uri the store may still hand out: the checkpoint index, every resume
+    checkpoint, and each not-collected trial's own checkpoint."""
+    uris = {ref.uri for i in store.checkpoint_ids() if (ref := store.checkpoint(i)) is not None}
+    for trial in store.iter_trials():
+        if trial.resume is not None:
+            uris.add(trial.resume.uri)
+        if trial.checkpoint is not None and trial.collected_at is None:
+            uris.add(trial.checkpoint.uri)
+    return uris
+
+
+def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: str, *,
+                             dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """``pbt-actors gc``'s sweep of directory checkpoints nothing references (files of a
+    writer that died before its manifest, other attempts' folders, deletions cut short):
+    only under the prefix of a *finished* trial of this store (a running trial's attempt may
+    still report its manifest), so another run's files sharing the root are never touched.
+    Returns the manifest uris swept (or, dry, that would be) and one line per failure."""
+    from pbt_actors.runtime.checkpoint_payloads import delete_checkpoint, store_for
+
+    checkpoints = store_for(root)
+    referenced = referenced_checkpoints(store)
+    base = f"{experiment.name or 'exp'}/trial-"
+
+    def sweepable(uri: str) -> bool:
+        digits = uri[len(base):].split("/", 1)[0] if uri.startswith(base) else ""
+        if not digits.isdigit():
+            return False
+        trial = store.find_trial(int(digits))
+        return (trial is not None and trial.status.terminal
+                and uri.startswith(trial_checkpoint_prefix(experiment.name, trial.id)))
+
+    orphans = orphan_directory_checkpoints(checkpoints.list_uris(), referenced, sweepable)
+    errors: list[str] = []
+    if not dry_run:
+        for uri in orphans:
+            try:
+                delete_checkpoint(checkpoints, uri)
+            except Exception as exc:  # any backend's error: reported, the next gc tries again
+                errors.append(f"cannot delete unreferenced directory checkpoint {uri}: {type(exc).__name__}: {exc}")
+    return orphans, errors
