@@ -342,3 +342,41 @@ def test_replay_of_a_directory_lineage_from_scratch_and_from_a_stored_step(tmp_p
     assert part.final == whole.final
     copied = tmp_path / "r2" / "ckpt" / directory_files_folder(first.saved.uri)  # type: ignore[union-attr]
     assert (copied / "config.json").read_text() == '{"lr": 0.5}'
+
+
+# --- a whole run of directory checkpoints, then verify and a tampered file ------------------------
+
+def folder_train(ctx: TrialContext) -> dict[str, float]:
+    parent = ctx.load_checkpoint_dir()
+    theta = float((parent / "theta.txt").read_text()) if parent is not None else 0.0
+    theta += float(ctx.hparams["x"]) * (ctx.end_step - ctx.start_step)
+    out = Path(ctx.checkpoint_root).parent / "work" / f"t{ctx.trial_id}-a{ctx.attempt}"
+    (out / "nested").mkdir(parents=True)
+    (out / "theta.txt").write_text(repr(theta))
+    (out / "nested" / "opt.bin").write_bytes(bytes(ctx.trial_id % 256) * 100)
+    ctx.save_checkpoint_dir(out)
+    return {"score": -abs(theta - 3.0)}
+
+
+def test_a_run_of_directory_checkpoints_warm_starts_and_verify_checks_every_file(tmp_path: Path) -> None:
+    from pbt_actors.model.experiment import Experiment, Retention
+    from pbt_actors.model.space import Float
+    from pbt_actors.tools.inprocess import run_inprocess
+    from pbt_actors.tools.verify import verify_store
+
+    root = tmp_path / "ckpt"
+    experiment = Experiment(name="dirs", space={"x": Float(0.0, 1.0)}, objective="score", population=3,
+                            steps_per_trial=2, max_steps=8, seed=5, retention=Retention(keep_best=2))
+    core = run_inprocess(experiment, folder_train, root, workers=2)
+    trials = list(core.store.iter_trials())
+    assert trials and all(t.checkpoint is not None and is_directory_checkpoint(t.checkpoint) for t in trials
+                          if t.status.name == "COMPLETED")
+    assert any(t.parent_id is not None for t in trials)  # warm starts from parents' folders
+    report = verify_store(core.store, root)
+    assert report.ok, report.problems
+    kept = [core.store.checkpoint(i) for i in core.store.checkpoint_ids()]
+    victim = root / directory_files_folder(kept[0].uri) / "nested" / "opt.bin"  # type: ignore[union-attr]
+    victim.chmod(0o644)
+    victim.write_bytes(b"flipped")
+    report = verify_store(core.store, root)
+    assert not report.ok and any("opt.bin" in p for p in report.problems)
