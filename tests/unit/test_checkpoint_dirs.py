@@ -380,3 +380,35 @@ def test_a_run_of_directory_checkpoints_warm_starts_and_verify_checks_every_file
     victim.write_bytes(b"flipped")
     report = verify_store(core.store, root)
     assert not report.ok and any("opt.bin" in p for p in report.problems)
+
+
+def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
+    """The CLI on a real LMDB store: ``export --format checkpoint`` writes the best trial's
+    directory checkpoint as a folder, never over an existing one; a tampered stored file stops
+    the export."""
+    from pbt_actors.cli.main import main
+    from pbt_actors.model.experiment import Experiment, Retention
+    from pbt_actors.model.space import Float
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.tools.inprocess import run_inprocess
+
+    store_dir = tmp_path / "store"
+    experiment = Experiment(name="dirs", space={"x": Float(0.0, 1.0)}, objective="score", population=2,
+                            steps_per_trial=2, max_steps=6, seed=9, retention=Retention(keep_best=1))
+    with LmdbTrialStore(store_dir) as store:
+        core = run_inprocess(experiment, folder_train, store_dir / "checkpoints", store=store)
+        best = max((t for t in core.store.iter_trials() if t.final), key=lambda t: t.final["score"])  # type: ignore[index]
+        ref = best.checkpoint
+    assert ref is not None and is_directory_checkpoint(ref)
+    out = tmp_path / "exported" / "best-model"
+    assert main(["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]) == 0
+    stored = store_dir / "checkpoints" / directory_files_folder(ref.uri)
+    assert tree_of(out) == tree_of(stored)
+    (out / "theta.txt").write_text("the user's copy is writable")
+    again = ["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]
+    assert main(again) == 2  # never overwritten
+    victim = stored / "theta.txt"
+    victim.chmod(0o644)
+    victim.write_text("9")
+    assert main(["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(tmp_path / "again")]) != 0
+    assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
