@@ -130,6 +130,13 @@ def test_a_symlink_inside_the_directory_is_stored_as_its_file(tmp_path: Path) ->
     assert (loaded / "alias.json").read_text() == '{"lr": 0.1}'
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_clearly(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    (src / os.fsdecode(b"latin-\xe9.bin")).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="not valid UTF-8"):
+        scan_directory(src)
+
+
 def test_not_a_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="not a folder"):
