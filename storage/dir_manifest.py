@@ -63,6 +63,11 @@ def checked_relative_path(path: object, where: str = "manifest") -> str:
     if path.startswith("/") or "\x00" in path or "\\" in path or any(p in ("", ".", "..") for p in parts):
         raise CheckpointError(f"{where}: file path {path[:200]!r} is not a clean relative path inside the "
                               "checkpoint directory (absolute, '..', '.', empty part, backslash or NUL)")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{where}: file name {path[:200]!r} is not valid UTF-8 (object stores and the "
+                              "manifest need UTF-8 names)") from None
     return path
 
 

@@ -180,6 +180,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_export_tensorboard(args)
     if args.follow:
         raise ConfigError("--follow needs --format tensorboard")
+    if args.format == "checkpoint":
+        return _export_checkpoint(args)
     target = None if args.out in (None, "-") else checked_out(args.out, args.store)
     with open_store_readonly(args.store) as store:
         if target is None:
@@ -189,6 +191,38 @@ def cmd_export(args: argparse.Namespace) -> int:
             with writing(args.out), target.open("w", encoding="utf-8", newline="") as handle:
                 count = export_store(store, handle, args.format)
             print(f"{count} rows written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _export_checkpoint(args: argparse.Namespace) -> int:
+    """``export --format checkpoint``: the best (or ``--trial``) trial's checkpoint, a file or
+    a folder, copied verified to ``--out``."""
+    from pbt_actors.cli.summary import stored_experiment
+    from pbt_actors.control.progress import best_completed
+    from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.tools.checkpoint_export import export_checkpoint
+
+    if args.out in (None, "-"):
+        raise ConfigError("--format checkpoint needs --out PATH (a file, or a folder for a directory checkpoint)")
+    target = checked_out(args.out, args.store)
+    root = normalize_root(args.checkpoint_root or Path(args.store) / "checkpoints")
+    with open_store_readonly(args.store) as store:
+        if args.trial in (None, "best"):
+            experiment = stored_experiment(store)
+            trial = None if experiment is None else best_completed(store, experiment)
+        else:
+            trial = store.find_trial(int(args.trial)) if str(args.trial).isdigit() else None
+        if trial is None:
+            which = "completed trial" if args.trial in (None, "best") else f"trial {args.trial}"
+            raise ConfigError(f"no {which} in {args.store}")
+        if trial.checkpoint is None or trial.collected_at is not None:
+            raise ConfigError(f"trial {trial.id} has no stored checkpoint (collected by retention, or none saved); "
+                              "`pbt-actors replay` rebuilds it from its schedule")
+        ref = trial.checkpoint
+    with writing(args.out):
+        make_folder(target.parent, args.out)
+        placed = export_checkpoint(root, ref, target)
+    print(f"trial {trial.id}'s checkpoint (step {ref.step}) written to {placed}", file=sys.stderr)
     return 0
 
 
@@ -251,8 +285,12 @@ def add_lineage_parsers(subparsers: Any) -> None:
 
     exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
     exp.add_argument("--store", required=True, type=arguments.store_path)
-    exp.add_argument("--format", choices=["csv", "json", "tensorboard"], default="csv",
-                     help="tensorboard: one run per lineage, event files under --out DIR")
+    exp.add_argument("--format", choices=["csv", "json", "tensorboard", "checkpoint"], default="csv",
+                     help="tensorboard: one run per lineage, event files under --out DIR; checkpoint: the best "
+                          "(or --trial) trial's checkpoint, a file or a folder, verified, to --out")
+    exp.add_argument("--trial", default=None, help="checkpoint: a trial id instead of the best")
+    exp.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint: the run's checkpoint folder or URL (default <store>/checkpoints)")
     exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
     exp.add_argument("--follow", action="store_true",
                      help="tensorboard: keep appending trials as they complete until the run ends")

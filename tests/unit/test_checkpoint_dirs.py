@@ -130,6 +130,13 @@ def test_a_symlink_inside_the_directory_is_stored_as_its_file(tmp_path: Path) ->
     assert (loaded / "alias.json").read_text() == '{"lr": 0.1}'
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_clearly(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    (src / os.fsdecode(b"latin-\xe9.bin")).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="not valid UTF-8"):
+        scan_directory(src)
+
+
 def test_not_a_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="not a folder"):
@@ -342,3 +349,73 @@ def test_replay_of_a_directory_lineage_from_scratch_and_from_a_stored_step(tmp_p
     assert part.final == whole.final
     copied = tmp_path / "r2" / "ckpt" / directory_files_folder(first.saved.uri)  # type: ignore[union-attr]
     assert (copied / "config.json").read_text() == '{"lr": 0.5}'
+
+
+# --- a whole run of directory checkpoints, then verify and a tampered file ------------------------
+
+def folder_train(ctx: TrialContext) -> dict[str, float]:
+    parent = ctx.load_checkpoint_dir()
+    theta = float((parent / "theta.txt").read_text()) if parent is not None else 0.0
+    theta += float(ctx.hparams["x"]) * (ctx.end_step - ctx.start_step)
+    out = Path(ctx.checkpoint_root).parent / "work" / f"t{ctx.trial_id}-a{ctx.attempt}"
+    (out / "nested").mkdir(parents=True)
+    (out / "theta.txt").write_text(repr(theta))
+    (out / "nested" / "opt.bin").write_bytes(bytes(ctx.trial_id % 256) * 100)
+    ctx.save_checkpoint_dir(out)
+    return {"score": -abs(theta - 3.0)}
+
+
+def test_a_run_of_directory_checkpoints_warm_starts_and_verify_checks_every_file(tmp_path: Path) -> None:
+    from pbt_actors.model.experiment import Experiment, Retention
+    from pbt_actors.model.space import Float
+    from pbt_actors.tools.inprocess import run_inprocess
+    from pbt_actors.tools.verify import verify_store
+
+    root = tmp_path / "ckpt"
+    experiment = Experiment(name="dirs", space={"x": Float(0.0, 1.0)}, objective="score", population=3,
+                            steps_per_trial=2, max_steps=8, seed=5, retention=Retention(keep_best=2))
+    core = run_inprocess(experiment, folder_train, root, workers=2)
+    trials = list(core.store.iter_trials())
+    assert trials and all(t.checkpoint is not None and is_directory_checkpoint(t.checkpoint) for t in trials
+                          if t.status.name == "COMPLETED")
+    assert any(t.parent_id is not None for t in trials)  # warm starts from parents' folders
+    report = verify_store(core.store, root)
+    assert report.ok, report.problems
+    kept = [core.store.checkpoint(i) for i in core.store.checkpoint_ids()]
+    victim = root / directory_files_folder(kept[0].uri) / "nested" / "opt.bin"  # type: ignore[union-attr]
+    victim.chmod(0o644)
+    victim.write_bytes(b"flipped")
+    report = verify_store(core.store, root)
+    assert not report.ok and any("opt.bin" in p for p in report.problems)
+
+
+def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
+    """The CLI on a real LMDB store: ``export --format checkpoint`` writes the best trial's
+    directory checkpoint as a folder, never over an existing one; a tampered stored file stops
+    the export."""
+    from pbt_actors.cli.main import main
+    from pbt_actors.model.experiment import Experiment, Retention
+    from pbt_actors.model.space import Float
+    from pbt_actors.storage.lmdb_store import LmdbTrialStore
+    from pbt_actors.tools.inprocess import run_inprocess
+
+    store_dir = tmp_path / "store"
+    experiment = Experiment(name="dirs", space={"x": Float(0.0, 1.0)}, objective="score", population=2,
+                            steps_per_trial=2, max_steps=6, seed=9, retention=Retention(keep_best=1))
+    with LmdbTrialStore(store_dir) as store:
+        core = run_inprocess(experiment, folder_train, store_dir / "checkpoints", store=store)
+        best = max((t for t in core.store.iter_trials() if t.final), key=lambda t: t.final["score"])  # type: ignore[index]
+        ref = best.checkpoint
+    assert ref is not None and is_directory_checkpoint(ref)
+    out = tmp_path / "exported" / "best-model"
+    assert main(["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]) == 0
+    stored = store_dir / "checkpoints" / directory_files_folder(ref.uri)
+    assert tree_of(out) == tree_of(stored)
+    (out / "theta.txt").write_text("the user's copy is writable")
+    again = ["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]
+    assert main(again) == 2  # never overwritten
+    victim = stored / "theta.txt"
+    victim.chmod(0o644)
+    victim.write_text("9")
+    assert main(["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(tmp_path / "again")]) != 0
+    assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
