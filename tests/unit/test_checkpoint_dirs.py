@@ -263,7 +263,11 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
     from pbt_actors.model.protocol import Report, RequestTrial, TrialAssignment
     from pbt_actors.model.records import trial_checkpoint_prefix
     from pbt_actors.model.space import Float
-    from pbt_actors.runtime.controller.checkpoint_collector import collect_store, sweep_orphan_directories
+    from pbt_actors.runtime.controller.checkpoint_collector import (
+        checkpoint_bytes,
+        collect_store,
+        sweep_orphan_directories,
+    )
     from pbt_actors.storage.checkpoint_urls import open_store
     from pbt_actors.storage.dir_manifest import copy_tree_hashing
     from pbt_actors.storage.memory import InMemoryTrialStore
@@ -295,8 +299,11 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
     store_.commit_folder(staging, f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.files", files, SHA)
     unreported = save_checkpoint_dir(root, f"{trial_checkpoint_prefix('dirs', last)}a3-s20", tmp_path / "debris", 20)
 
-    result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0)
+    result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0,
+                           size_of=checkpoint_bytes(str(root)))
     assert result.deleted and not result.errors
+    manifests = sum(r.bytes for i in result.deleted if (r := store.get_trial(i).checkpoint) is not None)
+    assert result.bytes_freed == manifests + sum(len(f"trial {i}") for i in result.deleted)  # manifests + files
     for trial_id in result.deleted:
         gone = store.get_trial(trial_id).checkpoint
         assert gone is not None and not (root / gone.uri).exists()
