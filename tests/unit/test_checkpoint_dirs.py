@@ -396,10 +396,10 @@ def test_a_run_of_directory_checkpoints_warm_starts_and_verify_checks_every_file
     assert not report.ok and any("opt.bin" in p for p in report.problems)
 
 
-def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
+def test_export_copies_the_best_models_folder_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI on a real LMDB store: ``export --format checkpoint`` writes the best trial's
-    directory checkpoint as a folder, never over an existing one; a tampered stored file stops
-    the export."""
+    directory checkpoint as a folder, never over an existing one; ``gc`` sweeps files no
+    manifest names and keeps the best; a tampered stored file stops the export."""
     from pbt_actors.cli.main import main
     from pbt_actors.model.experiment import Experiment, Retention
     from pbt_actors.model.space import Float
@@ -421,6 +421,15 @@ def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
     (out / "theta.txt").write_text("the user's copy is writable")
     again = ["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]
     assert main(again) == 2  # never overwritten
+    debris = store_dir / "checkpoints" / f"{directory_files_folder(ref.uri).rsplit('-', 1)[0]}-{'f' * 16}.files"
+    debris.mkdir()
+    (debris / "half.bin").write_bytes(b"a writer died here")
+    capsys.readouterr()
+    assert main(["gc", "--store", str(store_dir), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["unreferenced_directories"] == [f"{directory_files_folder(ref.uri).rsplit('-', 1)[0]}-{'f' * 16}"
+                                                ".manifest"]
+    assert not debris.exists() and tree_of(stored)  # the best one's folder is kept
     victim = stored / "theta.txt"
     victim.chmod(0o644)
     victim.write_text("9")
