@@ -298,6 +298,8 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
     files = copy_tree_hashing([("half.bin", tmp_path / "debris" / "half.bin")], staging)
     store_.commit_folder(staging, f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.files", files, SHA)
     unreported = save_checkpoint_dir(root, f"{trial_checkpoint_prefix('dirs', last)}a3-s20", tmp_path / "debris", 20)
+    killed = store_.staging_folder(f"{trial_checkpoint_prefix('dirs', last)}a4-s20.manifest")  # killed mid-copy
+    (killed / "part.bin").write_bytes(b"partial")
 
     result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0,
                            size_of=checkpoint_bytes(str(root)))
@@ -309,7 +311,8 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
         assert gone is not None and not (root / gone.uri).exists()
         assert not (root / directory_files_folder(gone.uri)).exists()
     orphans, _ = sweep_orphan_directories(store, experiment, str(root), dry_run=True)
-    assert orphans == sorted([f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.manifest", unreported.uri])
+    assert orphans == [*sorted([f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.manifest", unreported.uri]),
+                       killed.relative_to(root.resolve()).as_posix()]
     assert sweep_orphan_directories(store, experiment, str(root)) == (orphans, [])
     kept = [store.checkpoint(i) for i in store.checkpoint_ids()]
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())

@@ -261,7 +261,8 @@ def referenced_checkpoints(store: TrialStore) -> set[str]:
 def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: str, *,
                              dry_run: bool = False) -> tuple[list[str], list[str]]:
     """``pbt-actors gc``'s sweep of directory checkpoints nothing references (files of a
-    writer that died before its manifest, other attempts' folders, deletions cut short):
+    writer that died before its manifest, other attempts' folders, deletions cut short) and,
+    under a local root, of staging leftovers (``staging_leftovers``):
     only under the prefix of a *finished* trial of this store (a running trial's attempt may
     still report its manifest), so another run's files sharing the root are never touched.
     Returns the manifest uris swept (or, dry, that would be) and one line per failure."""
@@ -280,14 +281,37 @@ def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: st
                 and uri.startswith(trial_checkpoint_prefix(experiment.name, trial.id)))
 
     orphans = orphan_directory_checkpoints(checkpoints.list_uris(), referenced, sweepable)
+    orphans += staging_leftovers(checkpoints.local_path(experiment.name or "exp"), sweepable, root)
     errors: list[str] = []
     if not dry_run:
         for uri in orphans:
             try:
-                delete_checkpoint(checkpoints, uri)
+                if uri.endswith(STAGING_SUFFIX):
+                    remove_tree(inside_root(root, uri))
+                else:
+                    delete_checkpoint(checkpoints, uri)
             except Exception as exc:  # any backend's error: reported, the next gc tries again
                 errors.append(f"cannot delete unreferenced directory checkpoint {uri}: {type(exc).__name__}: {exc}")
     return orphans, errors
+
+
+STAGING_SUFFIX = ".staging"
+
+
+def staging_leftovers(experiment_folder: Path | None, sweepable: Callable[[str], bool], root: str) -> list[str]:
+    """A local root's hidden staging files and folders (``.<name>.<...>.staging``) that a writer
+    killed mid-copy left under a finished trial's folder, as uris relative to ``root``; none
+    for a URL root (an object store has no staging: an unfinished upload is invisible)."""
+    if experiment_folder is None or not experiment_folder.is_dir():
+        return []
+    base = Path(root).resolve()
+    found = []
+    for trial_folder in sorted(experiment_folder.glob("trial-*")):
+        for entry in sorted(trial_folder.glob(".*" + STAGING_SUFFIX)):
+            uri = entry.relative_to(base).as_posix()
+            if sweepable(uri):
+                found.append(uri)
+    return found
 
 
 def checkpoint_bytes(root: str) -> Callable[[CheckpointRef], int]:
