@@ -40,6 +40,7 @@ def _open_writer(store_dir: str) -> Any:
 def cmd_gc(args: argparse.Namespace) -> int:
     from pbt_actors.cli.summary import stored_experiment
     from pbt_actors.runtime.controller.checkpoint_collector import (
+        checkpoint_bytes,
         checkpoint_deleter,
         collect_store,
         sweep_orphan_directories,
@@ -54,7 +55,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if not experiment.retention.enabled and not args.force and not args.dry_run:
             raise ConfigError(f"experiment {experiment.name!r} was run with retention off; "
                               "use --force to collect anyway (or --dry-run to see what would go)")
-        result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True)
+        result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True,
+                               size_of=checkpoint_bytes(root))
         keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
         orphans, orphan_errors = sweep_orphan_directories(store, experiment, root, dry_run=args.dry_run)
         result.errors.extend(orphan_errors)

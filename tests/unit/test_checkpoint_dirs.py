@@ -263,7 +263,11 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
     from pbt_actors.model.protocol import Report, RequestTrial, TrialAssignment
     from pbt_actors.model.records import trial_checkpoint_prefix
     from pbt_actors.model.space import Float
-    from pbt_actors.runtime.controller.checkpoint_collector import collect_store, sweep_orphan_directories
+    from pbt_actors.runtime.controller.checkpoint_collector import (
+        checkpoint_bytes,
+        collect_store,
+        sweep_orphan_directories,
+    )
     from pbt_actors.storage.checkpoint_urls import open_store
     from pbt_actors.storage.dir_manifest import copy_tree_hashing
     from pbt_actors.storage.memory import InMemoryTrialStore
@@ -294,15 +298,21 @@ def test_retention_and_gc_delete_directory_checkpoints_whole_and_sweep_unreferen
     files = copy_tree_hashing([("half.bin", tmp_path / "debris" / "half.bin")], staging)
     store_.commit_folder(staging, f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.files", files, SHA)
     unreported = save_checkpoint_dir(root, f"{trial_checkpoint_prefix('dirs', last)}a3-s20", tmp_path / "debris", 20)
+    killed = store_.staging_folder(f"{trial_checkpoint_prefix('dirs', last)}a4-s20.manifest")  # killed mid-copy
+    (killed / "part.bin").write_bytes(b"partial")
 
-    result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0)
+    result = collect_store(store, experiment, checkpoint_deleter(str(root)), now=1.0,
+                           size_of=checkpoint_bytes(str(root)))
     assert result.deleted and not result.errors
+    manifests = sum(r.bytes for i in result.deleted if (r := store.get_trial(i).checkpoint) is not None)
+    assert result.bytes_freed == manifests + sum(len(f"trial {i}") for i in result.deleted)  # manifests + files
     for trial_id in result.deleted:
         gone = store.get_trial(trial_id).checkpoint
         assert gone is not None and not (root / gone.uri).exists()
         assert not (root / directory_files_folder(gone.uri)).exists()
     orphans, _ = sweep_orphan_directories(store, experiment, str(root), dry_run=True)
-    assert orphans == sorted([f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.manifest", unreported.uri])
+    assert orphans == [*sorted([f"{trial_checkpoint_prefix('dirs', last)}a2-s20-{'0' * 16}.manifest", unreported.uri]),
+                       killed.relative_to(root.resolve()).as_posix()]
     assert sweep_orphan_directories(store, experiment, str(root)) == (orphans, [])
     kept = [store.checkpoint(i) for i in store.checkpoint_ids()]
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -389,10 +399,10 @@ def test_a_run_of_directory_checkpoints_warm_starts_and_verify_checks_every_file
     assert not report.ok and any("opt.bin" in p for p in report.problems)
 
 
-def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
+def test_export_copies_the_best_models_folder_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI on a real LMDB store: ``export --format checkpoint`` writes the best trial's
-    directory checkpoint as a folder, never over an existing one; a tampered stored file stops
-    the export."""
+    directory checkpoint as a folder, never over an existing one; ``gc`` sweeps files no
+    manifest names and keeps the best; a tampered stored file stops the export."""
     from pbt_actors.cli.main import main
     from pbt_actors.model.experiment import Experiment, Retention
     from pbt_actors.model.space import Float
@@ -414,6 +424,15 @@ def test_export_copies_the_best_models_folder_verified(tmp_path: Path) -> None:
     (out / "theta.txt").write_text("the user's copy is writable")
     again = ["export", "--store", str(store_dir), "--format", "checkpoint", "--out", str(out)]
     assert main(again) == 2  # never overwritten
+    debris = store_dir / "checkpoints" / f"{directory_files_folder(ref.uri).rsplit('-', 1)[0]}-{'f' * 16}.files"
+    debris.mkdir()
+    (debris / "half.bin").write_bytes(b"a writer died here")
+    capsys.readouterr()
+    assert main(["gc", "--store", str(store_dir), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["unreferenced_directories"] == [f"{directory_files_folder(ref.uri).rsplit('-', 1)[0]}-{'f' * 16}"
+                                                ".manifest"]
+    assert not debris.exists() and tree_of(stored)  # the best one's folder is kept
     victim = stored / "theta.txt"
     victim.chmod(0o644)
     victim.write_text("9")

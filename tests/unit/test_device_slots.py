@@ -14,6 +14,7 @@ import pytest
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.runtime.host import launch
 from pbt_actors.runtime.host.launch import device_slots, visible_devices, worker_specs
+from tests.support.waiting import wait_until
 
 TOY = Path(__file__).resolve().parents[2] / "examples" / "toy_quadratic.py"
 
@@ -127,12 +128,14 @@ def test_each_worker_process_sees_its_slots_gpus(gpus: Callable[..., None], tmp_
     try:
         for spec in [*specs, *packed]:
             processes.append(spec.factory())
-        seen = []
-        for process in processes:
+
+        def visible(process: launch.WorkerProcess) -> str | None:
             environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
             values = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
-            assert values, f"worker process {process.pid} (exit {process.poll()}) has no CUDA_VISIBLE_DEVICES"
-            seen.append(values[0])
+            return values[0] if values else None
+
+        seen = [wait_until(lambda p=process: visible(p), 20, f"worker process {process.pid}'s environment (exit "
+                           f"{process.poll()})") for process in processes]
         assert seen == ["0,1", "2,3", "0", "0", "1", "1"]
     finally:
         for process in processes:

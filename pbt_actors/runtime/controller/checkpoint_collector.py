@@ -38,7 +38,14 @@ from pbt_actors.control.retention_rules import (
 )
 from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import MANIFEST_SUFFIX, directory_files_folder, owns_checkpoint, trial_checkpoint_prefix
+from pbt_actors.model.records import (
+    MANIFEST_SUFFIX,
+    CheckpointRef,
+    directory_files_folder,
+    is_directory_checkpoint,
+    owns_checkpoint,
+    trial_checkpoint_prefix,
+)
 from pbt_actors.runtime.checkpoint_payloads import inside_root
 from pbt_actors.storage.dir_manifest import remove_tree
 from pbt_actors.storage.trial_store import TrialStore
@@ -141,8 +148,12 @@ class GcResult:
 
 
 def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *, dry_run: bool = False,
-                  now: float | None = None, force: bool = False) -> GcResult:
+                  now: float | None = None, force: bool = False,
+                  size_of: Callable[[CheckpointRef], int] | None = None) -> GcResult:
     """One collection over a store nobody else writes (``pbt-actors gc``).
+
+    ``size_of`` counts a checkpoint's bytes for ``bytes_freed`` (``checkpoint_bytes``: a
+    directory checkpoint's manifest and files); by default the ref's own size.
 
     ``force`` collects even when the experiment has retention disabled (the user asked).
     """
@@ -153,7 +164,8 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
     plan = plan_retention(store, experiment, read_pins(store))
     targets = uris_of(store, plan.delete, experiment.name)
     result = GcResult(plan, targets)
-    sizes = {i: ref.bytes for i in plan.delete if (ref := store.checkpoint(i)) is not None}
+    count = size_of or (lambda ref: ref.bytes)
+    sizes = {i: count(ref) for i in plan.delete if (ref := store.checkpoint(i)) is not None}
     if dry_run or not targets:
         result.bytes_freed = sum(sizes.values())
         return result
@@ -249,7 +261,8 @@ def referenced_checkpoints(store: TrialStore) -> set[str]:
 def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: str, *,
                              dry_run: bool = False) -> tuple[list[str], list[str]]:
     """``pbt-actors gc``'s sweep of directory checkpoints nothing references (files of a
-    writer that died before its manifest, other attempts' folders, deletions cut short):
+    writer that died before its manifest, other attempts' folders, deletions cut short) and,
+    under a local root, of staging leftovers (``staging_leftovers``):
     only under the prefix of a *finished* trial of this store (a running trial's attempt may
     still report its manifest), so another run's files sharing the root are never touched.
     Returns the manifest uris swept (or, dry, that would be) and one line per failure."""
@@ -268,11 +281,51 @@ def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: st
                 and uri.startswith(trial_checkpoint_prefix(experiment.name, trial.id)))
 
     orphans = orphan_directory_checkpoints(checkpoints.list_uris(), referenced, sweepable)
+    orphans += staging_leftovers(checkpoints.local_path(experiment.name or "exp"), sweepable, root)
     errors: list[str] = []
     if not dry_run:
         for uri in orphans:
             try:
-                delete_checkpoint(checkpoints, uri)
+                if uri.endswith(STAGING_SUFFIX):
+                    remove_tree(inside_root(root, uri))
+                else:
+                    delete_checkpoint(checkpoints, uri)
             except Exception as exc:  # any backend's error: reported, the next gc tries again
                 errors.append(f"cannot delete unreferenced directory checkpoint {uri}: {type(exc).__name__}: {exc}")
     return orphans, errors
+
+
+STAGING_SUFFIX = ".staging"
+
+
+def staging_leftovers(experiment_folder: Path | None, sweepable: Callable[[str], bool], root: str) -> list[str]:
+    """A local root's hidden staging files and folders (``.<name>.<...>.staging``) that a writer
+    killed mid-copy left under a finished trial's folder, as uris relative to ``root``; none
+    for a URL root (an object store has no staging: an unfinished upload is invisible)."""
+    if experiment_folder is None or not experiment_folder.is_dir():
+        return []
+    base = Path(root).resolve()
+    found = []
+    for trial_folder in sorted(experiment_folder.glob("trial-*")):
+        for entry in sorted(trial_folder.glob(".*" + STAGING_SUFFIX)):
+            uri = entry.relative_to(base).as_posix()
+            if sweepable(uri):
+                found.append(uri)
+    return found
+
+
+def checkpoint_bytes(root: str) -> Callable[[CheckpointRef], int]:
+    """``size_of`` for ``collect_store``: a file's size, or a directory checkpoint's manifest
+    plus every file it lists (read from the store; the ref's size alone when unreadable)."""
+    from pbt_actors.runtime.checkpoint_payloads import read_manifest
+    from pbt_actors.storage.dir_manifest import total_bytes
+
+    def size(ref: CheckpointRef) -> int:
+        if not is_directory_checkpoint(ref):
+            return ref.bytes
+        try:
+            return ref.bytes + total_bytes(read_manifest(root, ref))
+        except Exception:  # missing or damaged: counted as what the ref says
+            return ref.bytes
+
+    return size
