@@ -191,15 +191,21 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options, authenticator = controller_security(args)
     try:
         delete = None
+        root = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
             from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
             from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
-            check_checkpoint_root(normalize_root(args.checkpoint_root))  # before the first trial
-            delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
+            root = normalize_root(args.checkpoint_root)
+            check_checkpoint_root(root)  # before the first trial
+            delete = checkpoint_deleter(root)
+        elif experiment.retention.enabled:  # said at start: the disk would fill silently otherwise
+            print("pbt-actors controller: no --checkpoint-root: retention is on in the experiment but this "
+                  "controller cannot delete any checkpoint (every one is kept); give it the workers' "
+                  "--checkpoint-root", file=sys.stderr, flush=True)
         handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
-                                  checkpoint_delete=delete, meta=file_meta(args.experiment))
+                                  checkpoint_delete=delete, meta=file_meta(args.experiment, root))
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -231,12 +237,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.runtime.worker.worker_client import unresolvable_host
     from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
     from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    unresolved = unresolvable_host(args.connect)
+    if unresolved is not None:  # said now, not only after --controller-timeout (a DNS entry may still come)
+        print(f"pbt-actors worker: {unresolved}; retrying until it does", file=sys.stderr, flush=True)
     if is_url(args.checkpoint_root):
         checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
     options, extra = worker_security(args)

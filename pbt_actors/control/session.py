@@ -66,6 +66,7 @@ from pbt_actors.control.peer_identity import (
 from pbt_actors.model.protocol import (
     Error,
     Fail,
+    Hello,
     Message,
     Reply,
     Report,
@@ -330,5 +331,6 @@ class ProtocolSession:
         if isinstance(reply, Error):
             self._log_rejection(peer, message, reply)
         elif not isinstance(message, WorkerLost):
-            self._answered.answered(peer.decode("utf-8", "replace"), reply)
+            self._answered.answered(peer.decode("utf-8", "replace"), reply,
+                                    message.workers if isinstance(message, Hello) and message.workers else None)
         return Outgoing(peer, request_id, reply)

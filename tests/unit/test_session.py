@@ -172,6 +172,37 @@ def test_a_held_report_with_next_is_answered_too_and_both_peers_hear_done() -> N
     assert h.session.peers_not_done() == set() and h.session.peers_done == {"wa", "wb"}
 
 
+def test_a_host_supervisor_is_done_once_every_worker_it_listed_heard_done() -> None:
+    """Issue 21, 4a: a supervisor only says ``hello``, never asks for work, so it is never
+    answered ``done``; the controller must not linger for it once its workers heard ``done``
+    (nor for a host whose workers were all reported lost), but does while one still has not."""
+    h = Harness()
+    assert isinstance(only(h.send((SUP, 1, Hello("supervisor-1", "node1", 1, "", "", ("wa", "wb"))))).reply, Ack)
+    spec = lease_first(h)
+    park(h)
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}  # wb is held, not answered yet
+    child = h.send((WA, 2, report("wa", spec)))[1].reply
+    assert isinstance(child, TrialAssignment)
+    park(h, WA, 3)
+    out = h.send((WB, 8, report("wb", child, next_trial=True)))  # the run ends: both workers hear done
+    assert [o.reply for o in out] == [Done(), Done()]
+    assert h.session.peers_not_done() == set()  # the supervisor is not waited for
+    # a second host that says hello after the end: waited for only while its worker is
+    other = b"supervisor-2"
+    h.send((other, 1, Hello("supervisor-2", "node2", 2, "", "", ("wc",))))
+    assert h.session.peers_not_done() == set()  # its worker never spoke: nobody to wait for
+    assert only(h.send((b"wc", 1, RequestTrial("wc")))).reply == Done()
+    assert h.session.peers_not_done() == set()
+
+    # mid-run: a host whose one leaseholder died is waited for until that worker is reported lost
+    h = Harness()
+    h.send((SUP, 1, Hello("supervisor-1", "node1", 1, "", "", ("wa", "wb"))))
+    lease_first(h)
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}
+    h.send((SUP, 2, WorkerLost("wa", "SIGKILL")))
+    assert h.session.peers_not_done() == set()
+
+
 def test_a_resend_of_a_held_request_is_dropped_and_it_is_answered_once() -> None:
     h = Harness()
     spec = lease_first(h)
