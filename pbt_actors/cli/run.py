@@ -220,6 +220,12 @@ def cmd_controller(args: argparse.Namespace) -> int:
         linger_until = time.monotonic() + args.linger
         while not stop.requested and time.monotonic() < linger_until and handle.peers_not_done():
             handle.bridge.stop_event.wait(0.1)
+        if args.serve_finished and not stop.requested:
+            # a Kubernetes StatefulSet restarts a controller that exits, finished or not: serve
+            # `done` to whoever asks (late worker pods end with exit 0) until told to stop
+            print("run finished; answering `done` until SIGTERM (--serve-finished)", flush=True)
+            while not stop.requested and not handle.bridge.stop_event.is_set():
+                handle.bridge.stop_event.wait(0.5)
     finally:
         handle.stop()
         if authenticator is not None:
@@ -369,6 +375,9 @@ def add_parsers(sub: Any) -> None:
     ctl.add_argument("--bind", type=arguments.bind_endpoint, required=True, help="e.g. tcp://0.0.0.0:5555")
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
+    ctl.add_argument("--serve-finished", action="store_true",
+                     help="after the end (or on a finished store) keep answering `done` until SIGTERM instead of "
+                          "exiting: for a manager that restarts whatever exits (a Kubernetes StatefulSet)")
     ctl.add_argument("--json", action="store_true")
     ctl.add_argument("--curve-secret", default=None, help="the controller's secret key file (CURVE)")
     ctl.add_argument("--authorized-keys", default=None, help="folder of workers' public keys allowed in")

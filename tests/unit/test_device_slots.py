@@ -73,3 +73,16 @@ def test_worker_ids_name_gpus_by_index_also_when_granted_by_uuid(gpus: Callable[
     gpus(4, "2,3")
     specs = worker_specs(str(TOY), "tcp://127.0.0.1:9", str(tmp_path), "all", None, prefix="h")
     assert [spec.id for spec in specs] == ["h-w0-gpu2", "h-w1-gpu3"]
+
+
+def test_all_refuses_the_cpu_when_the_container_was_given_gpus(gpus: Callable[..., None],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, 7e: a pod that requested a GPU but sees none (nvidia-smi missing) fails loudly."""
+    gpus(0)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-8f2a")
+    with pytest.raises(ConfigError, match="NVIDIA_DRIVER_CAPABILITIES=compute,utility"):
+        device_slots("all", None)
+    assert device_slots("cpu", 2) == [None, None]  # said explicitly: fine
+    for value in ("all", "void", "none", ""):  # a CUDA image's default, or nothing granted
+        monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", value)
+        assert device_slots("all", 2) == [None, None]
