@@ -70,8 +70,9 @@ def test_an_array_of_worker_jobs_joins_survives_a_lost_node_and_late_jobs_end_at
     tasks = wait_until(lambda: _array_tasks(slurm, array, 3), 30, "3 array tasks")
     assert array in tasks.values()  # one task carries the master id: the case that broke
     task_hosts = {f"{node}-j{job}" for job in tasks.values() for node in ("node1", "node2")}
-    on_node2 = wait_until(lambda: {job for job in tasks.values() if slurm.job_field(job, "NodeList") == "node2"},
-                          30, "array tasks on node2")
+    wait_until(lambda: all(slurm.job_state(job) == "RUNNING" for job in tasks.values()), 60,
+               f"every array task running; {slurm.run('squeue', check=False).stdout}", poll_s=0.3)
+    on_node2 = {job for job in tasks.values() if slurm.job_field(job, "NodeList") == "node2"}
     assert len(on_node2) == 2, {job: slurm.job_field(job, "NodeList") for job in tasks.values()}
     node2_hosts = {f"node2-j{job}" for job in on_node2}
     wait_until(lambda: worker_hosts(run.completed()) & node2_hosts, 120,
