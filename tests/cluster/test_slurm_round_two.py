@@ -33,8 +33,12 @@ SHAPE = {"FAULT_POPULATION": 4, "FAULT_STEPS_PER_TRIAL": 4, "FAULT_MAX_STEPS": 4
 
 def _array_tasks(slurm: SlurmCluster, array_id: int, count: int) -> dict[str, int] | None:
     """Task index -> job id of every task of the array once all ``count`` are listed."""
-    out = slurm.run("squeue", "-h", "-r", "-j", str(array_id), "-o", "%K %A", check=False).stdout
-    tasks = {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
+    out = slurm.run("scontrol", "-o", "show", "job", str(array_id), check=False).stdout  # a line per task
+    tasks = {}
+    for line in out.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if fields.get("ArrayTaskId", "").isdigit():
+            tasks[fields["ArrayTaskId"]] = int(fields["JobId"])
     return tasks if len(tasks) == count else None
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import pytest
 
+from pbt_actors.control.clean_exit import SILENT_S
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.session import Outgoing, Parked, ProtocolSession
 from pbt_actors.model.experiment import Experiment
@@ -201,6 +202,20 @@ def test_a_host_supervisor_is_done_once_every_worker_it_listed_heard_done() -> N
     assert h.session.peers_not_done() == {"wa", "supervisor-1"}
     h.send((SUP, 2, WorkerLost("wa", "SIGKILL")))
     assert h.session.peers_not_done() == set()
+
+
+def test_a_peer_silent_for_the_silence_limit_is_not_waited_for() -> None:
+    """A lost node takes its host along: nobody says ``worker_lost`` for its workers. At the end
+    no trial runs, so a live peer speaks every few seconds; one silent for ``SILENT_S`` is gone."""
+    h = Harness()
+    h.send((SUP, 1, Hello("supervisor-1", "node2", 1, "", "", ("wa",))))
+    lease_first(h)
+    h.now = SILENT_S
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}  # not yet
+    h.now = SILENT_S + 0.5
+    assert h.session.peers_not_done() == set()
+    h.send((b"wb", 1, Hello("wb", "node1", 2, "cpu")))  # a live one that speaks now is waited for
+    assert h.session.peers_not_done() == {"wb"}
 
 
 def test_a_resend_of_a_held_request_is_dropped_and_it_is_answered_once() -> None:
