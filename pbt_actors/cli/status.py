@@ -38,14 +38,21 @@ def checkpoint_root_of(store_dir: Path, given: str | None) -> tuple[str | Path, 
     it is known (given or recorded) rather than the guessed default."""
     if given:
         return given, True
-    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, SIMULATED_CHECKPOINTS
 
     if (store_dir / "data.mdb").exists():
         with open_store_readonly(store_dir) as store:
             recorded = store.get_meta(META_CHECKPOINT_ROOT)
-        if isinstance(recorded, str) and recorded:
+        if isinstance(recorded, str) and recorded and recorded != SIMULATED_CHECKPOINTS:
             return recorded, True
     return store_dir / "checkpoints", False
+
+
+def _simulated(store: Any) -> bool:
+    """The simulator wrote this store: its checkpoint refs name no file."""
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, SIMULATED_CHECKPOINTS
+
+    return bool(store.get_meta(META_CHECKPOINT_ROOT) == SIMULATED_CHECKPOINTS)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -80,12 +87,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with open_store_readonly(store_dir) as store:
         # a given or recorded root is always checked (a wrong one shows as absent checkpoints);
         # the default only when it exists; with none, checkpoints are counted unchecked
-        checked = known or is_url(root) or Path(root).exists()
+        simulated = not known and _simulated(store)
+        checked = not simulated and (known or is_url(root) or Path(root).exists())
         report = verify_store(store, root if checked else None)
+        if simulated:
+            report.checkpoints_unchecked = 0  # there are no files to check, by design
     if args.json:
         print(json.dumps({**report.to_dict(), "checkpoint_root": str(root) if checked else None}))
     else:
         collected = f" ({report.checkpoints_collected} collected by retention)" if report.checkpoints_collected else ""
+        if simulated:
+            collected += " (a simulated run: its checkpoints are not files)"
         if not report.ok:
             verdict = f"{len(report.problems)} problem(s)"
         elif report.checkpoints_unchecked:
