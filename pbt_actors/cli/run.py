@@ -231,11 +231,32 @@ def cmd_controller(args: argparse.Namespace) -> int:
         if authenticator is not None:
             authenticator.stop()
     summary = read_summary(store_dir) or {}
+    if summary.get("finished") and root is not None and experiment.retention.enabled:
+        _sweep_stale_attempt_files(store_dir, root, experiment.name)
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir)}))
     else:
         print_summary(summary, str(store_dir))
     return _outcome(store_dir) if summary.get("finished") else 0
+
+
+def _sweep_stale_attempt_files(store_dir: Path, root: str, experiment: str) -> None:
+    """At the end of a finished run, the resume checkpoints of completed trials' preempted
+    attempts go too (retention's plan knows only final checkpoints; issue 21, item 3). Files
+    only: the store is read, not written. A failure is said, not fatal (`gc` retries it)."""
+    from pbt_actors.cli.summary import open_store_readonly
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, sweep_stale_attempt_files
+
+    try:
+        with open_store_readonly(store_dir) as store:
+            done, errors = sweep_stale_attempt_files(store, root, experiment, checkpoint_deleter(root))
+    except Exception as exc:  # a checkpoint store that cannot be listed now: the run is still finished
+        log.warning("could not delete stale resume checkpoints under %s: %s (`pbt-actors gc` can)", root, exc)
+        return
+    for line in errors:
+        log.warning("retention: %s", line)
+    if done:
+        log.info("deleted %d resume checkpoint(s) of completed trials' earlier attempts", len(done))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
