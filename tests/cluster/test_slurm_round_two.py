@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.jobs import PREEMPTIBLE, Run, assert_finished_once, worker_hosts
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
+from tests.cluster.jobs import PREEMPTIBLE, Run, assert_finished_once, steps_redone, worker_hosts
 from tests.cluster.slurm import SlurmCluster
 from tests.support.waiting import wait_until
 
@@ -86,6 +87,7 @@ def test_an_array_of_worker_jobs_joins_survives_a_lost_node_and_late_jobs_end_at
         assert f"pbt-workers: job {job} nodes node" in out, out
 
     # node2 is lost with every worker on it (SIGKILL, no goodbye): the run finishes on node1
+    in_flight = sum(t.steps for t in run.running())  # every step of every leased trial, at most
     assert _kill_worker_processes_on(slurm, "node2", on_node2) > 0
 
     assert slurm.wait_job_end(main, 180) == "COMPLETED", run.output() + slurm.logs()
@@ -94,7 +96,13 @@ def test_an_array_of_worker_jobs_joins_survives_a_lost_node_and_late_jobs_end_at
         if job not in on_node2:  # (the killed ones: SLURM's verdict on a lost node is its own)
             assert state == "COMPLETED", (job, state, run.output())
     assert "common.sh: No such file" not in run.output()
-    trials = assert_finished_once(run, lineages=4, max_steps=40, steps_per_trial=4)
+    # (untraced: a SIGKILLed attempt may have trained to the end step and died before its report)
+    trials = assert_finished_once(run, lineages=4, max_steps=40, steps_per_trial=4, traced=False)
+    for trial in trials:  # each checkpoint's state was trained for exactly its end step
+        assert trial.checkpoint is not None
+        assert load_checkpoint(run.checkpoints, trial.checkpoint)["steps"] == trial.end_step, trial.id
+    redone = steps_redone(run, trials)
+    assert redone <= in_flight, (redone, in_flight)  # at most the work in flight on the lost node
     assert worker_hosts(trials) & task_hosts
 
     # late jobs on the finished run: in seconds, exit 0
