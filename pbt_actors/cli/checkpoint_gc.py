@@ -44,6 +44,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         checkpoint_deleter,
         collect_store,
         sweep_orphan_directories,
+        sweep_stale_attempt_files,
     )
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
@@ -60,6 +61,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
         keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
         orphans, orphan_errors = sweep_orphan_directories(store, experiment, root, dry_run=args.dry_run)
         result.errors.extend(orphan_errors)
+        # the resume checkpoints of completed trials' preempted attempts: no record needs them
+        stale, stale_errors = sweep_stale_attempt_files(store, root, experiment.name, checkpoint_deleter(root),
+                                                        dry_run=args.dry_run)
+        result.errors.extend(stale_errors)
     absent = {i for i, _uri in result.absent}
     deletes = [{"trial": i, "uri": uri} for i, uri in result.targets if i not in absent]
     missing = [{"trial": i, "uri": uri} for i, uri in result.absent]
@@ -67,7 +72,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(json.dumps({"dry_run": args.dry_run, "checkpoint_root": root, "held": len(result.plan.held),
                           "bound": result.plan.bound, "delete": deletes, "deleted": result.deleted,
                           "bytes": result.bytes_freed, "keep": keep, "errors": result.errors, "absent": missing,
-                          "unreferenced_directories": orphans}))
+                          "unreferenced_directories": orphans,
+                          "stale_attempt_files": [{"trial": i, "uri": uri} for i, uri in stale]}))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for item in deletes:
@@ -79,6 +85,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"{verb} {len(deletes) if args.dry_run else len(result.deleted)} of {len(result.plan.held)} held "
               f"checkpoint(s), {result.bytes_freed} bytes; keeping {len(keep)} (bound {result.plan.bound}) "
               f"under {root}")
+        for stale_id, uri in stale:
+            print(f"{verb} trial {stale_id}'s resume checkpoint of an earlier attempt: {uri}")
+        if stale:
+            print(f"{verb} {len(stale)} resume checkpoint(s) of completed trials' earlier attempts")
         for trial_id, why in keep.items():
             print(f"keep trial {trial_id}: {why}")
         for line in result.errors:

@@ -192,15 +192,21 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options, authenticator = controller_security(args)
     try:
         delete = None
+        root = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
             from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
             from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
-            check_checkpoint_root(normalize_root(args.checkpoint_root))  # before the first trial
-            delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
+            root = normalize_root(args.checkpoint_root)
+            check_checkpoint_root(root)  # before the first trial
+            delete = checkpoint_deleter(root)
+        elif experiment.retention.enabled:  # said at start: the disk would fill silently otherwise
+            print("pbt-actors controller: no --checkpoint-root: retention is on in the experiment but this "
+                  "controller cannot delete any checkpoint (every one is kept); give it the workers' "
+                  "--checkpoint-root", file=sys.stderr, flush=True)
         handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
-                                  checkpoint_delete=delete, meta=file_meta(args.experiment))
+                                  checkpoint_delete=delete, meta=file_meta(args.experiment, root))
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -215,11 +221,19 @@ def cmd_controller(args: argparse.Namespace) -> int:
         linger_until = time.monotonic() + args.linger
         while not stop.requested and time.monotonic() < linger_until and handle.peers_not_done():
             handle.bridge.stop_event.wait(0.1)
+        if args.serve_finished and not stop.requested:
+            # a Kubernetes StatefulSet restarts a controller that exits, finished or not: serve
+            # `done` to whoever asks (late worker pods end with exit 0) until told to stop
+            print("run finished; answering `done` until SIGTERM (--serve-finished)", flush=True)
+            while not stop.requested and not handle.bridge.stop_event.is_set():
+                handle.bridge.stop_event.wait(0.5)
     finally:
         handle.stop()
         if authenticator is not None:
             authenticator.stop()
     summary = read_summary(store_dir) or {}
+    if summary.get("finished") and root is not None and experiment.retention.enabled:
+        _sweep_stale_attempt_files(store_dir, root, experiment.name)
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir)}))
     else:
@@ -227,17 +241,40 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return _outcome(store_dir) if summary.get("finished") else 0
 
 
+def _sweep_stale_attempt_files(store_dir: Path, root: str, experiment: str) -> None:
+    """At the end of a finished run, the resume checkpoints of completed trials' preempted
+    attempts go too (retention's plan knows only final checkpoints; issue 21, item 3). Files
+    only: the store is read, not written. A failure is said, not fatal (`gc` retries it)."""
+    from pbt_actors.cli.summary import open_store_readonly
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, sweep_stale_attempt_files
+
+    try:
+        with open_store_readonly(store_dir) as store:
+            done, errors = sweep_stale_attempt_files(store, root, experiment, checkpoint_deleter(root))
+    except Exception as exc:  # a checkpoint store that cannot be listed now: the run is still finished
+        log.warning("could not delete stale resume checkpoints under %s: %s (`pbt-actors gc` can)", root, exc)
+        return
+    for line in errors:
+        log.warning("retention: %s", line)
+    if done:
+        log.info("deleted %d resume checkpoint(s) of completed trials' earlier attempts", len(done))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.runtime.worker.worker_client import unresolvable_host
     from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
     from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
     device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    unresolved = unresolvable_host(args.connect)
+    if unresolved is not None:  # said now, not only after --controller-timeout (a DNS entry may still come)
+        print(f"pbt-actors worker: {unresolved}; retrying until it does", file=sys.stderr, flush=True)
     if is_url(args.checkpoint_root):
         checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
     options, extra = worker_security(args)
@@ -373,6 +410,9 @@ def add_parsers(sub: Any) -> None:
     ctl.add_argument("--bind", type=arguments.bind_endpoint, required=True, help="e.g. tcp://0.0.0.0:5555")
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
+    ctl.add_argument("--serve-finished", action="store_true",
+                     help="after the end (or on a finished store) keep answering `done` until SIGTERM instead of "
+                          "exiting: for a manager that restarts whatever exits (a Kubernetes StatefulSet)")
     ctl.add_argument("--json", action="store_true")
     ctl.add_argument("--curve-secret", default=None, help="the controller's secret key file (CURVE)")
     ctl.add_argument("--authorized-keys", default=None, help="folder of workers' public keys allowed in")

@@ -147,6 +147,19 @@ def directory_files_folder(manifest_uri: str) -> str:
     return manifest_uri.removesuffix(MANIFEST_SUFFIX) + FILES_SUFFIX
 
 
+def output_log_uri(experiment: str, trial_id: int, attempt: int) -> str:
+    """Where a command trial's attempt keeps its stdout/stderr tail (``runtime/command/output_log.py``):
+    under the trial's own prefix, beside its checkpoints, so every host can write it."""
+    return f"{trial_checkpoint_prefix(experiment, trial_id)}output-a{attempt}.log"
+
+
+def is_output_log(uri: str) -> bool:
+    """Whether ``uri`` is an attempt's output log (``output_log_uri``): not a checkpoint, so
+    sweeps of files no record needs must leave it for ``lineage``/``status --output``."""
+    name = uri.rsplit("/", 1)[-1]
+    return name.startswith("output-a") and name.endswith(".log") and name[8:-4].isdigit()
+
+
 def owns_checkpoint(experiment: str, trial_id: int, ref: CheckpointRef) -> bool:
     """Whether ``ref`` lies under trial ``trial_id``'s own prefix (``trial_checkpoint_prefix``)."""
     return ref.uri.startswith(trial_checkpoint_prefix(experiment, trial_id))

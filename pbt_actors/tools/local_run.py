@@ -50,12 +50,16 @@ def start_controller(experiment: Experiment, store_dir: Path, bind: str, **optio
                           f"free?)") from None
 
 
-def file_meta(experiment_file: str) -> dict[str, Any]:
-    """The store's record of the experiment file (path and sha256), for ``replay``'s default."""
-    from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
+def file_meta(experiment_file: str, checkpoint_root: str | None = None) -> dict[str, Any]:
+    """The store's record of the experiment file (path and sha256), for ``replay``'s default,
+    and of the checkpoint root (normalized) when there is one, for ``status`` and ``verify``."""
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, META_EXPERIMENT_FILE
     from pbt_actors.tools.experiment_source import experiment_file_record
 
-    return {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
+    meta: dict[str, Any] = {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
+    if checkpoint_root is not None:
+        meta[META_CHECKPOINT_ROOT] = checkpoint_root
+    return meta
 
 
 def start_zygote(enabled: bool = True) -> Any:
@@ -105,7 +109,7 @@ class LocalRun:
         forks = start_zygote(zygote)  # before Controller.start: the first thread of this process
         try:
             check_checkpoint_root(root)  # a bucket that is not there stops the run before any trial
-            handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file),
+            handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file, root),
                                       endpoint_options=endpoint_options,
                                       checkpoint_delete=checkpoint_deleter(root))  # retention deletes here
         except BaseException:

@@ -141,3 +141,16 @@ def test_each_worker_process_sees_its_slots_gpus(gpus: Callable[..., None], tmp_
         for process in processes:
             process.kill()
             process.wait()
+
+
+def test_all_refuses_the_cpu_when_the_container_was_given_gpus(gpus: Callable[..., None],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, 7e: a pod that requested a GPU but sees none (nvidia-smi missing) fails loudly."""
+    gpus(0)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-8f2a")
+    with pytest.raises(ConfigError, match="NVIDIA_DRIVER_CAPABILITIES=compute,utility"):
+        device_slots("all", None)
+    assert device_slots("cpu", 2) == [None, None]  # said explicitly: fine
+    for value in ("all", "void", "none", ""):  # a CUDA image's default, or nothing granted
+        monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", value)
+        assert device_slots("all", 2) == [None, None]

@@ -14,7 +14,7 @@ import hashlib
 import os
 
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError
-from pbt_actors.model.records import trial_checkpoint_prefix
+from pbt_actors.model.records import output_log_uri
 from pbt_actors.runtime.checkpoint_payloads import Root, store_for
 
 MAX_LOG_BYTES = 256 * 1024
@@ -22,7 +22,7 @@ MAX_LOG_BYTES = 256 * 1024
 
 
 def output_uri(experiment: str, trial_id: int, attempt: int) -> str:
-    return f"{trial_checkpoint_prefix(experiment, trial_id)}output-a{attempt}.log"
+    return output_log_uri(experiment, trial_id, attempt)
 
 
 def format_output(stdout: str, stderr: str, header: str) -> str:

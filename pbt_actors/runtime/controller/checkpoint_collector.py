@@ -23,9 +23,10 @@ Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import (
     MANIFEST_SUFFIX,
     CheckpointRef,
+    TrialStatus,
     directory_files_folder,
     is_directory_checkpoint,
+    is_output_log,
     owns_checkpoint,
     trial_checkpoint_prefix,
 )
@@ -174,6 +177,56 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
     result.deleted = record_with_retries(store, gone, time.time() if now is None else now)
     result.bytes_freed = sum(sizes[i] for i in result.deleted)
     return result
+
+
+def stale_attempt_files(store: TrialStore, uris: Iterable[str], experiment: str) -> list[tuple[int, str]]:
+    """``(trial id, uri)`` of the files under a COMPLETED trial's own prefix that no record
+    needs: everything but its final checkpoint (a directory checkpoint's manifest and its files) and
+    its attempts' output logs (and everything but the logs once the checkpoint was collected). They are
+    the resume checkpoints of its preempted attempts and whatever a lost attempt wrote: the
+    record keeps only the last resume ref, and a completed trial never resumes again, so
+    retention's plan (which knows only final checkpoints) would leave them for good (issue 21,
+    item 3). ``uris``: every file under the checkpoint root (``CheckpointStore.list_uris``)."""
+    pattern = re.compile(rf"^{re.escape(experiment or 'exp')}/trial-(\d+)/")
+    by_trial: dict[int, list[str]] = {}
+    for uri in uris:
+        match = pattern.match(uri)
+        if match is not None:
+            by_trial.setdefault(int(match.group(1)), []).append(uri)
+    stale: list[tuple[int, str]] = []
+    for trial_id, files in sorted(by_trial.items()):
+        trial = store.find_trial(trial_id)
+        if trial is None or trial.status is not TrialStatus.COMPLETED:
+            continue  # an active trial may resume from its files; a failed one is left to gc --force users
+        kept = trial.checkpoint if trial.checkpoint is not None and trial.collected_at is None else None
+        kept_folder = (directory_files_folder(kept.uri) + "/"
+                       if kept is not None and is_directory_checkpoint(kept) else None)
+        stale.extend((trial_id, uri) for uri in files
+                     if not (kept is not None and uri == kept.uri)
+                     and not (kept_folder is not None and uri.startswith(kept_folder))
+                     and not is_output_log(uri))
+    return stale
+
+
+def sweep_stale_attempt_files(store: TrialStore, root: str | Path, experiment: str, delete: Deleter, *,
+                              dry_run: bool = False) -> tuple[list[tuple[int, str]], list[str]]:
+    """Delete ``stale_attempt_files`` under ``root``: what was (or, dry, would be) deleted and
+    one line per failure. Files only, no record changes: safe on a store opened read-only."""
+    from pbt_actors.runtime.checkpoint_payloads import store_for
+
+    stale = stale_attempt_files(store, store_for(root).list_uris(), experiment)
+    if dry_run or not stale:
+        return stale, []
+    done: list[tuple[int, str]] = []
+    errors: list[str] = []
+    for trial_id, uri in stale:
+        try:
+            delete(uri)
+        except Exception as exc:  # any backend's error: said, and the next sweep tries again
+            errors.append(f"trial {trial_id}: cannot delete {uri}: {type(exc).__name__}: {exc}")
+            continue
+        done.append((trial_id, uri))
+    return done, errors
 
 
 class Collector(threading.Thread):

@@ -88,6 +88,19 @@ def visible_devices(environ: Mapping[str, str] | None = None) -> list[str] | Non
     return visible
 
 
+def _refuse_cpu_fallback_when_given_gpus(environ: Mapping[str, str] | None = None) -> None:
+    """``--devices all`` finds no GPU: fine on a CPU host, but not in a container the NVIDIA
+    runtime was told to give GPUs (``NVIDIA_VISIBLE_DEVICES`` names devices, as Kubernetes'
+    device plugin sets it): training on the CPU there is a silent 100x slowdown on a paid GPU
+    (issue 21, item 7e). ``all``/``void``/``none`` (a CUDA base image's default) do not count."""
+    value = (os.environ if environ is None else environ).get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if value.lower() in ("", "all", "void", "none"):
+        return
+    raise ConfigError(f"--devices all: this container was given GPU(s) (NVIDIA_VISIBLE_DEVICES={value!r}) but "
+                      "neither nvidia-smi nor NVML finds one; set NVIDIA_DRIVER_CAPABILITIES=compute,utility "
+                      "(utility mounts nvidia-smi) and check the node's driver, or pass --devices cpu to mean it")
+
+
 def assign_slots(gpus: Sequence[str], workers: int | None = None, *, gpus_per_trial: int = 1,
                  workers_per_gpu: int = 1, cpu_workers: int | None = None) -> list[str | None]:
     """The worker slots of a host given its chosen ``gpus`` (none: CPU workers): each slot's
@@ -139,6 +152,8 @@ def device_slots(devices: str, workers: int | None, gpus_per_trial: int = 1,
     visible = visible_devices() if count else []  # no GPU at all: whatever the variable says
     granted = [str(i) for i in range(count)] if visible is None else visible
     if devices == "all":
+        if not granted:
+            _refuse_cpu_fallback_when_given_gpus()
         chosen = list(granted)
     else:
         wanted = [d.strip() for d in devices.split(",") if d.strip()]
