@@ -124,10 +124,11 @@ def start_controller(experiment: Path, store: Path, bind: str = "tcp://127.0.0.1
 
 
 def start_host(experiment: Path, endpoint: str, checkpoint_root: Path, host_id: str, workers: int, *,
-               env: dict[str, str] | None = None, **popen: Any) -> Proc:
+               env: dict[str, str] | None = None, stop_grace_s: float | None = None, **popen: Any) -> Proc:
     """``pbt-actors worker``: a host supervisor with ``workers`` CPU worker processes."""
+    grace = () if stop_grace_s is None else ("--stop-grace", str(stop_grace_s))
     return start("worker", str(experiment), "--connect", endpoint, "--devices", "cpu", "--workers", str(workers),
-                 "--checkpoint-root", str(checkpoint_root), "--host-id", host_id, env=env, **popen)
+                 "--checkpoint-root", str(checkpoint_root), "--host-id", host_id, *grace, env=env, **popen)
 
 
 def free_port() -> int:
@@ -210,6 +211,18 @@ def read_trace(trace_dir: Path) -> dict[tuple[int, int], list[int]]:
                 trial, attempt, step = map(int, parts)
                 steps[(trial, attempt)].append(step)
     return steps
+
+
+def first_attempt_mid_trial(host_id: str, store: Path, trace: Path) -> Trial | None:
+    """A first attempt leased to a worker of ``host_id`` with at least 3 steps done and 4 to go:
+    the moment a preemption test strikes, so that both the steps before and after it count."""
+    done = read_trace(trace)
+    for trial in running(store):
+        steps = len(done.get((trial.id, trial.attempt), []))
+        if (trial.attempt == 1 and trial.lease is not None and trial.lease.worker.startswith(f"{host_id}-")
+                and 3 <= steps <= trial.steps - 4):
+            return trial
+    return None
 
 
 def env_with(**values: object) -> dict[str, str]:

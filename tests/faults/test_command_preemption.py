@@ -20,39 +20,23 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.common.exit_codes import EXIT_SIGTERM
-from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.checkpoint_payloads import load_checkpoint_dir
 from pbt_actors.runtime.worker.trial_runner import PREEMPTED
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
     EXPERIMENTS,
-    Proc,
     env_with,
+    first_attempt_mid_trial,
     pid_alive,
     read_trace,
-    running,
-    start,
     start_controller,
+    start_host,
     verify_cli,
 )
 from tests.support.waiting import wait_until
 
 EXPERIMENT = EXPERIMENTS / "command_preemptible.py"
-
-
-def _host(endpoint: str, ckpt: Path, host_id: str, env: dict[str, str]) -> Proc:
-    return start("worker", str(EXPERIMENT), "--connect", endpoint, "--devices", "cpu", "--workers", "1",
-                 "--checkpoint-root", str(ckpt), "--host-id", host_id, "--stop-grace", "10", env=env)
-
-
-def _mid_trial_on(host_id: str, store: Path, trace: Path) -> Trial | None:
-    done = read_trace(trace)
-    for trial in running(store):
-        steps = len(done.get((trial.id, trial.attempt), []))
-        if (trial.attempt == 1 and trial.lease is not None and trial.lease.worker.startswith(f"{host_id}-")
-                and 3 <= steps <= trial.steps - 4):
-            return trial
-    return None
 
 
 def _program_pids(trace: Path) -> list[int]:
@@ -66,10 +50,11 @@ def test_a_sigtermed_hosts_command_trials_resume_where_they_stopped(tmp_path: Pa
     env = env_with(FAULT_STEP_SLEEP_S=0.15, FAULT_STEPS_PER_TRIAL=10, FAULT_MAX_STEPS=20, FAULT_POPULATION=2,
                    FAULT_TRACE_DIR=trace, FAULT_LEASE_S=4)
     controller, endpoint = start_controller(EXPERIMENT, store, env=env, linger_s=10)
-    victim_host = _host(endpoint, ckpt, "A", env)
-    other_host = _host(endpoint, ckpt, "B", env)
+    victim_host = start_host(EXPERIMENT, endpoint, ckpt, "A", 1, env=env, stop_grace_s=10)
+    other_host = start_host(EXPERIMENT, endpoint, ckpt, "B", 1, env=env, stop_grace_s=10)
 
-    victim = wait_until(lambda: _mid_trial_on("A", store, trace), 120, "a trial 3 steps into its first attempt on A")
+    victim = wait_until(lambda: first_attempt_mid_trial("A", store, trace), 120,
+                        "a trial 3 steps into its first attempt on A")
     assert victim.lease is not None
     os.killpg(victim_host.pid, signal.SIGTERM)  # the host's group; the program has its own
     assert victim_host.wait(30) == EXIT_SIGTERM, victim_host.output()

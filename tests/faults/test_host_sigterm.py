@@ -22,19 +22,18 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.common.exit_codes import EXIT_SIGTERM
-from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.checkpoint_payloads import load_checkpoint
 from pbt_actors.runtime.worker.trial_runner import PREEMPTED
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
     EXPERIMENTS,
-    Proc,
     env_with,
+    first_attempt_mid_trial,
     pid_alive,
     read_trace,
-    running,
-    start,
     start_controller,
+    start_host,
     verify_cli,
     worker_pids,
 )
@@ -44,22 +43,6 @@ PREEMPTIBLE = EXPERIMENTS / "preemptible.py"
 STOP_PROMPTLY_S = 20.0
 """The preempted host's exit after the SIGTERM: a step (0.15 s), the checkpoint, one round trip,
 the worker's exit and the supervisor's polls; generous for a loaded 2-core machine."""
-
-
-def _host(experiment: Path, endpoint: str, ckpt: Path, host_id: str, env: dict[str, str]) -> Proc:
-    return start("worker", str(experiment), "--connect", endpoint, "--devices", "cpu", "--workers", "1",
-                 "--checkpoint-root", str(ckpt), "--host-id", host_id, "--stop-grace", "10", env=env)
-
-
-def _mid_trial_on(host_id: str, store: Path, trace: Path) -> Trial | None:
-    """A first attempt leased to a worker of ``host_id`` with at least 3 steps done and 4 to go."""
-    done = read_trace(trace)
-    for trial in running(store):
-        steps = len(done.get((trial.id, trial.attempt), []))
-        if (trial.attempt == 1 and trial.lease is not None and trial.lease.worker.startswith(f"{host_id}-")
-                and 3 <= steps <= trial.steps - 4):
-            return trial
-    return None
 
 
 @pytest.mark.slow
@@ -74,10 +57,11 @@ def test_sigterm_to_a_hosts_group_hands_its_trials_to_the_other_host(tmp_path: P
     env = env_with(FAULT_STEP_SLEEP_S=0.15, FAULT_STEPS_PER_TRIAL=10, FAULT_MAX_STEPS=30, FAULT_POPULATION=2,
                    FAULT_TRACE_DIR=trace, FAULT_LEASE_S=4, PREEMPT_SAVE_ON_STOP=1, PREEMPT_CKPT_EVERY=0)
     controller, endpoint = start_controller(PREEMPTIBLE, store, env=env, linger_s=10)
-    victim_host = _host(PREEMPTIBLE, endpoint, ckpt, "A", env)
-    other_host = _host(PREEMPTIBLE, endpoint, ckpt, "B", env)
+    victim_host = start_host(PREEMPTIBLE, endpoint, ckpt, "A", 1, env=env, stop_grace_s=10)
+    other_host = start_host(PREEMPTIBLE, endpoint, ckpt, "B", 1, env=env, stop_grace_s=10)
 
-    victim = wait_until(lambda: _mid_trial_on("A", store, trace), 120, "a trial 3 steps into its first attempt on A")
+    victim = wait_until(lambda: first_attempt_mid_trial("A", store, trace), 120,
+                        "a trial 3 steps into its first attempt on A")
     assert victim.lease is not None
     pids = wait_until(lambda: [p for slot, p in worker_pids(ckpt).items() if slot.startswith("A-")], 10, "A's worker")
     if whole_group:
