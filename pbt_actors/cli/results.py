@@ -9,6 +9,7 @@ opens the store read-only, so it can run while a controller writes.
     pbt-actors replay  --schedule FILE --experiment EXP.py ...      (no store needed)
     pbt-actors export  --store DIR --format csv|json [--out FILE]
     pbt-actors export  --store DIR --format tensorboard --out DIR [--follow]
+    pbt-actors export  --store DIR --format mlflow [--tracking-uri URI] [--mlflow-experiment NAME] [--follow]
     pbt-actors report  --store DIR [--out DIR] [--json]
 
 ``replay`` runs the experiment file's ``train``: by default the file the run was started from
@@ -146,11 +147,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pbt_actors.tools.export import export_store
 
     if args.format == "tensorboard":
-        from pbt_actors.cli.export_tensorboard import cmd_export_tensorboard
+        from pbt_actors.cli.export_live import cmd_export_tensorboard
 
         return cmd_export_tensorboard(args)
+    if args.format == "mlflow":
+        from pbt_actors.cli.export_live import cmd_export_mlflow
+
+        return cmd_export_mlflow(args)
     if args.follow:
-        raise ConfigError("--follow needs --format tensorboard")
+        raise ConfigError("--follow needs --format tensorboard or mlflow")
     target = None if args.out in (None, "-") else checked_out(args.out, args.store)
     with open_store_readonly(args.store) as store:
         if target is None:
@@ -216,13 +221,21 @@ def add_lineage_parsers(subparsers: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print one JSON object with the result")
     rep.set_defaults(func=cmd_replay)
 
-    exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
+    exp = subparsers.add_parser(
+        "export", help="one row per trial and measurement (CSV, JSON), TensorBoard runs or MLflow runs")
     exp.add_argument("--store", required=True, type=arguments.store_path)
-    exp.add_argument("--format", choices=["csv", "json", "tensorboard"], default="csv",
-                     help="tensorboard: one run per lineage, event files under --out DIR")
+    exp.add_argument("--format", choices=["csv", "json", "tensorboard", "mlflow"], default="csv",
+                     help="tensorboard: a run per trial and per final lineage, event files under --out DIR; "
+                          "mlflow: a run per trial nested under one per search, on --tracking-uri")
     exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
     exp.add_argument("--follow", action="store_true",
-                     help="tensorboard: keep appending trials as they complete until the run ends")
+                     help="tensorboard, mlflow: wait for the store if need be, then keep appending trials as they "
+                          "complete until the run ends")
+    exp.add_argument("--tracking-uri", default=None,
+                     help="mlflow: the tracking server (http://host:5000) or store URI; default MLflow's own "
+                          "(MLFLOW_TRACKING_URI, else its local default)")
+    exp.add_argument("--mlflow-experiment", default=None,
+                     help="mlflow: the MLflow experiment to write into (default: the experiment's name)")
     exp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (--follow)")
     exp.set_defaults(func=cmd_export)
 

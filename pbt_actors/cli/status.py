@@ -24,6 +24,7 @@ from pbt_actors.cli.summary import (
     store_summary,
     stored_experiment,
     table,
+    wait_for_store,
 )
 from pbt_actors.control.progress import top_completed
 from pbt_actors.model.records import TrialStatus
@@ -152,11 +153,8 @@ def watch_status(store_dir: str | Path, interval_s: float, json_out: bool, *, ma
     path = Path(store_dir).resolve()
     updates = 0
     try:
-        if not (path / "data.mdb").exists():
-            print(f"no pbt-actors store at {path} yet; waiting (Ctrl-C to stop)", file=sys.stderr)
-            while not (path / "data.mdb").exists():
-                if stop.wait(interval_s):
-                    return 0
+        if not wait_for_store(path, interval_s, stop):
+            return 0
         with open_store_readonly(path) as store, LiveText(stream) as screen:
             while True:
                 snap = watch_snapshot(store, str(path))

@@ -6,6 +6,8 @@ command that reports on a run, so ``status --json`` and ``run --json`` agree fie
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,6 +34,19 @@ def open_store_readonly(store_dir: str | Path) -> AbstractContextManager[Any]:
     if not (path / "data.mdb").exists():
         raise ConfigError(f"no pbt-actors store at {path}")
     return LmdbTrialStore(path, readonly=True)
+
+
+def wait_for_store(store_dir: str | Path, interval_s: float, stop: threading.Event) -> bool:
+    """Wait until a store exists at ``store_dir`` (a run may be starting: ``status --watch``,
+    ``export --follow``), saying so once on stderr; False if ``stop`` was set first."""
+    path = Path(store_dir).resolve()
+    if (path / "data.mdb").exists():
+        return True
+    print(f"no pbt-actors store at {path} yet; waiting (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    while not (path / "data.mdb").exists():
+        if stop.wait(interval_s):
+            return False
+    return True
 
 
 def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
