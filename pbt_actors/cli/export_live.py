@@ -50,9 +50,11 @@ def follow(store: Any, label: str, export: _Export, interval_s: float, stop: thr
 
 
 def _run(args: argparse.Namespace, stop: threading.Event | None, opened: Callable[[Any], AbstractContextManager[Any]],
-         what: Callable[[Any], str], finish: Callable[[Any], str]) -> int:
+         what: Callable[[Any], str], finish: Callable[[Any], str], prepare: Callable[[], Any] | None = None) -> int:
     stop = stop if stop is not None else threading.Event()
     try:
+        if prepare is not None:
+            prepare()
         if args.follow and not wait_for_store(args.store, args.interval, stop):
             return 0
         with open_store_readonly(args.store) as store, opened(store) as export:
@@ -89,7 +91,7 @@ def cmd_export_tensorboard(args: argparse.Namespace, stop: threading.Event | Non
 
 def cmd_export_mlflow(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Send the trials to an MLflow tracking server (and with ``args.follow`` keep sending)."""
-    from pbt_actors.tools.mlflow_export import MlflowExport
+    from pbt_actors.tools.mlflow_export import MlflowExport, load_mlflow
 
     if args.out not in (None, "-"):
         raise ConfigError("export --format mlflow writes to a tracking server: give --tracking-uri URI "
@@ -105,5 +107,4 @@ def cmd_export_mlflow(args: argparse.Namespace, stop: threading.Event | None = N
         return (f"{export.trials_written} trials written{again} to MLflow at {export.tracking_uri}, experiment "
                 f"{export.experiment_name or '-'!s} (parent run {export.parent_run_id or '-'}){best}")
 
-    return _run(args, stop, opened, lambda e: f"{e.trials_written} trials", finish)
-
+    return _run(args, stop, opened, lambda e: f"{e.trials_written} trials", finish, prepare=load_mlflow)

@@ -53,8 +53,9 @@ MAX_METRICS_PER_BATCH = 900
 STATUS = {TrialStatus.COMPLETED: "FINISHED", TrialStatus.FAILED: "FAILED", TrialStatus.STOPPED: "KILLED"}
 
 
-def _mlflow() -> Any:
-    """Import MLflow's client lazily, with a clear error when the extra is missing."""
+def load_mlflow() -> Any:
+    """Import MLflow's client lazily, with a clear error when the extra is missing (``--follow``
+    calls it before waiting for a store: the import takes seconds, a short run may be over)."""
     try:
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
@@ -115,7 +116,7 @@ class MlflowExport:
         # MLflow prints two "View run" lines per ended run, and reads the run back to do so (one
         # more round trip per trial): not wanted for hundreds of runs on our standard output
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        client_cls, self._metric, self._param, self._tag = _mlflow()
+        client_cls, self._metric, self._param, self._tag = load_mlflow()
         self.store = store
         self.client = client_cls(tracking_uri=tracking_uri)
         self.tracking_uri: str = self.client.tracking_uri
