@@ -64,6 +64,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 # --- replay ------------------------------------------------------------------------------------
+REPLAY_DATA_NOTE = ("(measured on replay data, ctx.replay=True: an experiment that trains on its validation split "
+                    "there, as examples/digits.py and waveform.py do, measured it on data it trained on, so it is "
+                    "not comparable to the search's; --same-data reproduces the search's numbers)")
 def cmd_replay(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.launch import load_experiment_file
     from pbt_actors.runtime.worker.trial_context import default_device
@@ -132,11 +135,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     source_checkpoint_root=source_root, replay_data=not args.same_data,
                     device=args.device or default_device(), on_segment=progress)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), "replay_data": not args.same_data}))
     else:
-        print(f"final  {fmt_map(result.final)}")
+        print(f"final  {fmt_map(result.final)}{'' if args.same_data else '  ' + REPLAY_DATA_NOTE}")
         if result.to_dict()["original_final"] is not None:
-            print(f"search {fmt_map(sched.final)}")
+            print(f"search {fmt_map(sched.final)}  (the search's data)")
         if result.checkpoint is not None:
             print(f"state  {Path(result.checkpoint_root) / result.checkpoint.uri}")
     return 0

@@ -50,9 +50,8 @@ def _free_port() -> int:
 
 
 def _healthy(url: str) -> bool:
-    with contextlib.suppress(OSError):
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return bool(response.status == 200)
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        return bool(response.status == 200)
     return False
 
 
