@@ -25,6 +25,8 @@ from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 BEST_TIES_LIMIT = 100
 """Ties for best are counted up to this many (then "100+")."""
 RETRIED_SHOWN = 5
+RETRIED_LISTED = 20
+"""``status --json``/``run --json`` list this many retried trials (the latest; ``status --failures`` all)."""
 """The summary names this many retried trials (the latest) with their last error line."""
 
 
@@ -126,7 +128,8 @@ def read_summary(store_dir: Path) -> dict[str, Any] | None:
         experiment = stored_experiment(store)
         if experiment is None:
             return None
-        return {**store_summary(store, experiment), "attempt_failures": attempt_failures(store.iter_trials()).to_dict()}
+        failures = attempt_failures(store.iter_trials())
+        return {**store_summary(store, experiment), "attempt_failures": failures.to_dict(RETRIED_LISTED)}
 
 
 def fmt_value(value: Any) -> str:
@@ -207,7 +210,7 @@ def retried_text(failures: Mapping[str, Any], store_dir: str, shown: int = RETRI
         last = (row["error"] or "").strip().splitlines()
         lines.append(f"  trial {row['trial_id']} ({row['status']}, attempt {row['attempts']}, last on "
                      f"{row['worker'] or '?'}): {last[-1][:160] if last else '(no error text)'}")
-    more = len(failures["trials"]) - shown
+    more = failures["trials_retried"] - min(shown, len(failures["trials"]))
     lines.append(f"  {'... and ' + str(more) + ' more; ' if more > 0 else ''}tracebacks: "
                  f"pbt-actors status --store {store_dir} --failures")
     return lines

@@ -69,10 +69,13 @@ class AttemptFailures:
         """Retried attempts that failed in the trial's own code (not lost to the machine)."""
         return self.retried - self.lost
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """JSON-ready; ``trials`` holds the ``limit`` latest retried trials (all without one), so a
+        summary of a run with thousands of retries stays small."""
+        listed = self.trials if limit is None else self.trials[len(self.trials) - limit:] if limit else ()
         return {"retried_attempts": self.retried, "crashed": self.crashed, "lost": self.lost,
                 "trials_retried": len(self.trials), "failed_trials": self.failed_trials,
-                "trials": [t.to_dict() for t in self.trials]}
+                "trials": [t.to_dict() for t in listed]}
 
 
 def attempt_failures(trials: Iterable[Trial]) -> AttemptFailures:
