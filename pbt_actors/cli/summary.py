@@ -16,7 +16,7 @@ from typing import Any
 from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed, run_finished
-from pbt_actors.control.run_notes import attempt_failures, best_ties, short_of_max_steps, tied_with
+from pbt_actors.control.run_notes import best_ties, read_attempt_failures, short_of_max_steps, tied_with
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import TrialStatus
@@ -120,7 +120,7 @@ def stored_experiment(store: TrialStore) -> Experiment | None:
 
 def read_summary(store_dir: Path) -> dict[str, Any] | None:
     """The summary of the store at ``store_dir`` with its retried attempts
-    (``attempt_failures``: a scan of every record, so not in ``status --watch``'s refresh);
+    (``read_attempt_failures``: a scan of the records, so not in ``status --watch``'s refresh);
     None when there is none (yet)."""
     if not (store_dir / "data.mdb").exists():
         return None
@@ -128,7 +128,7 @@ def read_summary(store_dir: Path) -> dict[str, Any] | None:
         experiment = stored_experiment(store)
         if experiment is None:
             return None
-        failures = attempt_failures(store.iter_trials())
+        failures = read_attempt_failures(store)
         return {**store_summary(store, experiment), "attempt_failures": failures.to_dict(RETRIED_LISTED)}
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pbt_actors.model.records import Trial, TrialStatus
-from pbt_actors.storage.trial_store import TrialStore
+from pbt_actors.storage.trial_store import STEPS_RETRIED, TrialStore
 
 if TYPE_CHECKING:  # only its objective and limits are read: importing it is the caller's business
     from pbt_actors.model.experiment import Experiment
@@ -94,6 +94,17 @@ def attempt_failures(trials: Iterable[Trial]) -> AttemptFailures:
                                  trial.worker or (trial.lease.worker if trial.lease else None),
                                  _tail(trial.error)))
     return AttemptFailures(sum(r.retried for r in rows), sum(r.lost for r in rows), failed, tuple(rows))
+
+
+def read_attempt_failures(store: TrialStore, scan_below: int = 20_000) -> AttemptFailures:
+    """``attempt_failures`` of a whole store: a scan of every record, skipped on a store of
+    ``scan_below`` trials or more whose retried-steps counter (``steps_retried``: a retried
+    attempt adds its steps when it is leased again) says no attempt was ever retried, so
+    ``status`` on a big store without retries stays O(1). A retry not leased again yet is
+    counted once it is."""
+    if store.count() >= scan_below and store.counter(STEPS_RETRIED) == 0:
+        return AttemptFailures(0, 0, store.count(TrialStatus.FAILED), ())
+    return attempt_failures(store.iter_trials())
 
 
 def _tail(error: str | None) -> str | None:

@@ -15,7 +15,7 @@ import pytest
 from pbt_actors.cli.summary import print_summary, store_summary
 from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed
-from pbt_actors.control.run_notes import attempt_failures, short_of_max_steps, tied_with
+from pbt_actors.control.run_notes import attempt_failures, read_attempt_failures, short_of_max_steps, tied_with
 from pbt_actors.model.records import Measurement, Origin, OriginKind, Trial, TrialStatus
 from pbt_actors.runtime.host.launch import load_experiment_file
 from pbt_actors.tools.inprocess import run_inprocess
@@ -72,6 +72,8 @@ def test_a_run_whose_attempts_crashed_and_were_retried_says_so_next_to_failed_0(
     failures = attempt_failures(store.iter_trials())
     assert failures.retried == len(crashed) and failures.crashed == len(crashed) and failures.lost == 0
     assert all("ValueError: flaky data loader" in (r.error or "") for r in failures.trials)
+    # a big store is scanned only when its retried-steps counter says something was retried
+    assert read_attempt_failures(store, scan_below=1) == failures
     summary = {**store_summary(store, experiment), "attempt_failures": failures.to_dict()}
     print_summary(summary, "STORE")
     out = capsys.readouterr().out
@@ -95,6 +97,7 @@ def test_ties_for_best_and_members_short_of_max_steps_are_explained(tmp_path: Pa
     completed = list(store.iter_trials())
     assert best is not None and best.id == 1  # the oldest among equals
     assert tied_with(experiment, best, completed) == len(completed) - 1
+    assert read_attempt_failures(store, scan_below=1).retried == 0
     population = read_final_population(store, experiment)
     short = short_of_max_steps(store, experiment, population.trials)
     assert short == {"max_trials reached": len(population.trials)}  # 9 trials cannot reach step 30
