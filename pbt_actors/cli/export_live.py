@@ -107,4 +107,10 @@ def cmd_export_mlflow(args: argparse.Namespace, stop: threading.Event | None = N
         return (f"{export.trials_written} trials written{again} to MLflow at {export.tracking_uri}, experiment "
                 f"{export.experiment_name or '-'!s} (parent run {export.parent_run_id or '-'}){best}")
 
-    return _run(args, stop, opened, lambda e: f"{e.trials_written} trials", finish, prepare=load_mlflow)
+    try:
+        return _run(args, stop, opened, lambda e: f"{e.trials_written} trials", finish, prepare=load_mlflow)
+    except Exception as exc:  # MLflow's own errors (an unreachable server, a refused request): one line
+        if type(exc).__module__.split(".")[0] != "mlflow":
+            raise
+        raise ConfigError(f"MLflow at {args.tracking_uri or 'its default tracking URI'}: {str(exc)[:400]} "
+                          "(the same command resumes: trials already sent are skipped)") from None

@@ -181,3 +181,14 @@ def test_follow_waits_for_the_store_and_sends_trials_while_the_run_goes_on(track
     out, _ = follow.communicate(timeout=200)  # returns once the run has finished
     assert follow.returncode == 0, out
     check_runs(tracking_uri, "live", store_dir)
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    store_dir = sim_store(tmp_path / "sim", 20)
+    proc = cli("export", "--store", str(store_dir), "--format", "mlflow", "--tracking-uri",
+               f"http://127.0.0.1:{_free_port()}", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    out, _ = proc.communicate(timeout=100)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "pbt-actors: MLflow at http://127.0.0.1:" in out
+    assert "the same command resumes" in out
