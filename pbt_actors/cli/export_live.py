@@ -44,6 +44,7 @@ def follow(store: Any, label: str, export: _Export, interval_s: float, stop: thr
                 return False
             if export.poll():
                 print(what(), file=sys.stderr, flush=True)
+        export.poll()  # what ended between the last poll and the finished check
     except KeyboardInterrupt:
         return False
     return True
