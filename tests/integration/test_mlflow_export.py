@@ -12,9 +12,9 @@ store exists, sends a live run's trials while the run goes on.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +36,8 @@ from tests.support.sim_stores import sim_store
 from tests.support.waiting import wait_until
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed (extra 'mlflow': pip install "
-                                              "'pbt-actors[mlflow]' mlflow, the server included)")
+                                              "'pbt-actors[mlflow]' mlflow, the server included; "
+                                              ".ci/install does)")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 PACED_TOY = REPO / "tests" / "browser" / "experiments" / "paced_toy.py"
@@ -59,8 +60,11 @@ def _healthy(url: str) -> bool:
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on loopback with a SQLite backend, killed (its whole process
     group: uvicorn's workers) at teardown, whatever the tests did."""
-    if shutil.which("mlflow", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("MLflow's server is not installed (only its client?): pip install mlflow")
+    try:  # `mlflow server` is the full package's (Flask, SQLAlchemy, Alembic, the UI); the extra's
+        importlib.metadata.version("mlflow")  # mlflow-skinny is only the client and has no server
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("MLflow's tracking server needs the full `mlflow` package, not only the extra's "
+                    "mlflow-skinny client: pip install 'mlflow>=3,<4' (.ci/install does)")
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ that really raises, and the summary printer the CLI uses.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,3 +126,31 @@ def test_a_lineage_run_holds_the_whole_ancestry() -> None:
     trials = {1: _trial(1), 2: _trial(2, parent=1), 3: _trial(3, parent=2)}
     assert [t.id for t in ancestry(trials[3], trials.__getitem__)] == [1, 2, 3]
     assert [t.id for t in ancestry(trials[1], trials.__getitem__)] == [1]
+
+
+def _readme_rows(command: str) -> str:
+    rows = [line for line in (REPO / "README.md").read_text().splitlines()
+            if line.startswith(f"| `pbt-actors {command} ")]
+    assert rows, f"the README's command table has no `{command}` row"
+    return " ".join(rows)
+
+
+# flags the README explains in prose beside the table, not in the row itself
+DOCUMENTED_ELSEWHERE = {"run": {"--checkpoint-root", "--no-zygote"}, "status": {"--checkpoint-root", "--interval"},
+                        "export": {"--interval", "--mlflow-experiment"}}
+
+
+@pytest.mark.parametrize("command", ["run", "status", "export"])
+def test_the_readme_command_table_names_every_flag_of_run_status_and_export(command: str) -> None:
+    """A new user reads the table, not ``--help`` (issue 22 found `run --dashboard` missing)."""
+    import argparse
+
+    from pbt_actors.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {o for a in sub.choices[command]._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+    row = _readme_rows(command)
+    missing = sorted(f for f in flags - DOCUMENTED_ELSEWHERE[command] if not re.search(re.escape(f) + r"(?![\w-])", row))
+    assert not missing, f"README's `{command}` row omits {missing}"
+    readme = (REPO / "README.md").read_text()
+    assert all(f in readme for f in DOCUMENTED_ELSEWHERE[command] & flags - {"--interval"})
