@@ -198,14 +198,14 @@ def ties_text(ties: int, among: str = "trials") -> str:
     if not ties:
         return ""
     count = f"{BEST_TIES_LIMIT}+" if ties >= BEST_TIES_LIMIT else str(ties)
-    return f"  (tied with {count} other {among}; the oldest is named best)"
+    return f"  (tied with {count} other {among.removesuffix('s') if ties == 1 else among}; the oldest is named best)"
 
 
 def retried_text(failures: Mapping[str, Any], store_dir: str, shown: int = RETRIED_SHOWN) -> list[str]:
     """The summary's lines on retried attempts (not failed trials; ``control.run_notes``)."""
     lines = [f"retried      {failures['retried_attempts']} failed attempt(s) in {failures['trials_retried']} trial(s) "
              f"({failures['crashed']} the trial's own failures, {failures['lost']} lost to the machine), "
-             f"retried; apart from the {failures['failed_trials']} failed trial(s)"]
+             f"and retried, apart from the {failures['failed_trials']} failed trial(s)"]
     for row in failures["trials"][-shown:]:
         last = (row["error"] or "").strip().splitlines()
         lines.append(f"  trial {row['trial_id']} ({row['status']}, attempt {row['attempts']}, last on "

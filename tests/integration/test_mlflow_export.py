@@ -35,12 +35,16 @@ from tests.support.runs import REPO, cli
 from tests.support.sim_stores import sim_store
 from tests.support.waiting import wait_until
 
+# before MLflow is imported: its usage telemetry would post to the internet from this process too
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed (extra 'mlflow': pip install "
                                               "'pbt-actors[mlflow]' mlflow, the server included; "
                                               ".ci/install does)")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 PACED_TOY = REPO / "tests" / "browser" / "experiments" / "paced_toy.py"
+# MLflow's usage telemetry off (it would post to the internet; the tests reach nothing beyond loopback)
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 SERVER_START_S = 150  # a cold MLflow import is slow on a loaded 2-core VM (35 s seen; ~8 s quiet)
 
 
@@ -69,7 +73,8 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "NO_PROXY": "127.0.0.1,localhost"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "NO_PROXY": "127.0.0.1,localhost",
+           **NO_TELEMETRY}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -93,7 +98,8 @@ def _store(store_dir: Path) -> tuple[dict[int, Trial], Experiment, Trial | None]
 
 
 def _export(tracking_uri: str, store_dir: Path, *extra: str) -> str:
-    proc = cli("export", "--store", str(store_dir), "--format", "mlflow", "--tracking-uri", tracking_uri, *extra)
+    proc = cli("export", "--store", str(store_dir), "--format", "mlflow", "--tracking-uri", tracking_uri, *extra,
+               env=NO_TELEMETRY)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     return out
@@ -164,7 +170,7 @@ def test_follow_waits_for_the_store_and_sends_trials_while_the_run_goes_on(track
                                                                            tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     follow = cli("export", "--store", str(store_dir), "--format", "mlflow", "--tracking-uri", tracking_uri,
-                 "--mlflow-experiment", "live", "--follow", "--interval", "0.2")
+                 "--mlflow-experiment", "live", "--follow", "--interval", "0.2", env=NO_TELEMETRY)
     assert follow.stdout is not None
     first = follow.stdout.readline()
     assert "no pbt-actors store" in first and "waiting" in first, first
@@ -191,7 +197,7 @@ def test_follow_waits_for_the_store_and_sends_trials_while_the_run_goes_on(track
 def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path: Path) -> None:
     store_dir = sim_store(tmp_path / "sim", 20)
     proc = cli("export", "--store", str(store_dir), "--format", "mlflow", "--tracking-uri",
-               f"http://127.0.0.1:{_free_port()}", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+               f"http://127.0.0.1:{_free_port()}", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **NO_TELEMETRY})
     out, _ = proc.communicate(timeout=100)
     assert proc.returncode == 2, out
     assert "Traceback" not in out and "pbt-actors: MLflow at http://127.0.0.1:" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pbt_actors.cli.summary import print_summary, store_summary
+from pbt_actors.cli.summary import print_summary, store_summary, ties_text
 from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed
 from pbt_actors.control.run_notes import attempt_failures, read_attempt_failures, short_of_max_steps, tied_with
@@ -106,6 +106,7 @@ def test_ties_for_best_and_members_short_of_max_steps_are_explained(tmp_path: Pa
     out = capsys.readouterr().out
     assert f"(tied with {len(completed) - 1} other trials; the oldest is named best)" in out, out
     assert f"{len(population.trials)} short: {len(population.trials)} max_trials reached" in out, out
+    assert ties_text(1, "members") == "  (tied with 1 other member; the oldest is named best)"
 
 
 def test_mlflow_tags_and_metrics_of_a_trial() -> None:
@@ -150,7 +151,8 @@ def test_the_readme_command_table_names_every_flag_of_run_status_and_export(comm
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     flags = {o for a in sub.choices[command]._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
     row = _readme_rows(command)
-    missing = sorted(f for f in flags - DOCUMENTED_ELSEWHERE[command] if not re.search(re.escape(f) + r"(?![\w-])", row))
+    missing = sorted(f for f in flags - DOCUMENTED_ELSEWHERE[command]
+                     if not re.search(re.escape(f) + r"(?![\w-])", row))
     assert not missing, f"README's `{command}` row omits {missing}"
     readme = (REPO / "README.md").read_text()
     assert all(f in readme for f in DOCUMENTED_ELSEWHERE[command] & flags - {"--interval"})
