@@ -25,7 +25,13 @@ import sys
 from collections.abc import Sequence
 
 from pbt_actors.cli import bind_security, checkpoint_gc, dashboard, migrate, results, run, sim, status
-from pbt_actors.common.exit_codes import EXIT_CHECKPOINT_STORE, EXIT_SIGINT, EXIT_STORE_FULL, EXIT_USAGE
+from pbt_actors.common.exit_codes import (
+    EXIT_CHECKPOINT_STORE,
+    EXIT_SIGINT,
+    EXIT_SIGPIPE,
+    EXIT_STORE_FULL,
+    EXIT_USAGE,
+)
 from pbt_actors.model.errors import CheckpointStoreFault, PbtError, StoreFull
 
 
@@ -74,6 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # a Ctrl-C no command caught (e.g. while importing the experiment)
         print(f"pbt-actors: interrupted{f' {exc}' if str(exc) else ''}", file=sys.stderr)
         return EXIT_SIGINT
+    except BrokenPipeError:  # `pbt-actors export | head`: the reader left; quiet, as Unix tools are
+        _discard_stdout()
+        return EXIT_SIGPIPE
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush of what is still
+    buffered cannot raise BrokenPipeError again (the recipe of Python's ``signal`` docs)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def console_main() -> None:
@@ -86,8 +104,14 @@ def console_main() -> None:
     callers that embed it.)
     """
     code = main()
-    with contextlib.suppress(Exception):
+    try:
         sys.stdout.flush()
+    except BrokenPipeError:  # the last buffered lines found the reader gone
+        _discard_stdout()
+        code = code or EXIT_SIGPIPE
+    except Exception:  # leaving anyway; nothing left to tell
+        pass
+    with contextlib.suppress(Exception):
         sys.stderr.flush()
     logging.shutdown()
     os._exit(code)

@@ -9,6 +9,7 @@ opens the store read-only, so it can run while a controller writes.
     pbt-actors replay  --schedule FILE --experiment EXP.py ...      (no store needed)
     pbt-actors export  --store DIR --format csv|json [--out FILE]
     pbt-actors export  --store DIR --format tensorboard --out DIR [--follow]
+    pbt-actors export  --store DIR --format mlflow [--tracking-uri URI] [--mlflow-experiment NAME] [--follow]
     pbt-actors report  --store DIR [--out DIR] [--json]
 
 ``replay`` runs the experiment file's ``train``: by default the file the run was started from
@@ -92,6 +93,9 @@ def print_outputs(trial_id: int, outputs: list[dict[str, Any]]) -> None:
 
 
 # --- replay ------------------------------------------------------------------------------------
+REPLAY_DATA_NOTE = ("(measured on replay data, ctx.replay=True: an experiment that trains on its validation split "
+                    "there, as examples/digits.py and waveform.py do, measured it on data it trained on, so it is "
+                    "not comparable to the search's; --same-data reproduces the search's numbers)")
 def cmd_replay(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.host.launch import load_experiment_file
     from pbt_actors.runtime.worker.trial_context import default_device
@@ -160,11 +164,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     source_checkpoint_root=source_root, replay_data=not args.same_data,
                     device=args.device or default_device(), on_segment=progress)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), "replay_data": not args.same_data}))
     else:
-        print(f"final  {fmt_map(result.final)}")
+        print(f"final  {fmt_map(result.final)}{'' if args.same_data else '  ' + REPLAY_DATA_NOTE}")
         if result.to_dict()["original_final"] is not None:
-            print(f"search {fmt_map(sched.final)}")
+            print(f"search {fmt_map(sched.final)}  (the search's data)")
         if result.checkpoint is not None:
             print(f"state  {result.state_path}")
     return 0
@@ -175,11 +179,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pbt_actors.tools.export import export_store
 
     if args.format == "tensorboard":
-        from pbt_actors.cli.export_tensorboard import cmd_export_tensorboard
+        from pbt_actors.cli.export_live import cmd_export_tensorboard
 
         return cmd_export_tensorboard(args)
+    if args.format == "mlflow":
+        from pbt_actors.cli.export_live import cmd_export_mlflow
+
+        return cmd_export_mlflow(args)
     if args.follow:
-        raise ConfigError("--follow needs --format tensorboard")
+        raise ConfigError("--follow needs --format tensorboard or mlflow")
     if args.format == "checkpoint":
         return _export_checkpoint(args)
     target = None if args.out in (None, "-") else checked_out(args.out, args.store)
@@ -283,17 +291,25 @@ def add_lineage_parsers(subparsers: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print one JSON object with the result")
     rep.set_defaults(func=cmd_replay)
 
-    exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
+    exp = subparsers.add_parser(
+        "export", help="one row per trial and measurement (CSV, JSON), TensorBoard runs or MLflow runs")
     exp.add_argument("--store", required=True, type=arguments.store_path)
-    exp.add_argument("--format", choices=["csv", "json", "tensorboard", "checkpoint"], default="csv",
-                     help="tensorboard: one run per lineage, event files under --out DIR; checkpoint: the best "
-                          "(or --trial) trial's checkpoint, a file or a folder, verified, to --out")
+    exp.add_argument("--format", choices=["csv", "json", "tensorboard", "mlflow", "checkpoint"], default="csv",
+                     help="tensorboard: a run per trial and per final lineage, event files under --out DIR; "
+                          "mlflow: a run per trial nested under one per search, on --tracking-uri; checkpoint: "
+                          "the best (or --trial) trial's checkpoint, a file or a folder, verified, to --out")
     exp.add_argument("--trial", default=None, help="checkpoint: a trial id instead of the best")
     exp.add_argument("--checkpoint-root", default=None,
                      help="checkpoint: the run's checkpoint folder or URL (default <store>/checkpoints)")
     exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
     exp.add_argument("--follow", action="store_true",
-                     help="tensorboard: keep appending trials as they complete until the run ends")
+                     help="tensorboard, mlflow: wait for the store if need be, then keep appending trials as they "
+                          "complete until the run ends")
+    exp.add_argument("--tracking-uri", default=None,
+                     help="mlflow: the tracking server (http://host:5000) or store URI; default MLflow's own "
+                          "(MLFLOW_TRACKING_URI, else its local default)")
+    exp.add_argument("--mlflow-experiment", default=None,
+                     help="mlflow: the MLflow experiment to write into (default: the experiment's name)")
     exp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (--follow)")
     exp.set_defaults(func=cmd_export)
 

@@ -271,6 +271,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
         print(json.dumps(rows_to_json(rows)))
     else:
         print(format_table(rows))
+    if args.store == "lmdb":  # say where: the stores are what `status`, `report` and `dashboard` read next
+        from pbt_actors.tools.sim.sweep import store_path
+
+        paths = [store_path(row.settings, seed, args).resolve() for row in rows
+                 for seed in range(args.seed_base, args.seed_base + args.seeds)]
+        stream = sys.stderr if args.json else sys.stdout
+        print(f"{len(paths)} store(s) written:", file=stream)
+        for path in paths:
+            print(f"  {path}", file=stream)
+        print(f"open one with: pbt-actors dashboard --store {paths[0]}", file=stream)
     failed = [r for r in rows if any(not x.finished or x.errors for x in r.runs)]
     return 1 if failed else 0
 

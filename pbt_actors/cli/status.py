@@ -24,6 +24,7 @@ from pbt_actors.cli.summary import (
     store_summary,
     stored_experiment,
     table,
+    wait_for_store,
 )
 from pbt_actors.control.progress import top_completed
 from pbt_actors.model.records import TrialStatus
@@ -66,6 +67,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
     hosts = read_host_states(checkpoint_root_of(store_dir, args.checkpoint_root)[0])  # a folder or a URL
+    if args.failures:
+        return print_failures(store_dir, args.json)
     if args.output is not None:
         return _print_outputs(args, store_dir)
     if args.json:
@@ -74,6 +77,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_summary(summary, str(store_dir))
         for line in describe_host_states(hosts):
             print(line)
+    return 0
+
+
+def print_failures(store_dir: Path, json_out: bool) -> int:
+    """``status --failures``: every retried attempt's trial with its last traceback, then the
+    failed trials with theirs (``control.run_notes``)."""
+    from pbt_actors.control.run_notes import attempt_failures
+
+    with open_store_readonly(store_dir) as store:
+        failures = attempt_failures(store.iter_trials())
+        failed = store.trials(store.ids_with_status(TrialStatus.FAILED))
+    failed_rows = [{"trial_id": t.id, "attempts": t.attempt, "worker": t.worker, "error": t.error} for t in failed]
+    if json_out:
+        print(json.dumps({**failures.to_dict(), "failed": failed_rows}))
+        return 0
+    print(f"{failures.retried} failed attempt(s) in {len(failures.trials)} trial(s), retried "
+          f"({failures.crashed} the trial's own failures, {failures.lost} lost to the machine); "
+          f"{len(failed_rows)} failed trial(s). The store keeps each trial's last error.")
+    for row in failures.trials:
+        print(f"\n--- trial {row.trial_id}: {row.status.value} after {row.attempts} attempts "
+              f"({row.retried - row.lost} own failures, {row.lost} lost), last on {row.worker or '?'}")
+        print(row.error or "(no error text)")
+    for item in failed_rows:
+        print(f"\n--- FAILED trial {item['trial_id']} after {item['attempts']} attempt(s), "
+              f"last on {item['worker'] or '?'}")
+        print((item["error"] or "(no error text)").rstrip())
     return 0
 
 
@@ -207,11 +236,8 @@ def watch_status(store_dir: str | Path, interval_s: float, json_out: bool, *, ma
     path = Path(store_dir).resolve()
     updates = 0
     try:
-        if not (path / "data.mdb").exists():
-            print(f"no pbt-actors store at {path} yet; waiting (Ctrl-C to stop)", file=sys.stderr)
-            while not (path / "data.mdb").exists():
-                if stop.wait(interval_s):
-                    return 0
+        if not wait_for_store(path, interval_s, stop):
+            return 0
         with open_store_readonly(path) as store, LiveText(stream) as screen:
             while True:
                 snap = watch_snapshot(store, str(path))
@@ -241,6 +267,8 @@ def add_parsers(sub: Any) -> None:
                              "controller recorded, else <store>/checkpoints)")
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", action="store_true", help="a live table that refreshes until the run ends")
+    status.add_argument("--failures", action="store_true",
+                        help="list the retried (failed) attempts and the failed trials with their tracebacks")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     status.add_argument("--output", type=int, default=None, metavar="TRIAL",
                         help="print the kept stdout/stderr of TRIAL's attempts (command trials)")

@@ -6,6 +6,8 @@ command that reports on a run, so ``status --json`` and ``run --json`` agree fie
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -14,10 +16,18 @@ from typing import Any
 from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.final_population import read_final_population
 from pbt_actors.control.progress import best_completed, run_finished
+from pbt_actors.control.run_notes import best_ties, read_attempt_failures, short_of_max_steps, tied_with
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
+
+BEST_TIES_LIMIT = 100
+"""Ties for best are counted up to this many (then "100+")."""
+RETRIED_SHOWN = 5
+RETRIED_LISTED = 20
+"""``status --json``/``run --json`` list this many retried trials (the latest; ``status --failures`` all)."""
+"""The summary names this many retried trials (the latest) with their last error line."""
 
 
 def open_store_readonly(store_dir: str | Path) -> AbstractContextManager[Any]:
@@ -34,10 +44,25 @@ def open_store_readonly(store_dir: str | Path) -> AbstractContextManager[Any]:
     return LmdbTrialStore(path, readonly=True)
 
 
+def wait_for_store(store_dir: str | Path, interval_s: float, stop: threading.Event) -> bool:
+    """Wait until a store exists at ``store_dir`` (a run may be starting: ``status --watch``,
+    ``export --follow``), saying so once on stderr; False if ``stop`` was set first."""
+    path = Path(store_dir).resolve()
+    if (path / "data.mdb").exists():
+        return True
+    print(f"no pbt-actors store at {path} yet; waiting (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    while not (path / "data.mdb").exists():
+        if stop.wait(interval_s):
+            return False
+    return True
+
+
 def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
-    """A JSON-ready summary of a store: counts, best trial, progress."""
+    """A JSON-ready summary of a store: counts, best trial, progress, and the notes that explain
+    them (``control.run_notes``: ties for best, members short of max_steps); O(population)."""
     best = best_completed(store, experiment)
     counts = {s.value: store.count(s) for s in TrialStatus}
+    population = read_final_population(store, experiment)
     return {
         "experiment": experiment.name,
         "policy": experiment.policy,
@@ -48,7 +73,10 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
             "trial_id": best.id, "generation": best.generation, "final": dict(best.final or {}),
             "hparams": dict(best.hparams), "end_step": best.end_step,
         },
-        "final_population": read_final_population(store, experiment).to_dict(),
+        "best_ties": best_ties(store, experiment, best, BEST_TIES_LIMIT),
+        "final_population": {**population.to_dict(),
+                             "best_ties": tied_with(experiment, population.best, population.trials),
+                             "short": short_of_max_steps(store, experiment, population.trials)},
         "seed": experiment.seed,  # shown: the same seed does not repeat a run (trials are asynchronous)
         "max_generation": store.max_generation(),
         "budget": BudgetLedger.read(store, experiment.budget_steps).summary(),  # O(1): the store's counters
@@ -91,12 +119,17 @@ def stored_experiment(store: TrialStore) -> Experiment | None:
 
 
 def read_summary(store_dir: Path) -> dict[str, Any] | None:
-    """The summary of the store at ``store_dir``; None when there is none (yet)."""
+    """The summary of the store at ``store_dir`` with its retried attempts
+    (``read_attempt_failures``: a scan of the records, so not in ``status --watch``'s refresh);
+    None when there is none (yet)."""
     if not (store_dir / "data.mdb").exists():
         return None
     with open_store_readonly(store_dir) as store:
         experiment = stored_experiment(store)
-        return None if experiment is None else store_summary(store, experiment)
+        if experiment is None:
+            return None
+        failures = read_attempt_failures(store)
+        return {**store_summary(store, experiment), "attempt_failures": failures.to_dict(RETRIED_LISTED)}
 
 
 def fmt_value(value: Any) -> str:
@@ -117,6 +150,10 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
     print(f"experiment   {summary['experiment']}  (policy {summary['policy']})")
     print(f"store        {store_dir}")
     print(f"trials       {summary['trials']}  " + "  ".join(f"{k} {v}" for k, v in counts.items() if v))
+    failures = summary.get("attempt_failures")
+    if failures and failures["retried_attempts"]:
+        for line in retried_text(failures, store_dir):
+            print(line)
     budget = summary.get("budget")
     if budget:
         retried = budget.get("retried_steps") or 0
@@ -133,7 +170,7 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
         return
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in best["final"].items())
     where = f"(generation {best['generation']}, step {best['end_step']})"
-    print(f"best overall trial {best['trial_id']} {where}  {metrics}")
+    print(f"best overall trial {best['trial_id']} {where}  {metrics}{ties_text(summary.get('best_ties', 0))}")
     width = max(len(k) for k in best["hparams"]) if best["hparams"] else 0
     for key, value in best["hparams"].items():
         print(f"  {key:<{width}}  {fmt_value(value)}")
@@ -144,12 +181,39 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
 
 def final_population_text(population: Mapping[str, Any]) -> str:
     """``final pop.   8 trials (8 at max_steps 1000): best trial 170 acc=0.97  mean acc=0.95``:
-    what users compare, next to the best trial at any step."""
+    what users compare, next to the best trial at any step; members short of max_steps say why
+    (``control.run_notes.short_of_max_steps``)."""
     best = population["best"]
     reached = f"{population['at_max_steps']} at max_steps {population['max_steps']:,}"
+    short = population.get("short") or {}
+    if short:
+        reached += f"; {sum(short.values())} short: " + ", ".join(f"{n} {why}" for why, n in short.items())
     mean = "  ".join(f"{k}={fmt_value(v)}" for k, v in population["mean"].items())
     return (f"final pop.   {population['size']} trials ({reached}): best trial {best['trial_id']} "
-            f"{fmt_map(best['final'])}  mean {mean or '-'}")
+            f"{fmt_map(best['final'])}{ties_text(population.get('best_ties', 0), 'members')}  mean {mean or '-'}")
+
+
+def ties_text(ties: int, among: str = "trials") -> str:
+    """`` (tied with 4 other trials; the oldest is named best)`` or nothing (``model.ranking``)."""
+    if not ties:
+        return ""
+    count = f"{BEST_TIES_LIMIT}+" if ties >= BEST_TIES_LIMIT else str(ties)
+    return f"  (tied with {count} other {among.removesuffix('s') if ties == 1 else among}; the oldest is named best)"
+
+
+def retried_text(failures: Mapping[str, Any], store_dir: str, shown: int = RETRIED_SHOWN) -> list[str]:
+    """The summary's lines on retried attempts (not failed trials; ``control.run_notes``)."""
+    lines = [f"retried      {failures['retried_attempts']} failed attempt(s) in {failures['trials_retried']} trial(s) "
+             f"({failures['crashed']} the trial's own failures, {failures['lost']} lost to the machine), "
+             f"and retried, apart from the {failures['failed_trials']} failed trial(s)"]
+    for row in failures["trials"][-shown:]:
+        last = (row["error"] or "").strip().splitlines()
+        lines.append(f"  trial {row['trial_id']} ({row['status']}, attempt {row['attempts']}, last on "
+                     f"{row['worker'] or '?'}): {last[-1][:160] if last else '(no error text)'}")
+    more = failures["trials_retried"] - min(shown, len(failures["trials"]))
+    lines.append(f"  {'... and ' + str(more) + ' more; ' if more > 0 else ''}tracebacks: "
+                 f"pbt-actors status --store {store_dir} --failures")
+    return lines
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:

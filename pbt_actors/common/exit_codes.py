@@ -47,5 +47,8 @@ EXIT_SIGTERM = 128 + signal.SIGTERM
 """``worker``: stopped by SIGTERM (a cluster manager's preemption) before the run was done; the
 workers handed their trials back, so a Kubernetes Job or SLURM sees a stopped task, not a
 completed one."""
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
+"""The reader of standard output went away (``pbt-actors export | head``): what a shell reports
+for a Unix tool killed by SIGPIPE, with no traceback."""
 EXIT_UNKNOWN = -signal.SIGKILL
 """The returncode reported for a worker whose exit the dead zygote could not report."""

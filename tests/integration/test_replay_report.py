@@ -239,12 +239,14 @@ def test_replay_cli_reproduces_the_best_trial_and_writes_the_schedule(toy_run: d
     assert rc == 0, out
     result = json.loads(out)
     assert result["final"] == result["original_final"]
+    assert result["replay_data"] is True  # ctx.replay: said, since the experiment may train on its validation data
     assert Schedule.load(schedule_file).trial_id == result["trial_id"]
     rc, out = run_cli(["replay", "--schedule", str(schedule_file), "--experiment", str(TOY), "--from-step", "100",
                        "--to-step", "120", "--checkpoint-root", str(toy_run["ckpt"]), "--out", str(tmp_path / "s")],
                       capsys)
     assert rc == 0, out
     assert "[4/4]" in out and "final  Q=" in out
+    assert "measured on replay data" in out and "--same-data reproduces the search's numbers" in out
     rc, out = run_cli(["replay", "--store", str(toy_run["store"]), "--experiment", str(TOY), "--from-step", "7"],
                       capsys)
     assert rc == 2 and "not a segment boundary" in out

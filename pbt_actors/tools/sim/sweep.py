@@ -98,6 +98,14 @@ def trial_cap(cap: str | int, objective: str, population: int, options: Any = No
     return population * -(-problem.max_steps // problem.steps_per_trial)
 
 
+def store_path(settings: dict[str, Any], seed: int, options: Any) -> Path:
+    """Where ``--store lmdb`` writes the store of one run: ``<store-dir>/<settings>-seed<seed>``."""
+    root = Path(options.store_dir or "pbt-sim-runs")
+    name = "-".join(str(settings[k]) for k in ("objective", "policy", "population", "workers",
+                                                 "opponent_window", "preempt_rate"))
+    return root / f"{name}{'-budget' if settings['budget_mode'] else ''}-seed{seed}"
+
+
 def run_one(settings: dict[str, Any], seed: int, options: Any,
             on_progress: Callable[[int], None] | None = None) -> SimResult:
     """One simulated run of one configuration (``on_progress(trials)`` every 500 trials)."""
@@ -125,10 +133,7 @@ def run_one(settings: dict[str, Any], seed: int, options: Any,
     if options.store == "lmdb":
         from pbt_actors.storage.lmdb_store import LmdbTrialStore
 
-        root = Path(options.store_dir or "pbt-sim-runs")
-        name = "-".join(str(settings[k]) for k in ("objective", "policy", "population", "workers",
-                                                     "opponent_window", "preempt_rate"))
-        path = root / f"{name}{'-budget' if settings['budget_mode'] else ''}-seed{seed}"
+        path = store_path(settings, seed, options)
         if path.exists() and any(path.iterdir()):
             raise StoreDirTaken(f"{path} already holds a store; give another --store-dir")
         store = LmdbTrialStore(path, sync=False)
