@@ -211,8 +211,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         if authenticator is not None:
             authenticator.stop()
         raise
+    stop = StopOnSignal()  # before the line below: whoever reads it may SIGTERM us at once
     print(f"controller for {experiment.name!r} listening on {handle.endpoint} (store {store_dir})", flush=True)
-    stop = StopOnSignal()
     try:
         while not stop.requested:
             if handle.wait(0.5):

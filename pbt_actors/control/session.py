@@ -253,7 +253,7 @@ class ProtocolSession:
             if isinstance(message, Report | Fail | WorkerLost):
                 wakes = True
                 if isinstance(message, WorkerLost):
-                    self._answered.forget(message.worker)
+                    self._answered.forget(message.worker, peer.decode("utf-8", "replace"))
                     held.pop(message.worker.encode("utf-8"))
             in_batch[peer] = request_id
             batch.append((peer, request_id, message))
