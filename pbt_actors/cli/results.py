@@ -32,14 +32,23 @@ from pbt_actors.model.errors import ConfigError
 
 # --- lineage -----------------------------------------------------------------------------------
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from pbt_actors.model.experiment import Experiment
+    from pbt_actors.storage.trial_store import META_EXPERIMENT
+    from pbt_actors.tools.explain import explain
     from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
 
     with open_store_readonly(args.store) as store:
         trial_id = resolve_trial(store, args.trial)
         dag = lineage(store, trial_id)
         sched = schedule(store, trial_id)
+        raw = store.get_meta(META_EXPERIMENT)
+        experiment = Experiment.from_dict(raw) if raw is not None else None
+        objective = experiment.objective_ if experiment is not None else None
+        space = experiment.space_ if experiment is not None else None
+        why = [explain(store.get_trial(s.trial_id), store.find_trial, objective, space) for s in sched.segments]
     if args.json:
-        print(json.dumps({"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}))
+        print(json.dumps({"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict(),
+                          "why": [w.to_dict() for w in why]}))
         return 0
     crossovers = sum(1 for e in dag.edges if e.kind == "crossover")
     print(f"lineage of trial {trial_id}{' (' + sched.experiment + ')' if sched.experiment else ''}: "
@@ -59,6 +68,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if any(s.collected for s in sched.segments):
         print("  (checkpoint collected: retention deleted it; `replay` from step "
               f"{sched.segments[0].start_step} needs none)")
+    print()
+    print("why (each trial of the warm-start chain: who it played, who won, what it copied, what explore changed)")
+    for w in why:
+        print("  " + w.text)
     return 0
 
 
