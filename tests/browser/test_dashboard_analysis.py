@@ -356,6 +356,8 @@ def test_failed_attempts_are_counted_and_listed_with_tracebacks(served: ServedRu
 def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(served: ServedRun,
                                                                                page: Any) -> None:
     _open(page, served.url)
+    page.click("#tree-scope")  # every trial, not only the ancestries that matter
+    page.wait_for_function("document.getElementById('tree').dataset.shown === document.getElementById('tree').dataset.nodes")
     page.evaluate("() => Plotly.relayout('tree', {'xaxis.autorange': true, 'yaxis.autorange': true})")
     crowded = page.evaluate("""() => {
         const gd = document.getElementById('tree'), t = gd.data.find((d) => d.customdata), fl = gd._fullLayout;
@@ -370,6 +372,7 @@ def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(s
     assert len(crowded) >= 3, "no overlapping markers to tell apart"
     box = page.evaluate("() => { const r = document.getElementById('tree').getBoundingClientRect(); return [r.left, r.top]; }")
     for trial_id in crowded:
+        page.evaluate("() => Plotly.relayout('tree', {'xaxis.autorange': true, 'yaxis.autorange': true})")
         point = page.evaluate("""(id) => { const gd = document.getElementById('tree'), fl = gd._fullLayout;
             const t = gd.data.find((d) => d.customdata), i = t.customdata.indexOf(id);
             return [fl._size.l + fl.xaxis.d2p(t.x[i]), fl._size.t + fl.yaxis.d2p(t.y[i])]; }""", trial_id)
@@ -386,16 +389,21 @@ def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(s
     assert page.page_errors == []
 
 
-def test_the_trees_first_view_is_zoomed_to_the_best_lineage_and_the_population(served: ServedRun,
-                                                                               page: Any) -> None:
+def test_the_trees_first_view_shows_the_best_lineage_and_the_population_readably(served: ServedRun,
+                                                                                 page: Any) -> None:
     _open(page, served.url)
     view = page.evaluate("""() => { const fl = document.getElementById('tree')._fullLayout;
         const inside = (id) => { const n = state.tree.get(id), y = state.treeY.get(id);
-            return n.end >= fl.xaxis.range[0] && n.end <= fl.xaxis.range[1] && y >= fl.yaxis.range[0] && y <= fl.yaxis.range[1]; };
-        return {rows: fl.yaxis.range[1] - fl.yaxis.range[0], lanes: new Set(state.treeY.values()).size,
-                population: state.population.every(inside), best: inside(state.bestId)}; }""")
+            return y !== undefined && n.end >= fl.xaxis.range[0] && n.end <= fl.xaxis.range[1]
+                && y >= fl.yaxis.range[0] && y <= fl.yaxis.range[1]; };
+        return {rows: fl.yaxis.range[1] - fl.yaxis.range[0], population: state.population.every(inside),
+                best: inside(state.bestId), shown: Number(document.getElementById('tree').dataset.shown)}; }""")
     assert view["population"] and view["best"]
-    assert view["rows"] < view["lanes"]  # zoomed in: not every lane squeezed into the panel
+    assert view["shown"] < len(served.trials)  # the dead ends are left out of the first view
+    assert view["rows"] <= 40  # ~10 px a lane in the 420 px panel: readable
+    _shot(page, "300-tree-first-view")
+    page.click("#tree-scope")
+    page.wait_for_function(f"document.getElementById('tree').dataset.shown === '{len(served.trials)}'")
     assert page.page_errors == []
 
 

@@ -11,7 +11,7 @@ const BASE_LAYOUT = {margin: {l: 64, r: 12, t: 28, b: 44}, font: {size: 12, fami
                      paper_bgcolor: "#fff", plot_bgcolor: "#fff", hovermode: "closest",
                      legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: {size: 11}}};
 const state = {cursor: 0, summary: null, tree: new Map(), treeY: new Map(), treeComplete: false, bestId: null, selected: null,
-               failures: -1, failedAttempts: -1, polling: false, view: "overview", compare: [], population: [], treeFitted: false,
+               failures: -1, failedAttempts: -1, polling: false, view: "overview", compare: [], population: [], treeScope: null,
                tableQuery: {sort: "id", desc: false, q: "", offset: 0}, tableMatched: 0, parallel: null};
 
 const plotlyReady = new Promise((resolve) => { if (window.Plotly) resolve(); else window.plotlyLoaded = resolve; });
@@ -125,15 +125,31 @@ function addNodes(nodes) {
   for (const n of nodes) state.tree.set(n[0], {id: n[0], parent: n[1], gen: n[2], start: n[3], end: n[4],
                                               value: n[5], status: n[6], lineage: n[7]});
 }
-function layoutTree() {
+function layoutTree(tree = state.tree) {
   // One row per lineage (a path of the warm-start tree; a trial keeps its lineage forever), rows in
   // lineage order: a trial never moves when others arrive (new lineages take new rows below), so a
   // live tree does not re-lay out under the mouse.
-  const lineages = [...new Set([...state.tree.values()].map((n) => n.lineage))].sort((a, b) => a - b);
+  const lineages = [...new Set([...tree.values()].map((n) => n.lineage))].sort((a, b) => a - b);
   const row = new Map(lineages.map((l, i) => [l, i]));
   const y = new Map();
-  for (const n of state.tree.values()) y.set(n.id, row.get(n.lineage));
+  for (const n of tree.values()) y.set(n.id, row.get(n.lineage));
   return y;
+}
+const ANCESTRIES_ABOVE = 150;  // bigger trees first show the ancestries that matter
+function treeScope() {
+  // a partial tree (a big store) is already what matters, and grows where the user clicks
+  return state.treeScope || (state.treeComplete && state.tree.size > ANCESTRIES_ABOVE ? "ancestries" : "all");
+}
+function shownTree() {
+  // "ancestries": the best trial's and the population's ancestries (and the selected trial's):
+  // a readable first view at any size, whose lanes are the lineages that lead somewhere.
+  if (treeScope() === "all") return state.tree;
+  const out = new Map();
+  for (const tip of [state.bestId, state.selected, ...(state.population || [])]) {
+    let id = tip;
+    while (id !== null && id !== undefined && state.tree.has(id) && !out.has(id)) { out.set(id, state.tree.get(id)); id = state.tree.get(id).parent; }
+  }
+  return out.size ? out : state.tree;
 }
 function nodeAt(clientX, clientY) {
   // Exact hit testing: the marker whose centre is nearest the pointer, within its radius (plotly's
@@ -143,8 +159,8 @@ function nodeAt(clientX, clientY) {
   const box = gd.getBoundingClientRect();
   const px = clientX - box.left - fl._size.l, py = clientY - box.top - fl._size.t;
   let best = null, bestD = 9;
-  for (const n of state.tree.values()) {
-    const y = state.treeY.get(n.id);
+  for (const [id, y] of state.treeY) {
+    const n = state.tree.get(id);
     const dx = fl.xaxis.d2p(n.end) - px, dy = fl.yaxis.d2p(y) - py;
     const d = Math.hypot(dx, dy);
     if (d < bestD) { bestD = d; best = n.id; }
@@ -158,17 +174,18 @@ function bestAncestry() {
   return out;
 }
 async function drawTree() {
-  const y = layoutTree();
+  const shown = shownTree();
+  const y = layoutTree(shown);
   state.treeY = y;
   const best = bestAncestry();
   const ex = [], ey = [], bx = [], by = [];
-  for (const n of state.tree.values()) {
-    if (n.parent === null || !state.tree.has(n.parent)) continue;
-    const p = state.tree.get(n.parent);
+  for (const n of shown.values()) {
+    if (n.parent === null || !shown.has(n.parent)) continue;
+    const p = shown.get(n.parent);
     const xs = [p.end, p.end, n.end, null], yy = [y.get(p.id), y.get(n.id), y.get(n.id), null];
     if (best.has(n.id) && best.has(p.id)) { bx.push(...xs); by.push(...yy); } else { ex.push(...xs); ey.push(...yy); }
   }
-  const nodes = [...state.tree.values()];
+  const nodes = [...shown.values()];
   const values = nodes.map((n) => n.value);
   const finite = values.filter((v) => typeof v === "number");
   const useLog = logAxis(finite);
@@ -191,11 +208,12 @@ async function drawTree() {
     xaxis: {title: {text: "step (a trial's end)"}, gridcolor: "#f1f3f5", zeroline: false},
     yaxis: {visible: false, zeroline: false}, dragmode: "pan", uirevision: "tree", showlegend: true,
     hoverdistance: 8});
-  if (!state.treeFitted) { const r = firstView(y); if (r) { layout.xaxis.range = r.x; layout.yaxis.range = r.y; } }
+  layout.uirevision = "tree-" + treeScope();
   await plot("tree", traces, layout, PLOT_CONFIG);
-  state.treeFitted = true;
   const el = $("tree");
   el.dataset.nodes = String(state.tree.size);
+  el.dataset.shown = String(shown.size);
+  $("tree-scope").textContent = treeScope() === "all" ? "show ancestries only" : "show all trials";
   if (!el.dataset.bound) {
     el.dataset.bound = "1";
     let down = null;
@@ -211,20 +229,9 @@ async function drawTree() {
     }, true);
   }
   const s = state.summary;
-  $("tree-hint").textContent = state.treeComplete ? `${state.tree.size} trials · scroll to zoom, drag to pan` :
-    `${state.tree.size} of ${s ? s.trials.toLocaleString() : "?"} trials shown (best and population ancestries; click to expand)`;
-}
-function firstView(y) {
-  // Readable at any size: zoom to the rows of the best lineage's last trials and the population now.
-  if (state.tree.size <= 60) return null;
-  const ids = [...bestAncestry()].slice(0, 40).concat(state.population || []);
-  const rows = ids.map((id) => y.get(id)).filter((v) => v !== undefined);
-  const ends = ids.map((id) => state.tree.has(id) ? state.tree.get(id).end : undefined).filter((v) => v !== undefined);
-  if (!rows.length) return null;
-  const lo = Math.min(...rows), hi = Math.max(...rows);
-  const allEnds = [...state.tree.values()].map((n) => n.end);
-  const span = Math.max(1, Math.max(...allEnds) - Math.min(...ends));
-  return {x: [Math.min(...ends) - 0.05 * span, Math.max(...allEnds) + 0.05 * span], y: [lo - 2, Math.max(hi, lo + 10) + 2]};
+  const what = treeScope() === "all" ? "" : `${shown.size} on the best's and the population's ancestries, of `;
+  $("tree-hint").textContent = state.treeComplete ? `${what}${state.tree.size} trials · scroll to zoom, drag to pan` :
+    `${what}${state.tree.size} of ${s ? s.trials.toLocaleString() : "?"} trials loaded (click to expand)`;
 }
 async function loadTree() {
   const t = await api("/api/tree");
@@ -305,6 +312,7 @@ async function focusTree(id) {
   await Plotly.relayout("tree", {"xaxis.range": [n.end - span, n.end + span], "yaxis.range": [y - 12, y + 12]});
 }
 window.selectTrial = selectTrial;
+$("tree-scope").addEventListener("click", () => { state.treeScope = treeScope() === "all" ? "ancestries" : "all"; drawTree().catch(showError); });
 window.openTrial = openTrial;
 $("goto").addEventListener("submit", (ev) => {
   ev.preventDefault();
