@@ -20,8 +20,8 @@ from pbt_actors.tools.dashboard.index import Row, StoreIndex
 
 TABLE_LIMIT = 200
 PLOT_LIMIT = 3000
-FIT_LIMIT = 4000
-IMPORTANCE_TREES = 64
+FIT_LIMIT = 2000
+IMPORTANCE_TREES = 48
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|=|<|>)\s*(\S+)\s*$")
 
 

@@ -531,7 +531,10 @@ async function drawSchedule(el, schedule, compact) {
     const ax = i === 0 ? "" : String(i + 1);
     traces.push({x, y, mode: "lines", line: {color: PALETTE[i % PALETTE.length], width: 2.2}, xaxis: "x" + ax, yaxis: "y" + ax,
                  name, hovertemplate: `${name} %{y:.4g}<br>step %{x}<extra></extra>`});
-    layout["yaxis" + ax] = {gridcolor: "#f1f3f5", type: logs.has(name) ? "log" : "linear", exponentformat: "power", nticks: compact ? 3 : 5};
+    const pos = y.filter((v) => typeof v === "number" && v > 0);
+    const decades = pos.length ? Math.log10(Math.max(...pos) / Math.min(...pos)) : 0;
+    layout["yaxis" + ax] = {gridcolor: "#f1f3f5", type: logs.has(name) ? "log" : "linear", exponentformat: "power", nticks: compact ? 3 : 4};
+    if (logs.has(name) && decades >= 1) layout["yaxis" + ax].dtick = Math.ceil(decades / 3);  // whole decades only
     layout["xaxis" + ax] = {gridcolor: "#f1f3f5", showticklabels: i === names.length - 1,
                             title: i === names.length - 1 ? {text: "step"} : undefined, matches: i ? "x" : undefined};
     annotations.push({text: `<b>${esc(name)}</b>${logs.has(name) ? " (log)" : ""}`, xref: `x${ax} domain`, yref: `y${ax} domain`,
@@ -576,13 +579,15 @@ async function drawWorkerHistogram(w) {
     PLOT_CONFIG);
   $("hosts").textContent = `${w.workers.length} workers · mean ${Math.round(100 * mean)}% busy · ${running} running now`;
 }
+const lastLine = (text) => (String(text).trim().split("\n").pop() || "").slice(0, 200);
 async function loadFailures() {
   const [{failures}, fa] = await Promise.all([api("/api/failures"), api("/api/failed-attempts")]);
   $("failed-attempts-summary").innerHTML = `<b id="failed-attempts-total">${fa.total}</b> failed attempt(s) in ${fa.trials} trial(s)` +
     ` · ${failures.length ? failures.length : "no"} trial(s) failed for good`;
   $("failed-attempts").innerHTML = fa.attempts.length ? fa.attempts.map((f) =>
     `<div class="failure failed-attempt" data-trial="${f.trial_id}"><a onclick="openTrial(${f.trial_id})">#${f.trial_id}</a> ` +
-    `${f.status}: ${f.failed_attempts} of ${f.attempts} attempt(s) failed (on ${esc(f.workers.join(", "))})<pre>${esc(f.error)}</pre></div>`).join("") : "none";
+    `${f.status}: ${f.failed_attempts} of ${f.attempts} attempt(s) failed (on ${esc(f.workers.join(", "))})` +
+    `<details><summary>${esc(lastLine(f.error))}</summary><pre>${esc(f.error)}</pre></details></div>`).join("") : "none";
   $("failures-hint").textContent = failures.length ? `${failures.length} most recent` : "";
   $("failures").innerHTML = failures.length ? failures.map((f) =>
     `<div class="failure"><a onclick="openTrial(${f.trial_id})">#${f.trial_id}</a> on ${esc(f.worker || "?")}` +
