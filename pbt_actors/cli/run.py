@@ -362,7 +362,8 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--bind", type=arguments.bind_endpoint, default="tcp://127.0.0.1:0")
     run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
-    run.add_argument("--dashboard", action="store_true", help="serve the live web dashboard on 127.0.0.1 while it runs, and after it ends until Ctrl-C")
+    run.add_argument("--dashboard", action="store_true",
+                     help="serve the live web dashboard on 127.0.0.1 while it runs, and after it ends until Ctrl-C")
     run.add_argument("--dashboard-port", type=arguments.port, default=8265, help="the dashboard's port (default 8265)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",

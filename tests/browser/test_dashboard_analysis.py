@@ -90,7 +90,8 @@ def _shown(page: Any, view: str, trial: int | None = None) -> None:
     try:
         page.wait_for_function(f"document.body.dataset.shown === '{want}'", timeout=15_000)
     except Exception:
-        state = page.evaluate("() => [location.hash, document.body.dataset.shown, document.getElementById('error').textContent]")
+        state = page.evaluate("() => [location.hash, document.body.dataset.shown, "
+                              "document.getElementById('error').textContent]")
         raise AssertionError(f"the page did not show {want}: {state}, errors {page.page_errors}") from None
 
 
@@ -203,7 +204,7 @@ def test_the_trials_table_sorts_filters_and_links_each_row_to_its_details(served
     shown = [float(el.text_content()) for el in page.query_selector_all("#trials-table td[data-col='hp:lr']")]
     assert shown and all(v < 0.01 for v in shown)
     target = int(page.get_attribute("#trials-table tbody tr:nth-child(2)", "data-trial"))
-    page.click(f"#trials-table tbody tr:nth-child(2) a.trial-link")
+    page.click("#trials-table tbody tr:nth-child(2) a.trial-link")
     page.wait_for_function(f"document.getElementById('details').dataset.trialId === '{target}'", timeout=15_000)
     assert page.get_attribute("body", "data-view") == "overview"
     _open(page, served.url, "#view=trials&sort=value&desc=1")
@@ -229,7 +230,8 @@ def test_parallel_coordinates_plot_each_trials_own_hyperparameters_and_brush(ser
         assert data["values"][-1][k] == pytest.approx(t.final["Q"])
     # brush the objective's axis with the mouse: a band in its upper part
     box = page.evaluate("""() => { const axes = document.querySelectorAll('#parallel .axis-brush');
-        const r = axes[axes.length - 1].getBoundingClientRect(); return {x: r.left + r.width / 2, top: r.top, h: r.height}; }""")
+        const r = axes[axes.length - 1].getBoundingClientRect();
+        return {x: r.left + r.width / 2, top: r.top, h: r.height}; }""")
     page.mouse.move(box["x"], box["top"] + 0.05 * box["h"])
     page.mouse.down()
     page.mouse.move(box["x"], box["top"] + 0.3 * box["h"], steps=8)
@@ -274,8 +276,8 @@ def test_two_trials_ticked_in_the_table_compare_side_by_side(served: ServedRun, 
     assert names == [f"#{a}", f"#{b}"]
     for name in ("lr", "h0", "h1"):
         cells = [el.text_content() for el in page.query_selector_all(f"#compare-table tr[data-row='{name}'] td")]
-        assert [float(c) for c in cells] == pytest.approx([served.trials[a].hparams[name], served.trials[b].hparams[name]],
-                                                         rel=1e-3)
+        expected = [served.trials[a].hparams[name], served.trials[b].hparams[name]]
+        assert [float(c) for c in cells] == pytest.approx(expected, rel=1e-3)
     assert "common ancestor" in page.text_content("#compare-common")
     _shot(page, "300-compare")
     assert page.page_errors == []
@@ -357,7 +359,8 @@ def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(s
                                                                                page: Any) -> None:
     _open(page, served.url)
     page.click("#tree-scope")  # every trial, not only the ancestries that matter
-    page.wait_for_function("document.getElementById('tree').dataset.shown === document.getElementById('tree').dataset.nodes")
+    page.wait_for_function("(() => { const d = document.getElementById('tree').dataset; "
+                           "return d.shown === d.nodes; })()")
     page.evaluate("() => Plotly.relayout('tree', {'xaxis.autorange': true, 'yaxis.autorange': true})")
     crowded = page.evaluate("""() => {
         const gd = document.getElementById('tree'), t = gd.data.find((d) => d.customdata), fl = gd._fullLayout;
@@ -370,7 +373,8 @@ def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(s
         }
         return out; }""")
     assert len(crowded) >= 3, "no overlapping markers to tell apart"
-    box = page.evaluate("() => { const r = document.getElementById('tree').getBoundingClientRect(); return [r.left, r.top]; }")
+    box = page.evaluate("() => { const r = document.getElementById('tree').getBoundingClientRect(); "
+                        "return [r.left, r.top]; }")
     for trial_id in crowded:
         page.evaluate("() => Plotly.relayout('tree', {'xaxis.autorange': true, 'yaxis.autorange': true})")
         point = page.evaluate("""(id) => { const gd = document.getElementById('tree'), fl = gd._fullLayout;
