@@ -31,6 +31,7 @@ from tests.support.runs import REPO, cli
 from tests.support.waiting import wait_until
 
 ANALYSIS_TOY = Path(__file__).with_name("experiments") / "analysis_toy.py"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # the first test also waits for the run (~10 s)
 
 
 class ServedRun:
@@ -382,13 +383,20 @@ def test_tree_clicks_hit_the_marker_under_the_pointer_and_the_layout_is_stable(s
             return [fl._size.l + fl.xaxis.d2p(t.x[i]), fl._size.t + fl.yaxis.d2p(t.y[i])]; }""", trial_id)
         page.mouse.click(box[0] + point[0], box[1] + point[1])
         page.wait_for_function(f"document.getElementById('details').dataset.trialId === '{trial_id}'", timeout=15_000)
-    # stable: the rows of the first 200 trials are the same with and without the later ones
-    same = page.evaluate("""() => {
+    # stable: the lanes of the first 200 trials are the same with and without the later ones, and
+    # the drawn lanes stay put while trials arrive (the page's own redraw, with the later trials
+    # added back as a live run would add them)
+    same = page.evaluate("""async () => {
         const full = layoutTree(), saved = new Map(state.tree);
         for (const id of [...state.tree.keys()]) if (id > 200) state.tree.delete(id);
         const part = layoutTree();
-        state.tree = saved;
-        return [...part.keys()].every((id) => part.get(id) === full.get(id)); }""")
+        state.lanes = null;
+        await drawTree();
+        const before = new Map(state.treeY);
+        for (const [id, n] of saved) state.tree.set(id, n);
+        await drawTree();
+        return [...part.keys()].every((id) => part.get(id) === full.get(id))
+            && [...before.keys()].every((id) => before.get(id) === state.treeY.get(id)); }""")
     assert same
     assert page.page_errors == []
 

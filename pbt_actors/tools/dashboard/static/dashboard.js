@@ -173,9 +173,20 @@ function bestAncestry() {
   while (id !== null && id !== undefined && state.tree.has(id) && !out.has(id)) { out.add(id); id = state.tree.get(id).parent; }
   return out;
 }
+function stableLanes(shown) {
+  // The lanes of what is shown, kept across redraws: a lineage keeps its lane while others come
+  // and go (a new one takes the next lane below); compacted only once half the lanes are gaps.
+  const present = [...new Set([...shown.values()].map((n) => n.lineage))].sort((a, b) => a - b);
+  if (!state.lanes || state.lanes.size > 2 * present.length + 10) state.lanes = new Map();
+  let next = state.lanes.size ? Math.max(...state.lanes.values()) + 1 : 0;
+  for (const l of present) if (!state.lanes.has(l)) state.lanes.set(l, next++);
+  const y = new Map();
+  for (const n of shown.values()) y.set(n.id, state.lanes.get(n.lineage));
+  return y;
+}
 async function drawTree() {
   const shown = shownTree();
-  const y = layoutTree(shown);
+  const y = stableLanes(shown);
   state.treeY = y;
   const best = bestAncestry();
   const ex = [], ey = [], bx = [], by = [];
@@ -236,6 +247,7 @@ async function drawTree() {
 async function loadTree() {
   const t = await api("/api/tree");
   state.tree.clear();
+  state.lanes = null;
   state.treeComplete = t.complete;
   state.bestId = t.best;
   addNodes(t.nodes);
@@ -312,7 +324,11 @@ async function focusTree(id) {
   await Plotly.relayout("tree", {"xaxis.range": [n.end - span, n.end + span], "yaxis.range": [y - 12, y + 12]});
 }
 window.selectTrial = selectTrial;
-$("tree-scope").addEventListener("click", () => { state.treeScope = treeScope() === "all" ? "ancestries" : "all"; drawTree().catch(showError); });
+$("tree-scope").addEventListener("click", () => {
+  state.treeScope = treeScope() === "all" ? "ancestries" : "all";
+  state.lanes = null;  // another set of lineages: lanes laid out afresh
+  drawTree().catch(showError);
+});
 window.openTrial = openTrial;
 $("goto").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -603,8 +619,8 @@ async function full() {
   state.failures = s.by_status.failed;
   state.failedAttempts = s.failed_attempts;
   $("tab-pareto").classList.toggle("hidden", s.objective.length < 2);
-  await loadPopulation();
-  await Promise.all([loadCurves(), loadTree(), loadSchedule(), loadWorkers(), loadFailures()]);
+  await Promise.all([loadPopulation(), loadCurves(), loadTree(), loadSchedule(), loadWorkers(), loadFailures()]);
+  if (treeScope() === "ancestries") { state.lanes = null; await drawTree(); }  // now with the population's ancestries
   await applyHash();
   document.body.dataset.cursor = String(state.cursor);
   document.body.dataset.ready = "1";
