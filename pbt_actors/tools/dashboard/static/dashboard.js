@@ -304,7 +304,8 @@ function objectiveName() { return state.summary && state.summary.objective.lengt
 async function drawTrialCurve(el, trials) {
   const name = objectiveName();
   const traces = trials.map((d, i) => {
-    const pts = d.measurements.filter((m) => m[1] && typeof m[1][name] === "number");
+    let pts = d.measurements.filter((m) => m[1] && typeof m[1][name] === "number");
+    if (!pts.length && d.final && typeof d.final[name] === "number") pts = [[d.end_step, d.final]];  // no reports: its result
     return {x: pts.map((m) => m[0]), y: pts.map((m) => m[1][name]), mode: "lines+markers", marker: {size: 4},
             name: `#${d.trial_id}`, line: {color: trials.length === 1 ? BEST : PALETTE[i % PALETTE.length], width: 2}};
   });
@@ -511,8 +512,10 @@ async function loadPareto() {
     {x: on.map((p) => p.values[0]), y: on.map((p) => p.values[1]), customdata: on.map((p) => p.trial_id), mode: "lines+markers",
      name: "Pareto front", line: {color: BEST, width: 2, shape: "hv"}, marker: {size: 9, color: BEST},
      hovertemplate: "front #%{customdata}<br>%{x:.4g}, %{y:.4g}<extra></extra>"}],
-    Object.assign({}, BASE_LAYOUT, {xaxis: {title: {text: `${a} (${r.goals[0]})`}, gridcolor: "#f1f3f5"},
-      yaxis: {title: {text: `${b} (${r.goals[1]})`}, gridcolor: "#f1f3f5"}}), PLOT_CONFIG);
+    Object.assign({}, BASE_LAYOUT, {xaxis: {title: {text: `${a} (${r.goals[0]})`}, gridcolor: "#f1f3f5",
+                                            type: logAxis(r.points.map((p) => p.values[0])) ? "log" : "linear", exponentformat: "power"},
+      yaxis: {title: {text: `${b} (${r.goals[1]})`}, gridcolor: "#f1f3f5",
+              type: logAxis(r.points.map((p) => p.values[1])) ? "log" : "linear", exponentformat: "power"}}), PLOT_CONFIG);
   $("pareto-hint").textContent = `${r.front.length} non-dominated of ${r.completed.toLocaleString()} completed trials (${r.comparison})`;
   $("pareto-list").innerHTML = "front: " + r.front.slice(0, 60).map((id) => `<a class="front-link" href="#view=overview&trial=${id}">#${id}</a>`).join(" ");
   const el = $("pareto");
