@@ -153,6 +153,10 @@ def explain(trial: Trial, find: Callable[[int], Trial | None], objective: Object
         parts.append(f"initiator #{origin.initiator} ({_value_text(initiator.final if initiator else None, objective)})"
                      f" vs opponent #{origin.opponent} ({_value_text(opponent.final if opponent else None, objective)})"
                      f" -> {won} #{origin.winner} won")
+    elif origin.kind in (OriginKind.TOURNAMENT, OriginKind.REPLACEMENT) and origin.initiator is not None:
+        parts.append(f"initiator #{origin.initiator} "
+                     f"({_value_text(initiator.final if initiator else None, objective)}) had no opponent in its "
+                     "window and reproduced itself")
     elif origin.kind is OriginKind.TRUNCATION and origin.initiator is not None:
         parts.append(f"#{origin.initiator} ({_value_text(initiator.final if initiator else None, objective)}) was in "
                      f"the bottom quantile and copies top member #{origin.winner}")

@@ -321,8 +321,11 @@ async function focusTree(id) {
   const n = state.tree.get(id), y = state.treeY.get(id);
   if (!n || y === undefined) return;
   const span = 10 * Math.max(1, n.end - n.start);
+  const lanes = [...state.treeY.values()], ends = [...state.tree.values()].map((m) => m.end);
+  const x0 = Math.max(n.end - span, Math.min(...ends) - (n.end - n.start)), x1 = Math.min(n.end + span, Math.max(...ends) + (n.end - n.start));
+  const y0 = Math.max(y - 12, Math.min(...lanes) - 1), y1 = Math.min(y + 12, Math.max(...lanes) + 1);
   await plotlyReady;
-  await Plotly.relayout("tree", {"xaxis.range": [n.end - span, n.end + span], "yaxis.range": [y - 12, y + 12]});
+  await Plotly.relayout("tree", {"xaxis.range": [x0, x1], "yaxis.range": [y0, Math.max(y1, y0 + 4)]});
 }
 window.selectTrial = selectTrial;
 $("tree-scope").addEventListener("click", () => {
