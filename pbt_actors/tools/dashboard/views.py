@@ -20,6 +20,7 @@ from typing import Any
 
 from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.tools.command_outputs import attempt_outputs
 from pbt_actors.tools.dashboard.analysis import log_names
 from pbt_actors.tools.dashboard.index import Row, StoreIndex, failed_attempts
 from pbt_actors.tools.explain import explain
@@ -242,7 +243,16 @@ def trial_details(index: StoreIndex, trial_id: int, store_dir: Path) -> dict[str
         "created_at": trial.created_at, "started_at": trial.started_at, "ended_at": trial.ended_at,
         "children": index.children.get(trial.id, [])[:50], "is_best": trial.id == index.best_id,
         "log": trial_log(store_dir, trial),
+        "output": _outputs(index, trial, store_dir),
     }
+
+
+def _outputs(index: StoreIndex, trial: Trial, store_dir: Path) -> list[dict[str, Any]]:
+    """A command trial's attempts' kept stdout/stderr (``tools.command_outputs``); [] otherwise."""
+    experiment = index.experiment
+    if experiment is None or experiment.command is None:
+        return []
+    return attempt_outputs(store_dir / "checkpoints", experiment.name, trial)
 
 
 def _thin(items: Any, limit: int) -> list[Any]:
