@@ -421,6 +421,23 @@ def test_the_trees_first_view_shows_the_best_lineage_and_the_population_readably
     assert page.page_errors == []
 
 
+# --- item 16: the population table fits its card on a 1280 px screen ---------------------------------
+def test_the_population_table_is_not_clipped_at_1280_px(served: ServedRun, page: Any) -> None:
+    page.set_viewport_size({"width": 1280, "height": 900})
+    _open(page, served.url)
+    page.wait_for_selector("#population tbody tr")
+    fit = page.evaluate("""() => { const table = document.getElementById('population');
+        const wrap = table.parentElement, card = wrap.getBoundingClientRect();
+        const cells = [...table.querySelectorAll('th, td')].map((c) => c.getBoundingClientRect().right);
+        return {overflow: table.scrollWidth - wrap.clientWidth, right: Math.max(...cells) - card.right,
+                header: table.querySelector('th:last-child').textContent}; }""")
+    assert fit["header"] == "hyperparameters"
+    assert fit["overflow"] <= 0, fit  # no horizontal scroll inside the card: nothing cut off at its edge
+    assert fit["right"] <= 0, fit
+    _shot(page, "300-overview-1280px")
+    assert page.page_errors == []
+
+
 # --- item 11 (last: it stops the module's run) ---------------------------------------------------------
 def test_run_dashboard_keeps_serving_the_finished_store_until_ctrl_c(served: ServedRun, page: Any) -> None:
     assert "Ctrl-C to stop it" in served.output()

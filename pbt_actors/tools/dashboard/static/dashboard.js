@@ -74,7 +74,7 @@ async function loadPopulation() {
   $("population").querySelector("tbody").innerHTML = population.map((t) =>
     `<tr class="clickable${t.trial_id === best ? " best" : ""}" data-trial="${t.trial_id}" onclick="openTrial(${t.trial_id})">` +
     `<td>#${t.trial_id}</td><td>${t.generation}</td><td><span class="pill ${t.status}">${t.status}</span></td>` +
-    `<td>${esc(t.worker || "–")}</td><td>${t.start_step}–${t.end_step}${t.at_step !== null && !t.final ? ` (at ${t.at_step})` : ""}</td>` +
+    `<td class="worker">${esc(t.worker || "–")}</td><td>${t.start_step}–${t.end_step}${t.at_step !== null && !t.final ? ` (at ${t.at_step})` : ""}</td>` +
     `<td>${fmt(t.value !== null ? t.value : (t.last ? Object.values(t.last)[0] : null))}</td><td class="hp">${hp(t.hparams)}</td></tr>`).join("");
   $("population-hint").textContent = `${population.length} trials`;
   state.population = population.map((t) => t.trial_id);
@@ -613,7 +613,7 @@ async function loadFailures() {
   $("failures-hint").textContent = failures.length ? `${failures.length} most recent` : "";
   $("failures").innerHTML = failures.length ? failures.map((f) =>
     `<div class="failure"><a onclick="openTrial(${f.trial_id})">#${f.trial_id}</a> on ${esc(f.worker || "?")}` +
-    ` (attempt ${f.attempt})<pre>${esc(f.error)}</pre></div>`).join("") : "none";
+    ` (attempt ${f.attempt})<pre>${esc(f.error)}</pre></div>`).join("") : "";  // the summary line says "no trial(s)"
 }
 
 // --- the loop --------------------------------------------------------------------------------------
