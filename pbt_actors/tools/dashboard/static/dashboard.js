@@ -74,7 +74,7 @@ async function loadPopulation() {
   $("population").querySelector("tbody").innerHTML = population.map((t) =>
     `<tr class="clickable${t.trial_id === best ? " best" : ""}" data-trial="${t.trial_id}" onclick="openTrial(${t.trial_id})">` +
     `<td>#${t.trial_id}</td><td>${t.generation}</td><td><span class="pill ${t.status}">${t.status}</span></td>` +
-    `<td class="worker">${esc(t.worker || "–")}</td><td>${t.start_step}–${t.end_step}${t.at_step !== null && !t.final ? ` (at ${t.at_step})` : ""}</td>` +
+    `<td class="worker">${esc(t.worker || "–")}</td><td class="steps">${t.start_step}–<wbr>${t.end_step}${t.at_step !== null && !t.final ? ` (at ${t.at_step})` : ""}</td>` +
     `<td>${fmt(t.value !== null ? t.value : (t.last ? Object.values(t.last)[0] : null))}</td><td class="hp">${hp(t.hparams)}</td></tr>`).join("");
   $("population-hint").textContent = `${population.length} trials`;
   state.population = population.map((t) => t.trial_id);
