@@ -274,7 +274,16 @@ def test_two_trials_ticked_in_the_table_compare_side_by_side(served: ServedRun, 
     page.click("#tabs a[data-view='compare']")
     page.wait_for_function(f"document.getElementById('compare-table').dataset.trials === '{a},{b}'", timeout=15_000)
     names = page.evaluate("() => document.getElementById('compare-curves').data.map((t) => t.name)")
-    assert names == [f"#{a}", f"#{b}"]
+    assert names == [f"#{a}'s ancestry", f"#{b}'s ancestry", f"#{a}", f"#{b}"]
+    # behind each trial's own reports, its warm-start chain's results by step (the store's values)
+    history = page.evaluate("() => document.getElementById('compare-curves').data.slice(0, 2).map((t) => [t.x, t.y])")
+    for trial_id, (xs, ys) in zip((a, b), history, strict=True):
+        chain = [trial_id]
+        while served.trials[chain[-1]].parent_id is not None:
+            chain.append(served.trials[chain[-1]].parent_id)
+        chain.reverse()
+        assert xs == [served.trials[i].end_step for i in chain]
+        assert ys == pytest.approx([served.trials[i].final["Q"] for i in chain])
     for name in ("lr", "h0", "h1"):
         cells = [el.text_content() for el in page.query_selector_all(f"#compare-table tr[data-row='{name}'] td")]
         expected = [served.trials[a].hparams[name], served.trials[b].hparams[name]]

@@ -238,6 +238,7 @@ def trial_details(index: StoreIndex, trial_id: int, store_dir: Path) -> dict[str
         "explanation": explain(trial, index.store.find_trial, index.experiment.objective_ if index.experiment else None,
                                index.experiment.space_ if index.experiment else None).to_dict(),
         "schedule": schedule(index, trial.id), "ancestry": index.ancestry(trial.id)[-ANCESTRY_SHOWN:],
+        "ancestry_curve": ancestry_curve(index, trial.id), "ancestry_root": index.ancestry(trial.id)[0],
         "failed_attempts": failed_attempts(trial), "attempts": _attempts(trial),
         "checkpoint": checkpoint, "error": trial.error, "stop_reason": trial.stop_reason,
         "created_at": trial.created_at, "started_at": trial.started_at, "ended_at": trial.ended_at,
@@ -245,6 +246,15 @@ def trial_details(index: StoreIndex, trial_id: int, store_dir: Path) -> dict[str
         "log": trial_log(store_dir, trial),
         "output": _outputs(index, trial, store_dir),
     }
+
+
+def ancestry_curve(index: StoreIndex, trial_id: int) -> list[list[Any]]:
+    """``[end_step, value]`` of each trial of the warm-start chain (from the index, no store
+    read): the run's history that led to this trial, which Compare draws behind each trial's own
+    reports (a 2-step trial's own curve says little; a simulated trial reports nothing)."""
+    chain = [index.row(i) for i in index.ancestry(trial_id)]
+    points = [[r.end, r.value] for r in chain if r is not None and r.value is not None]
+    return _thin(points, MEASUREMENTS_SHOWN)
 
 
 def _outputs(index: StoreIndex, trial: Trial, store_dir: Path) -> list[dict[str, Any]]:

@@ -301,20 +301,25 @@ async function selectTrial(id, focus = true) {
   $("details").dataset.trialId = String(d.trial_id);
 }
 function objectiveName() { return state.summary && state.summary.objective.length ? state.summary.objective[0] : null; }
-async function drawTrialCurve(el, trials) {
+async function drawTrialCurve(el, trials, withAncestry = false) {
   const name = objectiveName();
+  // Compare: each trial's warm-start chain (its ancestors' results by step), dotted, behind its own reports
+  const history = !withAncestry ? [] : trials.map((d, i) => ({x: d.ancestry_curve.map((p) => p[0]), y: d.ancestry_curve.map((p) => p[1]),
+    mode: "lines", name: `#${d.trial_id}'s ancestry`, legendgroup: `t${d.trial_id}`, hoverinfo: "x+y+name",
+    line: {color: PALETTE[i % PALETTE.length], width: 1.5, dash: "dot"}}));
   const traces = trials.map((d, i) => {
     let pts = d.measurements.filter((m) => m[1] && typeof m[1][name] === "number");
     if (!pts.length && d.final && typeof d.final[name] === "number") pts = [[d.end_step, d.final]];  // no reports: its result
     return {x: pts.map((m) => m[0]), y: pts.map((m) => m[1][name]), mode: "lines+markers", marker: {size: 4},
-            name: `#${d.trial_id}`, line: {color: trials.length === 1 ? BEST : PALETTE[i % PALETTE.length], width: 2}};
+            name: `#${d.trial_id}`, legendgroup: `t${d.trial_id}`, line: {color: trials.length === 1 ? BEST : PALETTE[i % PALETTE.length], width: 2}};
   });
-  const ys = traces.flatMap((t) => t.y);
-  await plot(el, traces, Object.assign({}, BASE_LAYOUT, {margin: {l: 56, r: 8, t: 8, b: 32}, showlegend: trials.length > 1,
+  const ys = traces.concat(history).flatMap((t) => t.y);
+  await plot(el, history.concat(traces), Object.assign({}, BASE_LAYOUT, {margin: {l: 56, r: 8, t: 8, b: 32}, showlegend: trials.length > 1,
     xaxis: {title: {text: "step"}, gridcolor: "#f1f3f5"},
     yaxis: {title: {text: name || "value"}, gridcolor: "#f1f3f5", type: logAxis(ys) ? "log" : "linear", exponentformat: "power"}}),
     PLOT_CONFIG);
-  $(el).dataset.points = String(ys.length);
+  $(el).dataset.points = String(traces.reduce((n, t) => n + t.y.length, 0));
+  $(el).dataset.history = String(history.reduce((n, t) => n + t.y.length, 0));
 }
 async function focusTree(id) {
   // Zoom the tree to ~10 trials' steps either side and ~12 rows around the trial.
@@ -431,7 +436,7 @@ async function loadCompare() {
   const trials = await Promise.all(state.compare.map((id) => api(`/api/trial/${id}`).catch(() => null)));
   const ok = trials.filter((t) => t);
   $("compare-hint").textContent = ok.length ? `${ok.length} trials` : "tick trials in the table or press \"compare\" in a trial's panel";
-  await drawTrialCurve("compare-curves", ok);
+  await drawTrialCurve("compare-curves", ok, true);
   const names = [...new Set(ok.flatMap((d) => Object.keys(d.hparams)))];
   const rows = [["status", (d) => d.status], ["value", (d) => fmt(d.value)], ["generation", (d) => d.generation],
     ["steps", (d) => `${d.start_step}–${d.end_step}`], ["worker", (d) => d.worker || "–"], ["parent", (d) => d.parent_id ? `#${d.parent_id}` : "–"],
@@ -447,7 +452,9 @@ async function loadCompare() {
   }
   $("compare-lineage").innerHTML = ok.map((d) => `<div data-trial="${d.trial_id}">#${d.trial_id}: ` +
     d.ancestry.slice(-12).map((a) => a === common ? `<b>#${a}</b>` : `#${a}`).join(" → ") + "</div>").join("") +
-    (ok.length > 1 ? `<div id="compare-common">${common ? `latest common ancestor: #${common}` : "no common ancestor (different seeds)"}</div>` : "");
+    (ok.length > 1 ? `<div id="compare-common">${common ? `latest common ancestor: #${common}` :
+      new Set(ok.map((d) => d.ancestry_root)).size > 1 ? "no common ancestor (different seeds)" :
+      `a common ancestor older than the last ${Math.min(...ok.map((d) => d.ancestry.length))} shown (same seed #${ok[0].ancestry_root})`}</div>` : "");
   $("compare-table").dataset.trials = ok.map((d) => d.trial_id).join(",");
 }
 
