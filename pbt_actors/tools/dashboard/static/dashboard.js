@@ -290,6 +290,9 @@ async function selectTrial(id, focus = true) {
       d.attempts.map((a) => `<li class="attempt ${a.outcome}" data-outcome="${a.outcome}">attempt ${a.attempt} on ${esc(a.worker)}: ${a.outcome}</li>`).join("") + "</ul>";
   }
   if (d.error) html += `<h3 class="small muted">error (last failed attempt)</h3><pre id="details-error">${esc(d.error)}</pre>`;
+  for (const o of d.output || []) {  // a command trial: each attempt's kept stdout/stderr (its tail)
+    html += `<h3 class="small muted">command output, attempt ${o.attempt}</h3><pre class="details-output" data-attempt="${o.attempt}">${esc(o.output)}</pre>`;
+  }
   if (d.log) html += `<h3 class="small muted">this trial's log lines: ${esc(d.log.path)}</h3><pre id="details-log" data-trial="${d.trial_id}">${esc(d.log.lines.join("\n")) || "(none)"}</pre>`;
   $("details-title").textContent = `#${d.trial_id}`;
   const body = $("details-body");
