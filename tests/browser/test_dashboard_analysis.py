@@ -307,6 +307,9 @@ def test_a_multi_objective_store_shows_its_pareto_front(tmp_path: Path, page: An
     _, url = start_dashboard(store_dir)
     _open(page, url)
     assert "Pareto over" in page.text_content("#summary-objective")
+    best = page.text_content("#summary-best")  # no single weighted number: a front trial's own metrics
+    assert "loss" in best and "cost" in best, best
+    assert "on the Pareto front" in page.text_content("#summary-best-where")
     page.click("#tab-pareto")
     _shown(page, "pareto")
     page.wait_for_function("document.getElementById('pareto').dataset.front !== undefined")

@@ -54,8 +54,12 @@ function showSummary(s) {
   $("refreshed").textContent = `refreshed ${new Date(s.refreshed_at * 1000).toLocaleTimeString()} · ${s.refresh_ms} ms`;
   $("summary-trials").textContent = s.trials.toLocaleString();
   $("summary-status").textContent = Object.entries(s.by_status).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(" · ");
-  $("summary-best").textContent = s.best ? fmt(s.best.value) : "–";
-  $("summary-best-where").innerHTML = s.best ? `trial <a onclick="openTrial(${s.best.trial_id})">#${s.best.trial_id}</a>` +
+  // several objectives compared by Pareto rank: no single number is "the best"; the card shows
+  // one front trial's metrics (the Pareto front tab shows them all)
+  const front = s.best && s.comparison === "pareto" && s.objective.length > 1 && s.best.final;
+  $("summary-best").textContent = !s.best ? "–" : front ? s.objective.map((n) => `${n} ${fmt(s.best.final[n])}`).join(" · ") : fmt(s.best.value);
+  $("summary-best").classList.toggle("small", !!front);
+  $("summary-best-where").innerHTML = s.best ? `${front ? "on the Pareto front: " : ""}trial <a onclick="openTrial(${s.best.trial_id})">#${s.best.trial_id}</a>` +
     ` · gen ${s.best.generation} · step ${s.best.end_step}` : "no completed trial yet";
   $("summary-generation").textContent = s.max_generation;
   $("summary-policy").textContent = `policy ${s.policy} · population ${s.population} · max steps ${s.max_steps}`;
@@ -529,7 +533,8 @@ async function loadPareto() {
                                             type: logAxis(r.points.map((p) => p.values[0])) ? "log" : "linear", exponentformat: "power"},
       yaxis: {title: {text: `${b} (${r.goals[1]})`}, gridcolor: "#f1f3f5",
               type: logAxis(r.points.map((p) => p.values[1])) ? "log" : "linear", exponentformat: "power"}}), PLOT_CONFIG);
-  $("pareto-hint").textContent = `${r.front.length} non-dominated of ${r.completed.toLocaleString()} completed trials (${r.comparison})`;
+  const sampled = rest.length < r.completed - on.length ? ` · ${rest.length.toLocaleString()} dominated ones drawn, a sample` : "";
+  $("pareto-hint").textContent = `${r.front.length} non-dominated of ${r.completed.toLocaleString()} completed trials (${r.comparison})${sampled}`;
   $("pareto-list").innerHTML = "front: " + r.front.slice(0, 60).map((id) => `<a class="front-link" href="#view=overview&trial=${id}">#${id}</a>`).join(" ");
   const el = $("pareto");
   el.dataset.front = String(r.front.length);
