@@ -183,6 +183,31 @@ def test_the_schedule_draws_log_scale_hyperparameters_on_log_axes(served: Served
     assert all(title in ("", "Click to enter Y axis title") for _, _, title in axes)  # no axis titles
     labels = page.evaluate("() => document.getElementById('schedule').layout.annotations.map((a) => a.text)")
     assert any("lr" in a and "log" in a for a in labels)
+    # each panel's tick labels readable: none drawn over another (a log axis spanning less than a
+    # decade labelled its minor ticks 0.6, 0.7, 0.8, 0.9 on top of each other); checked on the
+    # trial whose ancestry's lr spans the narrowest range, in its panel's small schedule
+    def lr_span(trial: Trial) -> float:
+        values = []
+        while True:
+            values.append(trial.hparams["lr"])
+            if trial.parent_id is None:
+                return math.log10(max(values) / min(values))
+            trial = served.trials[trial.parent_id]
+
+    narrow = min((t for t in served.trials.values() if t.generation >= 8 and lr_span(t) > 0), key=lr_span)
+    assert lr_span(narrow) < 1
+    page.click("#tabs a[data-view='overview']")
+    page.fill("#goto-id", str(narrow.id))
+    page.click("#goto button")
+    page.wait_for_function(f"(document.getElementById('details-schedule') || {{dataset: {{}}}}).dataset.trialId "
+                           f"=== '{narrow.id}'", timeout=15_000)
+    overlaps = page.evaluate("""() => ['schedule', 'details-schedule'].flatMap((el) =>
+      ['y', 'y2', 'y3'].flatMap((id) => {
+        const rects = [...document.querySelectorAll(`#${el} .${id}tick text`)].map((t) => t.getBoundingClientRect())
+            .filter((r) => r.height > 0).sort((a, b) => a.top - b.top);
+        return rects.slice(1).map((r, i) => rects[i].bottom - r.top).filter((d) => d > 2)
+            .map((d) => [el, id, d]); }))""")
+    assert overlaps == []
     assert page.page_errors == []
 
 

@@ -572,6 +572,13 @@ async function drawSchedule(el, schedule, compact) {
     const decades = pos.length ? Math.log10(Math.max(...pos) / Math.min(...pos)) : 0;
     layout["yaxis" + ax] = {gridcolor: "#f1f3f5", type: logs.has(name) ? "log" : "linear", exponentformat: "power", nticks: compact ? 3 : 4};
     if (logs.has(name) && decades >= 1) layout["yaxis" + ax].dtick = Math.ceil(decades / 3);  // whole decades only
+    else if (logs.has(name) && pos.length) {
+      // less than a decade: plotly would label the minor ticks (2, 5, ...) on top of each other;
+      // the ends (and their geometric middle) instead
+      const lo = Math.min(...pos), hi = Math.max(...pos);
+      const ticks = lo === hi ? [lo] : compact ? [lo, hi] : [lo, Math.sqrt(lo * hi), hi];
+      Object.assign(layout["yaxis" + ax], {tickmode: "array", tickvals: ticks, ticktext: ticks.map((v) => fmt(v))});
+    }
     layout["xaxis" + ax] = {gridcolor: "#f1f3f5", showticklabels: i === names.length - 1,
                             title: i === names.length - 1 ? {text: "step"} : undefined, matches: i ? "x" : undefined};
     annotations.push({text: `<b>${esc(name)}</b>${logs.has(name) ? " (log)" : ""}`, xref: `x${ax} domain`, yref: `y${ax} domain`,
