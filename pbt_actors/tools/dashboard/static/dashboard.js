@@ -285,7 +285,7 @@ async function selectTrial(id, focus = true) {
     `${state.compare.includes(d.trial_id) ? "remove from compare" : "compare"}</button></div>` +
     `<h3 class="small muted">hyperparameters</h3><dl id="details-hparams">${hps}</dl>` +
     (changes.length ? `<div class="small" id="details-changes">explore: ${changes.join(", ")}</div>` : "") +
-    `<h3 class="small muted">this trial's reports (${d.measurements.length})</h3><div id="details-curve" class="plot mini"></div>` +
+    `<h3 class="small muted">this trial's reports (${d.measurements.length ? d.measurements.length : "none: its result at its last step"})</h3><div id="details-curve" class="plot mini"></div>` +
     `<h3 class="small muted">this trial's schedule (its ancestry, ${d.schedule ? d.schedule.segments.length : 0} trials)</h3>` +
     `<div id="details-schedule" class="plot mini"></div>` +
     `<dl>${rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("")}</dl>`;
@@ -321,10 +321,15 @@ async function drawTrialCurve(el, trials, withAncestry = false) {
             name: `#${d.trial_id}`, legendgroup: `t${d.trial_id}`, line: {color: trials.length === 1 ? BEST : PALETTE[i % PALETTE.length], width: 2}};
   });
   const ys = traces.concat(history).flatMap((t) => t.y);
+  const yaxis = {title: {text: name || "value"}, gridcolor: "#f1f3f5", type: logAxis(ys) ? "log" : "linear", exponentformat: "power"};
+  const only = ys.filter((v) => typeof v === "number");
+  if (only.length && only.every((v) => v === only[0])) {
+    // one value (a trial that reported nothing, its result only): an axis around it, not plotly's -1..1
+    const v = only[0], pad = Math.abs(v) * 0.5 || 1;
+    yaxis.range = [v - pad, v + pad];
+  }
   await plot(el, history.concat(traces), Object.assign({}, BASE_LAYOUT, {margin: {l: 56, r: 8, t: 8, b: 32}, showlegend: trials.length > 1,
-    xaxis: {title: {text: "step"}, gridcolor: "#f1f3f5"},
-    yaxis: {title: {text: name || "value"}, gridcolor: "#f1f3f5", type: logAxis(ys) ? "log" : "linear", exponentformat: "power"}}),
-    PLOT_CONFIG);
+    xaxis: {title: {text: "step"}, gridcolor: "#f1f3f5"}, yaxis}), PLOT_CONFIG);
   $(el).dataset.points = String(traces.reduce((n, t) => n + t.y.length, 0));
   $(el).dataset.history = String(history.reduce((n, t) => n + t.y.length, 0));
 }
