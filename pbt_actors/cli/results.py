@@ -34,6 +34,7 @@ from pbt_actors.model.errors import ConfigError
 # --- lineage -----------------------------------------------------------------------------------
 def cmd_lineage(args: argparse.Namespace) -> int:
     from pbt_actors.tools.command_outputs import attempt_outputs, schedule_commands
+    from pbt_actors.tools.explain import explain
     from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
 
     with open_store_readonly(args.store) as store:
@@ -41,13 +42,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         dag = lineage(store, trial_id)
         sched = schedule(store, trial_id)
         experiment = stored_experiment(store)
+        objective = experiment.objective_ if experiment is not None else None
+        space = experiment.space_ if experiment is not None else None
+        why = [explain(store.get_trial(s.trial_id), store.find_trial, objective, space) for s in sched.segments]
         segment_trials = [store.get_trial(s.trial_id) for s in sched.segments] if args.output else []
     command = experiment.command if experiment is not None else None
     commands = schedule_commands(command, sched, python=sys.executable) if command else []
     root = args.checkpoint_root or str(Path(args.store) / "checkpoints")
     outputs = {t.id: attempt_outputs(root, sched.experiment, t) for t in segment_trials}
     if args.json:
-        body: dict[str, Any] = {"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}
+        body: dict[str, Any] = {"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict(),
+                                "why": [w.to_dict() for w in why]}
         if command:
             body["commands"] = commands
         if args.output:
@@ -72,6 +77,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if any(s.collected for s in sched.segments):
         print("  (checkpoint collected: retention deleted it; `replay` from step "
               f"{sched.segments[0].start_step} needs none)")
+    print()
+    print("why (each trial of the warm-start chain: who it played, who won, what it copied, what explore changed)")
+    for w in why:
+        print("  " + w.text)
     if commands:
         print()
         print("commands (a command trial: what `replay` runs per segment, in the experiment file's folder)")

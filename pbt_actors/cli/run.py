@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             children = local.stop(interrupted=interrupted)
         finally:
-            if dashboard is not None:
+            if dashboard is not None and interrupted:
                 from pbt_actors.cli.dashboard import stop_dashboard_process
 
                 stop_dashboard_process(dashboard)
@@ -168,9 +168,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         if supervisor_failures:
             for child in supervisor_failures:
                 print(f"worker {child.id} gave up: {child.reason}")
+    if dashboard is not None and not interrupted:
+        sys.stdout.flush()
+        keep_serving(dashboard)
     if interrupted:
         return EXIT_SIGINT
     return _outcome(store_dir) if summary.get("finished") else EXIT_NO_RESULT
+
+
+def keep_serving(dashboard: Any) -> None:
+    """``run --dashboard`` after the run: the page keeps serving the finished store (it shows
+    "finished") until Ctrl-C, then the dashboard stops and ``run`` exits with the run's code."""
+    from pbt_actors.cli.dashboard import stop_dashboard_process
+
+    if dashboard.poll() is None:
+        print("the run has ended; the dashboard keeps serving the finished store: Ctrl-C to stop it",
+              file=sys.stderr, flush=True)
+        stop = StopOnSignal()
+        try:
+            while not stop.requested and dashboard.poll() is None:
+                time.sleep(0.2)
+        finally:
+            stop.restore()
+    stop_dashboard_process(dashboard)
 
 
 def _outcome(store_dir: Path) -> int:
@@ -393,7 +413,8 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--bind", type=arguments.bind_endpoint, default="tcp://127.0.0.1:0")
     run.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind (unencrypted: warns)")
     run.add_argument("--json", action="store_true", help="print one final JSON object")
-    run.add_argument("--dashboard", action="store_true", help="serve the live web dashboard on 127.0.0.1 while it runs")
+    run.add_argument("--dashboard", action="store_true",
+                     help="serve the live web dashboard on 127.0.0.1 while it runs, and after it ends until Ctrl-C")
     run.add_argument("--dashboard-port", type=arguments.port, default=8265, help="the dashboard's port (default 8265)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--no-zygote", action="store_true",

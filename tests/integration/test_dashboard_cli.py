@@ -7,6 +7,7 @@ reads the store without its writer lock (a controller can still open the store).
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from tests.support.runs import REPO, cli
+from tests.support.runs import REPO, cli, wait_for_line
 from tests.support.waiting import wait_until
 
 pytest.importorskip("starlette", reason="the dashboard extra is not installed (pip install 'pbt-actors[dashboard]')")
@@ -111,7 +112,7 @@ def _answers(url: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_run_dashboard_serves_the_run_and_stops_with_it(tmp_path: Path) -> None:
+def test_run_dashboard_serves_the_run_and_after_it_until_ctrl_c(tmp_path: Path) -> None:
     port = _free_port()
     store_dir = tmp_path / "store"
     run = cli("run", str(PACED_TOY), "--workers", "2", "--devices", "cpu", "--store", str(store_dir), "--quiet",
@@ -120,6 +121,10 @@ def test_run_dashboard_serves_the_run_and_stops_with_it(tmp_path: Path) -> None:
     wait_until(lambda: _answers(url) or run.poll() is not None, 60, "the run's dashboard")
     assert run.poll() is None, run.communicate()[0]
     assert _get(url)[1]["experiment"] == "paced_toy"
-    out, _ = run.communicate(timeout=100)
+    wait_for_line(run, "keeps serving the finished store", 100)  # the run ended; its dashboard did not
+    assert run.poll() is None
+    assert _answers(url)
+    run.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = run.communicate(timeout=30)
     assert run.returncode == 0, out
-    assert not _answers(url)  # the dashboard ended with the run
+    assert not _answers(url)  # Ctrl-C stopped the dashboard too

@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pbt_actors.model.errors import PbtError
-from pbt_actors.tools.dashboard import views
+from pbt_actors.tools.dashboard import analysis, views
 from pbt_actors.tools.dashboard.index import StoreIndex
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,23 @@ def create_app(index: StoreIndex, store_dir: Path, *, refresh_s: float = 1.0,
         body["summary"]["error"] = refresher.error
         return body
 
+    def trials(request: Request) -> Any:
+        q = request.query_params
+        return analysis.trials_table(index, sort=q.get("sort", "id"), desc=q.get("desc", "0") == "1",
+                                     query=q.get("q", ""), offset=int_param(request, "offset", 0),
+                                     limit=int_param(request, "limit", analysis.TABLE_LIMIT))
+
+    fitted: dict[str, Any] = {}
+
+    def importance() -> Any:
+        """Refitted when the completed trials grew by a twentieth (a live run's every second
+        would refit a forest per poll), or when the run finished."""
+        done = sum(1 for r in index.rows if r.fitness is not None)
+        last = fitted.get("done", -1)
+        if "body" not in fitted or done - last > max(1, last // 20) or (index.finished and not fitted["finished"]):
+            fitted.update(body={**analysis.importance(index), "completed": done}, done=done, finished=index.finished)
+        return fitted["body"]
+
     def workers(_: Request) -> Any:
         return views.workers(index, host_states() if host_states else [])
 
@@ -145,6 +162,13 @@ def create_app(index: StoreIndex, store_dir: Path, *, refresh_s: float = 1.0,
         Route("/api/trial/{trial_id:int}",
               guarded(lambda r: views.trial_details(index, int_param(r, "trial_id"), store_dir))),
         Route("/api/schedule", guarded(lambda _: index.memo("schedule", lambda: {"schedule": views.schedule(index)}))),
+        Route("/api/trials", guarded(bad_request(trials))),
+        Route("/api/parallel", guarded(lambda _: index.memo("parallel", lambda: analysis.parallel(index)))),
+        Route("/api/importance", guarded(lambda _: importance())),
+        Route("/api/pareto", guarded(lambda _: index.memo("pareto", lambda: analysis.pareto(index)))),
+        Route("/api/failed-attempts", guarded(lambda _: {"attempts": views.failed_attempt_list(index),
+                                                          "total": index.failed_attempts,
+                                                          "trials": len(index.retried)})),
         Route("/api/workers", guarded(workers)),
         Route("/api/failures", guarded(lambda _: {"failures": views.failures(index)})),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.fitness import Objective
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.storage.trial_store import META_EXPERIMENT, TrialStore
 from pbt_actors.tools.lineage_paths import LineageAssigner
@@ -44,6 +45,9 @@ class Row:
     ended_at: float | None
     lineage: int
     failed: bool
+    hparams: Mapping[str, Any]  # the decoded record's own mapping: the table, parallel coordinates, importance
+    final: Mapping[str, float] | None
+    failed_attempts: int  # attempts that ended without completing (crashes, losses), retried or not
 
 
 @dataclass(slots=True)
@@ -65,6 +69,35 @@ class WorkerStats:
         self.last_end = max(self.last_end, row.ended_at)
 
 
+CURVE_TRIALS = 3000
+"""Up to this many trials the index keeps each trial's reports for the per-step chart."""
+CURVE_POINTS = 40
+
+
+def _points(trial: Trial, objective: Objective) -> tuple[list[int], list[float | None]]:
+    """The trial's reports as (step, plotted value): the metric itself for one objective, else
+    the oriented scalar; at most ``CURVE_POINTS``, evenly spaced, the last kept."""
+    ms = trial.measurements
+    if len(ms) > CURVE_POINTS:
+        stride = len(ms) / CURVE_POINTS
+        ms = (*(ms[int(i * stride)] for i in range(CURVE_POINTS - 1)), ms[-1])
+    single = objective.names[0] if len(objective.names) == 1 else None
+    xs: list[int] = []
+    ys: list[float | None] = []
+    for m in ms:
+        raw = m.metrics.get(single) if single is not None else objective.scalar(m.metrics)
+        if isinstance(raw, int | float) and math.isfinite(raw):
+            xs.append(m.step)
+            ys.append(float(raw))
+    return xs, ys
+
+
+def failed_attempts(trial: Trial) -> int:
+    """Attempts of ``trial`` that ended without completing it: every attempt but the completing
+    one (a retried crash, a lost worker, a preemption); all of them for a FAILED trial."""
+    return max(0, trial.attempt - 1) + (1 if trial.status is TrialStatus.FAILED else 0)
+
+
 class StoreIndex:
     """A read-only store's rows, the best trial and the completion order (the page's cursor)."""
 
@@ -76,6 +109,10 @@ class StoreIndex:
         self.active: set[int] = set()
         self.done_order: list[int] = []  # terminal trials in the order the index saw them end
         self.failures: list[int] = []
+        self.points: dict[int, tuple[list[int], list[float | None]]] = {}
+        """Each trial's reports of the objective (thinned), while the chart draws trials one by one."""
+        self.retried: list[int] = []  # terminal trials with at least one failed attempt, in end order
+        self.failed_attempts = 0  # summed over those trials
         self.children: dict[int, list[int]] = {}
         self.best_id: int | None = None
         self.finished = False
@@ -136,8 +173,13 @@ class StoreIndex:
         row = Row(trial.id, trial.parent_id, trial.generation, trial.status.value, trial.start_step,
                   trial.end_step, fitness, value, trial.worker or (trial.lease.worker if trial.lease else None),
                   trial.created_at, trial.started_at, trial.ended_at,
-                  self._lineages.add(trial.id, trial.parent_id), trial.status is TrialStatus.FAILED)
+                  self._lineages.add(trial.id, trial.parent_id), trial.status is TrialStatus.FAILED,
+                  trial.hparams, trial.final, failed_attempts(trial))
         new = trial.id == len(self.rows) + 1
+        if len(self.rows) <= CURVE_TRIALS and trial.measurements:
+            self.points[trial.id] = _points(trial, objective)
+        elif len(self.rows) > CURVE_TRIALS and self.points:
+            self.points.clear()  # too many trials to draw one by one: the chart draws a band
         if new:
             self.rows.append(row)
             if trial.parent_id is not None:
@@ -156,6 +198,9 @@ class StoreIndex:
             self.workers.setdefault(row.worker, WorkerStats()).add(row)
         if trial.status is TrialStatus.FAILED:
             self.failures.append(trial.id)
+        if row.failed_attempts:
+            self.retried.append(trial.id)
+            self.failed_attempts += row.failed_attempts
         return 1
 
     def _read_best(self) -> None:
@@ -217,10 +262,13 @@ class StoreIndex:
             "population": exp.population if exp else None, "max_steps": exp.max_steps if exp else None,
             "objective": list(exp.objective_.names) if exp else [],
             "goal": ([m.goal for m in exp.objective_.metrics] if exp else []),
+            "comparison": exp.objective_.comparison if exp else None,
             "trials": len(self.rows), "by_status": counts, "finished": self.finished,
-            "max_generation": max_generation,
+            "max_generation": max_generation, "failed_attempts": self.failed_attempts,
+            "trials_with_failed_attempts": len(self.retried),
             "best": None if best is None else {"trial_id": best.id, "value": best.value, "end_step": best.end,
-                                                "generation": best.generation},
+                                                "generation": best.generation,
+                                                "final": dict(best.final) if best.final else None},
             "cursor": len(self.done_order), "refreshed_at": self.refreshed_at,
             "refresh_ms": round(self.last_refresh_s * 1000, 1),
             "started_at": self.rows[0].created_at if self.rows else None,

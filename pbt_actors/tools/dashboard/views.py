@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -20,7 +21,9 @@ from typing import Any
 from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
 from pbt_actors.tools.command_outputs import attempt_outputs
-from pbt_actors.tools.dashboard.index import Row, StoreIndex
+from pbt_actors.tools.dashboard.analysis import log_names
+from pbt_actors.tools.dashboard.index import Row, StoreIndex, failed_attempts
+from pbt_actors.tools.explain import explain
 
 SEGMENT_LIMIT = 3000
 """Up to this many completed trials the chart draws every trial; above, a quantile band."""
@@ -35,6 +38,9 @@ UPDATES_LIMIT = 500
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 64 * 1024
 FAILURES_SHOWN = 50
+MEASUREMENTS_SHOWN = 2000
+ANCESTRY_SHOWN = 200
+TRIAL_LOG_BYTES = 4 * 1024 * 1024
 
 
 def _num(value: Any) -> float | None:
@@ -113,16 +119,25 @@ def curves(index: StoreIndex) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": "segments" if len(completed) <= SEGMENT_LIMIT else "band",
                            "completed": len(completed)}
     if out["mode"] == "segments":
+        # every trial's own reports, step by step, joined to its parent's last point; running
+        # trials included, so the chart fills from the first reports on
         xs: list[Any] = []
         ys: list[Any] = []
-        for row in completed:
+        for row in index.rows:
+            px, py = index.points.get(row.id, ([], []))
+            if row.value is None and not px:
+                continue
             parent = index.row(row.parent) if row.parent is not None else None
             if parent is not None and parent.value is not None:
-                xs += [parent.end, row.end, None]
-                ys += [parent.value, row.value, None]
-            else:
-                xs += [row.end, None]
-                ys += [row.value, None]
+                xs.append(parent.end)
+                ys.append(parent.value)
+            xs += px
+            ys += py
+            if row.value is not None and (not px or px[-1] != row.end):
+                xs.append(row.end)
+                ys.append(row.value)
+            xs.append(None)
+            ys.append(None)
         out["segments"] = {"x": xs, "y": ys}
     else:
         out["band"] = _band(completed)
@@ -219,13 +234,27 @@ def trial_details(index: StoreIndex, trial_id: int, store_dir: Path) -> dict[str
         "start_step": trial.start_step, "end_step": trial.end_step, "attempt": trial.attempt,
         "worker": row.worker if row else trial.worker, "value": row.value if row else None,
         "lineage": row.lineage if row else None, "final": _metrics(trial.final),
-        "measurements": [[m.step, _metrics(m.metrics)] for m in trial.measurements[-200:]],
+        "measurements": [[m.step, _metrics(m.metrics)] for m in _thin(trial.measurements, MEASUREMENTS_SHOWN)],
+        "explanation": explain(trial, index.store.find_trial, index.experiment.objective_ if index.experiment else None,
+                               index.experiment.space_ if index.experiment else None).to_dict(),
+        "schedule": schedule(index, trial.id), "ancestry": index.ancestry(trial.id)[-ANCESTRY_SHOWN:],
+        "ancestry_curve": ancestry_curve(index, trial.id), "ancestry_root": index.ancestry(trial.id)[0],
+        "failed_attempts": failed_attempts(trial), "attempts": _attempts(trial),
         "checkpoint": checkpoint, "error": trial.error, "stop_reason": trial.stop_reason,
         "created_at": trial.created_at, "started_at": trial.started_at, "ended_at": trial.ended_at,
         "children": index.children.get(trial.id, [])[:50], "is_best": trial.id == index.best_id,
-        "log": log_tail(store_dir, row.worker if row else trial.worker),
+        "log": trial_log(store_dir, trial),
         "output": _outputs(index, trial, store_dir),
     }
+
+
+def ancestry_curve(index: StoreIndex, trial_id: int) -> list[list[Any]]:
+    """``[end_step, value]`` of each trial of the warm-start chain (from the index, no store
+    read): the run's history that led to this trial, which Compare draws behind each trial's own
+    reports (a 2-step trial's own curve says little; a simulated trial reports nothing)."""
+    chain = [index.row(i) for i in index.ancestry(trial_id)]
+    points = [[r.end, r.value] for r in chain if r is not None and r.value is not None]
+    return _thin(points, MEASUREMENTS_SHOWN)
 
 
 def _outputs(index: StoreIndex, trial: Trial, store_dir: Path) -> list[dict[str, Any]]:
@@ -236,8 +265,28 @@ def _outputs(index: StoreIndex, trial: Trial, store_dir: Path) -> list[dict[str,
     return attempt_outputs(store_dir / "checkpoints", experiment.name, trial)
 
 
-def log_tail(store_dir: Path, worker: str | None) -> dict[str, Any] | None:
-    """The last lines of the worker's log (``<store>/logs/<worker>.log``, written by ``run``)."""
+def _thin(items: Any, limit: int) -> list[Any]:
+    """At most ``limit`` items, evenly spaced, the last one kept (a long trial's whole curve)."""
+    items = list(items)
+    if len(items) <= limit:
+        return items
+    stride = len(items) / limit
+    return [items[int(i * stride)] for i in range(limit - 1)] + [items[-1]]
+
+
+def _attempts(trial: Trial) -> list[dict[str, Any]]:
+    """Each attempt: who ran it, when, and whether it completed the trial."""
+    out = []
+    for record in trial.history:
+        done = trial.completed_attempt or trial.attempt
+        completed = trial.status is TrialStatus.COMPLETED and record.attempt == done
+        out.append({"attempt": record.attempt, "worker": record.worker, "started_at": record.started_at,
+                    "ended_at": record.ended_at, "outcome": "completed" if completed else "failed"})
+    return out
+
+
+def _log_path(store_dir: Path, worker: str | None) -> Path | None:
+    """``<store>/logs/<worker>.log`` (written by ``run``) of a worker name, if there is one."""
     if not worker:
         return None
     safe = "".join(c for c in worker if c.isalnum() or c in "-_.")
@@ -246,32 +295,93 @@ def log_tail(store_dir: Path, worker: str | None) -> dict[str, Any] | None:
     # ``run`` names a worker's log after its slot (``vm-w0``); the worker's own name may add a
     # per-process suffix (``vm-w0-a07d25``): try the name, then without its last part
     names = [safe, safe.rsplit("-", 1)[0]] if "-" in safe else [safe]
-    path = next((store_dir / "logs" / f"{n}.log" for n in names if (store_dir / "logs" / f"{n}.log").is_file()), None)
-    if path is None:
-        return None
+    return next((store_dir / "logs" / f"{n}.log" for n in names if (store_dir / "logs" / f"{n}.log").is_file()), None)
+
+
+def _read_tail(path: Path, size: int) -> str | None:
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - LOG_TAIL_BYTES))
-            text = handle.read().decode("utf-8", "replace")
+            end = handle.tell()
+            handle.seek(max(0, end - size))
+            return handle.read().decode("utf-8", "replace")
     except OSError:
+        return None
+
+
+def log_tail(store_dir: Path, worker: str | None) -> dict[str, Any] | None:
+    """The last lines of the worker's log."""
+    path = _log_path(store_dir, worker)
+    text = _read_tail(path, LOG_TAIL_BYTES) if path is not None else None
+    if path is None or text is None:
         return None
     return {"path": str(path), "lines": text.splitlines()[-LOG_TAIL_LINES:]}
 
 
-def schedule(index: StoreIndex) -> dict[str, Any] | None:
-    """The best trial's hyperparameter schedule: one segment per trial of its ancestry."""
-    if index.best_id is None:
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+_ANY_TRIAL = re.compile(r"\btrial \d+\b")
+
+
+def trial_lines(text: str, trial_id: int, windows: list[tuple[float, float]]) -> list[str]:
+    """The lines of a worker's log that belong to one trial: those its worker wrote while running
+    one of the trial's attempts (a timestamped logging line sets the clock; an unstamped line,
+    the train function's prints or a traceback, keeps the last stamp) unless they name another
+    trial, and those naming it."""
+    own = re.compile(rf"\btrial {trial_id}\b")
+    out: list[str] = []
+    clock: float | None = None
+    for line in text.splitlines():
+        m = _STAMP.match(line)
+        if m:
+            try:
+                clock = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            except (OverflowError, ValueError):
+                clock = None
+        inside = clock is not None and any(a - 1.0 <= clock <= b + 1.0 for a, b in windows)
+        named = _ANY_TRIAL.findall(line)
+        if own.search(line) or (inside and not named):  # a line naming another trial is that trial's
+            out.append(line)
+    return out
+
+
+def trial_log(store_dir: Path, trial: Trial) -> dict[str, Any] | None:
+    """This trial's lines from the logs of the workers that ran its attempts (not the workers'
+    latest lines, which belong to whatever they run now)."""
+    attempts = [(h.worker, h.started_at, h.ended_at) for h in trial.history]
+    if trial.status is TrialStatus.RUNNING and trial.started_at is not None:
+        attempts.append((trial.lease.worker if trial.lease else trial.worker or "", trial.started_at, time.time()))
+    by_path: dict[Path, list[tuple[float, float]]] = {}
+    for worker, start, end in attempts:
+        path = _log_path(store_dir, worker)
+        if path is not None:
+            by_path.setdefault(path, []).append((start, end))
+    lines: list[str] = []
+    for path, windows in by_path.items():
+        text = _read_tail(path, TRIAL_LOG_BYTES)
+        if text is not None:
+            lines += trial_lines(text, trial.id, windows)
+    if not by_path:
         return None
-    chain = index.ancestry(index.best_id)
+    return {"path": ", ".join(str(p) for p in by_path), "lines": lines[-LOG_TAIL_LINES * 2:],
+            "trial_id": trial.id}
+
+
+def schedule(index: StoreIndex, trial_id: int | None = None) -> dict[str, Any] | None:
+    """A trial's (default: the best trial's) hyperparameter schedule: one segment per trial of
+    its ancestry; ``log`` names the log-scale hyperparameters (drawn on log axes)."""
+    trial_id = index.best_id if trial_id is None else trial_id
+    if trial_id is None:
+        return None
+    chain = index.ancestry(trial_id)
     if len(chain) > 2000:
         chain = chain[-2000:]
     segments = []
     for trial in index.store.trials(chain):
         segments.append({"trial_id": trial.id, "start": trial.start_step, "end": trial.end_step,
                          "hparams": _hparams(trial.hparams)})
-    return {"trial_id": index.best_id, "segments": segments}
+    return {"trial_id": trial_id, "segments": segments, "log": log_names(index)}
 
 
 # --- workers and failures ---------------------------------------------------------------------------
@@ -298,6 +408,19 @@ def workers(index: StoreIndex, host_states: list[dict[str, Any]]) -> dict[str, A
                     "busy_s": round(busy, 1), "utilisation": _num(min(1.0, busy / span)) if span > 0 else None,
                     "running": current.id if current else None})
     return {"workers": out, "hosts": host_states}
+
+
+def failed_attempt_list(index: StoreIndex) -> list[dict[str, Any]]:
+    """Trials with failed attempts (retried or not), newest first, with the last traceback."""
+    out = []
+    for trial_id in reversed(index.retried[-FAILURES_SHOWN:]):
+        trial = index.store.find_trial(trial_id)
+        if trial is not None:
+            out.append({"trial_id": trial.id, "status": trial.status.value, "attempts": trial.attempt,
+                        "failed_attempts": failed_attempts(trial),
+                        "workers": sorted({h.worker for h in trial.history}),
+                        "error": trial.error or trial.stop_reason or "(no error recorded: a lost worker)"})
+    return out
 
 
 def failures(index: StoreIndex) -> list[dict[str, Any]]:
