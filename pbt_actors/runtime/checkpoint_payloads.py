@@ -21,6 +21,7 @@ import functools
 import hashlib
 import io
 import os
+from pathlib import Path
 from typing import IO, Any, cast
 
 from pbt_actors.common.atomic_files import atomic_write
@@ -31,8 +32,8 @@ from pbt_actors.storage.checkpoint_store import CheckpointStore, keyed_name
 from pbt_actors.storage.checkpoint_urls import open_store
 from pbt_actors.storage.local_checkpoints import inside_root
 
-__all__ = ["check_checkpoint_root", "inside_root", "load_checkpoint", "read_verified", "save_checkpoint", "store_for",
-           "verify_file"]
+__all__ = ["StagedCheckpoint", "check_checkpoint_root", "inside_root", "load_checkpoint", "read_verified",
+           "save_checkpoint", "stage_checkpoint", "store_for", "verify_file"]
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
@@ -114,32 +115,66 @@ def save_checkpoint(root: Root, relative_uri: str, state: Any, step: int, *, key
     ``name-<sha16>.ckpt``), which object stores need (no rename, no create-if-absent) and
     which makes two writers of one key harmless everywhere.
 
+    The two halves, ``stage_checkpoint`` (reads ``state``) and ``StagedCheckpoint.commit``
+    (only bytes), are also called apart by the background writer (``runtime/worker/background_writes.py``):
+    once staged, the state may change again while the bytes are made durable.
+
     Raises:
         CheckpointError: the uri escapes the root.
         CheckpointWriteError: the disk is full, the folder not writable, the upload failed,
             or different content exists under that key; no staging file is left behind.
     """
+    return stage_checkpoint(root, relative_uri, state).commit(step, keyed=keyed)
+
+
+class StagedCheckpoint:
+    """A payload serialized and hashed into its staging file, not yet under its final key.
+
+    ``commit`` places it put-once (a link, or an upload) and removes the staging file;
+    ``discard`` only removes it. Either way the staging file is gone after one of them."""
+
+    def __init__(self, store: CheckpointStore, relative_uri: str, staging: Path, size: int, sha256: str) -> None:
+        self.store, self.relative_uri, self.staging = store, relative_uri, staging
+        self.size, self.sha256 = size, sha256
+
+    def commit(self, step: int, *, keyed: bool = False) -> CheckpointRef:
+        """Put the staged bytes under their final key and describe them (``save_checkpoint``)."""
+        try:
+            final = keyed_name(self.relative_uri, self.sha256) if keyed else self.relative_uri
+            self.store.commit(self.staging, final, self.size, self.sha256)
+        finally:
+            self.discard()
+        return CheckpointRef(final, self.size, self.sha256, step)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.staging)
+
+
+def stage_checkpoint(root: Root, relative_uri: str, state: Any) -> StagedCheckpoint:
+    """Serialize ``state`` into the store's staging file for ``relative_uri``, hashing as it
+    streams (the only step that reads ``state``). Raises as ``save_checkpoint``."""
     store = store_for(root)
     payload = _msgpack_payload(state)
     staging = store.staging_path(relative_uri)
     try:
-        try:
-            with atomic_write(staging) as handle:
-                sink = _HashingWriter(handle)
-                if payload is not None:
-                    sink.write(_MSGPACK_MAGIC)
-                    sink.write(payload)
-                else:
-                    _torch_save(state, sink)
-        except OSError as exc:
-            raise CheckpointWriteError(f"cannot write checkpoint {store.describe(relative_uri)}: "
-                                       f"{exc.strerror or exc}") from exc
-        final = keyed_name(relative_uri, sink.hexdigest()) if keyed else relative_uri
-        store.commit(staging, final, sink.size, sink.hexdigest())
-    finally:
+        with atomic_write(staging) as handle:
+            sink = _HashingWriter(handle)
+            if payload is not None:
+                sink.write(_MSGPACK_MAGIC)
+                sink.write(payload)
+            else:
+                _torch_save(state, sink)
+    except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(staging)
-    return CheckpointRef(final, sink.size, sink.hexdigest(), step)
+        raise CheckpointWriteError(f"cannot write checkpoint {store.describe(relative_uri)}: "
+                                   f"{exc.strerror or exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    return StagedCheckpoint(store, relative_uri, staging, sink.size, sink.hexdigest())
 
 
 def check_checkpoint_root(root: Root) -> None:

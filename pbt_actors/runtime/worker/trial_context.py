@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from pbt_actors.model.errors import CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef, Measurement, trial_checkpoint_prefix
-from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint, stage_checkpoint
+from pbt_actors.runtime.worker.background_writes import BackgroundWriter, StateCache, WriteJob
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,15 @@ class TrialContext:
     catches it, so the attempt's end is reported as the store's fault, not the trial's."""
     _stride: int = field(default=1, repr=False)
     _thinned: bool = field(default=False, repr=False)
+    writer: BackgroundWriter | None = field(default=None, repr=False)
+    """When set (the worker's), the trial's final checkpoint is made durable in the background
+    (``background_writes``): ``pending`` is its job, and the report says so."""
+    memory: StateCache | None = field(default=None, repr=False)
+    """States this worker saved: a parent among them is handed over without reading the store."""
+    pending: WriteJob | None = None
+    """The background write of this trial's final checkpoint, until the report is sent."""
+    from_memory: bool = False
+    """``load_checkpoint`` returned the parent's state from this worker's memory."""
 
     @property
     def should_stop(self) -> bool:
@@ -106,19 +116,60 @@ class TrialContext:
         """
         if self.parent_checkpoint is None:
             return None
+        if self.memory is not None:
+            held, state = self.memory.take(self.parent_checkpoint)
+            if held:  # this worker saved it, and it is durable (its ref is the controller's)
+                self.from_memory = True
+                return state
         return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
 
-    def save_checkpoint(self, state: Any, step: int | None = None) -> CheckpointRef:
+    def save_checkpoint(self, state: Any, step: int | None = None, *,
+                        background: bool | None = None) -> CheckpointRef | None:
         """Save this trial's state put-once under a key carrying its sha256 (a local file linked
-        into place, or an upload that finished) and record it; the report names it only after."""
+        into place, or an upload that finished) and record it; the report names it only after.
+
+        In a worker (``writer`` set) the final checkpoint (at ``end_step``, not preempted) is
+        written in the background by default: this returns None at once, and the trial is
+        reported completed only once the write is durable. ``state`` then belongs to the
+        framework: do not change it in place after this call (a later trial of this lineage on
+        this worker gets that very object from ``load_checkpoint``). ``background=False``
+        writes now and returns the reference (``True`` asks for the background where possible)."""
         at = self.end_step if step is None else step
         uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.ckpt"
+        if self.pending is not None:  # a second save replaces the first: its bytes go, its report too
+            self._settle_pending()
+        if self.writer is not None and background is not False and at >= self.end_step and not self.preempted:
+            root = self.checkpoint_root
+
+            def produce() -> CheckpointRef:
+                return stage_checkpoint(root, uri, state).commit(at, keyed=True)
+
+            self.saved = None
+            self.pending = self.writer.submit(WriteJob(self.trial_id, self.attempt, at, produce))
+            if self.memory is not None:
+                self.memory.hold(self.pending, state)
+            return None
         try:
             self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
         except CheckpointWriteError as exc:
             self.store_fault = exc
             raise
         return self.saved
+
+    def _settle_pending(self) -> None:
+        """Wait for the background write (``pending``) and record it as ``saved``.
+
+        Raises:
+            CheckpointWriteError: the write failed (``store_fault`` is set, as for a direct save).
+        """
+        job, self.pending = self.pending, None
+        if job is None:
+            return
+        try:
+            self.saved = job.result()
+        except CheckpointWriteError as exc:
+            self.store_fault = exc
+            raise
 
     def report(self, step: int, **metrics: float) -> bool:
         """Record metrics at ``step``; returns whether to keep going.

@@ -40,7 +40,18 @@ from msgspec.structs import replace
 from pbt_actors.common.exit_codes import EXIT_TRIAL_TIMEOUT
 from pbt_actors.control.deadlines import TIMEOUT_ERROR
 from pbt_actors.model.errors import MessageTooLarge, RequestTimeout
-from pbt_actors.model.protocol import Ack, Error, Heartbeat, Hello, Message, RequestTrial, Stop, TrialAssignment
+from pbt_actors.model.protocol import (
+    Ack,
+    Error,
+    Fail,
+    Heartbeat,
+    Hello,
+    Message,
+    Report,
+    RequestTrial,
+    Stop,
+    TrialAssignment,
+)
 from pbt_actors.transport.endpoints import WorkerEndpoint
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,13 @@ def stamp_run(message: Message, run: str) -> Message:
     if run and getattr(message, "run", None) == "":
         return replace(message, run=run)
     return message
+
+
+def _about_another_trial(message: Message, trial: _RunningTrial | None) -> bool:
+    """Whether ``message`` is the completing report (or failure) of an earlier trial, sent by
+    the background writer while ``trial`` trains (docs/design.md §15): it ends nothing running."""
+    return (trial is not None and isinstance(message, Report | Fail)
+            and message.trial_id != trial.spec.trial_id)
 
 
 class TrialSlot:
@@ -149,7 +167,8 @@ class WorkerActor(pykka.ThreadingActor):
         controller said ``wrong_run``) gets that answer for a ``request_trial`` without asking:
         it must not take the new run's work."""
         assert self.endpoint is not None
-        self.trial = None
+        if not _about_another_trial(message, self.trial):
+            self.trial = None
         if self.wrong_run and isinstance(message, RequestTrial):
             return Error("wrong_run", self.wrong_run)
         try:
