@@ -185,7 +185,8 @@ class ControllerCore:
         poisoned: dict[int, Reply] = {}
         # Only results must survive a power cut before their ack; a lost lease or heartbeat
         # merely re-queues work, so batches without one skip the fsync.
-        durable = any(isinstance(m, Report | Fail | WorkerLost) for m in messages)
+        # A pending report (``Report.pending``) completes nothing: like a lease, it may be lost.
+        durable = any(isinstance(m, Fail | WorkerLost) or (isinstance(m, Report) and not m.pending) for m in messages)
         for _ in range(MAX_BATCH_RETRIES + len(messages)):
             try:
                 with self.store.batch(durable=durable):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -44,13 +45,17 @@ class WriteJob:
         self._callbacks: list[Callable[[WriteJob], None]] = []
         self.ref: CheckpointRef | None = None
         self.error: BaseException | None = None
+        self.seconds = 0.0
+        """How long ``produce`` took (serialize, hash, write, upload): for benchmarks and logs."""
 
     def run(self) -> None:
+        started = time.perf_counter()
         try:
             self.ref = self._produce()
         except BaseException as exc:  # reported by ``result``/the callbacks, never lost in a thread
             self.error = exc
         finally:
+            self.seconds = time.perf_counter() - started
             self._produce = _spent
             with self._lock:
                 self._finished = True
