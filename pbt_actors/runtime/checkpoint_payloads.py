@@ -16,6 +16,7 @@ torch needed, e.g. the toy example) is msgpack; anything holding tensors goes th
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -38,6 +39,20 @@ __all__ = ["StagedCheckpoint", "check_checkpoint_root", "inside_root", "load_che
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
 
+_PARALLEL_HASH_BYTES = 1 << 20
+"""Chunks at least this large are hashed on a helper thread while the file write goes on (both
+release the GIL): a large tensor's bytes are hashed and written at once instead of in turn."""
+
+
+def _hasher() -> concurrent.futures.ThreadPoolExecutor:
+    return _hasher_of(os.getpid())  # a forked child gets its own (the parent's thread is not in it)
+
+
+@functools.lru_cache(maxsize=1)
+def _hasher_of(pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash")
+
+
 class _HashingWriter:
     """A write-only file wrapper that counts and hashes what passes through (streamed, so a
     checkpoint is never held a second time in memory to be hashed)."""
@@ -46,18 +61,32 @@ class _HashingWriter:
         self._handle = handle
         self._sha256 = hashlib.sha256()
         self.size = 0
+        self._hashing: concurrent.futures.Future[None] | None = None
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
-        self._sha256.update(view)
+        self._wait_hash()  # in order: the previous chunk's hash first
+        if view.nbytes >= _PARALLEL_HASH_BYTES:
+            self._hashing = _hasher().submit(self._sha256.update, view)  # ``view`` stays alive meanwhile
+        else:
+            self._sha256.update(view)
         self.size += view.nbytes
-        self._handle.write(view)
+        try:
+            self._handle.write(view)
+        finally:
+            self._wait_hash()  # the caller may reuse its buffer once ``write`` returned
         return view.nbytes
+
+    def _wait_hash(self) -> None:
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.result()
 
     def flush(self) -> None:
         self._handle.flush()
 
     def hexdigest(self) -> str:
+        self._wait_hash()
         return self._sha256.hexdigest()
 
 

@@ -33,6 +33,10 @@ DEFAULT_MAX_PENDING = 1
 end blocks until the oldest is durable, so memory holds at most this many extra states."""
 
 
+MAX_PAUSE_S = 2.0
+"""The longest a write waits for the next trial to have started (``BackgroundWriter.pause``)."""
+
+
 class WriteJob:
     """One durable write: ``produce()`` returns the ``CheckpointRef`` (or raises). Thread-safe."""
 
@@ -105,9 +109,13 @@ class BackgroundWriter:
     """One thread that runs ``WriteJob``s in order; ``submit`` blocks while ``max_pending`` are
     queued (bounded memory: a slow store slows training rather than filling RAM)."""
 
-    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING, name: str = "checkpoint-writer") -> None:
+    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING, name: str = "checkpoint-writer",
+                 max_pause_s: float = MAX_PAUSE_S) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
+        self.max_pause_s = max_pause_s
+        self._go = threading.Event()
+        self._go.set()
         self._queue: queue.Queue[WriteJob | None] = queue.Queue(maxsize=max_pending)
         self._jobs: list[WriteJob] = []
         self._lock = threading.Lock()
@@ -130,7 +138,17 @@ class BackgroundWriter:
         """Wait until every submitted job is done (callbacks included); False on timeout."""
         return all(job.wait(timeout) for job in self.pending())
 
+    def pause(self) -> None:
+        """Hold back the next job's start while the worker switches trials (its parent is read and
+        deserialized without a write competing for the CPU and the disk), until ``resume`` or
+        ``max_pause_s``. A job already running goes on."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
     def close(self, timeout: float | None = None) -> None:
+        self._go.set()
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -139,6 +157,7 @@ class BackgroundWriter:
             job = self._queue.get()
             if job is None:
                 return
+            self._go.wait(self.max_pause_s)
             job.run()
 
 
@@ -186,4 +205,4 @@ class StateCache:
             return len(self._states)
 
 
-__all__ = ["DEFAULT_MAX_PENDING", "BackgroundWriter", "StateCache", "WriteJob"]
+__all__ = ["DEFAULT_MAX_PENDING", "MAX_PAUSE_S", "BackgroundWriter", "StateCache", "WriteJob"]

@@ -114,14 +114,18 @@ class TrialContext:
             CheckpointError: missing, truncated or tampered file (the trial then fails
                 without retry on this parent, and the policy chooses another).
         """
-        if self.parent_checkpoint is None:
-            return None
-        if self.memory is not None:
-            held, state = self.memory.take(self.parent_checkpoint)
-            if held:  # this worker saved it, and it is durable (its ref is the controller's)
-                self.from_memory = True
-                return state
-        return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
+        try:
+            if self.parent_checkpoint is None:
+                return None
+            if self.memory is not None:
+                held, state = self.memory.take(self.parent_checkpoint)
+                if held:  # this worker saved it, and it is durable (its ref is the controller's)
+                    self.from_memory = True
+                    return state
+            return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
+        finally:
+            if self.writer is not None:
+                self.writer.resume()  # the switch is over: earlier trials' writes may go on
 
     def save_checkpoint(self, state: Any, step: int | None = None, *,
                         background: bool | None = None) -> CheckpointRef | None:
@@ -145,6 +149,7 @@ class TrialContext:
                 return stage_checkpoint(root, uri, state).commit(at, keyed=True)
 
             self.saved = None
+            self.writer.pause()  # starts once the next trial has its parent (``load_checkpoint``)
             self.pending = self.writer.submit(WriteJob(self.trial_id, self.attempt, at, produce))
             if self.memory is not None:
                 self.memory.hold(self.pending, state)
@@ -165,6 +170,8 @@ class TrialContext:
         job, self.pending = self.pending, None
         if job is None:
             return
+        if self.writer is not None:
+            self.writer.resume()
         try:
             self.saved = job.result()
         except CheckpointWriteError as exc:
@@ -178,6 +185,8 @@ class TrialContext:
             MetricError: a value that is not a number (``"abc"``, None, ``10**400``); inside
                 ``train`` that is the attempt's failure, with this message.
         """
+        if self.writer is not None and not self.reports:
+            self.writer.resume()  # training started (without load_checkpoint): writes may go on
         clean = clean_metrics(metrics, f"ctx.report(step={step!r})")
         self._keep(Measurement(int(step), clean))
         if not self.link.record(int(step), clean):

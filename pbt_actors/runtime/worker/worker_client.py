@@ -287,6 +287,8 @@ class WorkerClient:
         self._next_reply = None
         if pending_next is not None:  # a wait/done we do not act on: the completing report asks again
             self.connection.end_trial.defer()
+        assert self.writer is not None
+        self.writer.resume()  # nothing to train meanwhile: write at once
         job.wait()
         self._complete(report, job, ask_next=not self.preempt.is_set())
 
@@ -308,6 +310,7 @@ class WorkerClient:
         (before the process exits, SIGTERM included). False on timeout."""
         if self.writer is None:
             return True
+        self.writer.resume()
         return self.writer.drain(timeout)  # a job is done once its callbacks (the report) returned
 
     def _deliver(self, message: Report | Fail) -> None:
@@ -342,6 +345,7 @@ class WorkerClient:
 
     def close(self) -> None:
         if self.writer is not None:
+            self.writer.resume()
             self.flush_writes()
             self.writer.close(timeout=5)
         self._ticker_stop.set()
