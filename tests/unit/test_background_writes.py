@@ -221,3 +221,23 @@ def test_a_preempted_trial_reports_its_background_write_durable(tmp_path) -> Non
         assert load_checkpoint(tmp_path, report.checkpoint) == {"x": 1}
     finally:
         writer.close(timeout=5)
+
+
+def test_retention_never_collects_a_checkpoint_being_written_or_the_parent_a_child_took_from_memory() -> None:
+    from dataclasses import replace as dc_replace
+
+    from pbt_actors.control.retention_rules import PARENT, plan_retention
+    from pbt_actors.model.experiment import Retention
+
+    d = driver(population=1)
+    d.core.experiment = dc_replace(d.core.experiment, retention=Retention(keep_best=0))
+    first = d.lease("w0")
+    d.core.handle(pending("w0", first, 0.5, next=False), d.now)
+    plan = plan_retention(d.store, d.core.experiment)
+    assert first.trial_id not in plan.held and first.trial_id not in plan.delete  # being written: not held
+    child = d.core.handle(durable("w0", first, 0.5, next=True), d.now)  # the worker takes it from memory
+    assert isinstance(child, TrialAssignment) and child.parent_id == first.trial_id
+    d.core.handle(pending("w0", child, 0.6, next=False), d.now)  # the child's own write in flight
+    plan = plan_retention(d.store, d.core.experiment)
+    assert plan.keep.get(first.trial_id) == PARENT and first.trial_id not in plan.delete
+    assert child.trial_id not in plan.held

@@ -142,6 +142,9 @@ class WorkerActor(pykka.ThreadingActor):
         self.wrong_run = ""
         """Set when the controller answered ``wrong_run`` (its message)."""
         self.trial: _RunningTrial | None = None
+        self.writing: dict[int, int] = {}
+        """Pending completions (trial id -> attempt: reported, checkpoint still being written);
+        with no trial running, the heartbeat keeps the oldest one's lease (docs/design.md §15)."""
         self._clock = clock if clock is not None else SilenceClock()
         self._self: pykka.ActorProxy[WorkerActor] | None = None
 
@@ -194,9 +197,25 @@ class WorkerActor(pykka.ThreadingActor):
         """The trial ended and no request follows at once (it was stopped: nothing to report)."""
         self.trial = None
 
+    def hold_writing(self, trial_id: int, attempt: int) -> None:
+        """``trial_id`` is a pending completion of this worker until ``done_writing``."""
+        self.writing[trial_id] = attempt
+
+    def done_writing(self, trial_id: int) -> None:
+        self.writing.pop(trial_id, None)
+
     def heartbeat(self) -> None:
-        """Send one heartbeat for the running trial (asked by the ticker; never raises)."""
+        """Send one heartbeat for the running trial (asked by the ticker; never raises). With
+        none running, one for the oldest pending completion: its lease must outlive its write
+        (while a trial runs, the controller renews both with that trial's heartbeat)."""
         trial = self.trial
+        if trial is None and self.writing and self.endpoint is not None:
+            trial_id, attempt = next(iter(self.writing.items()))
+            with contextlib.suppress(RequestTimeout, MessageTooLarge):
+                self.endpoint.request(Heartbeat(self.worker_id, trial_id, attempt, 0, None, self.run),
+                                      timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
+                self._clock.heard()
+            return
         if trial is None or self.endpoint is None:
             return
         spec, latest = trial.spec, trial.slot.latest

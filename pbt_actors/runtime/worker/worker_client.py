@@ -85,7 +85,7 @@ class WorkerClient:
                  device: str | None = None, endpoint_options: Mapping[str, Any] | None = None,
                  request_timeout_s: float = 5.0, objective: Sequence[str] = (),
                  controller_timeout_s: float = 0.0, background_writes: bool = True,
-                 max_pending_writes: int = DEFAULT_MAX_PENDING, keep_in_memory: int = 1) -> None:
+                 max_pending_writes: int = DEFAULT_MAX_PENDING, keep_in_memory: int = 2) -> None:
         if controller_timeout_s < 0:
             raise ValueError("controller_timeout_s must be >= 0 (0: wait forever)")
         self.connect = connect
@@ -279,6 +279,7 @@ class WorkerClient:
         (``wait``: nothing else to train, typically the lineage's next trial needs this one
         completed first) means waiting for the write here and sending the completing report
         with ``next``, as without a background write."""
+        self.connection.hold_writing.defer(report.trial_id, report.attempt)
         self._deliver(report)
         pending_next = self._next_reply
         if pending_next is not None and isinstance(pending_next[0], TrialAssignment) and not self.preempt.is_set():
@@ -294,6 +295,12 @@ class WorkerClient:
 
     def _complete(self, report: Report, job: WriteJob, *, ask_next: bool) -> None:
         """Send the completing report for a pending one (or the store fault that ended it)."""
+        try:
+            self._send_completion(report, job, ask_next=ask_next)
+        finally:
+            self.connection.done_writing.defer(report.trial_id)
+
+    def _send_completion(self, report: Report, job: WriteJob, *, ask_next: bool) -> None:
         if job.error is None and job.ref is not None:
             self._deliver(replace(report, checkpoint=job.ref, pending=False, next=ask_next))
             return
