@@ -33,6 +33,8 @@ DEFAULT_MAX_PENDING = 1
 end blocks until the oldest is durable, so memory holds at most this many extra states."""
 
 
+SYNC_BELOW_S = 0.02
+"""A final checkpoint whose last write took less than this is written at once (``worth_it``)."""
 MAX_PAUSE_S = 2.0
 """The longest a write waits for the next trial to have started (``BackgroundWriter.pause``)."""
 
@@ -114,6 +116,8 @@ class BackgroundWriter:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         self.max_pause_s = max_pause_s
+        self.recent_s: float | None = None
+        """How long the last final checkpoint took to write (in the background or not)."""
         self._go = threading.Event()
         self._go.set()
         self._queue: queue.Queue[WriteJob | None] = queue.Queue(maxsize=max_pending)
@@ -128,6 +132,15 @@ class BackgroundWriter:
             self._jobs.append(job)
         self._queue.put(job)
         return job
+
+    def worth_it(self) -> bool:
+        """Whether the next final checkpoint should go to the background: not when the last one
+        took under ``SYNC_BELOW_S`` (a small state: writing it now costs less than the second
+        report and the thread hop, and the trial is reported completed at once)."""
+        return self.recent_s is None or self.recent_s >= SYNC_BELOW_S
+
+    def observe(self, seconds: float) -> None:
+        self.recent_s = seconds
 
     def pending(self) -> list[WriteJob]:
         """The jobs not yet durable, oldest first."""
@@ -159,6 +172,7 @@ class BackgroundWriter:
                 return
             self._go.wait(self.max_pause_s)
             job.run()
+            self.recent_s = job.seconds
 
 
 class StateCache:
@@ -205,4 +219,4 @@ class StateCache:
             return len(self._states)
 
 
-__all__ = ["DEFAULT_MAX_PENDING", "MAX_PAUSE_S", "BackgroundWriter", "StateCache", "WriteJob"]
+__all__ = ["DEFAULT_MAX_PENDING", "MAX_PAUSE_S", "SYNC_BELOW_S", "BackgroundWriter", "StateCache", "WriteJob"]

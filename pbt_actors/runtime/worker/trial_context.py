@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -136,13 +137,16 @@ class TrialContext:
         written in the background by default: this returns None at once, and the trial is
         reported completed only once the write is durable. ``state`` then belongs to the
         framework: do not change it in place after this call (a later trial of this lineage on
-        this worker gets that very object from ``load_checkpoint``). ``background=False``
-        writes now and returns the reference (``True`` asks for the background where possible)."""
+        this worker gets that very object from ``load_checkpoint``). A state whose last write
+        took under ``background_writes.SYNC_BELOW_S`` is written at once instead (cheaper than a
+        second report). ``background=False`` writes now and returns the reference (``True``
+        asks for the background where possible)."""
         at = self.end_step if step is None else step
         uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.ckpt"
         if self.pending is not None:  # a second save replaces the first: its bytes go, its report too
             self._settle_pending()
-        if self.writer is not None and background is not False and at >= self.end_step and not self.preempted:
+        wanted = background if background is not None else self.writer is not None and self.writer.worth_it()
+        if self.writer is not None and wanted and at >= self.end_step and not self.preempted:
             root = self.checkpoint_root
 
             def produce() -> CheckpointRef:
@@ -154,11 +158,16 @@ class TrialContext:
             if self.memory is not None:
                 self.memory.hold(self.pending, state)
             return None
+        started = time.perf_counter()
         try:
             self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
         except CheckpointWriteError as exc:
             self.store_fault = exc
             raise
+        if self.writer is not None and at >= self.end_step:
+            self.writer.observe(time.perf_counter() - started)
+            if self.memory is not None:
+                self.memory.put(self.saved, state)
         return self.saved
 
     def _settle_pending(self) -> None:
