@@ -7,7 +7,7 @@ first training step, next to the raw write/read/``torch.load`` of the same bytes
 A real controller (in this process, LMDB store, ZeroMQ on loopback) and one ``WorkerClient``
 train a population of 2 with the ``random`` policy (no exploit: every child continues its own
 lineage), one step per trial. A trial's state is a dict of float32 torch tensors of the given
-size; "training" sleeps ``--train-s`` (default: 1.5 x the raw write time of the state, at
+size; "training" sleeps ``--train-s`` (default: 3 x the raw serialize + write time of the state, at
 least 0.2 s), as a GPU-bound trial leaves the CPU idle. With two lineages on one worker, the
 next trial is always the *other* lineage's, whose parent was trained by this worker one trial
 earlier, while the trial just ended is being written:
@@ -227,7 +227,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for size in sizes:
                 raw = raw_baseline(size, root, work, 1 if size >= 1000 else 3)
                 out["raw"][f"{root}/{size}"] = asdict(raw) | {"write_mb_s": raw.write_mb_s}
-                train_s = args.train_s or max(0.2, 1.5 * (raw.serialize_s + raw.write_s))
+                train_s = args.train_s or max(0.2, 3 * (raw.serialize_s + raw.write_s))
                 for mode in modes:
                     after = mode == "after"
                     for scenario, population, keep, no_cache in (("a", 2, 2, False), ("b", 2, 0, True),
