@@ -29,7 +29,9 @@ kept in memory); ``before`` = the same tree with ``background_writes=False, keep
 the ``before`` mode imports pbt_actors from another checkout instead (e.g. the main branch),
 which is how the README's "before" figures were taken. **Raw** (same run, same bytes):
 ``torch.save`` to memory, then write + fsync to a file (local) or ``s3fs.pipe`` (S3); read the
-file / ``s3fs.cat``; ``torch.load(weights_only=True)``. Background write throughput = bytes /
+file / ``s3fs.cat``; ``torch.load(weights_only=True)``; and, apart, ``hashlib.sha256`` of the bytes
+(a child verifies size and sha256 before it parses anything, docs/design.md §8.6, so raw read +
+sha256 + load is the floor of (b)); medians of 5 (1 at 1 GB). Background write throughput = bytes /
 the write job's time (serialize, hash, write, fsync or upload, commit).
 
 Goals (issue 24): (a) at most 5 ms at every size; (b) at most 1.1 x raw read + deserialize;
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import inspect
 import io
 import json
@@ -71,6 +74,7 @@ class Raw:
     write_s: float
     read_s: float
     load_s: float
+    sha256_s: float
     bytes: int
 
     @property
@@ -104,11 +108,12 @@ def make_state(size_mb: int) -> dict[str, Any]:
     return {f"layer{i}": torch.full((n,), float(i + 1)) for i in range(4)} | {"step": 0}
 
 
-def raw_baseline(size_mb: int, root: str, work: Path, repeat: int = 3) -> Raw:
-    """The best of ``repeat`` (least disturbed by the machine's other work), per phase."""
+def raw_baseline(size_mb: int, root: str, work: Path, repeat: int = 5) -> Raw:
+    """The median of ``repeat`` runs per phase (the gaps are medians too: on a loaded machine a
+    best-of baseline would be a lucky one)."""
     runs = [_raw_once(size_mb, root, work) for _ in range(repeat)]
-    return Raw(*(min(getattr(r, f) for r in runs) for f in ("serialize_s", "write_s", "read_s", "load_s")),
-               runs[0].bytes)
+    return Raw(*(statistics.median(getattr(r, f) for r in runs)
+                 for f in ("serialize_s", "write_s", "read_s", "load_s", "sha256_s")), runs[0].bytes)
 
 
 def _raw_once(size_mb: int, root: str, work: Path) -> Raw:
@@ -149,7 +154,10 @@ def _raw_once(size_mb: int, root: str, work: Path) -> Raw:
     started = time.perf_counter()
     torch.load(io.BytesIO(back), map_location="cpu", weights_only=True)
     load_s = time.perf_counter() - started
-    return Raw(serialize_s, write_s, read_s, load_s, len(back))
+    started = time.perf_counter()
+    hashlib.sha256(back).hexdigest()
+    sha256_s = time.perf_counter() - started
+    return Raw(serialize_s, write_s, read_s, load_s, sha256_s, len(back))
 
 
 def run_case(root_url: str, case: Case, *, population: int, trials: int, train_s: float, keep: int,
@@ -225,7 +233,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             server.make_bucket(BUCKET)
         for root in roots:
             for size in sizes:
-                raw = raw_baseline(size, root, work, 1 if size >= 1000 else 3)
+                raw = raw_baseline(size, root, work, 1 if size >= 1000 else 5)
                 out["raw"][f"{root}/{size}"] = asdict(raw) | {"write_mb_s": raw.write_mb_s}
                 train_s = args.train_s or max(0.2, 3 * (raw.serialize_s + raw.write_s))
                 for mode in modes:
@@ -264,7 +272,9 @@ def _print_case(case: Case, raw: Raw) -> None:
     rl = raw.read_load_s * 1000
     extra = ""
     if case.scenario == "b":
-        extra = f"  = {case.gap_ms / rl:.2f}x raw read+load ({rl:.0f} ms)"
+        rhl = rl + raw.sha256_s * 1000
+        extra = (f"  = {case.gap_ms / rl:.2f}x raw read+load ({rl:.0f} ms), {case.gap_ms / rhl:.2f}x raw "
+                 f"read+sha256+load ({rhl:.0f} ms)")
     elif case.scenario in ("a", "a1"):
         extra = f"  (raw read+load {rl:.0f} ms, raw serialize+write {(raw.serialize_s + raw.write_s) * 1000:.0f} ms)"
     bw = (f"  bg write {statistics.median(case.write_mb_s):.0f} MB/s = "
