@@ -66,6 +66,9 @@ from pbt_actors.runtime.worker.worker_actor import SilenceClock, TrialSlot, Work
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT_S = 300.0
+"""How long a leaving worker waits for its background checkpoint writes and their reports."""
+
 
 class WorkerClient:
     """A worker whose trial loop the host program drives (``run_one``) or hands over (``run``).
@@ -352,8 +355,9 @@ class WorkerClient:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.resume()
-            self.flush_writes()
+            if not self.flush_writes(FLUSH_TIMEOUT_S):  # an abandoned write only re-runs its trial
+                log.error("checkpoint writes still unfinished after %g s; leaving without them (their "
+                          "trials are re-queued when this worker's leases end)", FLUSH_TIMEOUT_S)
             self.writer.close(timeout=5)
         self._ticker_stop.set()
         self._ticker_wake.set()
