@@ -309,10 +309,11 @@ class WorkerClient:
             return
         log.error("trial %d attempt %d: its checkpoint could not be written: %s", report.trial_id, report.attempt,
                   job.error)
-        text = f"checkpoint write failed: {job.error}"[:8000]
         if isinstance(job.error, CheckpointWriteError):  # the store's fault: re-queued uncharged
+            text = f"CheckpointStoreFault: {job.error}"[-8000:]  # as trial_runner words it
             self._deliver(Fail(self.worker_id, report.trial_id, report.attempt, text, True, fault="checkpoint_store"))
         else:
+            text = f"checkpoint write failed: {job.error}"[-8000:]
             self._deliver(Fail(self.worker_id, report.trial_id, report.attempt, text, True))
 
     def flush_writes(self, timeout: float | None = None) -> bool:
