@@ -241,3 +241,37 @@ def test_retention_never_collects_a_checkpoint_being_written_or_the_parent_a_chi
     plan = plan_retention(d.store, d.core.experiment)
     assert plan.keep.get(first.trial_id) == PARENT and first.trial_id not in plan.delete
     assert child.trial_id not in plan.held
+
+
+def test_a_directory_checkpoint_is_committed_in_the_background_and_its_folder_kept_for_the_lineage(tmp_path) -> None:
+    """The copy is made before ``save_checkpoint_dir`` returns (the caller's folder may go at
+    once, as a command trial's temporary one does), the commit in the background; the lineage's
+    next trial on this worker gets the committed folder without a fetch or a re-hash, and a
+    child elsewhere (no memory) loads the very same verified files."""
+    from pbt_actors.runtime.checkpoint_payloads import load_checkpoint_dir, verify_file
+
+    root = tmp_path / "root"
+    writer, memory = BackgroundWriter(), StateCache(keep=1)
+    try:
+        source = tmp_path / "out"
+        (source / "sub").mkdir(parents=True)
+        (source / "weights.bin").write_bytes(b"w" * 5000)
+        (source / "sub" / "opt.json").write_text('{"step": 3}')
+        ctx = context(root, 1, writer=writer, memory=memory)
+        assert ctx.save_checkpoint_dir(source, background=True) is None and ctx.pending is not None
+        for path in (source / "sub" / "opt.json", source / "weights.bin"):
+            path.unlink()  # the caller's folder is theirs again
+        (source / "sub").rmdir()
+        ref = ctx.pending.result(timeout=30)
+        assert ref.uri.endswith(".manifest") and verify_file(str(root), ref) is None
+        child = context(root, 2, ref, writer=writer, memory=memory)
+        kept = child.load_checkpoint_dir()
+        assert child.from_memory and kept == load_checkpoint_dir(str(root), ref)
+        assert (kept / "weights.bin").read_bytes() == b"w" * 5000
+        elsewhere = context(root, 3, ref, writer=writer, memory=memory)  # handed out once: now from the store
+        assert elsewhere.load_checkpoint_dir() == kept and not elsewhere.from_memory
+        resume = context(root, 4, writer=writer, memory=memory)
+        (source / "x").write_text("resume")
+        assert resume.save_checkpoint_dir(source, step=10) is not None  # a resume point: durable at once
+    finally:
+        writer.close(timeout=5)
