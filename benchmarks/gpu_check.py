@@ -6,6 +6,11 @@ What it does, each part bounded by a timeout (the whole run stays under ``--budg
 default 450 s, i.e. under 8 minutes on one GPU):
 
 (env)        python, torch, CUDA, the GPUs (name, memory), NVML or nvidia-smi.
+(busy)       issue 24: a GPU-bound model (``busy_variant``: an MLP of 6 x 2048 in bfloat16, 150
+             batches of 8192 a step, a 300 MB checkpoint with background writes) with one worker
+             per GPU; its GPU busy share and idle share against the goals (>= 90% busy, <= 2%
+             idle between trials), printed as "busy model" and stored as ``busy_goals``. On a
+             CPU the same code at toy size (``cpu_busy_tiny``) checks the path, without figures.
 (runs)       ``python -m pbt_actors.cli run examples/gpu_cnn.py --devices all --json`` with one
              worker per GPU; then the same budget through a variant that adds two metrics
              (``on_cuda``, ``train_s``), with one and with two workers per GPU (they share it:
@@ -328,6 +333,83 @@ def variant(folder: Path, name: str, *, budget: dict[str, int] | None = None, at
 
 TINY = {"population": 2, "max_steps": 2, "steps_per_trial": 1, "opponent_window": 1}
 
+BUSY_GOALS = {"busy_share_min": 0.90, "idle_between_trials_max": 0.02}
+"""Issue 24's goals on a GPU with one worker per GPU: the GPU busy (utilisation > 0) in at least
+90% of the samples over the training window, idle between trials at most 2% of the window."""
+
+
+def busy_variant(folder: Path, name: str, *, gpu: bool) -> Path:
+    """An experiment whose trial keeps the GPU busy (issue 24, item 5): an MLP of 6 layers of
+    2048 (25 M parameters; with Adam a 300 MB checkpoint) trained on random batches of 8192 in
+    bfloat16 autocast, 150 batches a step, data made on the device (no host copies), so that a
+    step is GPU-bound and what is left idle is the switch between trials. On a CPU the same code
+    at toy size, to check the path. Population 4 per worker slot: background writes overlap the
+    next trial (docs/design.md §15)."""
+    width, layers, batch, batches = (2048, 6, 8192, 150) if gpu else (64, 2, 64, 2)
+    population, max_steps = (8, 16) if gpu else (2, 2)
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(f'''\
+        """gpu_check variant {name!r}: a GPU-bound trial (written by benchmarks/gpu_check.py)."""
+        import time
+
+        import torch
+        from torch import nn
+
+        from pbt_actors import Experiment, Float
+        from pbt_actors.torch_helpers import restore_training_state, training_state
+
+        experiment = Experiment(name={name!r}, space={{"lr": Float(1e-4, 1e-2, log=True)}}, objective="score",
+                                population={population}, steps_per_trial=2, max_steps={max_steps},
+                                opponent_window=2, lease_s=120.0, seed=0)
+
+
+        def build(device):
+            torch.manual_seed(0)
+            mods = []
+            for _ in range({layers}):
+                mods += [nn.Linear({width}, {width}), nn.ReLU()]
+            model = nn.Sequential(*mods, nn.Linear({width}, 1)).to(device)
+            return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+        def train(ctx):
+            started = time.perf_counter()
+            device = ctx.device
+            model, optimizer = build(device)
+            state = ctx.load_checkpoint()
+            if state is not None:
+                restore_training_state(state, model, optimizer, hparams=ctx.hparams)
+            gen = torch.Generator(device=device).manual_seed(ctx.trial_id)
+            kind = "cuda" if device.startswith("cuda") else "cpu"
+            loss = torch.zeros((), device=device)
+            for step in range(ctx.start_step, ctx.end_step):
+                for _ in range({batches}):
+                    x = torch.randn({batch}, {width}, device=device, generator=gen)
+                    with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
+                        loss = model(x).float().pow(2).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if not ctx.report(step + 1, score=-float(loss)):
+                    break
+            ctx.save_checkpoint(training_state(model, optimizer, ctx.end_step))
+            return {{"score": -float(loss), "on_cuda": float(kind == "cuda"),
+                     "train_s": time.perf_counter() - started}}
+        '''))
+    return path
+
+
+def busy_goals(run: dict[str, Any]) -> dict[str, Any]:
+    """Issue 24's goals (``BUSY_GOALS``) for a run of ``busy_variant``: busy share from the
+    utilisation samples; idle between trials as the share of samples at 0 utilisation (the GPU's
+    own view; the controller's attempt intervals overlap now that a trial completes only once
+    durable, after its worker started the next one) and the controller's uncovered share."""
+    first: dict[str, Any] = next(iter((run.get("gpus") or {}).values()), {})
+    busy, idle = first.get("busy_share"), first.get("idle_share_by_samples")
+    return {"busy_share": busy, "idle_share": idle, "uncovered_share": first.get("uncovered_share"),
+            "busy_ok": busy is not None and busy >= BUSY_GOALS["busy_share_min"],
+            "idle_ok": idle is not None and idle <= BUSY_GOALS["idle_between_trials_max"], **BUSY_GOALS}
+
 
 def run_part(name: str, experiment: Path, work: Path, args: list[str], timeout_s: float,
              sampler: UtilSampler) -> dict[str, Any]:
@@ -478,6 +560,15 @@ def print_table(results: dict[str, Any]) -> None:
               f"(n {fmt(idle.get('n'))}, idle share {fmt(first.get('idle_share_by_samples'))}); attempt minus "
               f"train ms p50 {fmt(outside.get('p50'), 1)}; on CUDA {fmt(run.get('trials_on_cuda'))}; "
               f"zygote fallback {fmt(run.get('fell_back'))}; GPU mem max {fmt(first.get('memory_mib_max'), 0)} MiB")
+    goals = results.get("busy_goals")
+    if goals:
+        print(f"\nbusy model, 1 worker per GPU (issue 24): GPU busy share {fmt(goals['busy_share'])} "
+              f"(goal >= {goals['busy_share_min']}: {'met' if goals['busy_ok'] else 'NOT met'}), idle share "
+              f"{fmt(goals['idle_share'])} (goal <= {goals['idle_between_trials_max']}: "
+              f"{'met' if goals['idle_ok'] else 'NOT met'}), controller-uncovered share "
+              f"{fmt(goals['uncovered_share'])}")
+    elif not env["gpus"]:
+        print("\nbusy model (issue 24): no GPU, so no busy/idle figures; its CPU run checked the path only")
     ckpt = results.get("checkpoint", {})
     print(f"\ncheckpoint saved on {ckpt.get('saved_on')}: ok={ckpt.get('ok')}  load path onto "
           f"{ckpt.get('load_path_devices')}  {json.dumps(ckpt.get('loads'))}" if "error" not in ckpt
@@ -531,17 +622,23 @@ def main(argv: list[str] | None = None) -> int:
             if gpu:
                 count = len(env["gpus"])
                 timed = variant(work, "gpu_cnn_timed")  # the example's own budget, two more metrics
-                plans = [("1_per_gpu", EXAMPLE, ["--devices", "all"], 150.0),
-                         ("1_per_gpu_timed", timed, ["--devices", "all"], 150.0),
-                         ("2_per_gpu_timed", timed, ["--devices", "all", "--workers", str(2 * count)], 120.0)]
+                busy = busy_variant(work, "gpu_busy", gpu=True)
+                plans = [("busy_1_per_gpu", busy, ["--devices", "all"], 150.0),
+                         ("1_per_gpu", EXAMPLE, ["--devices", "all"], 120.0),
+                         ("1_per_gpu_timed", timed, ["--devices", "all"], 100.0),
+                         ("2_per_gpu_timed", timed, ["--devices", "all", "--workers", str(2 * count)], 90.0)]
             else:
                 tiny = variant(work, "cpu_tiny", budget=TINY)
-                plans = [("cpu_2_workers", tiny, ["--devices", "cpu", "--workers", "2"], 120.0)]
+                busy = busy_variant(work, "cpu_busy_tiny", gpu=False)
+                plans = [("cpu_2_workers", tiny, ["--devices", "cpu", "--workers", "2"], 120.0),
+                         ("cpu_busy_tiny", busy, ["--devices", "cpu", "--workers", "1"], 90.0)]
             for name, experiment, cli_args, cap in plans:
                 print(f"[run] {name}: {' '.join(cli_args)}", flush=True)
                 timeout = left(cap)
                 results["runs"][name] = (run_part(name, experiment, work, cli_args, timeout, sampler) if timeout
                                          else {"skipped": "budget spent", "finished": False})
+                if "busy" in name and gpu:
+                    results["busy_goals"] = busy_goals(results["runs"][name])
                 save()
             print("[checkpoint]", flush=True)
             try:

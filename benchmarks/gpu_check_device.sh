@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The device run of benchmarks/gpu_check.py (issue 14, item 4), from the repository root:
+# The device run of benchmarks/gpu_check.py (issue 14, item 4; issue 24: its first part, "busy", is a
+# GPU-bound model with one worker per GPU, printed as "busy model" against the >= 90% busy and <= 2%
+# idle goals), from the repository root:
 #   bash benchmarks/gpu_check_device.sh      (the `run` tool, with carry [".whl"])
 # The device has python3.12 with torch (CUDA), numpy, msgpack, rich, fsspec, scikit-learn and
 # nvidia-ml-py; pyzmq, pykka and lmdb come as wheels in .whl/ (git-ignored: carry it). The

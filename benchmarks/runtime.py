@@ -195,7 +195,10 @@ def idle_gaps(trials: int = 400) -> tuple[list[float], list[float]]:
 
 
 # --- (c) digits ---------------------------------------------------------------------------------------------
-def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
+def digits_wall_vs_floor(workers: int = 2, tree: Path | None = None,
+                         extra_env: dict[str, str] | None = None) -> dict[str, float]:
+    """(c) once; ``tree``: run ``pbt-actors run`` from that checkout instead (the floor and the
+    start-up are measured with this one: they do not depend on the framework)."""
     from pbt_actors.runtime.host.launch import load_experiment_file
     from pbt_actors.runtime.worker.trial_context import TrialContext
     from pbt_actors.storage.lmdb_store import LmdbTrialStore
@@ -204,9 +207,12 @@ def digits_wall_vs_floor(workers: int = 2) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store_dir = Path(tmp) / "store"
         started = time.monotonic()
+        env = {**os.environ, **(extra_env or {})}
+        if tree is not None:
+            env |= {"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.run([sys.executable, "-m", "pbt_actors.cli", "run", str(example), "--workers",
                                str(workers), "--devices", "cpu", "--store", str(store_dir), "--json"],
-                              capture_output=True, text=True, check=True, cwd=REPO)
+                              capture_output=True, text=True, check=True, cwd=tree or REPO, env=env)
         wall = time.monotonic() - started
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         t0 = time.monotonic()
@@ -308,6 +314,27 @@ def print_worker_start(d: dict[str, object]) -> None:
     print(f"    fork is {d['ratio_first_line']:.0f}x faster to the first line, {d['ratio_ready']:.0f}x to torch ready")
 
 
+def digits_only(runs: int, tree: Path | None, sync_writes: bool = False) -> None:
+    """(c) ``runs`` times, and from ``tree`` as often, alternately (a loaded machine drifts);
+    ``sync_writes``: also with ``PBT_ACTORS_BACKGROUND_WRITES=0`` (this tree)."""
+    kinds: list[tuple[str, Path | None, dict[str, str]]] = [("this tree", None, {})]
+    if tree is not None:
+        kinds.append((str(tree), tree, {}))
+    if sync_writes:
+        kinds.append(("this tree, synchronous writes", None, {"PBT_ACTORS_BACKGROUND_WRITES": "0"}))
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
+    for run in range(runs):
+        for name, where, extra in kinds:
+            d = digits_wall_vs_floor(tree=where, extra_env=extra)
+            ratios[name].append(d["ratio_to_floor_plus_startup"])
+            print(f"(c) run {run + 1} {name}: wall {d['wall_s']:.2f}s, {d['trials']:.0f} trials, floor "
+                  f"{d['floor_s']:.2f}s + start-up {d['startup_s']:.2f}s: {d['ratio_to_floor_plus_startup']:.2f}x",
+                  flush=True)
+    for name, values in ratios.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"(c) {name}: median {statistics.median(values):.2f}x of {len(values)} ({shown})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -316,7 +343,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--starts", type=int, default=5, help="(d): worker starts of each kind")
     parser.add_argument("--worker-start-only", action="store_true", help="run only (d), the quick part")
+    parser.add_argument("--digits-only", type=int, default=0, metavar="RUNS",
+                        help="run only (c), RUNS times (alternating with --tree's runs when given)")
+    parser.add_argument("--sync-writes", action="store_true", help="with --digits-only: also run (c) with "
+                        "PBT_ACTORS_BACKGROUND_WRITES=0, alternately")
+    parser.add_argument("--tree", type=Path, help="with --digits-only: also run (c) from this checkout, "
+                        "alternately, for same-run before/after ratios")
     args = parser.parse_args()
+    if args.digits_only:
+        digits_only(args.digits_only, args.tree, args.sync_writes)
+        return
     start = worker_start(args.starts)  # first: forking the zygote needs a single-threaded process
     if args.worker_start_only:
         if args.json:

@@ -2,14 +2,10 @@
 a run until every worker heard ``done`` (a clean exit) and no longer.
 
 A host supervisor speaks too (its ``hello``, every few seconds) but never asks for work, so it
-is never answered ``done`` itself: it counts as done once every worker its latest ``hello``
-listed was told ``done`` or reported lost (its workers exit on ``done``, and it exits with
-them). Without that rule a controller whose hosts had all gone lingered its whole ``--linger``
-(issue 21, item 4a). A listed worker that has not spoken yet is waited for (it is about to ask
-and must hear ``done``, or it waits out its ``--controller-timeout``), and a host that reported
-a worker lost is waited for until its next ``hello``: it restarts that worker under a fresh id,
-which only that ``hello`` names (a controller that ended in between left the restarted worker
-asking an empty address). Nor is a peer waited for that has been silent for ``SILENT_S``: at the end
+is never answered ``done`` itself: it counts as done once every worker its ``hello`` listed
+was told ``done`` or reported lost (its workers exit on ``done``, and it exits with them).
+Without that rule a controller whose hosts had all gone lingered its whole ``--linger``
+(issue 21, item 4a). Nor is a peer waited for that has been silent for ``SILENT_S``: at the end
 of a run no trial runs, so a live worker asks again within the long-poll interval (``PARK_S``,
 2 s) and a live host says ``hello`` every 3 s; one silent for longer died unannounced (a lost
 node takes its host supervisor along, so nobody says ``worker_lost``)."""
@@ -32,17 +28,16 @@ class AnsweredPeers:
     that only ever sent rejected input is nobody's worker and is not waited for) and peers that
     were answered ``done``; each at most ``cap``."""
 
-    __slots__ = ("_done", "_hosts", "_lost", "_seen")
+    __slots__ = ("_announced", "_done", "_hosts", "_seen")
 
     def __init__(self, cap: int = MAX_TRACKED_PEERS) -> None:
         self._seen: BoundedLru[str, float] = BoundedLru(cap)
         """Peer -> when it was last answered (the caller's clock)."""
         self._done: BoundedLru[str, None] = BoundedLru(cap)
-        self._lost: BoundedLru[str, None] = BoundedLru(cap)
-        """Workers reported lost (never waited for again)."""
-        self._hosts: BoundedLru[str, tuple[str, ...] | None] = BoundedLru(cap)
-        """Host supervisor peer -> the worker ids of its last answered ``hello``; None once it
-        reported a worker lost, until its next ``hello`` names the replacement."""
+        self._hosts: BoundedLru[str, tuple[str, ...]] = BoundedLru(cap)
+        """Host supervisor peer -> the worker ids of its last answered ``hello``."""
+        self._announced: BoundedLru[str, float] = BoundedLru(cap)
+        """Worker id -> when a host's ``hello`` first listed it."""
 
     @property
     def seen(self) -> KeysView[str]:
@@ -61,24 +56,29 @@ class AnsweredPeers:
             self._done.put(peer, None)
         if host_workers is not None:
             self._hosts.put(peer, tuple(host_workers))
+            for worker in host_workers:
+                if worker not in self._announced:
+                    self._announced.put(worker, now)
 
-    def forget(self, worker: str, host: str | None = None) -> None:
-        """A worker reported lost (by ``host``) is no longer waited for; its host is, until it
-        says which workers it runs now."""
+    def forget(self, worker: str) -> None:
+        """A worker reported lost is no longer waited for."""
         self._seen.pop(worker)
-        self._lost.put(worker, None)
-        if host is not None and host in self._hosts:
-            self._hosts.put(host, None)
+        self._announced.pop(worker)
 
     def not_done(self, now: float | None = None, silent_s: float = SILENT_S) -> set[str]:
         """Peers answered but not told ``done`` yet (a copy: another thread may read it), less
         those silent for ``silent_s`` at ``now`` (None: no such rule) and the host supervisors
-        none of whose workers is still waited for."""
+        none of whose workers is still waited for; plus the workers a waited-for host announced
+        less than ``silent_s`` ago that have not spoken yet (with ``now`` only)."""
         done = set(self._done)
         waiting = {peer for peer, last in list(self._seen.items())
                    if peer not in done and (now is None or now - last <= silent_s)}
-        lost = set(self._lost)
         for host, workers in list(self._hosts.items()):
-            if host in waiting and workers is not None and all(w in done or w in lost for w in workers):
+            if host not in waiting:
+                continue
+            starting = {w for w in workers if now is not None and w not in self._seen and w not in done
+                        and (since := self._announced.get(w)) is not None and now - since <= silent_s}
+            waiting |= starting
+            if not waiting.intersection(workers):
                 waiting.discard(host)
         return waiting

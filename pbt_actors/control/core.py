@@ -8,7 +8,11 @@ core rebuilt from the store mid-run continues exactly as the original would have
 Protocol semantics it implements (docs/design.md §6):
 
 * ``request_trial`` leases the oldest PENDING trial to the worker (releasing any trial the
-  same worker still held: a worker only asks when idle, so that attempt is dead).
+  same worker still held: a worker only asks when idle, so that attempt is dead; except a
+  *pending completion*, whose checkpoint the worker is still writing: docs/design.md §15).
+* ``report(pending)``: ``train`` returned, the checkpoint is not durable yet. The trial stays
+  RUNNING and leased (its ``final`` set marks it), the worker's heartbeats renew it; the second,
+  ordinary ``report`` completes it. So a trial completes, and becomes a parent, only durable.
 * ``heartbeat`` renews the lease of the current attempt and may record a measurement; the
   early-stop hook may answer ``stop``. A heartbeat from an older attempt is acknowledged
   without renewing, so that attempt may still finish and report.
@@ -181,7 +185,8 @@ class ControllerCore:
         poisoned: dict[int, Reply] = {}
         # Only results must survive a power cut before their ack; a lost lease or heartbeat
         # merely re-queues work, so batches without one skip the fsync.
-        durable = any(isinstance(m, Report | Fail | WorkerLost) for m in messages)
+        # A pending report (``Report.pending``) completes nothing: like a lease, it may be lost.
+        durable = any(isinstance(m, Fail | WorkerLost) or (isinstance(m, Report) and not m.pending) for m in messages)
         for _ in range(MAX_BATCH_RETRIES + len(messages)):
             try:
                 with self.store.batch(durable=durable):
@@ -288,7 +293,8 @@ class ControllerCore:
 
     def _request_trial(self, msg: RequestTrial, now: float) -> Reply:
         for stale in self._leased_to(msg.worker):
-            self._release(stale, now, f"worker {msg.worker} asked for new work while holding it", lost=True)
+            if stale.final is None:  # a pending completion (``final`` set) is still being written: kept
+                self._release(stale, now, f"worker {msg.worker} asked for new work while holding it", lost=True)
         if self.checkpoint_store_fault is not None:
             return Wait(self.wait_s)  # every trial would fail on the store: lease none
         if self.finished:
@@ -360,6 +366,7 @@ class ControllerCore:
         renewed = trial.evolve(lease=Lease(msg.worker, now + self.experiment.lease_s),
                                measurements=measurements)
         self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, renewed)
+        self._renew_pending(msg.worker, now, trial.id)
         if msg.metrics is not None:
             stop = early_stop_decision(self.view, self.experiment.early_stop, renewed, msg.step, msg.metrics)
             if stop is not None:
@@ -397,6 +404,12 @@ class ControllerCore:
                                           "which is not under the trial's own prefix "
                                           f"{trial_checkpoint_prefix(self.experiment.name, trial.id)!r}")
             return Ack()
+        if msg.pending:
+            if current:  # keep the lease while its checkpoint is written; complete nothing yet
+                held = trial.evolve(final=dict(msg.final), measurements=tuple(msg.measurements) or trial.measurements,
+                                    lease=Lease(msg.worker, now + self.experiment.lease_s))
+                self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, held)
+            return Ack()  # an older attempt's pending report: its completing report may still win
         history = self._with_attempt_ended(trial, now) if current else trial.history
         completed = trial.evolve(
             status=TrialStatus.COMPLETED, final=dict(msg.final),
@@ -456,12 +469,12 @@ class ControllerCore:
         else:
             again = retryable and failures < self.experiment.max_attempts
         if again:
-            queued = trial.evolve(status=TrialStatus.PENDING, attempt=trial.attempt + 1, lease=None,
+            queued = trial.evolve(status=TrialStatus.PENDING, attempt=trial.attempt + 1, lease=None, final=None,
                                   error=error, history=history, resume=resume_ref, losses=losses, deaths=deaths)
             self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, queued)
             log.info("trial %d re-queued as attempt %d: %s", trial.id, queued.attempt, error)
             return
-        failed = trial.evolve(status=TrialStatus.FAILED, lease=None, error=error, ended_at=now,
+        failed = trial.evolve(status=TrialStatus.FAILED, lease=None, final=None, error=error, ended_at=now,
                               history=history, losses=losses, deaths=deaths)
         self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, failed)
         log.warning("trial %d FAILED after %d attempt(s): %s", trial.id, trial.attempt, error)
@@ -510,6 +523,18 @@ class ControllerCore:
     # --- helpers ----------------------------------------------------------------------------------------
     def _leased_to(self, worker: str) -> list[Trial]:
         return self.store.trials(self.store.running_leased_to(worker))
+
+    def _renew_pending(self, worker: str, now: float, current: int) -> None:
+        """Renew the leases of ``worker``'s pending completions (``Report.pending``: trained,
+        checkpoint still being written) with its running trial's heartbeat: the same process
+        lives. A worker holds one running trial and rarely a pending one, so this reads little."""
+        ids = self.store.running_leased_to(worker)
+        if len(ids) < 2:
+            return
+        for trial in self.store.trials([i for i in ids if i != current]):
+            if trial.final is not None and trial.lease is not None:
+                renewed = trial.evolve(lease=Lease(worker, now + self.experiment.lease_s))
+                self.store.transition(trial.id, TrialStatus.RUNNING, trial.attempt, renewed)
 
     @staticmethod
     def _with_attempt_ended(trial: Trial, now: float) -> tuple[AttemptRecord, ...]:

@@ -253,7 +253,7 @@ class ProtocolSession:
             if isinstance(message, Report | Fail | WorkerLost):
                 wakes = True
                 if isinstance(message, WorkerLost):
-                    self._answered.forget(message.worker, peer.decode("utf-8", "replace"))
+                    self._answered.forget(message.worker)
                     held.pop(message.worker.encode("utf-8"))
             in_batch[peer] = request_id
             batch.append((peer, request_id, message))
@@ -270,7 +270,9 @@ class ProtocolSession:
         for (peer, request_id, message), core_reply in zip(step._requests, replies, strict=True):
             reply = core_reply
             if park_s > 0 and isinstance(reply, Wait) and (
-                    isinstance(message, RequestTrial) or (isinstance(message, Report) and message.next)):
+                    isinstance(message, RequestTrial)
+                    or (isinstance(message, Report) and message.next and not message.pending)):
+                # (a pending report's worker is not idle: it finishes its write, then reports again)
                 previous = requeued.get(peer)
                 if previous is None or previous.request_id != request_id:
                     self.held_total += 1

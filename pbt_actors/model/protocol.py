@@ -159,9 +159,16 @@ class Report(ProtocolMessage, frozen=True):
     checkpoint: CheckpointRef | None = None
     next: bool = False
     run: RunId = ""
+    pending: bool = False
+    """Optional: ``train`` returned but the checkpoint is still being written (no ``checkpoint``
+    yet). The trial stays RUNNING, leased to this worker while it trains its next one, and
+    completes only with the second report, which carries the durable checkpoint."""
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pending",)
 
     def check(self) -> None:
         self._check_ref("checkpoint")
+        if self.pending and self.checkpoint is not None:
+            raise SchemaError("body.pending: a pending report carries no checkpoint (it is not durable yet)")
 
 
 class Fail(ProtocolMessage, frozen=True, omit_defaults=True):

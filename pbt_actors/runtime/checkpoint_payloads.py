@@ -22,6 +22,7 @@ verifies the manifest, then returns a local folder whose every file was checked.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -47,13 +48,29 @@ from pbt_actors.storage.dir_manifest import (
     decode_manifest,
     encode_manifest,
     scan_directory,
+    total_bytes,
 )
 from pbt_actors.storage.local_checkpoints import inside_root
 
-__all__ = ["check_checkpoint_root", "delete_checkpoint", "inside_root", "load_checkpoint", "load_checkpoint_dir",
-           "read_manifest", "read_verified", "save_checkpoint", "save_checkpoint_dir", "store_for", "verify_file"]
+__all__ = ["StagedCheckpoint", "StagedDirectory", "check_checkpoint_root", "delete_checkpoint", "inside_root",
+           "load_checkpoint", "load_checkpoint_dir", "read_manifest", "read_verified", "save_checkpoint",
+           "save_checkpoint_dir", "stage_checkpoint", "stage_checkpoint_dir", "store_for", "verify_file"]
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
+
+
+_PARALLEL_HASH_BYTES = 1 << 20
+"""Chunks at least this large are hashed on a helper thread while the file write goes on (both
+release the GIL): a large tensor's bytes are hashed and written at once instead of in turn."""
+
+
+def _hasher() -> concurrent.futures.ThreadPoolExecutor:
+    return _hasher_of(os.getpid())  # a forked child gets its own (the parent's thread is not in it)
+
+
+@functools.lru_cache(maxsize=1)
+def _hasher_of(pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash")
 
 
 class _HashingWriter:
@@ -64,18 +81,32 @@ class _HashingWriter:
         self._handle = handle
         self._sha256 = hashlib.sha256()
         self.size = 0
+        self._hashing: concurrent.futures.Future[None] | None = None
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
-        self._sha256.update(view)
+        self._wait_hash()  # in order: the previous chunk's hash first
+        if view.nbytes >= _PARALLEL_HASH_BYTES:
+            self._hashing = _hasher().submit(self._sha256.update, view)  # ``view`` stays alive meanwhile
+        else:
+            self._sha256.update(view)
         self.size += view.nbytes
-        self._handle.write(view)
+        try:
+            self._handle.write(view)
+        finally:
+            self._wait_hash()  # the caller may reuse its buffer once ``write`` returned
         return view.nbytes
+
+    def _wait_hash(self) -> None:
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.result()
 
     def flush(self) -> None:
         self._handle.flush()
 
     def hexdigest(self) -> str:
+        self._wait_hash()
         return self._sha256.hexdigest()
 
 
@@ -133,32 +164,66 @@ def save_checkpoint(root: Root, relative_uri: str, state: Any, step: int, *, key
     ``name-<sha16>.ckpt``), which object stores need (no rename, no create-if-absent) and
     which makes two writers of one key harmless everywhere.
 
+    The two halves, ``stage_checkpoint`` (reads ``state``) and ``StagedCheckpoint.commit``
+    (only bytes), are also called apart by the background writer (``runtime/worker/background_writes.py``):
+    once staged, the state may change again while the bytes are made durable.
+
     Raises:
         CheckpointError: the uri escapes the root.
         CheckpointWriteError: the disk is full, the folder not writable, the upload failed,
             or different content exists under that key; no staging file is left behind.
     """
+    return stage_checkpoint(root, relative_uri, state).commit(step, keyed=keyed)
+
+
+class StagedCheckpoint:
+    """A payload serialized and hashed into its staging file, not yet under its final key.
+
+    ``commit`` places it put-once (a link, or an upload) and removes the staging file;
+    ``discard`` only removes it. Either way the staging file is gone after one of them."""
+
+    def __init__(self, store: CheckpointStore, relative_uri: str, staging: Path, size: int, sha256: str) -> None:
+        self.store, self.relative_uri, self.staging = store, relative_uri, staging
+        self.size, self.sha256 = size, sha256
+
+    def commit(self, step: int, *, keyed: bool = False) -> CheckpointRef:
+        """Put the staged bytes under their final key and describe them (``save_checkpoint``)."""
+        try:
+            final = keyed_name(self.relative_uri, self.sha256) if keyed else self.relative_uri
+            self.store.commit(self.staging, final, self.size, self.sha256)
+        finally:
+            self.discard()
+        return CheckpointRef(final, self.size, self.sha256, step)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.staging)
+
+
+def stage_checkpoint(root: Root, relative_uri: str, state: Any) -> StagedCheckpoint:
+    """Serialize ``state`` into the store's staging file for ``relative_uri``, hashing as it
+    streams (the only step that reads ``state``). Raises as ``save_checkpoint``."""
     store = store_for(root)
     payload = _msgpack_payload(state)
     staging = store.staging_path(relative_uri)
     try:
-        try:
-            with atomic_write(staging) as handle:
-                sink = _HashingWriter(handle)
-                if payload is not None:
-                    sink.write(_MSGPACK_MAGIC)
-                    sink.write(payload)
-                else:
-                    _torch_save(state, sink)
-        except OSError as exc:
-            raise CheckpointWriteError(f"cannot write checkpoint {store.describe(relative_uri)}: "
-                                       f"{exc.strerror or exc}") from exc
-        final = keyed_name(relative_uri, sink.hexdigest()) if keyed else relative_uri
-        store.commit(staging, final, sink.size, sink.hexdigest())
-    finally:
+        with atomic_write(staging) as handle:
+            sink = _HashingWriter(handle)
+            if payload is not None:
+                sink.write(_MSGPACK_MAGIC)
+                sink.write(payload)
+            else:
+                _torch_save(state, sink)
+    except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(staging)
-    return CheckpointRef(final, sink.size, sink.hexdigest(), step)
+        raise CheckpointWriteError(f"cannot write checkpoint {store.describe(relative_uri)}: "
+                                   f"{exc.strerror or exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    return StagedCheckpoint(store, relative_uri, staging, sink.size, sink.hexdigest())
 
 
 def check_checkpoint_root(root: Root) -> None:
@@ -199,11 +264,77 @@ def save_checkpoint_dir(root: Root, relative_uri: str, local_dir: str | os.PathL
     ``.manifest`` is added when missing); the final keys are ``.../a1-s5-<sha16>.manifest`` and
     its files under ``.../a1-s5-<sha16>.files/``. Saving the same content twice is a no-op.
 
+    The two halves, ``stage_checkpoint_dir`` (reads ``local_dir``) and
+    ``StagedDirectory.commit`` (only the staged copy), are also called apart by the background
+    writer, as for ``save_checkpoint``.
+
     Raises:
         CheckpointError: the uri escapes the root, or the folder holds something that cannot
             be stored (a symbolic link out of it, a FIFO, more than ``MAX_FILES`` files...).
         CheckpointWriteError: the disk is full, the upload failed, or different content exists.
     """
+    return stage_checkpoint_dir(root, relative_uri, local_dir).commit(step)
+
+
+class StagedDirectory:
+    """A directory checkpoint copied and hashed into the store's staging folder (its manifest
+    known), not yet committed. ``commit`` makes it durable (fsync and rename, or upload) and
+    consumes the staging folder; ``discard`` only removes it."""
+
+    def __init__(self, store: CheckpointStore, relative_uri: str, staging: Path, files: list[ManifestFile]) -> None:
+        self.store, self.staging, self.files = store, staging, files
+        self.manifest = encode_manifest(files)
+        self.sha256 = hashlib.sha256(self.manifest).hexdigest()
+        self.final = keyed_name(relative_uri, self.sha256)
+        self.local: Path | None = None
+        """After ``commit``: where this host now holds the committed files (the stored folder
+        of a local root, the cache entry of a URL's), or None when it cannot tell."""
+
+    def commit(self, step: int) -> CheckpointRef:
+        """The files, then the manifest last, put-once; the manifest's ``CheckpointRef``."""
+        store, final, manifest = self.store, self.final, self.manifest
+        try:
+            store.commit_folder(self.staging, directory_files_folder(final), self.files, self.sha256)
+        finally:
+            self.discard()
+        manifest_staging = store.staging_path(final)
+        try:
+            try:
+                with atomic_write(manifest_staging) as handle:
+                    handle.write(manifest)
+            except OSError as exc:
+                raise CheckpointWriteError(f"cannot write checkpoint {store.describe(final)}: "
+                                           f"{exc.strerror or exc}") from exc
+            store.commit(manifest_staging, final, len(manifest), self.sha256)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(manifest_staging)
+        self.local = _committed_folder(store, final, self.files, self.sha256)
+        return CheckpointRef(final, len(manifest), self.sha256, step)
+
+    def discard(self) -> None:
+        _remove_staging_folder(self.staging)
+
+
+def _committed_folder(store: CheckpointStore, manifest_uri: str, files: list[ManifestFile], sha256: str) -> Path | None:
+    """The local folder holding a just-committed directory checkpoint's files, for the worker to
+    hand to the lineage's next trial without a fetch or a re-hash (``StateCache``)."""
+    local = store.local_path(directory_files_folder(manifest_uri))
+    if local is None:
+        cache = getattr(store, "cache", None)  # a URL's store adopted the staging folder into it
+        if cache is None:
+            return None
+        try:
+            local = cache.lookup_dir(sha256, total_bytes(files))
+        except (OSError, ValueError):
+            return None
+    return local if local is not None and local.is_dir() else None
+
+
+def stage_checkpoint_dir(root: Root, relative_uri: str, local_dir: str | os.PathLike[str]) -> StagedDirectory:
+    """Copy ``local_dir`` into the store's staging folder for ``relative_uri``, hashing every
+    file as it streams (the only step that reads ``local_dir``: the caller may change or
+    delete it once this returned). Raises as ``save_checkpoint_dir``."""
     store = store_for(root)
     if not relative_uri.endswith(MANIFEST_SUFFIX):
         relative_uri += MANIFEST_SUFFIX
@@ -215,25 +346,10 @@ def save_checkpoint_dir(root: Root, relative_uri: str, local_dir: str | os.PathL
         except OSError as exc:
             raise CheckpointWriteError(f"cannot copy checkpoint directory {local_dir} for "
                                        f"{store.describe(relative_uri)}: {exc.strerror or exc}") from exc
-        manifest = encode_manifest(files)
-        sha = hashlib.sha256(manifest).hexdigest()
-        final = keyed_name(relative_uri, sha)
-        store.commit_folder(staging, directory_files_folder(final), files, sha)
-    finally:
+        return StagedDirectory(store, relative_uri, staging, files)
+    except BaseException:
         _remove_staging_folder(staging)
-    manifest_staging = store.staging_path(final)
-    try:
-        try:
-            with atomic_write(manifest_staging) as handle:
-                handle.write(manifest)
-        except OSError as exc:
-            raise CheckpointWriteError(f"cannot write checkpoint {store.describe(final)}: "
-                                       f"{exc.strerror or exc}") from exc
-        store.commit(manifest_staging, final, len(manifest), sha)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(manifest_staging)
-    return CheckpointRef(final, len(manifest), sha, step)
+        raise
 
 
 def _remove_staging_folder(staging: Path) -> None:

@@ -61,3 +61,16 @@ def test_gpu_of_reads_worker_ids_and_the_table_prints_a_gpu_run(capsys: pytest.C
     gpu_check.print_table(results)
     out = capsys.readouterr().out
     assert "GPU 0: H200" in out and "1_per_gpu" in out and "50.0" in out and "no GPU" not in out
+
+
+@pytest.mark.timeout(10)
+def test_busy_goals_read_the_gpu_samples_against_issue_24s_thresholds(tmp_path: Path) -> None:
+    busy = {"gpus": {"0": {"busy_share": 0.95, "idle_share_by_samples": 0.01, "uncovered_share": 0.0}}}
+    idle = {"gpus": {"0": {"busy_share": 0.42, "idle_share_by_samples": 0.2, "uncovered_share": 0.1}}}
+    assert gpu_check.busy_goals(busy)["busy_ok"] and gpu_check.busy_goals(busy)["idle_ok"]
+    goals = gpu_check.busy_goals(idle)
+    assert not goals["busy_ok"] and not goals["idle_ok"] and goals["busy_share"] == 0.42
+    assert not gpu_check.busy_goals({})["busy_ok"]  # no samples: no claim
+    source = gpu_check.busy_variant(tmp_path, "busy_cpu", gpu=False).read_text()
+    compile(source, "busy_cpu.py", "exec")  # the written experiment file is valid Python
+    assert "ctx.load_checkpoint()" in source and "ctx.save_checkpoint(" in source

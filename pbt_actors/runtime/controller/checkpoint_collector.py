@@ -60,6 +60,11 @@ Deleter = Callable[[str], bool | None]
 Returns False when no file was there (None: cannot tell, counted as deleted)."""
 
 MAX_STORE_RETRIES = 8
+MIN_INTERVAL_S = 1.0
+"""Passes start at least this far apart, however often trials complete: a plan reads the whole
+population on the controller actor's thread (its cost grows with the store), so one per
+completed trial took a share of the controller that grew with the run (issue 24's profile of
+the digits job); deletions wait at most this much longer."""
 
 
 def local_deleter(root: str | Path) -> Deleter:
@@ -238,12 +243,13 @@ class Collector(threading.Thread):
     """
 
     def __init__(self, plan: Callable[[], list[tuple[int, str]]], record: Callable[[list[int]], object],
-                 delete: Deleter, interval_s: float = 5.0) -> None:
+                 delete: Deleter, interval_s: float = 5.0, min_interval_s: float = MIN_INTERVAL_S) -> None:
         super().__init__(name="pbt-retention-collector", daemon=True)
         self._plan_fn = plan
         self._record_fn = record
         self._delete_fn = delete
         self.interval_s = interval_s
+        self.min_interval_s = min_interval_s
         self._wake_event = threading.Event()
         self._halt = threading.Event()
         self._collect_lock = threading.Lock()  # one collection at a time (the loop, or the final pass)
@@ -261,6 +267,7 @@ class Collector(threading.Thread):
             if self._halt.is_set():
                 return
             self.collect_once()
+            self._halt.wait(self.min_interval_s)  # nudges meanwhile coalesce into the next pass
 
     def collect_once(self) -> int:
         """Plan, delete, record. Never raises: a failed collection is logged and retried later."""

@@ -77,6 +77,9 @@ class ChildState:
     worker_id: str = ""
     """The worker id of the slot's current (or last) process: the slot id, or with
     ``ChildSpec.fresh_ids`` one of its own per start (``<slot>-<6 hex>``)."""
+    successor: str = ""
+    """The worker id chosen (and announced) for the slot's next process before its predecessor
+    was reported lost, so the controller never stops waiting for this host in between."""
 
     def info(self) -> ChildInfo:
         pid = self.process.pid if self.process is not None else None
@@ -197,9 +200,12 @@ class HostSupervisorActor(pykka.ThreadingActor):
             # a restart: a worker id of its own, announced (the host's hello) before anything
             # can be said about it, so that the controller lets this supervisor report it lost
             # and never mixes it up with its dead predecessor
-            child.worker_id = fresh_worker_id(child.spec.id)
-            if self.notifier is not None:
-                self.notifier.announce(self._worker_ids())
+            if child.successor:  # chosen and announced already, before the predecessor's loss
+                child.worker_id, child.successor = child.successor, ""
+            else:
+                child.worker_id = fresh_worker_id(child.spec.id)
+                if self.notifier is not None:
+                    self.notifier.announce(self._worker_ids())
         try:
             child.process = child.spec.factory(child.worker_id) if child.spec.fresh_ids else child.spec.factory()
         except Exception as exc:
@@ -265,6 +271,13 @@ class HostSupervisorActor(pykka.ThreadingActor):
                 log.warning("worker %s exited (code %s); restart in %.2fs", child_id, exit_code, decision.delay_s)
             restart = functools.partial(_tell, self._self.restart_later.defer, child_id, decision.delay_s)
         if exit_code not in (0, EXIT_NO_CONTROLLER) and self.notifier is not None:  # (nobody to tell)
+            if restart is not None and child.spec.fresh_ids:
+                # the successor's id first, then the loss (the notifier keeps their order): a run
+                # that ends in between still waits for this host's restarted worker, which would
+                # otherwise ask a controller that has left, forever (clean_exit's "starting" rule)
+                child.successor = fresh_worker_id(child.spec.id)
+                self.notifier.announce(tuple(child.successor if c is child else c.worker_id or c.spec.id
+                                             for c in self.children.values()))
             # told from the notifier's thread, so that an unreachable controller (up to ~6 s of
             # resends) never blocks this actor; the restart waits for it, so that the controller
             # hears "lost" before the same worker id asks for new work

@@ -10,19 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pbt_actors.model.errors import CheckpointWriteError
-from pbt_actors.model.records import CheckpointRef, Measurement, trial_checkpoint_prefix
+from pbt_actors.model.records import CheckpointRef, Measurement, is_directory_checkpoint, trial_checkpoint_prefix
 from pbt_actors.runtime.checkpoint_payloads import (
     load_checkpoint,
     load_checkpoint_dir,
     save_checkpoint,
-    save_checkpoint_dir,
+    stage_checkpoint,
+    stage_checkpoint_dir,
 )
+from pbt_actors.runtime.worker.background_writes import BackgroundWriter, StateCache, WriteJob
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,15 @@ class TrialContext:
     catches it, so the attempt's end is reported as the store's fault, not the trial's."""
     _stride: int = field(default=1, repr=False)
     _thinned: bool = field(default=False, repr=False)
+    writer: BackgroundWriter | None = field(default=None, repr=False)
+    """When set (the worker's), the trial's final checkpoint is made durable in the background
+    (``background_writes``): ``pending`` is its job, and the report says so."""
+    memory: StateCache | None = field(default=None, repr=False)
+    """States this worker saved: a parent among them is handed over without reading the store."""
+    pending: WriteJob | None = None
+    """The background write of this trial's final checkpoint, until the report is sent."""
+    from_memory: bool = False
+    """``load_checkpoint`` returned the parent's state from this worker's memory."""
 
     @property
     def should_stop(self) -> bool:
@@ -110,39 +122,116 @@ class TrialContext:
             CheckpointError: missing, truncated or tampered file (the trial then fails
                 without retry on this parent, and the policy chooses another).
         """
-        if self.parent_checkpoint is None:
-            return None
-        return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
+        try:
+            if self.parent_checkpoint is None:
+                return None
+            if self.memory is not None and not is_directory_checkpoint(self.parent_checkpoint):
+                held, state = self.memory.take(self.parent_checkpoint)
+                if held:  # this worker saved it, and it is durable (its ref is the controller's)
+                    self.from_memory = True
+                    return state
+            return load_checkpoint(self.checkpoint_root, self.parent_checkpoint)
+        finally:
+            if self.writer is not None:
+                self.writer.resume()  # the switch is over: earlier trials' writes may go on
 
-    def save_checkpoint(self, state: Any, step: int | None = None) -> CheckpointRef:
+    def save_checkpoint(self, state: Any, step: int | None = None, *,
+                        background: bool | None = None) -> CheckpointRef | None:
         """Save this trial's state put-once under a key carrying its sha256 (a local file linked
-        into place, or an upload that finished) and record it; the report names it only after."""
+        into place, or an upload that finished) and record it; the report names it only after.
+
+        In a worker (``writer`` set) the final checkpoint (at ``end_step``, not preempted) is
+        written in the background by default: this returns None at once, and the trial is
+        reported completed only once the write is durable. ``state`` then belongs to the
+        framework: do not change it in place after this call (a later trial of this lineage on
+        this worker gets that very object from ``load_checkpoint``). A state whose last write
+        took under ``background_writes.SYNC_BELOW_S`` is written at once instead (cheaper than a
+        second report). ``background=False`` writes now and returns the reference (``True``
+        asks for the background where possible)."""
         at = self.end_step if step is None else step
         uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.ckpt"
+        if self.pending is not None:  # a second save replaces the first: its bytes go, its report too
+            self._settle_pending()
+        if self._goes_to_background(at, background):
+            assert self.writer is not None
+            root = self.checkpoint_root
+
+            def produce() -> CheckpointRef:
+                return stage_checkpoint(root, uri, state).commit(at, keyed=True)
+
+            self.saved = None
+            self.writer.pause()  # starts once the next trial has its parent (``load_checkpoint``)
+            self.pending = self.writer.submit(WriteJob(self.trial_id, self.attempt, at, produce))
+            if self.memory is not None:
+                self.memory.hold(self.pending, state)
+            return None
+        started = time.perf_counter()
         try:
             self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
         except CheckpointWriteError as exc:
             self.store_fault = exc
             raise
+        if self.writer is not None and at >= self.end_step:
+            self.writer.observe(time.perf_counter() - started)
+            if self.memory is not None:
+                self.memory.put(self.saved, state)
         return self.saved
+
+    def _settle_pending(self) -> None:
+        """Wait for the background write (``pending``) and record it as ``saved``.
+
+        Raises:
+            CheckpointWriteError: the write failed (``store_fault`` is set, as for a direct save).
+        """
+        job, self.pending = self.pending, None
+        if job is None:
+            return
+        if self.writer is not None:
+            self.writer.resume()
+        try:
+            self.saved = job.result()
+        except CheckpointWriteError as exc:
+            self.store_fault = exc
+            raise
 
     def load_checkpoint_dir(self) -> Path | None:
         """The parent's (or resume) directory checkpoint as a local folder, every file verified
         by size and sha256 first (fetched once per host for a URL root); None when from scratch.
         Read-only by convention (its files are mode 0444): copy what you change.
 
+        When this worker saved the parent itself (a lineage going on here), the folder it
+        committed is handed over as it is: no fetch and no re-hash (``from_memory``).
+
         Raises:
             CheckpointError: missing, truncated or tampered file, or a parent that saved a
                 single file (``load_checkpoint`` then).
         """
-        if self.parent_checkpoint is None:
-            return None
-        return load_checkpoint_dir(self.checkpoint_root, self.parent_checkpoint)
+        try:
+            parent = self.parent_checkpoint
+            if parent is None:
+                return None
+            if self.memory is not None and is_directory_checkpoint(parent):
+                held, kept = self.memory.take(parent)
+                if held and isinstance(kept, Path) and kept.is_dir():
+                    self.from_memory = True
+                    return kept
+            return load_checkpoint_dir(self.checkpoint_root, parent)
+        finally:
+            if self.writer is not None:
+                self.writer.resume()
 
-    def save_checkpoint_dir(self, path: str | os.PathLike[str], step: int | None = None) -> CheckpointRef:
+    def save_checkpoint_dir(self, path: str | os.PathLike[str], step: int | None = None, *,
+                            background: bool | None = None) -> CheckpointRef | None:
         """Save the local folder ``path`` (what ``save_pretrained`` or Lightning writes) as this
         trial's checkpoint, put-once, and record it (docs/design.md §8.6): its files are copied
         and hashed, then committed, then a manifest naming them by size and sha256.
+
+        The copy (``stage_checkpoint_dir``) is always made here, before this returns: ``path``
+        is the caller's (often a temporary folder removed right after), so it cannot be read
+        later. In a worker, the final checkpoint's commit (the fsync and rename of a local root,
+        the upload to a bucket) then goes to the background like ``save_checkpoint``'s: this
+        returns None and the trial completes once it is durable; a later trial of the lineage on
+        this worker gets the committed folder from ``load_checkpoint_dir`` without a fetch.
 
         Raises:
             CheckpointError: the folder holds a symbolic link out of it, a link to a folder, a
@@ -151,12 +240,44 @@ class TrialContext:
         """
         at = self.end_step if step is None else step
         uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.manifest"
+        if self.pending is not None:
+            self._settle_pending()
+        started = time.perf_counter()
         try:
-            self.saved = save_checkpoint_dir(self.checkpoint_root, uri, path, at)
+            staged = stage_checkpoint_dir(self.checkpoint_root, uri, path)
         except CheckpointWriteError as exc:
             self.store_fault = exc
             raise
+        memory = self.memory if at >= self.end_step else None
+
+        def commit() -> CheckpointRef:
+            ref = staged.commit(at)
+            if memory is not None and staged.local is not None:
+                memory.put(ref, staged.local)  # before the completing report: the next trial may name it
+            return ref
+
+        if self._goes_to_background(at, background):
+            assert self.writer is not None
+            self.saved = None
+            self.writer.pause()
+            self.pending = self.writer.submit(WriteJob(self.trial_id, self.attempt, at, commit))
+            return None
+        try:
+            self.saved = commit()
+        except CheckpointWriteError as exc:
+            self.store_fault = exc
+            raise
+        if self.writer is not None and at >= self.end_step:
+            self.writer.observe(time.perf_counter() - started)
         return self.saved
+
+    def _goes_to_background(self, at: int, background: bool | None) -> bool:
+        """Whether the checkpoint at step ``at`` is written by the worker's background writer:
+        only a final one (a resume checkpoint must be durable before the process goes), only
+        when not preempted, and when asked or worth it (``BackgroundWriter.worth_it``)."""
+        if self.writer is None or at < self.end_step or self.preempted:
+            return False
+        return background if background is not None else self.writer.worth_it()
 
     def report(self, step: int, **metrics: float) -> bool:
         """Record metrics at ``step``; returns whether to keep going.
@@ -165,6 +286,8 @@ class TrialContext:
             MetricError: a value that is not a number (``"abc"``, None, ``10**400``); inside
                 ``train`` that is the attempt's failure, with this message.
         """
+        if self.writer is not None and not self.reports:
+            self.writer.resume()  # training started (without load_checkpoint): writes may go on
         clean = clean_metrics(metrics, f"ctx.report(step={step!r})")
         self._keep(Measurement(int(step), clean))
         if not self.link.record(int(step), clean):

@@ -28,7 +28,10 @@ What ``execute`` returns, i.e. what the controller is told:
   at its end step → ``Fail(preempted=True)``, with ``resume`` = the checkpoint it saved on the
   way (if past its start step) so the retry continues from there;
 * the controller asked the trial to stop (``ctx.stop_event``) → ``None``: nothing to report;
-* otherwise → ``Report`` of the final metrics, the measurements and the saved checkpoint.
+* otherwise → ``Report`` of the final metrics, the measurements and the saved checkpoint; when
+  that checkpoint is still being written in the background (``ctx.pending``), a *pending*
+  ``Report`` without it (the worker sends the completing one once it is durable,
+  ``worker_client``). A write that is done already, or a preempted process, settles it first.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pbt_actors.model.errors import CheckpointError, CheckpointStoreFault
+from pbt_actors.model.errors import CheckpointError, CheckpointStoreFault, CheckpointWriteError
 from pbt_actors.model.protocol import Fail, Report, TrialAssignment
 from pbt_actors.runtime.worker.trial_context import MetricError, NullLink, TrialContext, TrialLink
 
@@ -120,6 +123,14 @@ def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool
             text = f"{text}\nCheckpointStoreFault: {fault}"[-MAX_ERROR_TEXT:]
             return Fail(worker_id, ctx.trial_id, ctx.attempt, text, True, fault="checkpoint_store")
         return Fail(worker_id, ctx.trial_id, ctx.attempt, text, is_retryable(exc))
+    if ctx.pending is not None and (ctx.preempted or ctx.pending.done):
+        try:  # the process is going (or the write is done already): report it durable now
+            ctx._settle_pending()
+        except CheckpointWriteError as exc:
+            log.error("trial %d attempt %d: the checkpoint store cannot be written: %s", ctx.trial_id, ctx.attempt,
+                      exc)
+            return Fail(worker_id, ctx.trial_id, ctx.attempt, f"CheckpointStoreFault: {exc}"[-MAX_ERROR_TEXT:], True,
+                        fault="checkpoint_store")
     if ctx.preempted and (ctx.saved is None or ctx.saved.step < ctx.end_step):
         resume = ctx.saved if ctx.saved is not None and ctx.saved.step > ctx.start_step else None
         return Fail(worker_id, ctx.trial_id, ctx.attempt, PREEMPTED, True, resume, preempted=True)
@@ -134,4 +145,4 @@ def execute(ctx: TrialContext, train: TrainFn, worker_id: str, *, ask_next: bool
         log.warning("trial %d attempt %d failed: %s", ctx.trial_id, ctx.attempt, text)
         return Fail(worker_id, ctx.trial_id, ctx.attempt, text[:MAX_ERROR_TEXT], True)
     return Report(worker_id, ctx.trial_id, ctx.attempt, final, tuple(ctx.measurements),
-                  ctx.saved, next=ask_next and not ctx.preempted)
+                  ctx.saved, next=ask_next and not ctx.preempted, pending=ctx.pending is not None)

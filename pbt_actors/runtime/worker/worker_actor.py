@@ -40,7 +40,18 @@ from msgspec.structs import replace
 from pbt_actors.common.exit_codes import EXIT_TRIAL_TIMEOUT
 from pbt_actors.control.deadlines import TIMEOUT_ERROR
 from pbt_actors.model.errors import MessageTooLarge, RequestTimeout
-from pbt_actors.model.protocol import Ack, Error, Heartbeat, Hello, Message, RequestTrial, Stop, TrialAssignment
+from pbt_actors.model.protocol import (
+    Ack,
+    Error,
+    Fail,
+    Heartbeat,
+    Hello,
+    Message,
+    Report,
+    RequestTrial,
+    Stop,
+    TrialAssignment,
+)
 from pbt_actors.transport.endpoints import WorkerEndpoint
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,13 @@ def stamp_run(message: Message, run: str) -> Message:
     if run and getattr(message, "run", None) == "":
         return replace(message, run=run)
     return message
+
+
+def _about_another_trial(message: Message, trial: _RunningTrial | None) -> bool:
+    """Whether ``message`` is the completing report (or failure) of an earlier trial, sent by
+    the background writer while ``trial`` trains (docs/design.md §15): it ends nothing running."""
+    return (trial is not None and isinstance(message, Report | Fail)
+            and message.trial_id != trial.spec.trial_id)
 
 
 class TrialSlot:
@@ -124,6 +142,9 @@ class WorkerActor(pykka.ThreadingActor):
         self.wrong_run = ""
         """Set when the controller answered ``wrong_run`` (its message)."""
         self.trial: _RunningTrial | None = None
+        self.writing: dict[int, int] = {}
+        """Pending completions (trial id -> attempt: reported, checkpoint still being written);
+        with no trial running, the heartbeat keeps the oldest one's lease (docs/design.md §15)."""
         self._clock = clock if clock is not None else SilenceClock()
         self._self: pykka.ActorProxy[WorkerActor] | None = None
 
@@ -149,7 +170,8 @@ class WorkerActor(pykka.ThreadingActor):
         controller said ``wrong_run``) gets that answer for a ``request_trial`` without asking:
         it must not take the new run's work."""
         assert self.endpoint is not None
-        self.trial = None
+        if not _about_another_trial(message, self.trial):
+            self.trial = None
         if self.wrong_run and isinstance(message, RequestTrial):
             return Error("wrong_run", self.wrong_run)
         try:
@@ -175,9 +197,25 @@ class WorkerActor(pykka.ThreadingActor):
         """The trial ended and no request follows at once (it was stopped: nothing to report)."""
         self.trial = None
 
+    def hold_writing(self, trial_id: int, attempt: int) -> None:
+        """``trial_id`` is a pending completion of this worker until ``done_writing``."""
+        self.writing[trial_id] = attempt
+
+    def done_writing(self, trial_id: int) -> None:
+        self.writing.pop(trial_id, None)
+
     def heartbeat(self) -> None:
-        """Send one heartbeat for the running trial (asked by the ticker; never raises)."""
+        """Send one heartbeat for the running trial (asked by the ticker; never raises). With
+        none running, one for the oldest pending completion: its lease must outlive its write
+        (while a trial runs, the controller renews both with that trial's heartbeat)."""
         trial = self.trial
+        if trial is None and self.writing and self.endpoint is not None:
+            trial_id, attempt = next(iter(self.writing.items()))
+            with contextlib.suppress(RequestTimeout, MessageTooLarge):
+                self.endpoint.request(Heartbeat(self.worker_id, trial_id, attempt, 0, None, self.run),
+                                      timeout_s=HEARTBEAT_TIMEOUT_S, retries=0)
+                self._clock.heard()
+            return
         if trial is None or self.endpoint is None:
             return
         spec, latest = trial.spec, trial.slot.latest

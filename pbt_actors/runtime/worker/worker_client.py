@@ -35,8 +35,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pykka
+from msgspec.structs import replace
 
-from pbt_actors.model.errors import MessageTooLarge
+from pbt_actors.model.errors import CheckpointWriteError, MessageTooLarge
 from pbt_actors.model.protocol import (
     Ack,
     Done,
@@ -50,6 +51,7 @@ from pbt_actors.model.protocol import (
     TrialAssignment,
     Wait,
 )
+from pbt_actors.runtime.worker.background_writes import DEFAULT_MAX_PENDING, BackgroundWriter, StateCache, WriteJob
 from pbt_actors.runtime.worker.retry_loop import (
     INTERNAL_ERROR_RETRIES,
     PREEMPT_GRACE_S,
@@ -63,6 +65,9 @@ from pbt_actors.runtime.worker.trial_runner import TrainFn, build_context, execu
 from pbt_actors.runtime.worker.worker_actor import SilenceClock, TrialSlot, WorkerActor
 
 log = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_S = 300.0
+"""How long a leaving worker waits for its background checkpoint writes and their reports."""
 
 
 def unresolvable_host(connect: str) -> str | None:
@@ -103,7 +108,8 @@ class WorkerClient:
     def __init__(self, connect: str, train: TrainFn, checkpoint_root: str, *, worker_id: str | None = None,
                  device: str | None = None, endpoint_options: Mapping[str, Any] | None = None,
                  request_timeout_s: float = 5.0, objective: Sequence[str] = (),
-                 controller_timeout_s: float = 0.0) -> None:
+                 controller_timeout_s: float = 0.0, background_writes: bool = True,
+                 max_pending_writes: int = DEFAULT_MAX_PENDING, keep_in_memory: int = 2) -> None:
         if controller_timeout_s < 0:
             raise ValueError("controller_timeout_s must be >= 0 (0: wait forever)")
         self.connect = connect
@@ -131,6 +137,10 @@ class WorkerClient:
         self.trials_run = 0
         self._marker = marker_path(markers_dir(checkpoint_root), self.worker_id)
         """Names the trial this process runs, for its host supervisor (``trial_marker``)."""
+        self.writer = BackgroundWriter(max_pending_writes, f"{self.worker_id}-writer") if background_writes else None
+        """Makes final checkpoints durable while the next trial trains (``background_writes``)."""
+        self.memory = StateCache(keep_in_memory)
+        """The states this worker saved, handed to a child trial here without reading the store."""
         self._next_reply: tuple[Message, TrialSlot] | None = None
         """The controller's answer about the next trial, when it came with a report's ack (and
         the slot that report offered for it)."""
@@ -268,6 +278,7 @@ class WorkerClient:
             self.connection.begin_trial.defer(spec, slot)
         ctx = build_context(spec, self.checkpoint_root, self.device, link=slot, preempt_event=self.preempt,
                             stop_event=slot.stop)
+        ctx.writer, ctx.memory = self.writer, self.memory
         self._heartbeat_s = max(0.05, spec.heartbeat_s)
         self._ticker_wake.set()
         write_marker(self._marker, spec.trial_id, spec.attempt, self.trials_run)
@@ -276,7 +287,10 @@ class WorkerClient:
             outcome = execute(ctx, self.train, self.worker_id, ask_next=True, objective=self.objective)
         finally:
             clear_marker(self._marker)
-        if outcome is not None:  # its delivery tells the actor that it ended
+        if isinstance(outcome, Report) and outcome.pending:
+            assert ctx.pending is not None
+            self._deliver_pending(outcome, ctx.pending)
+        elif outcome is not None:  # its delivery tells the actor that it ended
             self._deliver(outcome)
         else:  # the controller stopped it; nothing to report
             self.connection.end_trial.defer()
@@ -284,6 +298,57 @@ class WorkerClient:
             self._next_reply = None  # a preempted worker starts no other trial: the actor forgets it
             self.connection.end_trial.defer()
         self.trials_run += 1
+
+    def _deliver_pending(self, report: Report, job: WriteJob) -> None:
+        """Report a trial whose checkpoint is still being written (``Report.pending``), then
+        complete it once durable (docs/design.md §15).
+
+        When the answer is the next trial, it trains while the write goes on, and the writer's
+        thread sends the completing report (the actor serialises the sends). Any other answer
+        (``wait``: nothing else to train, typically the lineage's next trial needs this one
+        completed first) means waiting for the write here and sending the completing report
+        with ``next``, as without a background write."""
+        self.connection.hold_writing.defer(report.trial_id, report.attempt)
+        self._deliver(report)
+        pending_next = self._next_reply
+        if pending_next is not None and isinstance(pending_next[0], TrialAssignment) and not self.preempt.is_set():
+            job.add_done_callback(lambda done: self._complete(report, done, ask_next=False))
+            return
+        self._next_reply = None
+        if pending_next is not None:  # a wait/done we do not act on: the completing report asks again
+            self.connection.end_trial.defer()
+        assert self.writer is not None
+        self.writer.resume()  # nothing to train meanwhile: write at once
+        job.wait()
+        self._complete(report, job, ask_next=not self.preempt.is_set())
+
+    def _complete(self, report: Report, job: WriteJob, *, ask_next: bool) -> None:
+        """Send the completing report for a pending one (or the store fault that ended it)."""
+        try:
+            self._send_completion(report, job, ask_next=ask_next)
+        finally:
+            self.connection.done_writing.defer(report.trial_id)
+
+    def _send_completion(self, report: Report, job: WriteJob, *, ask_next: bool) -> None:
+        if job.error is None and job.ref is not None:
+            self._deliver(replace(report, checkpoint=job.ref, pending=False, next=ask_next))
+            return
+        log.error("trial %d attempt %d: its checkpoint could not be written: %s", report.trial_id, report.attempt,
+                  job.error)
+        if isinstance(job.error, CheckpointWriteError):  # the store's fault: re-queued uncharged
+            text = f"CheckpointStoreFault: {job.error}"[-8000:]  # as trial_runner words it
+            self._deliver(Fail(self.worker_id, report.trial_id, report.attempt, text, True, fault="checkpoint_store"))
+        else:
+            text = f"checkpoint write failed: {job.error}"[-8000:]
+            self._deliver(Fail(self.worker_id, report.trial_id, report.attempt, text, True))
+
+    def flush_writes(self, timeout: float | None = None) -> bool:
+        """Wait until every background write is durable and its completing report answered
+        (before the process exits, SIGTERM included). False on timeout."""
+        if self.writer is None:
+            return True
+        self.writer.resume()
+        return self.writer.drain(timeout)  # a job is done once its callbacks (the report) returned
 
     def _deliver(self, message: Report | Fail) -> None:
         """Send a report/fail until acknowledged (``_send``) and take in the answer.
@@ -316,6 +381,11 @@ class WorkerClient:
             log.warning("unexpected reply to %s: %r", message.TYPE, reply)
 
     def close(self) -> None:
+        if self.writer is not None:
+            if not self.flush_writes(FLUSH_TIMEOUT_S):  # an abandoned write only re-runs its trial
+                log.error("checkpoint writes still unfinished after %g s; leaving without them (their "
+                          "trials are re-queued when this worker's leases end)", FLUSH_TIMEOUT_S)
+            self.writer.close(timeout=5)
         self._ticker_stop.set()
         self._ticker_wake.set()
         self._ticker.join(timeout=2)

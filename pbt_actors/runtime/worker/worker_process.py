@@ -53,6 +53,9 @@ from pbt_actors.runtime.worker.worker_client import ControllerGone, WorkerClient
 log = logging.getLogger(__name__)
 
 LIFELINE_ENV = "PBT_LIFELINE_FD"
+BACKGROUND_WRITES_ENV = "PBT_ACTORS_BACKGROUND_WRITES"
+"""``0``: every checkpoint is written before the trial is reported (docs/design.md §15), e.g. to
+compare with the background path (``benchmarks/runtime.py --digits-only N --sync-writes``)."""
 ORPHAN_GRACE_S = 3.0
 
 
@@ -202,7 +205,8 @@ def run(config: WorkerProcessConfig) -> int:
     experiment, train = load_experiment_file(config.experiment)
     client = WorkerClient(config.connect, train, config.checkpoint_root, worker_id=config.worker_id,
                           endpoint_options=_endpoint_options(config), objective=experiment.objective_.names,
-                          controller_timeout_s=config.controller_timeout_s)
+                          controller_timeout_s=config.controller_timeout_s,
+                          background_writes=os.environ.get(BACKGROUND_WRITES_ENV, "1").strip() != "0")
     client.install_sigterm_handler()
     try:
         client.hello()

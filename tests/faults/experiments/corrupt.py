@@ -35,7 +35,7 @@ def train(ctx):
         advance(state, ctx.hparams)
         TRACE.step(ctx, step)
         ctx.report(step + 1, Q=q(state))
-    ref = ctx.save_checkpoint(state)
+    ref = ctx.save_checkpoint(state, background=False)  # the reference now, to damage its file
     if ctx.trial_id == CORRUPT_TRIAL:
         _damage(Path(ctx.checkpoint_root) / ref.uri)
         return {"Q": 100.0}
