@@ -134,7 +134,17 @@ CONFIGS: list[Config] = [
            "explore": "on_exploit"}, group="tried"),
     Config("initiator-onexploit-smooth3", "initiator, explore on exploit, smoothed k=3",
            {"policy": "initiator", "explore": "on_exploit"}, smoothing=3, group="tried"),
+    # model-based explore (GP-UCB over recent improvement, the PB2 idea): docs/quality.md "Against the peers"
+    Config("initiator-model", "initiator, model-based explore (GP-UCB)", {"policy": "initiator", "explore": "model"}),
+    Config("truncation-model", "truncation 20%, model-based explore (GP-UCB)", {"policy": "truncation",
+           "explore": "model"}, group="tried"),
 ]
+PEER_CONFIGS: list[Config] = [
+    Config("ray-pbt", "Ray Tune 2.60 PopulationBasedTraining (documented defaults)", group="peers"),
+    Config("ray-pb2", "Ray Tune 2.60 PB2 (documented defaults)", group="peers"),
+]
+ALL_CONFIGS = [*CONFIGS, *PEER_CONFIGS]
+PEER_TABLE = ("initiator", "initiator-onexploit", "initiator-model", "ray-pbt", "ray-pb2")
 QUICK_CONFIGS = ("initiator", "truncation-20", "random")
 
 
@@ -309,6 +319,97 @@ def compare_lines(results: list[dict[str, Any]], task: Task, base_key: str,
     return out
 
 
+def peer_table(results: list[dict[str, Any]], task: Task, keys: Sequence[str]) -> list[str]:
+    """Ours beside the peers: final mean and best (95% CI), steps trained, wall time per run."""
+    goal = "higher" if task.metric == "accuracy" else "lower"
+    by = {c.key: c for c in ALL_CONFIGS}
+    lines = [f"| configuration | seeds | final-population {task.metric} (95% CI; {goal} is better) "
+             f"| best {task.metric} (95% CI) | runs with a failed final member | steps trained per run (mean; min-max) "
+             "| wall s/run (mean; min-max) |",
+             "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        rows = [r for r in results if r["task"] == task.key and r["config"] == key]
+        s = summarise(results, task, by[key]) if rows else None
+        if s is None:
+            continue
+        trained = [int(r.get("trained_steps", r["leased_steps"])) for r in rows]
+        walls = [float(r["wall_s"]) for r in rows]
+        lines.append(f"| `{key}`: {by[key].label} | {s['n']} | {fmt_ci(s['final'], task.digits)} "
+                     f"| {fmt_ci(s['best'], task.digits)} | {s['outliers']}/{s['n']} "
+                     f"| {statistics.fmean(trained):.0f}; {min(trained)}-{max(trained)} of {task.budget} "
+                     f"| {statistics.fmean(walls):.1f}; {min(walls):.1f}-{max(walls):.1f} |")
+    return lines
+
+
+def separated_better(x: tuple[float, float, float], y: tuple[float, float, float], sign: int) -> bool:
+    """Is interval ``x`` entirely on the better side of ``y`` (``sign`` 1: higher is better)?"""
+    return x[1] > y[2] if sign > 0 else x[2] < y[1]
+
+
+def peer_verdict(results: list[dict[str, Any]], task: Task, ours: Sequence[str]) -> list[str]:
+    """The acceptance sentences against the peers, derived from the numbers: for each of our
+    configurations ``ours`` and each peer, final mean and best: level (intervals overlap), above or
+    below (separated)."""
+    by = {c.key: c for c in ALL_CONFIGS}
+    sign = 1 if task.metric == "accuracy" else -1
+    out = []
+    for mine in ours:
+        a = summarise(results, task, by[mine])
+        if a is None:
+            continue
+        for peer in (c.key for c in PEER_CONFIGS):
+            b = summarise(results, task, by[peer])
+            if b is None:
+                continue
+            if min(a["n"], b["n"]) < 2:
+                out.append(f"- {task.key}, `{mine}` vs `{peer}`: {b['n']} seed(s) of the peer, no interval yet.")
+                continue
+            parts = []
+            for what in ("final", "best"):
+                x, y = a[what], b[what]
+                if separated_better(x, y, sign):
+                    word = "**above, separated**"
+                elif separated_better(y, x, sign):
+                    word = "**below, separated**"
+                else:
+                    ahead = "ours ahead" if sign * (x[0] - y[0]) >= 0 else "peer ahead"
+                    word = f"level (intervals overlap; {ahead})"
+                label = "final-population mean" if what == "final" else "best"
+                parts.append(f"{label} {fmt_ci(x, task.digits)} vs {fmt_ci(y, task.digits)}: {word}")
+            out.append(f"- {task.key}, `{mine}` ({a['n']} seeds) vs `{peer}` ({b['n']} seeds): "
+                       + "; ".join(parts) + ".")
+    return out
+
+
+PEERS_INTRO = """\
+`python benchmarks/quality.py --peers` (after `pip install .[peers]`: Ray Tune 2.60.0 pinned,
+`benchmarks/peers.py`). Same task code (the example's own `train(ctx)` runs unchanged inside a
+Ray function trainable), same population (8), same initial population (our generation 0 for the
+seed, given to Ray as `points_to_evaluate`), same 2 parallel workers (`max_concurrent_trials=2`,
+one CPU each), same evaluation (the example's validation metric at the end of every trial; final
+population = each member's last evaluation, best = the best single evaluation of the run), same
+seeds, and the same total steps: one Ray iteration is one of our trials (`steps_per_trial` steps,
+then a report with a checkpoint), every member stops at `max_steps`, so the run trains at most
+`population x max_steps` = our `budget_steps`. Ray's exploit copies the donor's iteration count
+with its checkpoint, so a member that copies one ahead of it skips steps: Ray trains *fewer*
+steps than the budget (column "steps trained"), ours exactly the budget.
+
+Peer settings. Both: `time_attr="training_iteration"`, `perturbation_interval=1` (exploit where
+ours does, at the end of every trial; the Ray PBT guide's advice is to perturb at a checkpoint,
+and we checkpoint every iteration), otherwise the documented defaults: asynchronous
+(`synch=False`), `quantile_fraction=0.25`, `burn_in_period=0`. PBT: `resample_probability=0.25`,
+perturbation factors 1.2/0.8, `hyperparam_mutations` = our search space (log-uniform for the
+log-scale parameters). PB2: `hyperparam_bounds` = our bounds; PB2 models its bounds on a linear
+axis, so a log-scale parameter (the learning rates, spanning 4 decades) is given to it as
+`log10` of the value, which is what its documentation's continuous-bounds design asks a user to
+do for such a parameter. The PB2 paper recommends it for small populations (4-8 members), the
+size used here. Wall times are per run, Ray's *without* its one-off `ray.init` (about 30 s here),
+measured with 2 runs' worth of CPUs on a 2-core machine heavily shared with other work: compare
+them within a table row by row, not across documents."""
+
+PEERS_FINDINGS = """\
+(findings: written once the study's numbers are in)"""
+
 FINDINGS = """\
 ## What we found, and what changed
 
@@ -391,6 +492,14 @@ def render(results: list[dict[str, Any]], tasks: Sequence[Task], command: str, s
         if any(summarise(results, task, c) for c in tried):
             out += [f"### {task.key}: what we tried", ""]
             out += [*table(results, task, [CONFIGS[0], *tried]), ""]
+    if any(r["config"] in {c.key for c in PEER_CONFIGS} for r in results):
+        out += ["## Against the peers: Ray Tune's PBT and PB2 at equal compute", "", PEERS_INTRO, ""]
+        for task in tasks:
+            out += [f"### {task.key}: ours beside Ray Tune", ""]
+            out += [*peer_table(results, task, PEER_TABLE), ""]
+            out += [*peer_verdict(results, task, [k for k in PEER_TABLE if k not in {c.key for c in PEER_CONFIGS}]),
+                    ""]
+        out += [PEERS_FINDINGS, ""]
     out += [FINDINGS.format(findings=FINDINGS_TEXT if not quick else "(quick run: no findings)")]
     if not quick:
         out += ["### Each change against the default, derived from the tables", ""]
@@ -414,11 +523,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--command", default=None, help="with --render-only: the command that produced it")
     parser.add_argument("--elapsed-min", type=float, default=None,
                         help="with --render-only: the measured wall time of that run")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run Ray Tune's PBT and PB2 on the same tasks (needs `pip install .[peers]`)")
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed (to extend an earlier run)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --results: keep that file's other runs (a run of the same task, "
+                             "configuration and seed is replaced); the document is rendered from all of them")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --merge: skip the runs the --results file already holds (continue a study)")
     args = parser.parse_args(argv)
     if args.render_only:
         return render_only(args)
     tasks = [TASKS[k] for k in args.tasks.split(",")]
     keys = args.configs.split(",") if args.configs else [c.key for c in CONFIGS]
+    if args.peers and not args.configs:
+        keys += [c.key for c in PEER_CONFIGS]
+    unknown = set(keys) - {c.key for c in ALL_CONFIGS}
+    if unknown:
+        parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+    peer_keys = [k for k in keys if k in {c.key for c in PEER_CONFIGS}]
+    keys = [k for k in keys if k not in peer_keys]
+    if peer_keys:
+        from benchmarks import peers
+
+        if not peers.available():
+            parser.error("the peer rows need Ray Tune: pip install .[peers]")
     overrides: dict[str, dict[str, Any] | None] = {t.key: None for t in tasks}
     seeds = args.seeds
     if args.quick:
@@ -426,31 +555,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {"digits": dict(vars(tasks[0]))}
         keys = list(QUICK_CONFIGS) if args.configs is None else keys
         seeds = min(seeds, 2)
-    jobs = [(t.key, k, seed, overrides[t.key]) for t in tasks for k in keys for seed in range(seeds)]
+    seed_range = range(args.seed_start, args.seed_start + seeds)
+    jobs = [(t.key, k, seed, overrides[t.key]) for t in tasks for k in keys for seed in seed_range]
+    stored: list[dict[str, Any]] = []
+    if args.merge and args.results and Path(args.results).exists():
+        stored = json.loads(Path(args.results).read_text())
+    done = {(r["task"], r["config"], r["seed"]) for r in stored} if args.resume else set()
+    jobs = [j for j in jobs if j[:3] not in done]
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
+
+    def keep(result: dict[str, Any], done: int, total: int) -> None:
+        """Record one run, and rewrite ``--results`` at once: a long study killed midway keeps its runs."""
+        results.append(result)
+        print(f"[{done}/{total}] {result['task']}/{result['config']}/{result['seed']} "
+              f"final {result['final_mean']:.4f} ({result['wall_s']:.1f}s)", file=sys.stderr, flush=True)
+        if args.results:
+            Path(args.results).write_text(json.dumps(merged(stored, results), indent=1))
+
+    total = len(jobs) + len(tasks) * len(peer_keys) * len(seed_range)
     if args.jobs <= 1:
-        for i, job in enumerate(jobs):
-            results.append(run_one(job))
-            print(f"[{i + 1}/{len(jobs)}] {job[:3]} final {results[-1]['final_mean']:.4f}", file=sys.stderr)
-    else:
+        for job in jobs:
+            keep(run_one(job), len(results) + 1, total)
+    elif jobs:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            for i, result in enumerate(pool.imap_unordered(run_one, jobs)):
-                results.append(result)
-                print(f"[{i + 1}/{len(jobs)}] {result['task']}/{result['config']}/{result['seed']} "
-                      f"final {result['final_mean']:.4f} ({result['wall_s']:.1f}s)", file=sys.stderr)
+            for result in pool.imap_unordered(run_one, jobs):
+                keep(result, len(results) + 1, total)
+    # the peers: one Ray instance in this process runs its own trials in parallel; seed-major, so
+    # that a study stopped midway has every row at the same number of seeds
+    for seed in seed_range:
+        for task in tasks:
+            for key in peer_keys:
+                if (task.key, key, seed) not in done:
+                    keep(peers.run_peer(task, key, seed, workers=args.jobs), len(results) + 1, total)
     elapsed = time.perf_counter() - started
-    results.sort(key=lambda r: (r["task"], r["config"], r["seed"]))
+    everything = merged(stored, results)
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = render(results, tasks, command.strip(), seeds, args.jobs, elapsed, args.quick)
+    text = render(everything, tasks, command.strip(), seeds, args.jobs, elapsed, args.quick)
     out = args.out if args.out is not None else (None if args.quick else str(REPO / "docs" / "quality.md"))
     if out:
         Path(out).write_text(text)
     else:
         print(text)
-    if args.results:
-        Path(args.results).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def merged(stored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``stored`` runs with ``new`` ones added (a new run replaces a stored one of the same
+    task, configuration and seed), sorted by task, configuration and seed."""
+    by = {(r["task"], r["config"], r["seed"]): r for r in [*stored, *new]}
+    return [by[k] for k in sorted(by)]
 
 
 def render_only(args: argparse.Namespace) -> int:
