@@ -16,6 +16,12 @@ parallel processes. Reported per configuration, over seeds, with 95% t-intervals
   evaluation: the number a user reads off the summary);
 * steps leased (≤ the budget: checked) and wall time per run.
 
+``--peers`` adds Ray Tune's ``PopulationBasedTraining`` and ``PB2`` on the same tasks, population,
+initial population, seeds, evaluation and total steps (``benchmarks/peers.py``; needs the optional
+extra: ``pip install .[peers]``); they run after ours, seed by seed, one Ray instance in this
+process. ``--results FILE --merge --resume`` continues a study (every finished run is written to
+FILE at once, so a study stopped midway keeps its runs).
+
 ``--quick`` (CI smoke test, < 60 s): tiny sizes, two seeds, three configurations, digits only,
 written to ``--out`` only when given explicitly. The document's prose that interprets the numbers
 lives in ``FINDINGS`` below; the tables are generated, the decision sentences are derived from
@@ -138,6 +144,8 @@ CONFIGS: list[Config] = [
     Config("initiator-model", "initiator, model-based explore (GP-UCB)", {"policy": "initiator", "explore": "model"}),
     Config("truncation-model", "truncation 20%, model-based explore (GP-UCB)", {"policy": "truncation",
            "explore": "model"}, group="tried"),
+    Config("initiator-nobudget", "initiator, no budget_steps (lineages to max_steps, copies re-train steps)",
+           {"policy": "initiator", "budget_steps": None}, group="tried"),
 ]
 PEER_CONFIGS: list[Config] = [
     Config("ray-pbt", "Ray Tune 2.60 PopulationBasedTraining (documented defaults)", group="peers"),
@@ -176,9 +184,10 @@ def build_experiment(task: Task, config: Config, seed: int, base: Any) -> Any:
         max_steps -= max_steps % steps
     objective = base.objective_
     objective = Objective(objective.metrics, objective.comparison, smoothing=config.smoothing)
+    budget = overrides.pop("budget_steps", task.budget)
     return Experiment(name=f"{task.key}-{config.key}", space=base.space_, objective=objective,
                       population=population, steps_per_trial=steps, max_steps=max_steps,
-                      budget_steps=task.budget, seed=seed, lease_s=600.0, trial_timeout_s=None, **overrides)
+                      budget_steps=budget, seed=seed, lease_s=600.0, trial_timeout_s=None, **overrides)
 
 
 def run_one(job: tuple[str, str, int, Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -208,7 +217,7 @@ def run_one(job: tuple[str, str, int, Mapping[str, Any] | None]) -> dict[str, An
     finite = [t for t in completed if math.isfinite(float(t.final[task.metric]))]  # type: ignore[index]
     best = max(finite, key=lambda t: sign * float(t.final[task.metric])) if finite else None  # type: ignore[index]
     spent = store.step_totals()[0]  # leased steps
-    if spent > task.budget:
+    if experiment.budget_steps is not None and spent > task.budget:
         raise AssertionError(f"{task_key}/{config_key}/{seed}: leased {spent} steps > budget {task.budget}")
     return {
         "task": task_key, "config": config_key, "seed": seed, "wall_s": wall,
