@@ -390,6 +390,38 @@ def peer_verdict(results: list[dict[str, Any]], task: Task, ours: Sequence[str])
     return out
 
 
+def goal_lines(results: list[dict[str, Any]], tasks: Sequence[Task], mine: str) -> list[str]:
+    """Issue 23's acceptance goal for configuration ``mine``, derived: on every task, final mean and
+    best at least level with every peer (intervals overlap, or ours separated above), and above at
+    least one peer with separated intervals on at least one task. Says by how much when missed."""
+    by = {c.key: c for c in ALL_CONFIGS}
+    misses, wins, compared = [], [], 0
+    for task in tasks:
+        sign = 1 if task.metric == "accuracy" else -1
+        a = summarise(results, task, by[mine])
+        for peer in PEER_CONFIGS:
+            b = summarise(results, task, peer)
+            if a is None or b is None or min(a["n"], b["n"]) < 2:
+                continue
+            compared += 1
+            for what, label in (("final", "final-population mean"), ("best", "best")):
+                x, y = a[what], b[what]
+                if separated_better(y, x, sign):
+                    gap = (y[1] - x[2]) if sign > 0 else (x[1] - y[2])
+                    misses.append(f"{task.key} {label} vs `{peer.key}`: {fmt_ci(x, task.digits)} vs "
+                                  f"{fmt_ci(y, task.digits)}, below by {abs(x[0] - y[0]):.{task.digits}f} "
+                                  f"(intervals {gap:.{task.digits}f} apart)")
+                elif separated_better(x, y, sign):
+                    wins.append(f"{task.key} {label} vs `{peer.key}`")
+    if not compared:
+        return [f"- Goal for `{mine}`: no peer has 2 seeds yet."]
+    level = "at least level with both peers on every comparison" if not misses else \
+        "**not level** on " + "; ".join(misses)
+    above = ("separated above on " + ", ".join(wins)) if wins else "**separated above no peer**"
+    reached = not misses and bool(wins)
+    return [f"- Goal for `{mine}` ({'reached' if reached else 'NOT reached'}): {level}; {above}."]
+
+
 PEERS_INTRO = """\
 `python benchmarks/quality.py --peers` (after `pip install .[peers]`: Ray Tune 2.60.0 pinned,
 `benchmarks/peers.py`). Same task code (the example's own `train(ctx)` runs unchanged inside a
@@ -508,7 +540,10 @@ def render(results: list[dict[str, Any]], tasks: Sequence[Task], command: str, s
             out += [*peer_table(results, task, PEER_TABLE), ""]
             out += [*peer_verdict(results, task, [k for k in PEER_TABLE if k not in {c.key for c in PEER_CONFIGS}]),
                     ""]
-        out += [PEERS_FINDINGS, ""]
+        out += ["### The acceptance goal, derived from the tables", ""]
+        for key in [k for k in PEER_TABLE if k not in {c.key for c in PEER_CONFIGS}]:
+            out += goal_lines(results, tasks, key)
+        out += ["", PEERS_FINDINGS, ""]
     out += [FINDINGS.format(findings=FINDINGS_TEXT if not quick else "(quick run: no findings)")]
     if not quick:
         out += ["### Each change against the default, derived from the tables", ""]

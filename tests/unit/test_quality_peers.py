@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 
 from benchmarks import peers
-from benchmarks.quality import TASKS, load_example, main, peer_verdict
+from benchmarks.quality import TASKS, goal_lines, load_example, main, peer_verdict
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,3 +62,16 @@ def test_peers_without_ray_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
         main(["--peers", "--configs", "ray-pbt", "--seeds", "1", "--tasks", "digits"])
     assert exit_info.value.code == 2
     assert "pip install .[peers]" in capsys.readouterr().err
+
+
+def test_the_goal_is_derived_and_says_by_how_much_it_is_missed() -> None:
+    ours = rows("initiator", [0.970, 0.972, 0.974, 0.971], [0.978, 0.979, 0.980, 0.978])
+    pbt = rows("ray-pbt", [0.950, 0.952, 0.951, 0.953], [0.977, 0.981, 0.979, 0.978])
+    assert goal_lines(ours + pbt, [TASKS["digits"]], "initiator") == [
+        "- Goal for `initiator` (reached): at least level with both peers on every comparison; "
+        "separated above on digits final-population mean vs `ray-pbt`."]
+    pb2 = rows("ray-pb2", [0.990, 0.991, 0.989, 0.992], [0.99] * 4)
+    (line,) = goal_lines(ours + pbt + pb2, [TASKS["digits"]], "initiator")
+    assert line.startswith("- Goal for `initiator` (NOT reached): **not level** on digits final-population mean "
+                           "vs `ray-pb2`: 0.9718 [0.9690, 0.9745] vs 0.9905 [0.9884, 0.9926], below by 0.0187 (intervals 0.0140 apart); ")
+    assert line.endswith("; separated above on digits final-population mean vs `ray-pbt`.")
