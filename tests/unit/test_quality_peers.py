@@ -73,5 +73,6 @@ def test_the_goal_is_derived_and_says_by_how_much_it_is_missed() -> None:
     pb2 = rows("ray-pb2", [0.990, 0.991, 0.989, 0.992], [0.99] * 4)
     (line,) = goal_lines(ours + pbt + pb2, [TASKS["digits"]], "initiator")
     assert line.startswith("- Goal for `initiator` (NOT reached): **not level** on digits final-population mean "
-                           "vs `ray-pb2`: 0.9718 [0.9690, 0.9745] vs 0.9905 [0.9884, 0.9926], below by 0.0187 (intervals 0.0140 apart); ")
+                           "vs `ray-pb2`: 0.9718 [0.9690, 0.9745] vs 0.9905 [0.9884, 0.9926], below by 0.0187 "
+                           "(intervals 0.0140 apart); ")
     assert line.endswith("; separated above on digits final-population mean vs `ray-pbt`.")
