@@ -13,7 +13,9 @@ SHARED=${SHARED:-/shared/pbt}            # seen by every host
 KEYS=${KEYS:-$SHARED/keys}
 case "${1:-}" in
   controller)
-    exec pbt-actors controller "$EXPERIMENT" --store "$SHARED/store" --bind "${BIND:-tcp://0.0.0.0:5555}" \
+    # --checkpoint-root: the workers' root, so that retention can delete what no trial needs
+    exec pbt-actors controller "$EXPERIMENT" --store "$SHARED/store" --checkpoint-root "$SHARED/checkpoints" \
+      --bind "${BIND:-tcp://0.0.0.0:5555}" \
       --curve-secret "$KEYS/controller.key_secret" --authorized-keys "$KEYS/authorized" ;;
   worker)
     exec pbt-actors worker "$EXPERIMENT" --connect "${CONTROLLER:?set CONTROLLER=tcp://host:port}" \

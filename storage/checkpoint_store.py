@@ -26,11 +26,12 @@ import os
 import posixpath
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef
+from pbt_actors.storage.dir_manifest import ManifestFile
 
 HIDDEN_PREFIX = "."
 """Names starting with this (staging files, ``.pbt-hosts``) are never checkpoints."""
@@ -128,6 +129,48 @@ class CheckpointStore(ABC):
     @abstractmethod
     def list_uris(self) -> Iterator[str]:
         """Every committed key under the root (no staging leftovers, no host state files)."""
+
+    # --- directory checkpoints (storage/dir_manifest.py; docs/design.md §8.6) -------------------
+    # The runtime copies the directory into ``staging_folder`` while hashing it, names the files'
+    # folder after the manifest's sha256, ``commit_folder``s the files, then ``commit``s the
+    # manifest last: only a complete folder is ever referenced.
+
+    @abstractmethod
+    def staging_folder(self, relative_uri: str) -> Path:
+        """A fresh, empty local folder into which a directory checkpoint for ``relative_uri`` is
+        copied before ``commit_folder`` (on the filesystem where ``commit_folder`` puts it)."""
+
+    @abstractmethod
+    def commit_folder(self, staging: Path, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> None:
+        """Put every file of ``staging`` (exactly ``files``) under ``folder_uri``, once;
+        ``staging`` is consumed (kept by the host cache under ``cache_key``, moved into place,
+        or removed) whether this succeeds or not.
+
+        Raises:
+            CheckpointError: a key that leaves the root.
+            CheckpointWriteError: the write failed, or different content is already there.
+        """
+
+    @abstractmethod
+    def fetch_folder(self, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> Path:
+        """A local folder holding exactly ``files`` (each size and sha256 checked now): the
+        stored folder itself for a local root, the host cache's copy for a URL.
+
+        Raises:
+            CheckpointError: a file missing, truncated or tampered.
+        """
+
+    @abstractmethod
+    def verify_folder(self, folder_uri: str, files: Sequence[ManifestFile]) -> None:
+        """Check every stored file of ``folder_uri`` (never a cached copy): ``verify``.
+
+        Raises:
+            CheckpointError: the first missing, truncated or tampered file.
+        """
+
+    @abstractmethod
+    def delete_folder(self, folder_uri: str) -> bool:
+        """Remove everything under ``folder_uri``; whether anything was there (idempotent)."""
 
     def probe_writable(self) -> None:
         """Put a small object under the root through the same path a checkpoint takes (staging,

@@ -27,7 +27,7 @@ import json
 import os
 import posixpath
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pbt_actors.storage.checkpoint_store import (
     file_sha256,
     verify_bytes,
 )
+from pbt_actors.storage.dir_manifest import ManifestFile, remove_tree, total_bytes, verify_tree
 
 OPTIONS_ENV = "PBT_ACTORS_STORAGE_OPTIONS"
 PART_BYTES_ENV = "PBT_ACTORS_UPLOAD_PART_BYTES"
@@ -233,6 +234,129 @@ class FsspecCheckpointStore(CheckpointStore):
 
     def exists(self, relative_uri: str) -> bool:
         return self._present(self.object_path(relative_uri))
+
+    # --- directory checkpoints: many small objects, so uploads and downloads go through the
+    # backend's concurrent batch ``put``/``get`` (s3fs: up to fsspec's gather batch at once);
+    # file keys are ``<folder>/<relative path>`` under a folder named by the manifest's sha256,
+    # so re-putting a key can only put the same bytes (repairing a damaged object at most)
+
+    def staging_folder(self, relative_uri: str) -> Path:
+        return self.cache.new_temp_dir(posixpath.basename(checked_key(relative_uri)))
+
+    def _file_keys(self, folder_uri: str, files: Sequence[ManifestFile]) -> list[str]:
+        base = self.object_path(folder_uri)
+        return [f"{base}/{f.path}" for f in files]
+
+    def _sizes(self, folder_uri: str) -> dict[str, int | None]:
+        """Every object under ``folder_uri`` with its size: one listing (pages of 1,000 on S3)."""
+        base = self.object_path(folder_uri)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path: info.get("size") for path, info in found.items()}
+
+    def commit_folder(self, staging: Path, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> None:
+        try:
+            keys = self._file_keys(folder_uri, files)
+            try:
+                if files:
+                    extra = {"chunksize": self.part_bytes} if self.protocol in _MULTIPART_PROTOCOLS else {}
+                    self.fs.put([str(staging / f.path) for f in files], keys, **extra)
+                landed = self._sizes(folder_uri) if files else {}
+            except Exception as exc:  # the backend's own errors (botocore, aiohttp, OSError): all mean "not written"
+                raise CheckpointWriteError(f"cannot upload checkpoint folder {self.describe(folder_uri)}: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+            for key, entry in zip(keys, files, strict=True):
+                if landed.get(key) != entry.bytes:
+                    raise CheckpointWriteError(f"checkpoint folder {self.describe(folder_uri)}: {entry.path} landed "
+                                               f"with {landed.get(key)} bytes, wrote {entry.bytes}")
+            with contextlib.suppress(OSError):
+                self.cache.adopt_dir(staging, cache_key, total_bytes(files))
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+
+    def _download_folder(self, folder_uri: str, files: Sequence[ManifestFile], target: Path) -> None:
+        """Every file into ``target`` (concurrently), then each size and sha256 checked.
+
+        Raises:
+            CheckpointError: missing, unreadable, truncated or tampered.
+        """
+        where = self.describe(folder_uri)
+        keys = self._file_keys(folder_uri, files)
+        locals_ = [target / f.path for f in files]
+        for folder in {p.parent for p in locals_}:
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            landed = self._sizes(folder_uri) if files else {}
+            for key, entry in zip(keys, files, strict=True):  # one listing refuses what is absent or of another size
+                size = landed.get(key)
+                if size is None:
+                    raise CheckpointError(f"checkpoint {where}: {entry.path} is missing")
+                if size != entry.bytes:
+                    raise CheckpointError(f"checkpoint {where}: {entry.path} is {size} bytes, expected {entry.bytes} "
+                                          "(truncated?)")
+            if files:
+                self.fs.get(keys, [str(p) for p in locals_])
+        except CheckpointError:
+            raise
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"checkpoint folder {where} is incomplete: {exc}") from None
+        except Exception as exc:  # the backend's own errors: the checkpoint cannot be had
+            raise CheckpointError(f"checkpoint folder {where} cannot be read: {type(exc).__name__}: {exc}") from exc
+        verify_tree(target, files, where)
+
+    def fetch_folder(self, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> Path:
+        size = total_bytes(files)
+        try:
+            hit = self.cache.lookup_dir(cache_key, size)
+        except ValueError:
+            hit = None
+        if hit is not None:
+            try:
+                verify_tree(hit, files, str(hit))
+                return hit
+            except CheckpointError:
+                self.cache.discard_dir(cache_key, size)
+        temp = self.cache.new_temp_dir("fetch")
+        try:
+            self._download_folder(folder_uri, files, temp)
+            for entry in files:
+                os.chmod(temp / entry.path, 0o444)
+            try:
+                return self.cache.adopt_dir(temp, cache_key, size)
+            except OSError as exc:
+                raise CheckpointError(f"checkpoint folder {self.describe(folder_uri)} cannot be kept in the host "
+                                      f"cache {self.cache.folder}: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(temp)
+
+    def verify_folder(self, folder_uri: str, files: Sequence[ManifestFile]) -> None:
+        temp = self.cache.new_temp_dir("verify")
+        try:
+            self._download_folder(folder_uri, files, temp)
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(temp)
+
+    def delete_folder(self, folder_uri: str) -> bool:
+        base = self.object_path(folder_uri)
+        try:
+            self.fs.invalidate_cache(base)
+            found = list(self.fs.find(base))
+            if found:
+                self.fs.rm(found)
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # the backend's own errors
+            raise CheckpointWriteError(f"cannot delete checkpoint folder {self.describe(folder_uri)}: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.fs.invalidate_cache(base)
+        return bool(found)
 
     def delete(self, relative_uri: str) -> None:
         key = self.object_path(relative_uri)

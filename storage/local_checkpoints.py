@@ -11,12 +11,14 @@ files are already local.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pbt_actors.common.atomic_files import fsync_dir
+from pbt_actors.common.atomic_files import fsync_dir, sync_filesystem
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef
 from pbt_actors.storage.checkpoint_store import (
@@ -26,6 +28,7 @@ from pbt_actors.storage.checkpoint_store import (
     file_sha256,
     verify_bytes,
 )
+from pbt_actors.storage.dir_manifest import ManifestFile, remove_tree, verify_tree
 
 
 def inside_root(root: str | os.PathLike[str], relative_uri: str) -> Path:
@@ -110,6 +113,53 @@ class LocalCheckpointStore(CheckpointStore):
 
     def describe(self, relative_uri: str) -> str:
         return str(Path(self.root) / relative_uri)
+
+    # --- directory checkpoints: the staging folder is renamed into place (a local rename is
+    # atomic; fails when the name is taken), so the folder a manifest names is complete or absent
+
+    def staging_folder(self, relative_uri: str) -> Path:
+        target = self._path(relative_uri)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+
+    def commit_folder(self, staging: Path, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> None:
+        try:
+            target = self._path(folder_uri)
+            try:
+                sync_filesystem(staging, [staging / f.path for f in files])  # the files' data, at once
+                for folder in {(staging / f.path).parent for f in files} | {staging}:
+                    fsync_dir(folder)
+                os.rename(staging, target)
+                fsync_dir(target.parent)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise CheckpointWriteError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from exc
+                try:  # another writer of the same checkpoint (the folder is named by its manifest)
+                    verify_tree(target, files, str(target))
+                except CheckpointError as bad:
+                    raise CheckpointWriteError(f"checkpoint folder {target} exists with different content: it is "
+                                               f"never overwritten ({bad})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+
+    def fetch_folder(self, folder_uri: str, files: Sequence[ManifestFile], cache_key: str) -> Path:
+        folder = self._path(folder_uri)
+        verify_tree(folder, files, str(folder))
+        return folder
+
+    def verify_folder(self, folder_uri: str, files: Sequence[ManifestFile]) -> None:
+        self.fetch_folder(folder_uri, files, "")
+
+    def delete_folder(self, folder_uri: str) -> bool:
+        folder = self._path(folder_uri)
+        try:
+            return remove_tree(folder)
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot delete checkpoint folder {folder}: {exc.strerror or exc}") from exc
 
     def local_path(self, relative_uri: str) -> Path | None:
         return self._path(relative_uri)

@@ -49,6 +49,13 @@ META_FINISHED_AT = "finished_at"
 META_EXPERIMENT_FILE = "experiment_file"
 """``{"path": absolute path, "sha256": hex}`` of the experiment file the run was last started
 from (``run``/``controller``), so ``replay`` can default to it and tell when it changed."""
+META_CHECKPOINT_ROOT = "checkpoint_root"
+"""The checkpoint root (a folder's absolute path or a URL) the controller was last started with
+(``controller --checkpoint-root``, ``run``), so ``status`` finds the hosts' state files and
+``verify`` the checkpoints without being told (issue 21, item 6). Absent: started without one.
+``SIMULATED_CHECKPOINTS``: a simulator's store, whose checkpoint refs point at no file."""
+SIMULATED_CHECKPOINTS = "simulated:"
+"""``META_CHECKPOINT_ROOT`` of a store the simulator wrote (``pbt-actors sim --store lmdb``)."""
 META_RUN_ID = "run_id"
 """The run id (a uuid4 hex), fixed when the store is first opened by a controller: workers name
 it in every message, so a worker of another run (store) is refused (docs/design.md §10, run identity)."""

@@ -39,6 +39,37 @@ if [[ -n "${PBT_KEYS:-}" ]]; then
 fi
 read -r -a extra <<< "${PBT_WORKER_ARGS:-}"
 
+mark=${PBT_FINISHED_MARK:-}
+if [[ -n "$mark" && -e "$mark" ]]; then
+  echo "worker-step.sh: node $node: the run is finished ($mark); nothing to do"
+  exit 0
+fi
 echo "worker-step.sh: node $node (host id $host_id) ${devices[*]} -> $PBT_CONNECT"
-exec "${PBT_CMD_ARGV[@]}" worker "$PBT_EXPERIMENT" --connect "$PBT_CONNECT" --checkpoint-root "$PBT_CHECKPOINTS" \
-  --host-id "$host_id" "${devices[@]}" "${curve[@]}" "${extra[@]}"
+"${PBT_CMD_ARGV[@]}" worker "$PBT_EXPERIMENT" --connect "$PBT_CONNECT" --checkpoint-root "$PBT_CHECKPOINTS" \
+  --host-id "$host_id" "${devices[@]}" "${curve[@]}" "${extra[@]}" &
+worker=$!
+# SLURM signals every process of the step; pass a SIGTERM on too in case it reaches only this one
+trap 'kill -TERM "$worker" 2>/dev/null || true' TERM INT
+# Workers leave by themselves when the controller says `done`. One that started after the
+# controller ended would wait --controller-timeout for nobody: the finished-run mark (pbt.sbatch
+# leaves it) ends it, exit 0, after a short grace for a `done` in flight.
+while kill -0 "$worker" 2>/dev/null; do
+  if [[ -n "$mark" && -e "$mark" ]]; then
+    for _ in 1 2 3 4 5; do
+      kill -0 "$worker" 2>/dev/null || break
+      sleep 1
+    done
+    if kill -0 "$worker" 2>/dev/null; then
+      echo "worker-step.sh: node $node: the run is finished ($mark); stopping the workers still waiting"
+      kill -TERM "$worker" 2>/dev/null || true
+      wait "$worker" || true
+      exit 0
+    fi
+    break
+  fi
+  sleep 2 &
+  wait $! || true
+done
+rc=0
+wait "$worker" || rc=$?
+exit "$rc"

@@ -8,7 +8,9 @@ open the store as its writer. ``gc`` refuses a store whose controller still runs
 lock names it); ``pin`` then hands the request to the live controller instead
 (``runtime.controller.pin_requests``: a request file it applies before its next retention
 plan) and waits until it has, so a checkpoint can be protected before retention takes it.
-``gc --dry-run`` lists what would be deleted and why the rest stays;
+``gc --dry-run`` lists what would be deleted and why the rest stays; ``gc`` also sweeps the
+files of directory checkpoints no record references (``sweep_orphan_directories``: a writer
+that died before its manifest, a deletion cut short), under finished trials only;
 ``--force`` collects even when the experiment was run with retention off. A pinned trial's
 checkpoint is never collected, by either.
 """
@@ -37,7 +39,13 @@ def _open_writer(store_dir: str) -> Any:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from pbt_actors.cli.summary import stored_experiment
-    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, collect_store
+    from pbt_actors.runtime.controller.checkpoint_collector import (
+        checkpoint_bytes,
+        checkpoint_deleter,
+        collect_store,
+        sweep_orphan_directories,
+        sweep_stale_attempt_files,
+    )
     from pbt_actors.storage.checkpoint_urls import normalize_root
 
     root = normalize_root(args.checkpoint_root or Path(args.store) / "checkpoints")
@@ -48,24 +56,39 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if not experiment.retention.enabled and not args.force and not args.dry_run:
             raise ConfigError(f"experiment {experiment.name!r} was run with retention off; "
                               "use --force to collect anyway (or --dry-run to see what would go)")
-        result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True)
+        result = collect_store(store, experiment, checkpoint_deleter(root), dry_run=args.dry_run, force=True,
+                               size_of=checkpoint_bytes(root))
         keep = {str(i): why for i, why in sorted(result.plan.keep.items())}
+        orphans, orphan_errors = sweep_orphan_directories(store, experiment, root, dry_run=args.dry_run)
+        result.errors.extend(orphan_errors)
+        # the resume checkpoints of completed trials' preempted attempts: no record needs them
+        stale, stale_errors = sweep_stale_attempt_files(store, root, experiment.name, checkpoint_deleter(root),
+                                                        dry_run=args.dry_run)
+        result.errors.extend(stale_errors)
     absent = {i for i, _uri in result.absent}
     deletes = [{"trial": i, "uri": uri} for i, uri in result.targets if i not in absent]
     missing = [{"trial": i, "uri": uri} for i, uri in result.absent]
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "checkpoint_root": root, "held": len(result.plan.held),
                           "bound": result.plan.bound, "delete": deletes, "deleted": result.deleted,
-                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors, "absent": missing}))
+                          "bytes": result.bytes_freed, "keep": keep, "errors": result.errors, "absent": missing,
+                          "unreferenced_directories": orphans,
+                          "stale_attempt_files": [{"trial": i, "uri": uri} for i, uri in stale]}))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for item in deletes:
             print(f"{verb} trial {item['trial']}: {item['uri']}")
         for item in missing:
             print(f"not found, nothing deleted: trial {item['trial']}: {item['uri']}")
+        for uri in orphans:
+            print(f"{verb} unreferenced directory checkpoint: {uri} (and its files)")
         print(f"{verb} {len(deletes) if args.dry_run else len(result.deleted)} of {len(result.plan.held)} held "
               f"checkpoint(s), {result.bytes_freed} bytes; keeping {len(keep)} (bound {result.plan.bound}) "
               f"under {root}")
+        for stale_id, uri in stale:
+            print(f"{verb} trial {stale_id}'s resume checkpoint of an earlier attempt: {uri}")
+        if stale:
+            print(f"{verb} {len(stale)} resume checkpoint(s) of completed trials' earlier attempts")
         for trial_id, why in keep.items():
             print(f"keep trial {trial_id}: {why}")
         for line in result.errors:

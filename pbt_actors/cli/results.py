@@ -3,7 +3,7 @@
 ``pbt_actors.cli.main`` registers them with ``add_lineage_parsers(subparsers)``. Every command
 opens the store read-only, so it can run while a controller writes.
 
-    pbt-actors lineage --store DIR TRIAL|best [--json]
+    pbt-actors lineage --store DIR TRIAL|best [--output] [--checkpoint-root DIR|URL] [--json]
     pbt-actors replay  --store DIR TRIAL|best [--experiment EXP.py] [--from-step A] [--to-step B]
                        [--schedule-out FILE] [--out DIR] [--same-data] [--dry-run] [--json]
     pbt-actors replay  --schedule FILE --experiment EXP.py ...      (no store needed)
@@ -26,20 +26,32 @@ from typing import Any
 
 from pbt_actors.cli import arguments
 from pbt_actors.cli.output_paths import checked_out, make_folder, writing
-from pbt_actors.cli.summary import fmt_map, fmt_value, open_store_readonly, table
+from pbt_actors.cli.summary import fmt_map, fmt_value, open_store_readonly, stored_experiment, table
 from pbt_actors.model.errors import ConfigError
 
 
 # --- lineage -----------------------------------------------------------------------------------
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from pbt_actors.tools.command_outputs import attempt_outputs, schedule_commands
     from pbt_actors.tools.lineage import lineage, resolve_trial, schedule
 
     with open_store_readonly(args.store) as store:
         trial_id = resolve_trial(store, args.trial)
         dag = lineage(store, trial_id)
         sched = schedule(store, trial_id)
+        experiment = stored_experiment(store)
+        segment_trials = [store.get_trial(s.trial_id) for s in sched.segments] if args.output else []
+    command = experiment.command if experiment is not None else None
+    commands = schedule_commands(command, sched, python=sys.executable) if command else []
+    root = args.checkpoint_root or str(Path(args.store) / "checkpoints")
+    outputs = {t.id: attempt_outputs(root, sched.experiment, t) for t in segment_trials}
     if args.json:
-        print(json.dumps({"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}))
+        body: dict[str, Any] = {"trial_id": trial_id, "lineage": dag.to_dict(), "schedule": sched.to_dict()}
+        if command:
+            body["commands"] = commands
+        if args.output:
+            body["outputs"] = {str(k): v for k, v in outputs.items()}
+        print(json.dumps(body))
         return 0
     crossovers = sum(1 for e in dag.edges if e.kind == "crossover")
     print(f"lineage of trial {trial_id}{' (' + sched.experiment + ')' if sched.experiment else ''}: "
@@ -59,7 +71,24 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if any(s.collected for s in sched.segments):
         print("  (checkpoint collected: retention deleted it; `replay` from step "
               f"{sched.segments[0].start_step} needs none)")
+    if commands:
+        print()
+        print("commands (a command trial: what `replay` runs per segment, in the experiment file's folder)")
+        for seg, line in zip(sched.segments, commands, strict=True):
+            print(f"  {seg.start_step}-{seg.end_step}  {line}")
+    for trial in segment_trials:
+        print_outputs(trial.id, outputs[trial.id])
     return 0
+
+
+def print_outputs(trial_id: int, outputs: list[dict[str, Any]]) -> None:
+    """A command trial's attempts' output tails (``lineage --output``, ``status --output``)."""
+    print()
+    if not outputs:
+        print(f"trial {trial_id}: no output kept (not a command trial, or its logs are elsewhere: --checkpoint-root)")
+    for item in outputs:
+        print(f"--- trial {trial_id} attempt {item['attempt']} ---")
+        print(item["output"].rstrip("\n"))
 
 
 # --- replay ------------------------------------------------------------------------------------
@@ -137,7 +166,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if result.to_dict()["original_final"] is not None:
             print(f"search {fmt_map(sched.final)}")
         if result.checkpoint is not None:
-            print(f"state  {Path(result.checkpoint_root) / result.checkpoint.uri}")
+            print(f"state  {result.state_path}")
     return 0
 
 
@@ -151,6 +180,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_export_tensorboard(args)
     if args.follow:
         raise ConfigError("--follow needs --format tensorboard")
+    if args.format == "checkpoint":
+        return _export_checkpoint(args)
     target = None if args.out in (None, "-") else checked_out(args.out, args.store)
     with open_store_readonly(args.store) as store:
         if target is None:
@@ -160,6 +191,38 @@ def cmd_export(args: argparse.Namespace) -> int:
             with writing(args.out), target.open("w", encoding="utf-8", newline="") as handle:
                 count = export_store(store, handle, args.format)
             print(f"{count} rows written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _export_checkpoint(args: argparse.Namespace) -> int:
+    """``export --format checkpoint``: the best (or ``--trial``) trial's checkpoint, a file or
+    a folder, copied verified to ``--out``."""
+    from pbt_actors.cli.summary import stored_experiment
+    from pbt_actors.control.progress import best_completed
+    from pbt_actors.storage.checkpoint_urls import normalize_root
+    from pbt_actors.tools.checkpoint_export import export_checkpoint
+
+    if args.out in (None, "-"):
+        raise ConfigError("--format checkpoint needs --out PATH (a file, or a folder for a directory checkpoint)")
+    target = checked_out(args.out, args.store)
+    root = normalize_root(args.checkpoint_root or Path(args.store) / "checkpoints")
+    with open_store_readonly(args.store) as store:
+        if args.trial in (None, "best"):
+            experiment = stored_experiment(store)
+            trial = None if experiment is None else best_completed(store, experiment)
+        else:
+            trial = store.find_trial(int(args.trial)) if str(args.trial).isdigit() else None
+        if trial is None:
+            which = "completed trial" if args.trial in (None, "best") else f"trial {args.trial}"
+            raise ConfigError(f"no {which} in {args.store}")
+        if trial.checkpoint is None or trial.collected_at is not None:
+            raise ConfigError(f"trial {trial.id} has no stored checkpoint (collected by retention, or none saved); "
+                              "`pbt-actors replay` rebuilds it from its schedule")
+        ref = trial.checkpoint
+    with writing(args.out):
+        make_folder(target.parent, args.out)
+        placed = export_checkpoint(root, ref, target)
+    print(f"trial {trial.id}'s checkpoint (step {ref.step}) written to {placed}", file=sys.stderr)
     return 0
 
 
@@ -187,6 +250,10 @@ def add_lineage_parsers(subparsers: Any) -> None:
     lin.add_argument("--store", required=True, type=arguments.store_path)
     lin.add_argument("trial", nargs="?", default="best", help="trial id or 'best' (default)")
     lin.add_argument("--json", action="store_true", help="print {trial_id, lineage, schedule} as JSON")
+    lin.add_argument("--output", action="store_true",
+                     help="also print each schedule trial's kept stdout/stderr (command trials)")
+    lin.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint folder or URL holding the output logs (default <store>/checkpoints)")
     lin.set_defaults(func=cmd_lineage)
 
     rep = subparsers.add_parser(
@@ -218,8 +285,12 @@ def add_lineage_parsers(subparsers: Any) -> None:
 
     exp = subparsers.add_parser("export", help="one row per trial and measurement (CSV, JSON), or TensorBoard runs")
     exp.add_argument("--store", required=True, type=arguments.store_path)
-    exp.add_argument("--format", choices=["csv", "json", "tensorboard"], default="csv",
-                     help="tensorboard: one run per lineage, event files under --out DIR")
+    exp.add_argument("--format", choices=["csv", "json", "tensorboard", "checkpoint"], default="csv",
+                     help="tensorboard: one run per lineage, event files under --out DIR; checkpoint: the best "
+                          "(or --trial) trial's checkpoint, a file or a folder, verified, to --out")
+    exp.add_argument("--trial", default=None, help="checkpoint: a trial id instead of the best")
+    exp.add_argument("--checkpoint-root", default=None,
+                     help="checkpoint: the run's checkpoint folder or URL (default <store>/checkpoints)")
     exp.add_argument("--out", default=None, help="file to write (default: standard output); a folder for tensorboard")
     exp.add_argument("--follow", action="store_true",
                      help="tensorboard: keep appending trials as they complete until the run ends")

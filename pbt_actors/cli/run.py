@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remedy = ("`run` has no CURVE: keep --bind on 127.0.0.1, or run `pbt-actors controller` with "
               "--curve-secret/--authorized-keys and `pbt-actors worker` per host")
     check_open_bind(args.bind, args.insecure, remedy)
-    device_slots(args.devices, args.workers)  # a GPU that is not there: refused before anything starts
+    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)  # refused before any start
     experiment, _ = load_experiment_file(args.experiment)
     experiment = with_overrides(experiment, seed=args.seed, policy=args.policy, budget_steps=args.budget_steps,
                                 max_trials=args.max_trials)
@@ -122,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     local = LocalRun.start(args.experiment, experiment, store_dir, bind=args.bind, devices=args.devices,
                            workers=args.workers, checkpoint_root=args.checkpoint_root, zygote=not args.no_zygote,
-                           endpoint_options={"check_bound": bound_check(args.insecure, remedy)})
+                           endpoint_options={"check_bound": bound_check(args.insecure, remedy)},
+                           gpus_per_trial=args.gpus_per_trial, workers_per_gpu=args.workers_per_gpu)
     dashboard = None
     if args.dashboard:  # a child process: web requests never share the controller's interpreter
         from pbt_actors.cli.dashboard import start_dashboard_process
@@ -191,15 +192,21 @@ def cmd_controller(args: argparse.Namespace) -> int:
     options, authenticator = controller_security(args)
     try:
         delete = None
+        root = None
         if args.checkpoint_root:  # the hosts' checkpoint root: retention deletes there
             from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
             from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter
             from pbt_actors.storage.checkpoint_urls import normalize_root
 
-            check_checkpoint_root(normalize_root(args.checkpoint_root))  # before the first trial
-            delete = checkpoint_deleter(normalize_root(args.checkpoint_root))
+            root = normalize_root(args.checkpoint_root)
+            check_checkpoint_root(root)  # before the first trial
+            delete = checkpoint_deleter(root)
+        elif experiment.retention.enabled:  # said at start: the disk would fill silently otherwise
+            print("pbt-actors controller: no --checkpoint-root: retention is on in the experiment but this "
+                  "controller cannot delete any checkpoint (every one is kept); give it the workers' "
+                  "--checkpoint-root", file=sys.stderr, flush=True)
         handle = start_controller(experiment, store_dir, args.bind, endpoint_options=options,
-                                  checkpoint_delete=delete, meta=file_meta(args.experiment))
+                                  checkpoint_delete=delete, meta=file_meta(args.experiment, root))
     except BaseException:
         if authenticator is not None:
             authenticator.stop()
@@ -214,11 +221,19 @@ def cmd_controller(args: argparse.Namespace) -> int:
         linger_until = time.monotonic() + args.linger
         while not stop.requested and time.monotonic() < linger_until and handle.peers_not_done():
             handle.bridge.stop_event.wait(0.1)
+        if args.serve_finished and not stop.requested:
+            # a Kubernetes StatefulSet restarts a controller that exits, finished or not: serve
+            # `done` to whoever asks (late worker pods end with exit 0) until told to stop
+            print("run finished; answering `done` until SIGTERM (--serve-finished)", flush=True)
+            while not stop.requested and not handle.bridge.stop_event.is_set():
+                handle.bridge.stop_event.wait(0.5)
     finally:
         handle.stop()
         if authenticator is not None:
             authenticator.stop()
     summary = read_summary(store_dir) or {}
+    if summary.get("finished") and root is not None and experiment.retention.enabled:
+        _sweep_stale_attempt_files(store_dir, root, experiment.name)
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir)}))
     else:
@@ -226,17 +241,40 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return _outcome(store_dir) if summary.get("finished") else 0
 
 
+def _sweep_stale_attempt_files(store_dir: Path, root: str, experiment: str) -> None:
+    """At the end of a finished run, the resume checkpoints of completed trials' preempted
+    attempts go too (retention's plan knows only final checkpoints; issue 21, item 3). Files
+    only: the store is read, not written. A failure is said, not fatal (`gc` retries it)."""
+    from pbt_actors.cli.summary import open_store_readonly
+    from pbt_actors.runtime.controller.checkpoint_collector import checkpoint_deleter, sweep_stale_attempt_files
+
+    try:
+        with open_store_readonly(store_dir) as store:
+            done, errors = sweep_stale_attempt_files(store, root, experiment, checkpoint_deleter(root))
+    except Exception as exc:  # a checkpoint store that cannot be listed now: the run is still finished
+        log.warning("could not delete stale resume checkpoints under %s: %s (`pbt-actors gc` can)", root, exc)
+        return
+    for line in errors:
+        log.warning("retention: %s", line)
+    if done:
+        log.info("deleted %d resume checkpoint(s) of completed trials' earlier attempts", len(done))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
     from pbt_actors.runtime.host.host_state import host_state_path
     from pbt_actors.runtime.host.host_supervisor import HostSupervisor
     from pbt_actors.runtime.host.launch import device_slots, load_experiment_file, worker_specs
+    from pbt_actors.runtime.worker.worker_client import unresolvable_host
     from pbt_actors.storage.checkpoint_urls import checkpoint_cache, is_url, normalize_root
     from pbt_actors.tools.experiment_source import experiment_file_record
     from pbt_actors.tools.local_run import close_zygote, start_zygote
 
-    device_slots(args.devices, args.workers)
+    device_slots(args.devices, args.workers, args.gpus_per_trial, args.workers_per_gpu)
     load_experiment_file(args.experiment)  # fail fast on a broken file, before forking workers
+    unresolved = unresolvable_host(args.connect)
+    if unresolved is not None:  # said now, not only after --controller-timeout (a DNS entry may still come)
+        print(f"pbt-actors worker: {unresolved}; retrying until it does", file=sys.stderr, flush=True)
     if is_url(args.checkpoint_root):
         checkpoint_cache()  # an unusable PBT_ACTORS_CACHE_DIR: one line now, not a warning per worker
     options, extra = worker_security(args)
@@ -246,7 +284,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         check_checkpoint_root(normalize_root(args.checkpoint_root))  # a missing bucket: no worker starts
         specs = worker_specs(args.experiment, args.connect, normalize_root(args.checkpoint_root), args.devices,
-                             args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote)
+                             args.workers, prefix=args.host_id, extra_args=extra, zygote=zygote,
+                             gpus_per_trial=args.gpus_per_trial, workers_per_gpu=args.workers_per_gpu)
         host = args.host_id or socket.gethostname()
         record = experiment_file_record(args.experiment)
         supervisor = HostSupervisor(specs, controller=args.connect, endpoint_options=options, host=host,
@@ -318,6 +357,17 @@ def cmd_worker_process(args: argparse.Namespace) -> int:
     return worker_process_main(args.argv)
 
 
+def add_slot_flags(parser: argparse.ArgumentParser) -> None:
+    """``--gpus-per-trial`` and ``--workers-per-gpu`` (``runtime.host.launch.assign_slots``):
+    flags, like ``--devices``, because what a host has is the host's; the same experiment runs
+    on an 8-GPU node with ``--gpus-per-trial 2`` and on a laptop without."""
+    parser.add_argument("--gpus-per-trial", type=arguments.positive_int, default=1, metavar="N",
+                        help="GPUs each worker (trial) gets: CUDA_VISIBLE_DEVICES=a,b for a trial that runs e.g. "
+                             "torchrun --nproc-per-node N (default 1)")
+    parser.add_argument("--workers-per-gpu", type=arguments.positive_int, default=1, metavar="K",
+                        help="worker processes packed on each GPU, for small models (default 1)")
+
+
 def add_parsers(sub: Any) -> None:
     """Register ``run``, ``controller``, ``worker`` and the internal ``worker-process``."""
     run = sub.add_parser("run", help="controller + local workers on this host (the embedded default)")
@@ -325,6 +375,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--workers", type=arguments.positive_int, default=None,
                      help="worker processes (default: one per GPU, or CPUs)")
     run.add_argument("--devices", type=arguments.devices, default="all", help="all | cpu | 0,1,...")
+    add_slot_flags(run)
     run.add_argument("--store", default=None, type=arguments.store_path,
                      help="store folder (default ./pbt-runs/<experiment>)")
     run.add_argument("--checkpoint-root", default=None,
@@ -359,6 +410,9 @@ def add_parsers(sub: Any) -> None:
     ctl.add_argument("--bind", type=arguments.bind_endpoint, required=True, help="e.g. tcp://0.0.0.0:5555")
     ctl.add_argument("--linger", type=float, default=30.0,
                      help="at most this many seconds to keep serving `done` to workers after the end")
+    ctl.add_argument("--serve-finished", action="store_true",
+                     help="after the end (or on a finished store) keep answering `done` until SIGTERM instead of "
+                          "exiting: for a manager that restarts whatever exits (a Kubernetes StatefulSet)")
     ctl.add_argument("--json", action="store_true")
     ctl.add_argument("--curve-secret", default=None, help="the controller's secret key file (CURVE)")
     ctl.add_argument("--authorized-keys", default=None, help="folder of workers' public keys allowed in")
@@ -371,6 +425,7 @@ def add_parsers(sub: Any) -> None:
     wrk.add_argument("--connect", type=arguments.connect_endpoint, required=True, help="tcp://HOST:PORT")
     wrk.add_argument("--devices", type=arguments.devices, default="all")
     wrk.add_argument("--workers", type=arguments.positive_int, default=None)
+    add_slot_flags(wrk)
     wrk.add_argument("--checkpoint-root", required=True,
                      help="where checkpoints live: a folder all hosts share, or an fsspec URL such as "
                           "s3://bucket/prefix or gs://bucket/prefix (credentials from the environment, never the URL)")

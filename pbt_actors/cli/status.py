@@ -32,6 +32,29 @@ STATUS_RUNNING_ROWS = 20
 STATUS_TOP_ROWS = 5
 
 
+def checkpoint_root_of(store_dir: Path, given: str | None) -> tuple[str | Path, bool]:
+    """The checkpoint root to read: ``given`` (``--checkpoint-root``), else the one the store's
+    controller recorded (``META_CHECKPOINT_ROOT``), else ``<store>/checkpoints``; and whether
+    it is known (given or recorded) rather than the guessed default."""
+    if given:
+        return given, True
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, SIMULATED_CHECKPOINTS
+
+    if (store_dir / "data.mdb").exists():
+        with open_store_readonly(store_dir) as store:
+            recorded = store.get_meta(META_CHECKPOINT_ROOT)
+        if isinstance(recorded, str) and recorded and recorded != SIMULATED_CHECKPOINTS:
+            return recorded, True
+    return store_dir / "checkpoints", False
+
+
+def _simulated(store: Any) -> bool:
+    """The simulator wrote this store: its checkpoint refs name no file."""
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, SIMULATED_CHECKPOINTS
+
+    return bool(store.get_meta(META_CHECKPOINT_ROOT) == SIMULATED_CHECKPOINTS)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return watch_status(args.store, args.interval, args.json)
@@ -42,13 +65,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     if summary is None:
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
-    hosts = read_host_states(args.checkpoint_root or store_dir / "checkpoints")  # a folder or a URL
+    hosts = read_host_states(checkpoint_root_of(store_dir, args.checkpoint_root)[0])  # a folder or a URL
+    if args.output is not None:
+        return _print_outputs(args, store_dir)
     if args.json:
         print(json.dumps({**summary, "store": str(store_dir), "hosts": hosts}))
     else:
         print_summary(summary, str(store_dir))
         for line in describe_host_states(hosts):
             print(line)
+    return 0
+
+
+def _print_outputs(args: argparse.Namespace, store_dir: Path) -> int:
+    """``status --output TRIAL``: the trial's attempts' kept stdout/stderr (command trials)."""
+    from pbt_actors.cli.results import print_outputs
+    from pbt_actors.tools.command_outputs import attempt_outputs
+
+    with open_store_readonly(store_dir) as store:
+        experiment = stored_experiment(store)
+        trial = store.find_trial(args.output)
+    if trial is None or experiment is None:
+        print(f"no trial {args.output} in {store_dir}", file=sys.stderr)
+        return 2
+    outputs = attempt_outputs(args.checkpoint_root or str(store_dir / "checkpoints"), experiment.name, trial)
+    if args.json:
+        print(json.dumps({"trial_id": trial.id, "outputs": outputs}))
+    else:
+        print_outputs(trial.id, outputs)
     return 0
 
 
@@ -60,21 +104,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not (store_dir / "data.mdb").exists():
         print(f"no pbt-actors store at {store_dir}", file=sys.stderr)
         return 2
-    root: str | Path = args.checkpoint_root or store_dir / "checkpoints"  # a folder or a URL (s3://...)
+    root, known = checkpoint_root_of(store_dir, args.checkpoint_root)  # a folder or a URL (s3://...)
     with open_store_readonly(store_dir) as store:
-        # an explicit root is always checked (a wrong one shows as absent checkpoints); the
-        # default only when it exists (a store that never wrote checkpoints there)
-        checked = args.checkpoint_root is not None or is_url(root) or Path(root).exists()
+        # a given or recorded root is always checked (a wrong one shows as absent checkpoints);
+        # the default only when it exists; with none, checkpoints are counted unchecked
+        simulated = not known and _simulated(store)
+        checked = not simulated and (known or is_url(root) or Path(root).exists())
         report = verify_store(store, root if checked else None)
+        if simulated:
+            report.checkpoints_unchecked = 0  # there are no files to check, by design
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "checkpoint_root": str(root) if checked else None}))
     else:
         collected = f" ({report.checkpoints_collected} collected by retention)" if report.checkpoints_collected else ""
-        print(f"{report.trials} trials, {report.checkpoints_checked} checkpoints checked{collected}: "
-              + ("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)"))
+        if simulated:
+            collected += " (a simulated run: its checkpoints are not files)"
+        if not report.ok:
+            verdict = f"{len(report.problems)} problem(s)"
+        elif report.checkpoints_unchecked:
+            verdict = (f"{report.checkpoints_unchecked} checkpoints NOT checked: the store records no checkpoint "
+                       f"root and {root} does not exist; give --checkpoint-root")
+        else:
+            verdict = "all invariants hold"
+        print(f"{report.trials} trials, {report.checkpoints_checked} checkpoints checked{collected}: {verdict}")
         for problem in report.problems:
             print(f"  - {problem}")
-    return 0 if report.ok else 1
+    return 0 if report.clean else 1
 
 
 def watch_snapshot(store: Any, store_dir: str) -> dict[str, Any] | None:
@@ -182,15 +237,19 @@ def add_parsers(sub: Any) -> None:
     status = sub.add_parser("status", help="read a live or finished store without disturbing it")
     status.add_argument("--store", required=True, type=arguments.store_path)
     status.add_argument("--checkpoint-root", default=None,
-                        help="where the hosts publish their workers' state (default <store>/checkpoints)")
+                        help="where the hosts publish their workers' state (default: the root the store's "
+                             "controller recorded, else <store>/checkpoints)")
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", action="store_true", help="a live table that refreshes until the run ends")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
+    status.add_argument("--output", type=int, default=None, metavar="TRIAL",
+                        help="print the kept stdout/stderr of TRIAL's attempts (command trials)")
     status.set_defaults(func=cmd_status)
 
     ver = sub.add_parser("verify", help="check every store invariant; non-zero exit when one breaks")
     ver.add_argument("--store", required=True, type=arguments.store_path)
     ver.add_argument("--checkpoint-root", default=None,
-                     help="checkpoint folder or fsspec URL such as s3://bucket/prefix (default <store>/checkpoints)")
+                     help="checkpoint folder or fsspec URL such as s3://bucket/prefix (default: the root the "
+                          "store's controller recorded, else <store>/checkpoints)")
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_verify)

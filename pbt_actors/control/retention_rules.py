@@ -45,12 +45,12 @@ stand-in replaces a trial that did not complete), which is where the ``P`` facto
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fields import is_int
-from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.model.records import FILES_SUFFIX, MANIFEST_SUFFIX, Trial, TrialStatus
 from pbt_actors.storage.trial_store import TrialStore
 
 META_PINS = "retention_pins"
@@ -200,3 +200,20 @@ def record_collected(store: TrialStore, trial_ids: Iterable[int], now: float) ->
                 store.transition(trial_id, trial.status, trial.attempt, trial.evolve(collected_at=now))
             done.append(trial_id)
     return done
+
+
+def orphan_directory_checkpoints(uris: Iterable[str], referenced: Collection[str],
+                                 sweepable: Callable[[str], bool]) -> list[str]:
+    """The manifest uris of directory checkpoints that nothing references: a manifest no record
+    names, or a files folder (``<name>.files/...``) whose manifest no record names (a writer
+    that died before committing its manifest, or a deletion cut short). Only those for which
+    ``sweepable(manifest uri)`` holds (``gc``: under a finished trial of this store). Pure;
+    ``pbt-actors gc`` deletes each one's manifest and folder (docs/design.md §8.7)."""
+    found: set[str] = set()
+    marker = FILES_SUFFIX + "/"
+    for uri in uris:
+        if uri.endswith(MANIFEST_SUFFIX):
+            found.add(uri)
+        elif marker in uri:
+            found.add(uri[:uri.index(marker)] + MANIFEST_SUFFIX)
+    return sorted(m for m in found if m not in referenced and sweepable(m))

@@ -66,6 +66,7 @@ from pbt_actors.control.peer_identity import (
 from pbt_actors.model.protocol import (
     Error,
     Fail,
+    Hello,
     Message,
     Reply,
     Report,
@@ -206,9 +207,10 @@ class ProtocolSession:
         """When the oldest held request falls due for ``wait(0)`` (None: nothing held)."""
         return self._held.next_deadline(self.park_s)
 
-    def peers_not_done(self) -> set[str]:
-        """Workers that talked to us but have not been told ``done`` yet (for a clean exit)."""
-        return self._answered.not_done()
+    def peers_not_done(self, now: float | None = None) -> set[str]:
+        """Peers that talked to us but have not been told ``done`` yet (for a clean exit), less
+        those silent for ``clean_exit.SILENT_S`` (at ``now``, default ``clock()``)."""
+        return self._answered.not_done(self.clock() if now is None else now)
 
     # --- a round ------------------------------------------------------------------------------
     def receive(self, requests: Iterable[PeerRequest], now: float | None = None, *,
@@ -330,5 +332,7 @@ class ProtocolSession:
         if isinstance(reply, Error):
             self._log_rejection(peer, message, reply)
         elif not isinstance(message, WorkerLost):
-            self._answered.answered(peer.decode("utf-8", "replace"), reply)
+            self._answered.answered(peer.decode("utf-8", "replace"), reply,
+                                    message.workers if isinstance(message, Hello) and message.workers else None,
+                                    self.clock())
         return Outgoing(peer, request_id, reply)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from msgspec import Meta
 
+from pbt_actors.model.command_line import check_command
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.fields import NonNegativeInt, PositiveInt, StrictBool, check_fields, to_plain
 from pbt_actors.model.fitness import Metric, Objective
@@ -142,6 +143,10 @@ class Experiment:
         seed: every decision's randomness derives from it.
         retention: which checkpoints are deleted as the run goes (``Retention``; on by
             default, keeping the 3 best).
+        command: run this program as each trial instead of a ``train(ctx)``: the program and
+            its arguments, with ``{name}`` placeholders (``pbt_actors.model.command_line``;
+            README "Any program as a trial"). An experiment file with a command needs no
+            ``train``; a TOML experiment file always has one.
     """
 
     name: Name
@@ -171,6 +176,7 @@ class Experiment:
     seed: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
+    command: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         """The annotations above state each setting's own rule; the rules between settings
@@ -187,6 +193,8 @@ class Experiment:
             raise ConfigError(f"objective must be an Objective, Metric or name, got {objective!r}")
         object.__setattr__(self, "objective", objective)
         object.__setattr__(self, "initial", tuple(dict(h) for h in self.initial))
+        if self.command is not None:
+            object.__setattr__(self, "command", check_command(self.command, list(space)))
         if not isinstance(self.retention, Retention):
             raise ConfigError(f"retention must be a Retention, got {self.retention!r}")
         checks = [
@@ -220,9 +228,12 @@ class Experiment:
         return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form, in field order; ``from_dict(to_dict())`` round-trips exactly."""
+        """The stored form, in field order (``command`` only when set); ``from_dict(to_dict())``
+        round-trips exactly."""
         own = {f.name: getattr(self, f.name) for f in fields(self)}
         own.update(space=self.space_.to_dict(), objective=self.objective_.to_dict())
+        if own["command"] is None:  # only for command trials: stores written before them read back equal
+            del own["command"]
         plain: dict[str, Any] = to_plain(own)
         return plain
 
@@ -234,6 +245,8 @@ class Experiment:
             fields["objective"] = Objective.from_dict(fields["objective"])
             if fields.get("early_stop") is not None:
                 fields["early_stop"] = EarlyStop(**fields["early_stop"])
+            if fields.get("command") is None:  # stores written before command trials existed
+                fields.pop("command", None)
             if "retention" in fields:  # stores written before retention existed: the default
                 fields["retention"] = Retention.from_dict(fields["retention"])
             return cls(**fields)
@@ -246,4 +259,5 @@ class Experiment:
         for volatile in ("lease_s", "heartbeat_s", "metadata", "max_trials", "budget_steps", "max_attempts",
                          "max_losses", "trial_timeout_s", "retention"):
             d.pop(volatile)
+        d.pop("command", None)
         return d

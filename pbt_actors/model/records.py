@@ -126,6 +126,40 @@ def trial_checkpoint_prefix(experiment: str, trial_id: int) -> str:
     return f"{experiment or 'exp'}/trial-{trial_id:06d}/"
 
 
+MANIFEST_SUFFIX = ".manifest"
+"""The uri of a directory checkpoint's manifest ends so (``is_directory_checkpoint``)."""
+FILES_SUFFIX = ".files"
+"""``a-<sha16>.manifest``'s files live under ``a-<sha16>.files/`` (``directory_files_folder``)."""
+
+
+def is_directory_checkpoint(ref: CheckpointRef) -> bool:
+    """Whether ``ref`` names a directory checkpoint (its manifest) rather than one file
+    (docs/design.md §8.6: the ref's bytes and sha256 are the manifest's)."""
+    return ref.uri.endswith(MANIFEST_SUFFIX)
+
+
+def directory_files_folder(manifest_uri: str) -> str:
+    """The folder key holding the files of the directory checkpoint whose manifest is
+    ``manifest_uri`` (``exp/trial-000001/a1-s5-<sha16>.manifest`` -> ``...-<sha16>.files``):
+    derived from the manifest's key alone, so retention and ``gc`` delete a directory
+    checkpoint whole knowing only its ``CheckpointRef``, and its files stay under the
+    trial's own prefix."""
+    return manifest_uri.removesuffix(MANIFEST_SUFFIX) + FILES_SUFFIX
+
+
+def output_log_uri(experiment: str, trial_id: int, attempt: int) -> str:
+    """Where a command trial's attempt keeps its stdout/stderr tail (``runtime/command/output_log.py``):
+    under the trial's own prefix, beside its checkpoints, so every host can write it."""
+    return f"{trial_checkpoint_prefix(experiment, trial_id)}output-a{attempt}.log"
+
+
+def is_output_log(uri: str) -> bool:
+    """Whether ``uri`` is an attempt's output log (``output_log_uri``): not a checkpoint, so
+    sweeps of files no record needs must leave it for ``lineage``/``status --output``."""
+    name = uri.rsplit("/", 1)[-1]
+    return name.startswith("output-a") and name.endswith(".log") and name[8:-4].isdigit()
+
+
 def owns_checkpoint(experiment: str, trial_id: int, ref: CheckpointRef) -> bool:
     """Whether ``ref`` lies under trial ``trial_id``'s own prefix (``trial_checkpoint_prefix``)."""
     return ref.uri.startswith(trial_checkpoint_prefix(experiment, trial_id))

@@ -12,6 +12,12 @@ clear ``CheckpointError`` rather than a crash deep in torch.
 Two payload formats, chosen by content: plain data (dicts, lists, numbers, strings: no
 torch needed, e.g. the toy example) is msgpack; anything holding tensors goes through
 ``torch.save`` and is loaded with ``weights_only=True``. Never pickle.
+
+Directory checkpoints (``save_checkpoint_dir``/``load_checkpoint_dir``, docs/design.md §8.6):
+a local folder is copied into the store's staging folder while every file is hashed, its
+manifest (``storage/dir_manifest.py``) names the files' folder by its sha256, the files are
+committed, then the manifest last; the ``CheckpointRef`` is the manifest's. Loading reads and
+verifies the manifest, then returns a local folder whose every file was checked.
 """
 
 from __future__ import annotations
@@ -21,18 +27,31 @@ import functools
 import hashlib
 import io
 import os
+from pathlib import Path
 from typing import IO, Any, cast
 
 from pbt_actors.common.atomic_files import atomic_write
 from pbt_actors.model import wire
 from pbt_actors.model.errors import CheckpointError, CheckpointStoreFault, CheckpointWriteError, WireError
-from pbt_actors.model.records import CheckpointRef
+from pbt_actors.model.records import (
+    MANIFEST_SUFFIX,
+    CheckpointRef,
+    directory_files_folder,
+    is_directory_checkpoint,
+)
 from pbt_actors.storage.checkpoint_store import CheckpointStore, keyed_name
 from pbt_actors.storage.checkpoint_urls import open_store
+from pbt_actors.storage.dir_manifest import (
+    ManifestFile,
+    copy_tree_hashing,
+    decode_manifest,
+    encode_manifest,
+    scan_directory,
+)
 from pbt_actors.storage.local_checkpoints import inside_root
 
-__all__ = ["check_checkpoint_root", "inside_root", "load_checkpoint", "read_verified", "save_checkpoint", "store_for",
-           "verify_file"]
+__all__ = ["check_checkpoint_root", "delete_checkpoint", "inside_root", "load_checkpoint", "load_checkpoint_dir",
+           "read_manifest", "read_verified", "save_checkpoint", "save_checkpoint_dir", "store_for", "verify_file"]
 
 _MSGPACK_MAGIC = b"PBTMP1\n"
 
@@ -162,14 +181,113 @@ def read_verified(root: Root, ref: CheckpointRef) -> bytes | bytearray:
 
 
 def load_checkpoint(root: Root, ref: CheckpointRef) -> Any:
-    """Verify, then decode (msgpack, or torch with ``weights_only=True``)."""
+    """Verify, then decode (msgpack, or torch with ``weights_only=True``).
+
+    Raises:
+        CheckpointError: also when ``ref`` is a directory checkpoint (``load_checkpoint_dir``).
+    """
+    if is_directory_checkpoint(ref):
+        raise CheckpointError(f"checkpoint {ref.uri} is a directory: load it with load_checkpoint_dir() "
+                              "(ctx.load_checkpoint_dir())")
     return _decode(read_verified(root, ref), ref.uri)
 
 
-def verify_file(root: Root, ref: CheckpointRef) -> str | None:
-    """None if the file matches its reference, else the problem (for ``verify``)."""
+def save_checkpoint_dir(root: Root, relative_uri: str, local_dir: str | os.PathLike[str], step: int) -> CheckpointRef:
+    """Store the local folder ``local_dir`` put-once as a directory checkpoint and describe it.
+
+    ``relative_uri`` names the manifest before its sha256 is known (``.../a1-s5.manifest``;
+    ``.manifest`` is added when missing); the final keys are ``.../a1-s5-<sha16>.manifest`` and
+    its files under ``.../a1-s5-<sha16>.files/``. Saving the same content twice is a no-op.
+
+    Raises:
+        CheckpointError: the uri escapes the root, or the folder holds something that cannot
+            be stored (a symbolic link out of it, a FIFO, more than ``MAX_FILES`` files...).
+        CheckpointWriteError: the disk is full, the upload failed, or different content exists.
+    """
+    store = store_for(root)
+    if not relative_uri.endswith(MANIFEST_SUFFIX):
+        relative_uri += MANIFEST_SUFFIX
+    sources = scan_directory(local_dir)
+    staging = store.staging_folder(relative_uri)
     try:
-        store_for(root).read_verified(ref, use_cache=False)  # the stored object, not a cached copy
+        try:
+            files = copy_tree_hashing(sources, staging, fsync=False)  # the store makes it durable
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot copy checkpoint directory {local_dir} for "
+                                       f"{store.describe(relative_uri)}: {exc.strerror or exc}") from exc
+        manifest = encode_manifest(files)
+        sha = hashlib.sha256(manifest).hexdigest()
+        final = keyed_name(relative_uri, sha)
+        store.commit_folder(staging, directory_files_folder(final), files, sha)
+    finally:
+        _remove_staging_folder(staging)
+    manifest_staging = store.staging_path(final)
+    try:
+        try:
+            with atomic_write(manifest_staging) as handle:
+                handle.write(manifest)
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoint {store.describe(final)}: "
+                                       f"{exc.strerror or exc}") from exc
+        store.commit(manifest_staging, final, len(manifest), sha)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(manifest_staging)
+    return CheckpointRef(final, len(manifest), sha, step)
+
+
+def _remove_staging_folder(staging: Path) -> None:
+    from pbt_actors.storage.dir_manifest import remove_tree
+
+    with contextlib.suppress(OSError):
+        remove_tree(staging)
+
+
+def read_manifest(root: Root, ref: CheckpointRef, *, use_cache: bool = True) -> list[ManifestFile]:
+    """The files of the directory checkpoint ``ref``, its manifest verified and checked.
+
+    Raises:
+        CheckpointError: not a directory checkpoint, missing, tampered, or an unsafe manifest.
+    """
+    if not is_directory_checkpoint(ref):
+        raise CheckpointError(f"checkpoint {ref.uri} is a single file, not a directory: load it with "
+                              "load_checkpoint() (ctx.load_checkpoint())")
+    data = store_for(root).read_verified(ref, use_cache=use_cache)
+    return decode_manifest(data, f"checkpoint {ref.uri}")
+
+
+def load_checkpoint_dir(root: Root, ref: CheckpointRef) -> Path:
+    """The directory checkpoint ``ref`` as a local folder, every file's size and sha256 checked:
+    the stored folder itself for a local root, the host's cached copy for a URL (fetched once
+    per host). Read-only by convention (its files are mode 0444): copy what you change.
+
+    Raises:
+        CheckpointError: a single-file checkpoint, or anything missing, truncated or tampered.
+    """
+    files = read_manifest(root, ref)
+    return store_for(root).fetch_folder(directory_files_folder(ref.uri), files, ref.sha256)
+
+
+def delete_checkpoint(root: Root, uri: str) -> bool:
+    """Delete the checkpoint ``uri`` (a file, or a directory's manifest and then its files);
+    whether anything was there. Idempotent."""
+    store = store_for(root)
+    present = store.exists(uri)
+    store.delete(uri)
+    if uri.endswith(MANIFEST_SUFFIX):
+        present = store.delete_folder(directory_files_folder(uri)) or present
+    return present
+
+
+def verify_file(root: Root, ref: CheckpointRef) -> str | None:
+    """None if the file (or every file of a directory checkpoint) matches its reference, else
+    the problem (for ``verify``)."""
+    try:
+        if is_directory_checkpoint(ref):
+            files = read_manifest(root, ref, use_cache=False)
+            store_for(root).verify_folder(directory_files_folder(ref.uri), files)
+        else:
+            store_for(root).read_verified(ref, use_cache=False)  # the stored object, not a cached copy
     except CheckpointError as exc:
         return str(exc)
     return None

@@ -1,4 +1,6 @@
-"""Import a user's experiment file: ``experiment = Experiment(...)`` and ``def train(ctx)``.
+"""Import a user's experiment file: ``experiment = Experiment(...)`` and ``def train(ctx)``,
+or ``Experiment(..., command=[...])`` / a TOML experiment file, whose ``train`` is a
+``CommandTrial`` (``pbt_actors.runtime.command``: any program as a trial).
 
 Layer 4, at the bottom of the worker-process modules (``worker_process`` → ``zygote`` →
 ``launch`` import it; it imports none of them). ``launch`` re-exports ``load_experiment_file``.
@@ -17,6 +19,8 @@ from typing import Any
 
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
+from pbt_actors.model.experiment_toml import experiment_from_toml
+from pbt_actors.runtime.command.trial import CommandTrial
 
 EXPERIMENT_MODULE_PREFIX = "pbt_experiment_"  # sys.modules name of an imported experiment file
 
@@ -75,20 +79,39 @@ def _syntax_error(file: Path, exc: SyntaxError) -> str:
 
 
 def load_experiment_file(path: str | os.PathLike[str]) -> tuple[Experiment, Callable[..., Any]]:
-    """The file's ``experiment`` and ``train``.
+    """The file's ``experiment`` and ``train``: for a ``.toml`` file, or an experiment with a
+    ``command``, a ``CommandTrial`` that runs the command in the file's folder.
 
     Raises:
-        ConfigError: missing or wrongly typed ``experiment``/``train``, or a syntax error
-            (the message names file, line and column).
+        ConfigError: missing or wrongly typed ``experiment``/``train``, both ``train`` and a
+            ``command``, or a syntax error (the message names file, line and column).
     """
+    if str(path).endswith(".toml"):
+        file = Path(path).resolve()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the experiment file {file}: {exc}") from None
+        declared = experiment_from_toml(text, str(file))
+        return declared, command_trial(declared, file.parent)
     module = load_module(path)
     experiment = getattr(module, "experiment", None)
     train = getattr(module, "train", None)
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"{path} must define `experiment = Experiment(...)`")
+    if experiment.command is not None:
+        if train is not None:
+            raise ConfigError(f"{path} defines both `train` and `Experiment(command=...)`: keep one")
+        return experiment, command_trial(experiment, Path(path).resolve().parent)
     if not callable(train):
-        raise ConfigError(f"{path} must define `def train(ctx): ...`")
+        raise ConfigError(f"{path} must define `def train(ctx): ...` (or `Experiment(..., command=[...])`)")
     return experiment, train
+
+
+def command_trial(experiment: Experiment, folder: Path) -> CommandTrial:
+    """The ``train`` of an experiment with a ``command``: run in ``folder``."""
+    assert experiment.command is not None
+    return CommandTrial(experiment.command, cwd=folder, objective=experiment.objective_.names)
 
 
 def forget_experiment_modules() -> None:
@@ -108,4 +131,5 @@ def forget_experiment_modules() -> None:
             del sys.modules[name]
 
 
-__all__ = ["EXPERIMENT_MODULE_PREFIX", "forget_experiment_modules", "load_experiment_file", "load_module"]
+__all__ = ["EXPERIMENT_MODULE_PREFIX", "command_trial", "forget_experiment_modules", "load_experiment_file",
+           "load_module"]

@@ -50,12 +50,16 @@ def start_controller(experiment: Experiment, store_dir: Path, bind: str, **optio
                           f"free?)") from None
 
 
-def file_meta(experiment_file: str) -> dict[str, Any]:
-    """The store's record of the experiment file (path and sha256), for ``replay``'s default."""
-    from pbt_actors.storage.trial_store import META_EXPERIMENT_FILE
+def file_meta(experiment_file: str, checkpoint_root: str | None = None) -> dict[str, Any]:
+    """The store's record of the experiment file (path and sha256), for ``replay``'s default,
+    and of the checkpoint root (normalized) when there is one, for ``status`` and ``verify``."""
+    from pbt_actors.storage.trial_store import META_CHECKPOINT_ROOT, META_EXPERIMENT_FILE
     from pbt_actors.tools.experiment_source import experiment_file_record
 
-    return {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
+    meta: dict[str, Any] = {META_EXPERIMENT_FILE: experiment_file_record(experiment_file)}
+    if checkpoint_root is not None:
+        meta[META_CHECKPOINT_ROOT] = checkpoint_root
+    return meta
 
 
 def start_zygote(enabled: bool = True) -> Any:
@@ -90,7 +94,8 @@ class LocalRun:
     @classmethod
     def start(cls, experiment_file: str, experiment: Experiment, store_dir: Path, *, bind: str, devices: str,
               workers: int | None, checkpoint_root: str | None = None, zygote: bool = True,
-              endpoint_options: dict[str, Any] | None = None) -> LocalRun:
+              endpoint_options: dict[str, Any] | None = None, gpus_per_trial: int = 1,
+              workers_per_gpu: int = 1) -> LocalRun:
         """Start the zygote, the controller on ``store_dir`` and the supervised workers; whatever
         started is stopped again if a later part fails."""
         from pbt_actors.runtime.checkpoint_payloads import check_checkpoint_root
@@ -104,7 +109,7 @@ class LocalRun:
         forks = start_zygote(zygote)  # before Controller.start: the first thread of this process
         try:
             check_checkpoint_root(root)  # a bucket that is not there stops the run before any trial
-            handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file),
+            handle = start_controller(experiment, store_dir, bind, meta=file_meta(experiment_file, root),
                                       endpoint_options=endpoint_options,
                                       checkpoint_delete=checkpoint_deleter(root))  # retention deletes here
         except BaseException:
@@ -112,7 +117,8 @@ class LocalRun:
             raise
         try:
             specs = worker_specs(experiment_file, handle.endpoint, root, devices, workers,
-                                 log_dir=str(store_dir / "logs"), zygote=forks)
+                                 log_dir=str(store_dir / "logs"), zygote=forks, gpus_per_trial=gpus_per_trial,
+                                 workers_per_gpu=workers_per_gpu)
             host = socket.gethostname()
             supervisor = HostSupervisor(specs, controller=handle.endpoint, host=host,
                                         state_path=host_state_path(root, host))

@@ -33,8 +33,14 @@ from typing import Any
 
 from pbt_actors.common.atomic_files import write_atomically
 from pbt_actors.model.errors import ReplayError
-from pbt_actors.model.records import CheckpointRef, Measurement
-from pbt_actors.runtime.checkpoint_payloads import inside_root, load_checkpoint, read_verified, store_for
+from pbt_actors.model.records import CheckpointRef, Measurement, directory_files_folder, is_directory_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import (
+    inside_root,
+    load_checkpoint,
+    load_checkpoint_dir,
+    read_verified,
+    store_for,
+)
 from pbt_actors.runtime.worker.trial_context import NullLink, TrialContext
 from pbt_actors.tools.lineage import Schedule, Segment
 
@@ -93,10 +99,22 @@ class ReplayResult:
         return self.segments[-1].checkpoint if self.segments else None
 
     def load_state(self) -> Any:
-        """The final saved state (verified), e.g. to evaluate or export the replayed model."""
+        """The final saved state (verified), e.g. to evaluate or export the replayed model; for
+        a directory checkpoint, its verified local folder (``Path``)."""
         if self.checkpoint is None:
             raise ReplayError("the last segment saved no checkpoint")
+        if is_directory_checkpoint(self.checkpoint):
+            return load_checkpoint_dir(self.checkpoint_root, self.checkpoint)
         return load_checkpoint(self.checkpoint_root, self.checkpoint)
+
+    @property
+    def state_path(self) -> Path | None:
+        """Where the final state lies: the file, or a directory checkpoint's folder."""
+        if self.checkpoint is None:
+            return None
+        uri = self.checkpoint.uri
+        return Path(self.checkpoint_root) / (directory_files_folder(uri) if is_directory_checkpoint(self.checkpoint)
+                                             else uri)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,7 +234,11 @@ def replay(schedule: Schedule, train: Callable[[TrialContext], Any], *,
 
 def _copy_verified(source_root: str | os.PathLike[str], target_root: Path, ref: CheckpointRef) -> None:
     """Place the search's checkpoint ``ref`` (from a folder or a URL such as ``s3://...``)
-    under the replay's local root (same uri), verified."""
+    under the replay's local root (same uri), verified; a directory checkpoint's manifest and
+    every file of its folder."""
+    if is_directory_checkpoint(ref):
+        _copy_directory_verified(source_root, target_root, ref)
+        return
     data = read_verified(source_root, ref)
     target = inside_root(target_root, ref.uri)
     source = store_for(source_root).local_path(ref.uri)
@@ -224,3 +246,20 @@ def _copy_verified(source_root: str | os.PathLike[str], target_root: Path, ref: 
         return
     write_atomically(target, bytes(data))
     read_verified(target_root, ref)  # the copy must match the reference too
+
+
+def _copy_directory_verified(source_root: str | os.PathLike[str], target_root: Path, ref: CheckpointRef) -> None:
+    """``_copy_verified`` for a directory checkpoint: the verified folder (fetched once to
+    this host's cache for a URL) copied next to its manifest, then verified at the target."""
+    import shutil
+
+    manifest = read_verified(source_root, ref)
+    folder = load_checkpoint_dir(source_root, ref)
+    target_manifest = inside_root(target_root, ref.uri)
+    target_folder = inside_root(target_root, directory_files_folder(ref.uri))
+    if target_folder == folder.resolve():
+        return  # the replay writes into the search's own root
+    if not target_folder.exists():
+        shutil.copytree(folder, target_folder)
+    write_atomically(target_manifest, bytes(manifest))
+    load_checkpoint_dir(target_root, ref)  # the copy must match the reference too

@@ -31,15 +31,26 @@ class VerifyReport:
     checkpoints_checked: int = 0
     checkpoints_collected: int = 0
     """Checkpoints retention deleted (their records say so); not problems, not checked."""
+    checkpoints_unchecked: int = 0
+    """Completed trials' checkpoints not checked because no checkpoint root was given."""
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """No invariant of the records is broken (checkpoint files: see ``clean``)."""
         return not self.problems
 
+    @property
+    def clean(self) -> bool:
+        """Nothing broken and nothing left unchecked: what ``pbt-actors verify`` calls clean
+        (a store whose checkpoints could not be checked is not, issue 21 item 6)."""
+        return self.ok and not self.checkpoints_unchecked
+
     def to_dict(self) -> dict[str, object]:
-        return {"ok": self.ok, "trials": self.trials, "checkpoints_checked": self.checkpoints_checked,
+        return {"ok": self.ok, "clean": self.clean, "trials": self.trials,
+                "checkpoints_checked": self.checkpoints_checked,
                 "checkpoints_collected": self.checkpoints_collected,
+                "checkpoints_unchecked": self.checkpoints_unchecked,
                 "problems": list(self.problems)}
 
 
@@ -110,6 +121,8 @@ def verify_store(store: TrialStore, checkpoint_root: str | Path | None = None, *
             report.checkpoints_collected += 1
             if store.checkpoint(trial.id) is not None:
                 problems.append(f"{tag}'s checkpoint is recorded collected but still in the checkpoint index")
+        elif trial.status is TrialStatus.COMPLETED and trial.checkpoint is not None and checkpoint_root is None:
+            report.checkpoints_unchecked += 1
         elif trial.status is TrialStatus.COMPLETED and trial.checkpoint is not None and checkpoint_root is not None:
             report.checkpoints_checked += 1
             problem = verify_file(checkpoint_root, trial.checkpoint)

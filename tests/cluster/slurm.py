@@ -128,6 +128,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={r}/log/jobcomp.txt
 SwitchType=switch/none
 MpiDefault=none
 SelectType=select/cons_tres
@@ -205,6 +207,22 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
             if item.startswith(f"{name}="):
                 return item.split("=", 1)[1]
         return None
+
+    def completion(self, job_id: int) -> dict[str, str] | None:
+        """The job's completion record (``jobcomp/filetxt``: one line per ended job, kept for
+        good, unlike slurmctld's memory), or None before it ended. Why not ``sacct``: in SLURM
+        22.05 it reads only ``slurmdbd``, which needs a MySQL server; without one sacct says
+        "accounting storage is disabled". The record has the fields that matter here:
+        ``JobState``, ``ExitCode``, ``StartTime``, ``EndTime``, ``NodeList``."""
+        path = self.root / "log" / "jobcomp.txt"
+        if not path.exists():
+            return None
+        found = None
+        for line in path.read_text(errors="replace").splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            if fields.get("JobId") == str(job_id):
+                found = fields  # a requeued job has a line per run: the last one is its end
+        return found
 
     def wait_job_end(self, job_id: int, timeout_s: float) -> str:
         ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",

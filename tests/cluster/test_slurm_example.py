@@ -4,12 +4,15 @@ per node), ``pbt-actors verify`` clean."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pbt_actors.runtime.host.launch import load_experiment_file
 from tests.cluster.jobs import TOY, Run, assert_finished_once, worker_hosts
 from tests.cluster.slurm import NODES, SlurmCluster
 from tests.support.runs import REPO
@@ -39,7 +42,24 @@ def test_sbatch_runs_the_toy_example_to_completion(slurm: SlurmCluster, tmp_path
     for node in NODES:  # one worker step per node, CPU-only (this cluster binds no GPU)
         assert f"worker-step.sh: node {node} (host id {node}-j{job}) --devices cpu --workers 1" in out
 
-    verify = subprocess.run([sys.executable, "-m", "pbt_actors.cli", "verify", "--store", str(run.store),
-                             "--checkpoint-root", str(run.checkpoints)], cwd=REPO, capture_output=True, text=True,
-                            timeout=60, check=False)
+    # issue 21: retention works on the cluster path (pbt.sbatch gives the controller the root):
+    # at most keep_best + one population's worth of checkpoint files are left
+    experiment, _ = load_experiment_file(TOY)
+    files = [p for p in run.checkpoints.rglob("*") if p.is_file() and p.suffix == ".ckpt"]
+    assert len(files) <= experiment.retention.keep_best + experiment.population, sorted(map(str, files))
+    # the allocation ends within 10 s of the run's end (no 30 s linger, no idle worker)
+    finished_at = max(t.ended_at or 0.0 for t in trials)  # the last trial's end is the run's (wall clock)
+    ended = datetime.datetime.fromisoformat(slurm.job_field(job, "EndTime") or "").timestamp()
+    assert ended - finished_at < 10, (ended - finished_at, out)
+
+    # the faces find the recorded checkpoint root by themselves: hosts listed, checkpoints checked
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pbt_actors.cli", *argv], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    verify = cli("verify", "--store", str(run.store), "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["clean"] and report["checkpoints_checked"] >= 1 and report["checkpoint_root"] == str(run.checkpoints)
+    status = json.loads(cli("status", "--store", str(run.store), "--json").stdout)
+    assert {h["host"] for h in status["hosts"]} >= {f"{node}-j{job}" for node in NODES}, status["hosts"]

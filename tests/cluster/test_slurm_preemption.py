@@ -8,6 +8,9 @@ trained twice are at most the work in flight when the signal came."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from pbt_actors.model.records import Trial
 from tests.cluster.jobs import PREEMPTIBLE, Run, assert_finished_once, steps_redone, worker_hosts
 from tests.cluster.slurm import SlurmCluster
 from tests.faults.harness import read_trace
+from tests.support.runs import REPO
 from tests.support.waiting import wait_until
 
 SHAPE: dict[str, float] = {"FAULT_POPULATION": 4, "FAULT_STEPS_PER_TRIAL": 8, "FAULT_MAX_STEPS": 24,
@@ -85,6 +89,20 @@ def test_one_nodes_worker_step_preempted_with_sigterm_then_sigkill(slurm: SlurmC
     redone = steps_redone(run, trials)
     assert redone <= in_flight, (redone, in_flight)
     print(f"preempted one node's step: redone {redone} steps, in flight {in_flight}")
+
+    # issue 21, item 3: `gc` collects the preempted attempt's resume checkpoint too: after it only
+    # the checkpoints it holds are left (the experiment runs with retention off: --force)
+    resume_file = run.checkpoints / preempted.resume.uri
+    assert resume_file.is_file()
+    gc = subprocess.run([sys.executable, "-m", "pbt_actors.cli", "gc", "--store", str(run.store), "--force",
+                         "--checkpoint-root", str(run.checkpoints), "--json"], cwd=REPO, capture_output=True,
+                        text=True, timeout=60, check=False)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    result = json.loads(gc.stdout.strip().splitlines()[-1])
+    assert {"trial": preempted.id, "uri": preempted.resume.uri} in result["stale_attempt_files"], result
+    assert not resume_file.exists()
+    left = sorted(p.relative_to(run.checkpoints).as_posix() for p in run.checkpoints.rglob("*.ckpt"))
+    assert len(left) == result["held"] - len(result["deleted"]), (left, result)
 
 
 @pytest.mark.slow

@@ -4,8 +4,12 @@ real cluster tests bind no GPU, so the GPU path is checked here (``PBT_CMD=echo`
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +71,41 @@ def test_the_cluster_tests_say_why_they_skip(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None if name in ("munged", "slurmd") else "/usr/bin/x")
     reason = slurm.missing_reason() or ""
     assert "missing munged, slurmd" in reason and ".ci/install" in reason
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_step_on_a_finished_run_ends_at_once_with_exit_0(tmp_path: Path) -> None:
+    """Issue 21, 4b: the mark pbt.sbatch leaves once the run is finished ends a late step."""
+    mark = tmp_path / "run.finished"
+    mark.touch()
+    done = _step(PBT_FINISHED_MARK=str(mark))
+    assert done.returncode == 0 and "the run is finished" in done.stdout, done.stdout + done.stderr
+    assert "--connect" not in done.stdout  # no worker was started
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_waiting_for_a_gone_controller_is_stopped_by_the_mark(tmp_path: Path) -> None:
+    """A worker that started after the controller ended waits for nobody (up to
+    --controller-timeout): once the mark appears the step stops it and exits 0, in seconds."""
+    fake = tmp_path / "fake-pbt-actors"  # a worker that never hears a controller; says when signalled
+    fake.write_text("#!/usr/bin/env bash\ntrap 'echo got-TERM; exit 143' TERM\nwhile :; do sleep 0.1; done\n")
+    fake.chmod(0o755)
+    mark = tmp_path / "run.finished"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PBT_", "CUDA_VISIBLE"))}
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "worker-step.sh")], stdout=subprocess.PIPE, text=True,
+                            env={**clean, **BASE, "PBT_CMD": str(fake), "PBT_FINISHED_MARK": str(mark)},
+                            start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(3)  # still waiting: no mark yet
+        mark.touch()
+        started = time.monotonic()
+        assert proc.wait(20) == 0
+        took = time.monotonic() - started
+        out = proc.stdout.read() if proc.stdout else ""
+        assert "stopping the workers still waiting" in out and "got-TERM" in out, out
+        assert took < 12, took  # poll (2 s) + grace (5 s) + the worker's exit
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

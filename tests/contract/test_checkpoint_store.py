@@ -19,8 +19,15 @@ from pathlib import Path
 import pytest
 
 from pbt_actors.model.errors import CheckpointError, CheckpointWriteError, ConfigError
-from pbt_actors.model.records import CheckpointRef
-from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
+from pbt_actors.model.records import CheckpointRef, directory_files_folder, is_directory_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import (
+    delete_checkpoint,
+    load_checkpoint,
+    load_checkpoint_dir,
+    save_checkpoint,
+    save_checkpoint_dir,
+    verify_file,
+)
 from pbt_actors.storage.checkpoint_cache import STAGING, CheckpointCache
 from pbt_actors.storage.checkpoint_store import CheckpointStore
 from pbt_actors.storage.checkpoint_urls import local_state_folder, normalize_root, open_store
@@ -223,3 +230,121 @@ def test_urls_with_credentials_are_refused_and_roots_normalized(tmp_path: Path) 
         assert here.is_relative_to(tmp_path / "cache") and here != local_state_folder("s3://bucket/other")
     finally:
         del os.environ["PBT_ACTORS_CACHE_DIR"]
+
+
+# --- directory checkpoints: the same contract for a folder of files (storage/dir_manifest.py) ----
+
+def checkpoint_folder(base: Path, files: int = 6) -> Path:
+    """A folder like ``save_pretrained`` writes: nested files, a dotfile, an empty file."""
+    (base / "shards").mkdir(parents=True)
+    (base / "config.json").write_text('{"layers": 2}')
+    (base / ".gitattributes").write_text("*.bin binary\n")
+    (base / "empty.txt").write_bytes(b"")
+    for i in range(files):
+        (base / "shards" / f"part-{i:03d}.bin").write_bytes(bytes([i]) * (1000 + i))
+    return base
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def damage_file(store: CheckpointStore, key: str, data: bytes | None) -> None:
+    """Replace (or remove, with None) one stored file of a directory checkpoint."""
+    path = store.local_path(key)
+    if path is not None:
+        path.unlink()
+        if data is not None:
+            path.write_bytes(data)
+        return
+    assert isinstance(store, FsspecCheckpointStore)
+    if data is None:
+        store.fs.rm_file(store.object_path(key))
+    else:
+        with store.fs.open(store.object_path(key), "wb") as handle:
+            handle.write(data)
+
+
+def test_a_directory_round_trips_through_another_host_verified(make: StoreFactory, tmp_path: Path) -> None:
+    source = checkpoint_folder(tmp_path / "src")
+    ref = save_checkpoint_dir(make("a"), "exp/trial-000001/a1-s5", source, 5)
+    assert ref.uri == f"exp/trial-000001/a1-s5-{ref.sha256[:16]}.manifest" and is_directory_checkpoint(ref)
+    loaded = load_checkpoint_dir(make("b"), ref)  # another host: an empty cache
+    assert folder_bytes(loaded) == folder_bytes(source)
+    listed = list(make("c").list_uris())
+    assert ref.uri in listed and f"{directory_files_folder(ref.uri)}/shards/part-003.bin" in listed
+    assert verify_file(make("d"), ref) is None
+    assert save_checkpoint_dir(make("e"), "exp/trial-000001/a1-s5", source, 5) == ref  # put-once: a no-op
+
+
+def test_a_damaged_file_of_a_directory_is_caught_on_fetch_and_by_verify(make: StoreFactory, tmp_path: Path) -> None:
+    writer = make("a")
+    ref = save_checkpoint_dir(writer, "exp/trial-000001/a1-s5", checkpoint_folder(tmp_path / "src"), 5)
+    key = f"{directory_files_folder(ref.uri)}/shards/part-002.bin"
+    good = bytes([2]) * 1002
+    for data, message in ((good[:-1] + b"\x07", "sha256"), (good[:-3], "truncated"), (None, r"missing|incomplete")):
+        damage_file(writer, key, data)
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint_dir(make(f"fresh-{message[:4]}"), ref)
+        problem = verify_file(writer, ref)  # the stored objects, never a cached copy
+        assert problem is not None and "part-002.bin" in problem
+
+
+def test_a_writer_dying_before_its_manifest_leaves_nothing_referenced(make: StoreFactory, tmp_path: Path) -> None:
+    """The files go up first, the manifest last: without the manifest there is no ref to load."""
+    from pbt_actors.storage.dir_manifest import copy_tree_hashing, encode_manifest, scan_directory
+
+    store = make("a")
+    staging = store.staging_folder("exp/trial-000001/a1-s5.manifest")
+    files = copy_tree_hashing(scan_directory(checkpoint_folder(tmp_path / "src")), staging)
+    sha = hashlib.sha256(encode_manifest(files)).hexdigest()
+    manifest_uri = f"exp/trial-000001/a1-s5-{sha[:16]}.manifest"
+    store.commit_folder(staging, directory_files_folder(manifest_uri), files, sha)  # ... then the writer dies
+    assert not [u for u in store.list_uris() if u.endswith(".manifest")]
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint_dir(make("b"), CheckpointRef(manifest_uri, 10, sha, 5))
+
+
+def test_deleting_a_directory_checkpoint_removes_its_manifest_and_every_file(make: StoreFactory,
+                                                                             tmp_path: Path) -> None:
+    store = make("a")
+    keep = save_checkpoint_dir(store, "exp/trial-000001/a1-s5", checkpoint_folder(tmp_path / "k", 2), 5)
+    drop = save_checkpoint_dir(store, "exp/trial-000002/a1-s5", checkpoint_folder(tmp_path / "d", 3), 5)
+    assert delete_checkpoint(store, drop.uri) is True
+    assert delete_checkpoint(store, drop.uri) is False  # idempotent
+    assert all(u.startswith("exp/trial-000001/") for u in store.list_uris())
+    assert verify_file(make("b"), keep) is None
+
+
+def test_a_fetched_directory_is_cached_per_host(tmp_path: Path, s3: S3Server) -> None:
+    root = f"s3://{BUCKET}/dircache-{uuid.uuid4().hex[:8]}"
+    writer = FsspecCheckpointStore(root, CheckpointCache(tmp_path / "w", 1 << 30), options={})
+    ref = save_checkpoint_dir(writer, "exp/trial-000001/a1-s5", checkpoint_folder(tmp_path / "src"), 5)
+    assert load_checkpoint_dir(writer, ref).is_relative_to(tmp_path / "w")  # the writer kept its upload
+    reader = FsspecCheckpointStore(root, CheckpointCache(tmp_path / "r", 1 << 30), options={})
+    first = load_checkpoint_dir(reader, ref)
+    writer.delete_folder(directory_files_folder(ref.uri))  # gone from the bucket ...
+    assert load_checkpoint_dir(reader, ref) == first  # ... yet this host still has it, verified
+    entry = first / "config.json"
+    entry.chmod(0o644)
+    entry.write_text("tampered in the cache")
+    with pytest.raises(CheckpointError, match=r"incomplete|missing"):  # never trusted: dropped, refetched
+        load_checkpoint_dir(reader, ref)
+
+
+def test_cached_folders_are_evicted_by_bytes_unless_a_process_holds_them(tmp_path: Path) -> None:
+    from pbt_actors.storage import checkpoint_cache
+
+    cache = CheckpointCache(tmp_path / "c", 2500)
+    entries = []
+    for i in range(3):
+        temp = cache.new_temp_dir()
+        (temp / "f").write_bytes(bytes([i]) * 1000)
+        entries.append(cache.adopt_dir(temp, f"{i:02d}" * 32, 1000))
+        os.utime(entries[-1], (1000 + i, 1000 + i))
+    assert all(e.is_dir() for e in entries)  # all held by this process: nothing evicted under it
+    for lock, (fd, _pid) in list(checkpoint_cache._held.items()):  # the trials moved on
+        os.close(fd)
+        del checkpoint_cache._held[lock]
+    cache.evict()
+    assert [e.is_dir() for e in entries] == [False, True, True]

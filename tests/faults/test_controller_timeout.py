@@ -17,7 +17,7 @@ import pytest
 from pbt_actors.common.exit_codes import EXIT_NO_CONTROLLER
 from pbt_actors.model.records import TrialStatus
 from pbt_actors.runtime.host.launch import load_experiment_file
-from pbt_actors.runtime.worker.worker_client import ControllerGone, WorkerClient
+from pbt_actors.runtime.worker.worker_client import ControllerGone, WorkerClient, unresolvable_host
 from pbt_actors.runtime.worker.worker_process import WorkerProcessConfig
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from tests.faults.harness import (
@@ -65,6 +65,24 @@ def test_a_worker_that_never_hears_a_controller_gives_up_after_the_timeout(tmp_p
         client.close()
     assert 1.9 <= took < 2.0 + 3.0, took  # (counted from the client's start, just before `started`)
     assert client.controller_gone.is_set()
+
+
+@pytest.mark.timeout(60)
+def test_a_controller_name_that_does_not_resolve_is_said_so(tmp_path: Path) -> None:
+    """Issue 21, item 8: ZeroMQ retries an unresolvable name silently; the give-up says why
+    (``.invalid`` never resolves, RFC 6761), and an address or a name that resolves is not blamed."""
+    _, train = load_experiment_file(TOY)
+    endpoint = f"tcp://pbt-no-such-controller.invalid:{free_port()}"
+    assert "'pbt-no-such-controller.invalid' does not resolve" in (unresolvable_host(endpoint) or "")
+    for fine in (f"tcp://127.0.0.1:{free_port()}", "tcp://localhost:5555", "ipc:///tmp/x", "tcp://[::1]:5555"):
+        assert unresolvable_host(fine) is None, fine
+    client = WorkerClient(endpoint, train, str(tmp_path), worker_id="alone", controller_timeout_s=1.0)
+    try:
+        with pytest.raises(ControllerGone, match=r"for 1 s; giving up: the controller's host name "
+                                                 r"'pbt-no-such-controller.invalid' does not resolve"):
+            client.hello()
+    finally:
+        client.close()
 
 
 @pytest.mark.slow

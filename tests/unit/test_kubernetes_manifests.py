@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,45 @@ on by default since 1.26; the 1.30 schema has every field used)."""
 
 def _manifests() -> list[tuple[str, dict[str, Any]]]:
     docs = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs.append((path.name, doc))
     return docs
+
+
+NODE_LOST_RECOVERY_S = 300 + 360
+"""How long a controller pod on a lost node takes to come back at least: the default
+``tolerationSeconds`` of the ``unreachable`` taint (300 s) before eviction, plus the
+attach-detach controller's forced detach of its ReadWriteOnce volume (6 min)."""
+
+
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize folder``: what ``kubectl apply -k`` would send."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders kustomizations offline; no cluster needed)")
+    done = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _variants(tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rendered default kustomization and one per component enabled (its commented lines
+    uncommented, in a copy), as docs/kubernetes.md says to."""
+    rendered = {"default": _kustomize(K8S)}
+    for component in ("elastic", "object-storage"):
+        copy = tmp_path / component
+        shutil.copytree(K8S, copy)
+        text = (copy / "kustomization.yaml").read_text()
+        enabled = text.replace("# components:", "components:").replace(f"#   - {component}", f"  - {component}")
+        assert enabled.count(f"  - {component}") == 1 and "components:\n" in enabled
+        (copy / "kustomization.yaml").write_text(enabled)
+        rendered[component] = _kustomize(copy)
+    return rendered
 
 
 def _by_kind(kind: str, name: str, file: str | None = None) -> dict[str, Any]:
@@ -120,18 +154,80 @@ def test_the_schema_check_catches_a_misspelt_field() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_the_kustomization_lists_existing_files_and_leaves_out_the_alternative_job() -> None:
+def test_the_kustomization_lists_existing_files_and_the_deployment_is_a_component() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == "pbt"
     resources = kustomization["resources"]
     assert all((K8S / r).is_file() for r in resources), resources
-    # one worker workload at a time: the Deployment here, the Job applied alone instead
-    assert sorted(resources) == sorted(p.name for p in K8S.glob("*.yaml")
-                                       if p.name not in ("kustomization.yaml", "worker-job.yaml"))
+    # every manifest goes through kustomize (issue 21, 7a): the Job by default, the Deployment
+    # through the elastic component
+    assert sorted(resources) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    component = yaml.safe_load((K8S / "elastic" / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component" and component["resources"] == ["worker-deployment.yaml"]
     images = {i["name"] for i in kustomization["images"]}
     for where, spec in _pod_specs():
         for container in spec["containers"]:
             assert container["image"] in images, where
+
+
+@pytest.mark.timeout(120)
+def test_what_kubectl_apply_k_sends_is_valid_and_runs_the_built_image(tmp_path: Path) -> None:
+    """Issue 21, 7a: the rendered output (``kubectl kustomize``) of both variants passes strict
+    validation, every pod runs the image the kustomization names (no bare ``pbt-actors``), in
+    namespace pbt, with one worker workload each."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    image = "{newName}:{newTag}".format(**kustomization["images"][0])
+    for variant, docs in _variants(tmp_path).items():
+        kinds = sorted(d["kind"] for d in docs)
+        expected = {"default": ["PersistentVolumeClaim", "Service", "StatefulSet", "Job"],
+                    "elastic": ["PersistentVolumeClaim", "Service", "StatefulSet", "Deployment"],
+                    "object-storage": ["Service", "StatefulSet", "Job"]}[variant]
+        assert kinds == sorted(expected), (variant, kinds)
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(f"{variant}: {doc['kind']} {doc['metadata']['name']}: {exc.message}") from None
+            assert doc["metadata"]["namespace"] == "pbt", (variant, doc["kind"])
+            if doc["kind"] in ("StatefulSet", "Deployment", "Job"):
+                assert {c["image"] for c in doc["spec"]["template"]["spec"]["containers"]} == {image}, variant
+
+
+@pytest.mark.timeout(120)
+def test_the_object_storage_component_puts_every_checkpoint_root_in_the_bucket(tmp_path: Path) -> None:
+    """Issue 21, 7d: no ReadWriteMany volume; both commands name the same bucket URL, which the
+    CLI accepts; credentials come from the Secret pbt-s3; nothing mounts /checkpoints any more."""
+    docs = _variants(tmp_path)["object-storage"]
+    roots = set()
+    for doc in docs:
+        if doc["kind"] not in ("StatefulSet", "Job"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        args = _parse(_pbt_argv(container))
+        roots.add(args.checkpoint_root)
+        assert container["envFrom"] == [{"secretRef": {"name": "pbt-s3"}}]
+        assert all(m["mountPath"] != "/checkpoints" for m in container["volumeMounts"])
+        assert all("persistentVolumeClaim" not in v for v in spec["volumes"])
+    assert len(roots) == 1 and next(iter(roots)).startswith("s3://"), roots
+
+
+@pytest.mark.timeout(60)
+def test_pods_run_as_non_root_with_a_read_only_root_filesystem_and_gpu_pods_see_nvidia_smi() -> None:
+    """Issue 21, 7e and 7f."""
+    for where, spec in _pod_specs():
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, where
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), where  # somewhere to write
+            if "nvidia.com/gpu" in container["resources"].get("limits", {}):
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"].split(","), where  # mounts nvidia-smi
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert re.search(r"^USER 10001$", dockerfile, flags=re.M) and ".[torch,s3]" in dockerfile
+    assert (REPO / ".dockerignore").is_file() and ".git" in (REPO / ".dockerignore").read_text().split()
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -144,6 +240,7 @@ def test_the_commands_in_the_manifests_are_accepted_by_the_cli() -> None:
     args = _parse(argv)
     assert args.command == "controller" and args.bind == f"tcp://0.0.0.0:{port}"
     assert args.curve_secret and args.authorized_keys and not args.insecure  # CURVE on a pod network
+    assert args.serve_finished  # a finished controller is not restarted in a loop (issue 21, 7c)
     assert controller["spec"]["serviceName"] == service["metadata"]["name"]
     assert service["spec"]["selector"] == controller["spec"]["template"]["metadata"]["labels"]
 
@@ -156,7 +253,8 @@ def test_the_commands_in_the_manifests_are_accepted_by_the_cli() -> None:
         assert args.command == "worker"
         assert args.connect == f"tcp://{service['metadata']['name']}:{port}"
         assert args.curve_server_key and args.curve_secret
-        assert args.controller_timeout > 0
+        # a controller rescheduled from a lost node is waited for, not given up on (issue 21, 7b)
+        assert args.controller_timeout > NODE_LOST_RECOVERY_S
         # the host's grace for its workers ends before the kubelet's SIGKILL
         assert args.stop_grace < spec["terminationGracePeriodSeconds"]
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
@@ -220,8 +318,9 @@ def test_the_docs_commands_name_files_that_exist_and_flags_the_cli_accepts() -> 
         if argv[:1] == ["kubectl"] and "--" in argv and "pbt-actors" in argv:  # kubectl exec ... -- pbt-actors
             _parse(argv[argv.index("pbt-actors") + 1:])
         if argv[:1] == ["kubectl"] and "apply" in argv:
-            target = argv[argv.index("-k") + 1] if "-k" in argv else _option(argv, "-f")
-            assert (REPO / target).exists(), target
+            assert "-k" in argv, f"{argv}: every apply goes through kustomize (its image, namespace, labels)"
+            target = argv[argv.index("-k") + 1]
+            assert (REPO / target / "kustomization.yaml").is_file(), target
             applied.append(target)
         for arg in argv:
             if arg.startswith("--from-file="):
@@ -229,7 +328,7 @@ def test_the_docs_commands_name_files_that_exist_and_flags_the_cli_accepts() -> 
                 assert source in generated or (REPO / source).is_file(), source
         if argv[:1] == ["docker"] and "-f" in argv:
             assert (REPO / _option(argv, "-f")).is_file()
-    assert "examples/kubernetes" in applied and "examples/kubernetes/worker-job.yaml" in applied
+    assert applied and set(applied) == {"examples/kubernetes"}
     # every Secret and ConfigMap the pods mount is created by the docs
     for where, spec in _pod_specs():
         for volume in spec["volumes"]:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import pytest
 
+from pbt_actors.control.clean_exit import SILENT_S
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.control.session import Outgoing, Parked, ProtocolSession
 from pbt_actors.model.experiment import Experiment
@@ -170,6 +171,51 @@ def test_a_held_report_with_next_is_answered_too_and_both_peers_hear_done() -> N
     out = h.send((WB, 8, report("wb", child, next_trial=True)))  # the last report: the run ends
     assert out == [Outgoing(WB, 8, Done()), Outgoing(WA, 3, Done())]
     assert h.session.peers_not_done() == set() and h.session.peers_done == {"wa", "wb"}
+
+
+def test_a_host_supervisor_is_done_once_every_worker_it_listed_heard_done() -> None:
+    """Issue 21, 4a: a supervisor only says ``hello``, never asks for work, so it is never
+    answered ``done``; the controller must not linger for it once its workers heard ``done``
+    (nor for a host whose workers were all reported lost), but does while one still has not."""
+    h = Harness()
+    assert isinstance(only(h.send((SUP, 1, Hello("supervisor-1", "node1", 1, "", "", ("wa", "wb"))))).reply, Ack)
+    spec = lease_first(h)
+    park(h)
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}  # wb is held, not answered yet
+    child = h.send((WA, 2, report("wa", spec)))[1].reply
+    assert isinstance(child, TrialAssignment)
+    park(h, WA, 3)
+    out = h.send((WB, 8, report("wb", child, next_trial=True)))  # the run ends: both workers hear done
+    assert [o.reply for o in out] == [Done(), Done()]
+    assert h.session.peers_not_done() == set()  # the supervisor is not waited for
+    # a second host that says hello after the end: waited for only while its worker is
+    other = b"supervisor-2"
+    h.send((other, 1, Hello("supervisor-2", "node2", 2, "", "", ("wc",))))
+    assert h.session.peers_not_done() == set()  # its worker never spoke: nobody to wait for
+    assert only(h.send((b"wc", 1, RequestTrial("wc")))).reply == Done()
+    assert h.session.peers_not_done() == set()
+
+    # mid-run: a host whose one leaseholder died is waited for until that worker is reported lost
+    h = Harness()
+    h.send((SUP, 1, Hello("supervisor-1", "node1", 1, "", "", ("wa", "wb"))))
+    lease_first(h)
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}
+    h.send((SUP, 2, WorkerLost("wa", "SIGKILL")))
+    assert h.session.peers_not_done() == set()
+
+
+def test_a_peer_silent_for_the_silence_limit_is_not_waited_for() -> None:
+    """A lost node takes its host along: nobody says ``worker_lost`` for its workers. At the end
+    no trial runs, so a live peer speaks every few seconds; one silent for ``SILENT_S`` is gone."""
+    h = Harness()
+    h.send((SUP, 1, Hello("supervisor-1", "node2", 1, "", "", ("wa",))))
+    lease_first(h)
+    h.now = SILENT_S
+    assert h.session.peers_not_done() == {"wa", "supervisor-1"}  # not yet
+    h.now = SILENT_S + 0.5
+    assert h.session.peers_not_done() == set()
+    h.send((b"wb", 1, Hello("wb", "node1", 2, "cpu")))  # a live one that speaks now is waited for
+    assert h.session.peers_not_done() == {"wb"}
 
 
 def test_a_resend_of_a_held_request_is_dropped_and_it_is_answered_once() -> None:

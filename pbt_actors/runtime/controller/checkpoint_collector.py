@@ -9,7 +9,10 @@ Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts
   never waits for a deletion; a plan computed from an older snapshot stays valid because a
   checkpoint that is no longer needed never becomes needed again.
 * ``collect_store`` — the same for a stopped store (``pbt-actors gc``), with ``dry_run``.
-* ``local_deleter`` — the default deletion for a local checkpoint folder. Deleters are plain
+* ``local_deleter`` — the default deletion for a local checkpoint folder. A directory
+  checkpoint (its uri is its manifest's, ``model.records.is_directory_checkpoint``) is deleted
+  whole: the manifest, then its files' folder (derived from the manifest's key, under the same
+  trial prefix). Deleters are plain
   ``Callable[[str], bool | None]`` taking a checkpoint uri and idempotent (a missing file is no
   error). They return whether a file was there: a deleter that cannot tell returns None, read as
   deleted. The running collector records an absent file collected (a pass that deleted it may
@@ -20,17 +23,34 @@ Layer 4. ``pbt_actors.control.retention_rules`` decides (pure); this module acts
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbt_actors.control.retention_rules import RetentionPlan, plan_retention, read_pins, record_collected
+from pbt_actors.control.retention_rules import (
+    RetentionPlan,
+    orphan_directory_checkpoints,
+    plan_retention,
+    read_pins,
+    record_collected,
+)
 from pbt_actors.model.errors import CheckpointStoreFault, StoreFull, StoreRetry
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.records import owns_checkpoint
+from pbt_actors.model.records import (
+    MANIFEST_SUFFIX,
+    CheckpointRef,
+    TrialStatus,
+    directory_files_folder,
+    is_directory_checkpoint,
+    is_output_log,
+    owns_checkpoint,
+    trial_checkpoint_prefix,
+)
 from pbt_actors.runtime.checkpoint_payloads import inside_root
+from pbt_actors.storage.dir_manifest import remove_tree
 from pbt_actors.storage.trial_store import TrialStore
 
 log = logging.getLogger(__name__)
@@ -48,9 +68,12 @@ def local_deleter(root: str | Path) -> Deleter:
     def delete(uri: str) -> bool:
         try:
             inside_root(root, uri).unlink()
+            present = True
         except FileNotFoundError:
-            return False
-        return True
+            present = False
+        if uri.endswith(MANIFEST_SUFFIX):  # a directory checkpoint: its files go too
+            present = remove_tree(inside_root(root, directory_files_folder(uri))) or present
+        return present
 
     return delete
 
@@ -61,14 +84,12 @@ def checkpoint_deleter(root: str | Path) -> Deleter:
     text = str(root)
     if "://" not in text or text.startswith("file://"):
         return local_deleter(text.removeprefix("file://"))
-    from pbt_actors.runtime.checkpoint_payloads import store_for
+    from pbt_actors.runtime.checkpoint_payloads import delete_checkpoint, store_for
 
     store = store_for(text)
 
     def delete(uri: str) -> bool:
-        present = store.exists(uri)
-        store.delete(uri)
-        return present
+        return delete_checkpoint(store, uri)
 
     return delete
 
@@ -130,8 +151,12 @@ class GcResult:
 
 
 def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *, dry_run: bool = False,
-                  now: float | None = None, force: bool = False) -> GcResult:
+                  now: float | None = None, force: bool = False,
+                  size_of: Callable[[CheckpointRef], int] | None = None) -> GcResult:
     """One collection over a store nobody else writes (``pbt-actors gc``).
+
+    ``size_of`` counts a checkpoint's bytes for ``bytes_freed`` (``checkpoint_bytes``: a
+    directory checkpoint's manifest and files); by default the ref's own size.
 
     ``force`` collects even when the experiment has retention disabled (the user asked).
     """
@@ -142,7 +167,8 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
     plan = plan_retention(store, experiment, read_pins(store))
     targets = uris_of(store, plan.delete, experiment.name)
     result = GcResult(plan, targets)
-    sizes = {i: ref.bytes for i in plan.delete if (ref := store.checkpoint(i)) is not None}
+    count = size_of or (lambda ref: ref.bytes)
+    sizes = {i: count(ref) for i in plan.delete if (ref := store.checkpoint(i)) is not None}
     if dry_run or not targets:
         result.bytes_freed = sum(sizes.values())
         return result
@@ -151,6 +177,56 @@ def collect_store(store: TrialStore, experiment: Experiment, delete: Deleter, *,
     result.deleted = record_with_retries(store, gone, time.time() if now is None else now)
     result.bytes_freed = sum(sizes[i] for i in result.deleted)
     return result
+
+
+def stale_attempt_files(store: TrialStore, uris: Iterable[str], experiment: str) -> list[tuple[int, str]]:
+    """``(trial id, uri)`` of the files under a COMPLETED trial's own prefix that no record
+    needs: everything but its final checkpoint (a directory checkpoint's manifest and its files) and
+    its attempts' output logs (and everything but the logs once the checkpoint was collected). They are
+    the resume checkpoints of its preempted attempts and whatever a lost attempt wrote: the
+    record keeps only the last resume ref, and a completed trial never resumes again, so
+    retention's plan (which knows only final checkpoints) would leave them for good (issue 21,
+    item 3). ``uris``: every file under the checkpoint root (``CheckpointStore.list_uris``)."""
+    pattern = re.compile(rf"^{re.escape(experiment or 'exp')}/trial-(\d+)/")
+    by_trial: dict[int, list[str]] = {}
+    for uri in uris:
+        match = pattern.match(uri)
+        if match is not None:
+            by_trial.setdefault(int(match.group(1)), []).append(uri)
+    stale: list[tuple[int, str]] = []
+    for trial_id, files in sorted(by_trial.items()):
+        trial = store.find_trial(trial_id)
+        if trial is None or trial.status is not TrialStatus.COMPLETED:
+            continue  # an active trial may resume from its files; a failed one is left to gc --force users
+        kept = trial.checkpoint if trial.checkpoint is not None and trial.collected_at is None else None
+        kept_folder = (directory_files_folder(kept.uri) + "/"
+                       if kept is not None and is_directory_checkpoint(kept) else None)
+        stale.extend((trial_id, uri) for uri in files
+                     if not (kept is not None and uri == kept.uri)
+                     and not (kept_folder is not None and uri.startswith(kept_folder))
+                     and not is_output_log(uri))
+    return stale
+
+
+def sweep_stale_attempt_files(store: TrialStore, root: str | Path, experiment: str, delete: Deleter, *,
+                              dry_run: bool = False) -> tuple[list[tuple[int, str]], list[str]]:
+    """Delete ``stale_attempt_files`` under ``root``: what was (or, dry, would be) deleted and
+    one line per failure. Files only, no record changes: safe on a store opened read-only."""
+    from pbt_actors.runtime.checkpoint_payloads import store_for
+
+    stale = stale_attempt_files(store, store_for(root).list_uris(), experiment)
+    if dry_run or not stale:
+        return stale, []
+    done: list[tuple[int, str]] = []
+    errors: list[str] = []
+    for trial_id, uri in stale:
+        try:
+            delete(uri)
+        except Exception as exc:  # any backend's error: said, and the next sweep tries again
+            errors.append(f"trial {trial_id}: cannot delete {uri}: {type(exc).__name__}: {exc}")
+            continue
+        done.append((trial_id, uri))
+    return done, errors
 
 
 class Collector(threading.Thread):
@@ -221,3 +297,88 @@ class Collector(threading.Thread):
             self.join(timeout=30)
         if final_pass:
             self.collect_once()
+
+
+def referenced_checkpoints(store: TrialStore) -> set[str]:
+    """Every checkpoint uri the store may still hand out: the checkpoint index, every resume
+    checkpoint, and each not-collected trial's own checkpoint."""
+    uris = {ref.uri for i in store.checkpoint_ids() if (ref := store.checkpoint(i)) is not None}
+    for trial in store.iter_trials():
+        if trial.resume is not None:
+            uris.add(trial.resume.uri)
+        if trial.checkpoint is not None and trial.collected_at is None:
+            uris.add(trial.checkpoint.uri)
+    return uris
+
+
+def sweep_orphan_directories(store: TrialStore, experiment: Experiment, root: str, *,
+                             dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """``pbt-actors gc``'s sweep of directory checkpoints nothing references (files of a
+    writer that died before its manifest, other attempts' folders, deletions cut short) and,
+    under a local root, of staging leftovers (``staging_leftovers``):
+    only under the prefix of a *finished* trial of this store (a running trial's attempt may
+    still report its manifest), so another run's files sharing the root are never touched.
+    Returns the manifest uris swept (or, dry, that would be) and one line per failure."""
+    from pbt_actors.runtime.checkpoint_payloads import delete_checkpoint, store_for
+
+    checkpoints = store_for(root)
+    referenced = referenced_checkpoints(store)
+    base = f"{experiment.name or 'exp'}/trial-"
+
+    def sweepable(uri: str) -> bool:
+        digits = uri[len(base):].split("/", 1)[0] if uri.startswith(base) else ""
+        if not digits.isdigit():
+            return False
+        trial = store.find_trial(int(digits))
+        return (trial is not None and trial.status.terminal
+                and uri.startswith(trial_checkpoint_prefix(experiment.name, trial.id)))
+
+    orphans = orphan_directory_checkpoints(checkpoints.list_uris(), referenced, sweepable)
+    orphans += staging_leftovers(checkpoints.local_path(experiment.name or "exp"), sweepable, root)
+    errors: list[str] = []
+    if not dry_run:
+        for uri in orphans:
+            try:
+                if uri.endswith(STAGING_SUFFIX):
+                    remove_tree(inside_root(root, uri))
+                else:
+                    delete_checkpoint(checkpoints, uri)
+            except Exception as exc:  # any backend's error: reported, the next gc tries again
+                errors.append(f"cannot delete unreferenced directory checkpoint {uri}: {type(exc).__name__}: {exc}")
+    return orphans, errors
+
+
+STAGING_SUFFIX = ".staging"
+
+
+def staging_leftovers(experiment_folder: Path | None, sweepable: Callable[[str], bool], root: str) -> list[str]:
+    """A local root's hidden staging files and folders (``.<name>.<...>.staging``) that a writer
+    killed mid-copy left under a finished trial's folder, as uris relative to ``root``; none
+    for a URL root (an object store has no staging: an unfinished upload is invisible)."""
+    if experiment_folder is None or not experiment_folder.is_dir():
+        return []
+    base = Path(root).resolve()
+    found = []
+    for trial_folder in sorted(experiment_folder.glob("trial-*")):
+        for entry in sorted(trial_folder.glob(".*" + STAGING_SUFFIX)):
+            uri = entry.relative_to(base).as_posix()
+            if sweepable(uri):
+                found.append(uri)
+    return found
+
+
+def checkpoint_bytes(root: str) -> Callable[[CheckpointRef], int]:
+    """``size_of`` for ``collect_store``: a file's size, or a directory checkpoint's manifest
+    plus every file it lists (read from the store; the ref's size alone when unreadable)."""
+    from pbt_actors.runtime.checkpoint_payloads import read_manifest
+    from pbt_actors.storage.dir_manifest import total_bytes
+
+    def size(ref: CheckpointRef) -> int:
+        if not is_directory_checkpoint(ref):
+            return ref.bytes
+        try:
+            return ref.bytes + total_bytes(read_manifest(root, ref))
+        except Exception:  # missing or damaged: counted as what the ref says
+            return ref.bytes
+
+    return size

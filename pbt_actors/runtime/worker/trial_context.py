@@ -12,11 +12,17 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pbt_actors.model.errors import CheckpointWriteError
 from pbt_actors.model.records import CheckpointRef, Measurement, trial_checkpoint_prefix
-from pbt_actors.runtime.checkpoint_payloads import load_checkpoint, save_checkpoint
+from pbt_actors.runtime.checkpoint_payloads import (
+    load_checkpoint,
+    load_checkpoint_dir,
+    save_checkpoint,
+    save_checkpoint_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,38 @@ class TrialContext:
         uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.ckpt"
         try:
             self.saved = save_checkpoint(self.checkpoint_root, uri, state, at, keyed=True)
+        except CheckpointWriteError as exc:
+            self.store_fault = exc
+            raise
+        return self.saved
+
+    def load_checkpoint_dir(self) -> Path | None:
+        """The parent's (or resume) directory checkpoint as a local folder, every file verified
+        by size and sha256 first (fetched once per host for a URL root); None when from scratch.
+        Read-only by convention (its files are mode 0444): copy what you change.
+
+        Raises:
+            CheckpointError: missing, truncated or tampered file, or a parent that saved a
+                single file (``load_checkpoint`` then).
+        """
+        if self.parent_checkpoint is None:
+            return None
+        return load_checkpoint_dir(self.checkpoint_root, self.parent_checkpoint)
+
+    def save_checkpoint_dir(self, path: str | os.PathLike[str], step: int | None = None) -> CheckpointRef:
+        """Save the local folder ``path`` (what ``save_pretrained`` or Lightning writes) as this
+        trial's checkpoint, put-once, and record it (docs/design.md §8.6): its files are copied
+        and hashed, then committed, then a manifest naming them by size and sha256.
+
+        Raises:
+            CheckpointError: the folder holds a symbolic link out of it, a link to a folder, a
+                FIFO or device, or more than ``storage.dir_manifest.MAX_FILES`` files.
+            CheckpointWriteError: the store could not take it (the attempt is the store's fault).
+        """
+        at = self.end_step if step is None else step
+        uri = f"{trial_checkpoint_prefix(self.experiment, self.trial_id)}a{self.attempt}-s{at}.manifest"
+        try:
+            self.saved = save_checkpoint_dir(self.checkpoint_root, uri, path, at)
         except CheckpointWriteError as exc:
             self.store_fault = exc
             raise

@@ -65,6 +65,27 @@ from pbt_actors.runtime.worker.worker_actor import SilenceClock, TrialSlot, Work
 log = logging.getLogger(__name__)
 
 
+def unresolvable_host(connect: str) -> str | None:
+    """Why ``connect`` (``tcp://HOST:PORT``) cannot be reached because its host name does not
+    resolve (``"the controller's host name 'x' does not resolve: ..."``), or None: it resolves,
+    it is an address, or the endpoint is not TCP. ZeroMQ retries an unresolvable name
+    silently, so without this a typo in ``--connect`` read as "no controller for 300 s"
+    (issue 21, item 8)."""
+    if not connect.startswith("tcp://"):
+        return None
+    host, _, port = connect[len("tcp://"):].rpartition(":")
+    host = host.strip("[]")
+    if not host or host == "*":
+        return None
+    try:
+        socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"the controller's host name {host!r} does not resolve ({exc.strerror})"
+    except (OSError, UnicodeError):
+        return None
+    return None
+
+
 class WorkerClient:
     """A worker whose trial loop the host program drives (``run_one``) or hands over (``run``).
 
@@ -144,12 +165,17 @@ class WorkerClient:
             return
         self.controller_gone.set()
         self.preempt.set()
-        log.error("no controller at %s for %g s; giving up", self.connect, self.controller_timeout_s)
+        log.error("%s", self._gone_text())
+
+    def _gone_text(self) -> str:
+        text = f"no controller at {self.connect} for {self.controller_timeout_s:g} s; giving up"
+        unresolved = unresolvable_host(self.connect)
+        return text if unresolved is None else f"{text}: {unresolved}"
 
     def _raise_if_gone(self) -> None:
         self._check_controller()
         if self.controller_gone.is_set():
-            raise ControllerGone(f"no controller at {self.connect} for {self.controller_timeout_s:g} s; giving up")
+            raise ControllerGone(self._gone_text())
 
     def _send(self, message: Message, *, grace_s: float | None, internal_retries: int = 0,
               slot: TrialSlot | None = None) -> Message | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pbt_actors.model.fields import is_number
 from pbt_actors.model.records import Trial, TrialStatus
+from pbt_actors.tools.command_outputs import attempt_outputs
 from pbt_actors.tools.dashboard.index import Row, StoreIndex
 
 SEGMENT_LIMIT = 3000
@@ -223,7 +224,16 @@ def trial_details(index: StoreIndex, trial_id: int, store_dir: Path) -> dict[str
         "created_at": trial.created_at, "started_at": trial.started_at, "ended_at": trial.ended_at,
         "children": index.children.get(trial.id, [])[:50], "is_best": trial.id == index.best_id,
         "log": log_tail(store_dir, row.worker if row else trial.worker),
+        "output": _outputs(index, trial, store_dir),
     }
+
+
+def _outputs(index: StoreIndex, trial: Trial, store_dir: Path) -> list[dict[str, Any]]:
+    """A command trial's attempts' kept stdout/stderr (``tools.command_outputs``); [] otherwise."""
+    experiment = index.experiment
+    if experiment is None or experiment.command is None:
+        return []
+    return attempt_outputs(store_dir / "checkpoints", experiment.name, trial)
 
 
 def log_tail(store_dir: Path, worker: str | None) -> dict[str, Any] | None:
