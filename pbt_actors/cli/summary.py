@@ -63,6 +63,7 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
     best = best_completed(store, experiment)
     counts = {s.value: store.count(s) for s in TrialStatus}
     population = read_final_population(store, experiment)
+    ledger = BudgetLedger.read(store, experiment.budget_steps)
     return {
         "experiment": experiment.name,
         "policy": experiment.policy,
@@ -79,7 +80,8 @@ def store_summary(store: TrialStore, experiment: Experiment) -> dict[str, Any]:
                              "short": short_of_max_steps(store, experiment, population.trials)},
         "seed": experiment.seed,  # shown: the same seed does not repeat a run (trials are asynchronous)
         "max_generation": store.max_generation(),
-        "budget": BudgetLedger.read(store, experiment.budget_steps).summary(),  # O(1): the store's counters
+        "budget": ledger.summary(),  # O(1): the store's counters
+        "compute": ledger.compute(experiment.population, experiment.max_steps),
     }
 
 
@@ -111,6 +113,20 @@ def budget_text(leased_steps: int, budget_steps: int | None) -> str:
     """``steps 1,200/4,000  `` (or ``steps 1,200  `` without a budget) for progress lines."""
     total = "" if budget_steps is None else f"/{budget_steps:,}"
     return f"steps {leased_steps:,}{total}  "
+
+
+def compute_text(compute: Mapping[str, Any], population: int | None = None) -> str:
+    """``230 steps trained (192 leased + 38 retried); population x max_steps = 192 (+20%)``:
+    what the run cost beside what a user expects it to (``BudgetLedger.compute``)."""
+    trained, nominal = int(compute["steps_trained"]), int(compute["nominal_steps"])
+    retried = int(compute.get("retried_steps") or 0)
+    parts = f" ({compute['leased_steps']:,} leased + {retried:,} retried)" if retried else ""
+    extra = f" ({(trained - nominal) / nominal:+.0%})" if nominal and trained != nominal else ""
+    who = f"population {population} x max_steps" if population is not None else "population x max_steps"
+    text = f"{trained:,} steps trained{parts}; {who} = {nominal:,}{extra}"
+    if trained > nominal and compute.get("budget_steps") is None:
+        text += "; --budget-steps pins the total (README \"Compute\")"
+    return text
 
 
 def stored_experiment(store: TrialStore) -> Experiment | None:
@@ -160,6 +176,9 @@ def print_summary(summary: dict[str, Any], store_dir: str, elapsed_s: float | No
         print(f"{budget_text(budget['leased_steps'], budget['budget_steps']).rstrip():<12} leased"
               + (f" (budget {budget['budget_steps']:,})" if budget["budget_steps"] is not None else "")
               + (f"; retries re-leased {retried:,} more (not charged to the budget)" if retried else ""))
+    compute = summary.get("compute")
+    if compute:
+        print(f"compute      {compute_text(compute)}")
     if summary.get("seed") is not None:
         print(f"seed         {summary['seed']}  (the same seed picks the same decisions, yet trials finish "
               f"in a different order: runs differ)")

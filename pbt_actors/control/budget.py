@@ -61,6 +61,20 @@ class BudgetLedger(NamedTuple):
         """No full trial of any size fits any more (used by faces, not decisions)."""
         return self.budget is not None and self.committed >= self.budget
 
+    @property
+    def trained(self) -> int:
+        """Steps trained: every leased trial's range plus what retries re-leased (an upper
+        bound: an attempt resumed from a preemption checkpoint trains only its rest)."""
+        return self.leased + self.retried
+
+    def compute(self, population: int, max_steps: int) -> dict[str, int | None]:
+        """JSON-ready steps trained beside ``population x max_steps`` (what a user expects a run
+        to cost). Without a budget the first exceeds the second: a child that copies a member
+        behind its own lineage re-trains that member's steps from its checkpoint on, and
+        retries re-train theirs; ``budget_steps`` caps the leased part (README "Compute")."""
+        return {"steps_trained": self.trained, "leased_steps": self.leased, "retried_steps": self.retried,
+                "nominal_steps": population * max_steps, "budget_steps": self.budget}
+
     def summary(self) -> dict[str, int | None]:
         """JSON-ready ``{"budget_steps", "leased_steps", "queued_steps", "retried_steps"}`` for summaries."""
         return {"budget_steps": self.budget, "leased_steps": self.leased, "queued_steps": self.queued,

@@ -22,7 +22,7 @@ from pbt_actors.model.space import Param, SearchSpace
 
 PolicyName = Literal["initiator", "truncation", "random"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
-ExploreMode = Literal["always", "on_exploit"]
+ExploreMode = Literal["always", "on_exploit", "model"]
 EXPLORE_MODES: tuple[str, ...] = get_args(ExploreMode)
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
 """1-128 of ``[A-Za-z0-9_.-]``, not starting with ``.``/``-``/``_``: folder-safe."""
@@ -113,7 +113,11 @@ class Experiment:
         explore: when the initiator policy mutates a child's hyperparameters: ``"always"``
             (the paper: every child, also the winning initiator's own continuation) or
             ``"on_exploit"`` (only a child that copies the opponent who beat its initiator,
-            as truncation explores only after exploiting; a winner continues unchanged).
+            as truncation explores only after exploiting; a winner continues unchanged) or
+            ``"model"`` (as ``"on_exploit"``, but the exploiting child's hyperparameters come
+            from a time-varying GP-UCB bandit over the improvements of recent generations, the
+            PB2 idea: ``control/policies/model_explore.py``; needs scikit-learn). Applies to
+            both the initiator and the truncation policy's exploit.
         explore_final: mutate also in a lineage's last trial (the one ending at ``max_steps``,
             or, with ``budget_steps``, any child spawned when the budget left cannot pay for two
             more generations: the child's and one after it). Off by default: nothing later can

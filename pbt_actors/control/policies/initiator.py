@@ -76,7 +76,7 @@ class InitiatorPolicy(Policy):
             hparams = self.space.crossover(hparams, loser.hparams, rng)
             crossover_id = loser.id
         if (self.experiment.explore == "always" or winner is not initiator) and self.explores(view, winner):
-            hparams = self.space.mutate(hparams, rng, self.experiment.resample_prob)
+            hparams = self.explore_hparams(view, hparams, initiator.generation, rng)
         kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TOURNAMENT
         origin = Origin(kind, initiator=initiator.id, opponent=opponent.id if opponent else None,
                         winner=winner.id, replaces=replaces)

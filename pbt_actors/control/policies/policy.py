@@ -16,6 +16,13 @@ from typing import TypeAlias
 
 import numpy as np
 
+from pbt_actors.control.policies.model_explore import (
+    DATA_GENERATIONS,
+    Observation,
+    fit_and_propose,
+    improvement,
+    require_sklearn,
+)
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fields import HParamValue
 from pbt_actors.model.fitness import Metrics
@@ -146,6 +153,8 @@ class Policy(ABC):
         self.experiment = experiment
         self.space = experiment.space_
         self.objective = experiment.objective_
+        if experiment.explore == "model":
+            require_sklearn()
 
     def initial(self, rngs: RngFactory) -> list[Spawn]:
         """Generation 0: the user's explicit configurations first, then prior samples."""
@@ -223,6 +232,29 @@ class Policy(ABC):
             parent_id=parent.id,
             crossover_id=crossover_id,
         )
+
+    def explore_hparams(self, view: PopulationView, hparams: Mapping[str, HParamValue], generation: int,
+                        rng: np.random.Generator) -> dict[str, HParamValue]:
+        """A child's explored hyperparameters (generation ``generation + 1``, from ``hparams``):
+        the mutation rules (§7.3), or with ``explore="model"`` the GP-UCB bandit's proposal
+        (``model_explore``; the mutation rules while it has too few observations)."""
+        if self.experiment.explore == "model":
+            proposal = fit_and_propose(self.space, self.observations(view, generation), hparams, generation, rng)
+            if proposal is not None:
+                return proposal
+        return self.space.mutate(hparams, rng, self.experiment.resample_prob)
+
+    def observations(self, view: PopulationView, generation: int) -> list[Observation]:
+        """The bandit's data: every completed continuation of the last ``DATA_GENERATIONS``
+        generations up to ``generation``, with its gain over its parent, by ascending id."""
+        out = []
+        for trial in view.completed_in(generation - DATA_GENERATIONS + 1, generation):
+            if trial.parent_id is None:
+                continue
+            gain = improvement(self.objective, trial, view.trial(trial.parent_id))
+            if gain is not None:
+                out.append(Observation(trial.hparams, trial.generation, gain))
+        return out
 
     def explores(self, view: PopulationView, parent: Trial) -> bool:
         """May a child continuing ``parent`` mutate? Always with ``explore_final``; otherwise not

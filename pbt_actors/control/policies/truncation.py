@@ -44,7 +44,7 @@ class TruncationPolicy(Policy):
             if not top:
                 return Retire(trial.id, "no member to copy from")
             source = top[int(rng.integers(len(top)))]
-            hparams = (self.space.mutate(source.hparams, rng, self.experiment.resample_prob)
+            hparams = (self.explore_hparams(view, source.hparams, trial.generation, rng)
                        if self.explores(view, source) else dict(source.hparams))
             kind = OriginKind.REPLACEMENT if replaces is not None else OriginKind.TRUNCATION
             origin = Origin(kind, initiator=trial.id, winner=source.id, replaces=replaces)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pbt_actors.control.budget import BudgetLedger
 from pbt_actors.control.progress import best_completed, run_finished
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fitness import Objective
@@ -272,4 +273,7 @@ class StoreIndex:
             "cursor": len(self.done_order), "refreshed_at": self.refreshed_at,
             "refresh_ms": round(self.last_refresh_s * 1000, 1),
             "started_at": self.rows[0].created_at if self.rows else None,
+            # steps trained (leased + retried) beside population x max_steps: O(1), the store's counters
+            "compute": (BudgetLedger.read(self.store, exp.budget_steps).compute(exp.population, exp.max_steps)
+                        if exp else None),
         }

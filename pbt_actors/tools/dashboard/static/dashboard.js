@@ -62,7 +62,8 @@ function showSummary(s) {
   $("summary-best-where").innerHTML = s.best ? `${front ? "on the Pareto front: " : ""}trial <a onclick="openTrial(${s.best.trial_id})">#${s.best.trial_id}</a>` +
     ` · gen ${s.best.generation} · step ${s.best.end_step}` : "no completed trial yet";
   $("summary-generation").textContent = s.max_generation;
-  $("summary-policy").textContent = `policy ${s.policy} · population ${s.population} · max steps ${s.max_steps}`;
+  $("summary-policy").textContent = `policy ${s.policy} · population ${s.population} · max steps ${s.max_steps}` +
+    (s.compute ? ` · ${s.compute.steps_trained.toLocaleString()} steps trained / ${s.compute.nominal_steps.toLocaleString()} (population × max steps)` : "");
   $("summary-objective").textContent = yTitle();
   $("summary-store").textContent = s.store || "";
   const err = $("error");
