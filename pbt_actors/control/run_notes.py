@@ -156,6 +156,17 @@ def tied_with(experiment: Experiment, best: Trial | None, others: Iterable[Trial
 
 
 def best_ties(store: TrialStore, experiment: Experiment, best: Trial | None, limit: int = 100) -> int:
-    """Completed trials tied with ``best`` among the ``limit`` best ranked (from the store's
-    best index: O(limit)); ``limit`` means "at least this many"."""
-    return tied_with(experiment, best, store.trials(store.best_ranked(experiment.objective_, limit + 1)))
+    """Completed trials tied with ``best`` among the ``limit`` best ranked (``limit`` means "at
+    least this many"). Equal values rank next to each other in the store's best index, so the
+    records are read in that order only until the first one that is not tied: a summary reads
+    one record beyond the ties, not ``limit`` (a status refresh stays O(population))."""
+    if best is None or best.final is None:
+        return 0
+    ties = 0
+    for trial_id in store.best_ranked(experiment.objective_, limit + 1):
+        if trial_id == best.id:
+            continue
+        if not tied_with(experiment, best, [store.get_trial(trial_id)]):
+            break
+        ties += 1
+    return ties
