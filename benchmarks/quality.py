@@ -486,20 +486,21 @@ default, on a loaded machine) and needs scikit-learn.
 **Defaults (item 4).** Measured: `explore="on_exploit"` and `"model"` are level with both peers
 on every comparison on both tasks; the default `"always"` is not (waveform best vs PB2, 0.00038
 behind, intervals 0.00010 apart). None of the three is separated from another. The evidence
-favours `"on_exploit"` (as good as `"model"`, no extra dependency or fitting cost) as the default
-explore on these two tasks. The default stays `"always"` (the paper's: every reproduction
-mutates), because the switch was tried and measured beyond these tasks (`benchmarks/studies.py`,
-deterministic simulations, 10 seeds) and lost there: on Jaderberg's two-member toy the
-initiator with `"on_exploit"` stalls at Q 0.3897 in every seed (a tie goes to the initiator, a
-winner never mutates, so two tied members never explore) where `"always"` reaches 1.172; on
-`pareto` its best got 2.7x worse (4.9e-4 against 1.8e-4) and on `curve` at population 5 1.9x
-worse (2.4e-4 against 1.3e-4); only the 10-member toy improved (1.199 against 1.194). A default that freezes a
-symmetric population is the wrong default even where it ties or wins on two tasks; stores
-written so far also hold `"always"`, and a resume under a new default would be refused. Pass
-`explore="on_exploit"` (or `"model"`) for tasks like these. `budget_steps` stays opt-in (default None): the `initiator-nobudget` rows
-show what the extra steps buy (16-30% more steps for means within the intervals), and the
-summary/status/dashboard now show the steps trained, so a user sees the extra compute and can
-pin it with `--budget-steps`.
+favours `"on_exploit"` (as good as `"model"`, no extra dependency or fitting cost) as the
+default explore on these two tasks. The default stays `"always"` (the paper's: every
+reproduction mutates), because the switch was tried and measured beyond these tasks
+(`benchmarks/studies.py`, deterministic simulations, 10 seeds) and lost there: on Jaderberg's
+two-member toy the initiator with `"on_exploit"` stalls at Q 0.3897 in every seed (a tie goes to
+the initiator, a winner never mutates, so two tied members never explore) where `"always"`
+reaches 1.172; on `pareto` its best got 2.7x worse (4.9e-4 against 1.8e-4) and on `curve` at
+population 5 1.9x worse (2.4e-4 against 1.3e-4); only the 10-member toy improved (1.199 against
+1.194). A default that freezes a symmetric population is the wrong default even where it ties or
+wins on two tasks; stores written so far also hold `"always"`, and a resume under a new default
+would be refused. Pass `explore="on_exploit"` (or `"model"`) for tasks like these.
+`budget_steps` stays opt-in (default None): the `initiator-nobudget` rows show what the extra
+steps buy (16-30% more steps for means within the intervals), and the summary/status/dashboard
+now show the steps trained, so a user sees the extra compute and can pin it with
+`--budget-steps`.
 
 **The goal is not reached.** For the default: not level on one of 8 comparisons (waveform best
 vs PB2, by 0.00038 MSE, intervals 0.00010 apart) and separated above no peer. For
