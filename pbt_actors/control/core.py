@@ -284,8 +284,13 @@ class ControllerCore:
             return self._fail(message, now)
         if isinstance(message, WorkerLost):
             for trial in self._leased_to(message.worker):
-                self._release(trial, now, f"worker {message.worker} lost: {message.reason}".rstrip(": "), lost=True,
-                              death=True)
+                error = f"worker {message.worker} lost: {message.reason}".rstrip(": ")
+                if trial.final is not None:  # a pending completion: trained, its write cut short by a death
+                    # the worker died running another trial (which is charged the death); this one is
+                    # a loss only, never a poison suspect
+                    self._release(trial, now, f"{error} (while its checkpoint was being written)", lost=True)
+                else:
+                    self._release(trial, now, error, lost=True, death=True)
             return Ack()
         if isinstance(message, Hello):
             return Ack(self.run_id)

@@ -64,30 +64,42 @@ _PARALLEL_HASH_BYTES = 1 << 20
 release the GIL): a large tensor's bytes are hashed and written at once instead of in turn."""
 
 
-def _hasher() -> concurrent.futures.ThreadPoolExecutor:
-    return _hasher_of(os.getpid())  # a forked child gets its own (the parent's thread is not in it)
-
-
-@functools.lru_cache(maxsize=1)
-def _hasher_of(pid: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash")
-
-
 class _HashingWriter:
     """A write-only file wrapper that counts and hashes what passes through (streamed, so a
-    checkpoint is never held a second time in memory to be hashed)."""
+    checkpoint is never held a second time in memory to be hashed). Large chunks are hashed on
+    a helper thread of this writer's own, ended by ``close``: a thread kept for the whole
+    process would outlive the save, and a process with a stray thread can no longer fork a
+    worker zygote safely (``runtime/host/zygote.py`` refuses)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self._sha256 = hashlib.sha256()
         self.size = 0
         self._hashing: concurrent.futures.Future[None] | None = None
+        self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the last chunk's hash and end the helper thread (if one was started)."""
+        try:
+            self._wait_hash()
+        finally:
+            if self._hasher is not None:
+                self._hasher.shutdown(wait=True)
+                self._hasher = None
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         self._wait_hash()  # in order: the previous chunk's hash first
         if view.nbytes >= _PARALLEL_HASH_BYTES:
-            self._hashing = _hasher().submit(self._sha256.update, view)  # ``view`` stays alive meanwhile
+            if self._hasher is None:
+                self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash")
+            self._hashing = self._hasher.submit(self._sha256.update, view)  # ``view`` stays alive meanwhile
         else:
             self._sha256.update(view)
         self.size += view.nbytes
@@ -207,8 +219,7 @@ def stage_checkpoint(root: Root, relative_uri: str, state: Any) -> StagedCheckpo
     payload = _msgpack_payload(state)
     staging = store.staging_path(relative_uri)
     try:
-        with atomic_write(staging) as handle:
-            sink = _HashingWriter(handle)
+        with atomic_write(staging) as handle, _HashingWriter(handle) as sink:
             if payload is not None:
                 sink.write(_MSGPACK_MAGIC)
                 sink.write(payload)

@@ -90,8 +90,10 @@ def test_one_poison_config_that_gets_its_worker_killed_does_not_end_the_run(tmp_
     # none counted for the host: the first killed a process that had finished trial 1 before
     # (issue 20, item 6), the later ones a fresh process, by the trial that killed one before
     assert out.count("exited (code -9); restart in") == 0, out
-    assert out.count("running trial 2, after this process had finished others") == 1, out
-    assert out.count("running trial 2, which killed this worker before") == 2, out
+    # a process that finished trial 1 first (its write was still in the background at the first
+    # death, so trial 1 came back as a loss, issue 24) or a fresh one that trial 2 killed before
+    after_others = out.count("running trial 2, after this process had finished others")
+    assert after_others >= 1 and after_others + out.count("running trial 2, which killed this worker before") == 3, out
     assert "GIVING UP" not in out
 
 

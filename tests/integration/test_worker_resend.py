@@ -52,6 +52,7 @@ def test_a_report_answered_internal_error_is_sent_again_until_applied(tmp_path: 
     client = WorkerClient(handle.endpoint, train, str(tmp_path / "ckpt"), worker_id="resender")
     try:
         assert client.run_one()
+        assert client.flush_writes(60)  # the checkpoint is written in the background: completed once durable
         status = handle.status()
         assert status.by_status["completed"] == 1 and status.by_status["running"] in (0, 1)
         assert attempts[:3] == [1, 1, 1]  # refused twice, applied the third time

@@ -81,6 +81,27 @@ def test_heartbeats_of_the_next_trial_renew_the_pending_lease_and_a_lost_worker_
     assert d.store.count(TrialStatus.COMPLETED) == 0
 
 
+def test_a_death_during_the_next_trial_is_the_next_trials_not_the_pending_completions() -> None:
+    """A poison trial that kills its worker must not take the trial this worker had finished
+    along as a suspect: that one is re-queued as a loss, never charged a death (it would
+    otherwise fail after three deaths it did not cause)."""
+    d = driver()
+    first = d.lease("w0")
+    second = d.core.handle(pending("w0", first, 0.5), d.now)
+    assert isinstance(second, TrialAssignment)
+    for death in (1, 2, 3):
+        d.core.handle(WorkerLost("w0", "process exited with code -9"), d.now)
+        collateral, culprit = d.trial(first.trial_id), d.trial(second.trial_id)
+        assert collateral.deaths == 0 and collateral.losses == death and collateral.status is TrialStatus.PENDING
+        assert "while its checkpoint was being written" in (collateral.error or "")
+        assert culprit.deaths == death
+        if death < 3:  # both come back to w0: the finished one first, then the suspect again
+            again = d.lease("w0")
+            assert again.trial_id == first.trial_id
+            assert d.core.handle(pending("w0", again, 0.5), d.now).trial_id == second.trial_id
+    assert d.trial(first.trial_id).status is TrialStatus.PENDING  # still to complete, never failed
+
+
 def test_a_pending_completion_whose_lease_expired_is_still_completed_by_its_late_report() -> None:
     d = driver()
     first = d.lease("w0")

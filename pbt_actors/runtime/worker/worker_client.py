@@ -276,6 +276,10 @@ class WorkerClient:
         if slot is None:
             slot = TrialSlot()
             self.connection.begin_trial.defer(spec, slot)
+        if spec.attempt > 1:
+            # a retry may be the trial that killed its worker before (a poison config): make the
+            # trials this worker finished durable first, or its death would take them along
+            self.flush_writes()
         ctx = build_context(spec, self.checkpoint_root, self.device, link=slot, preempt_event=self.preempt,
                             stop_event=slot.stop)
         ctx.writer, ctx.memory = self.writer, self.memory
