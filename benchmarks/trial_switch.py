@@ -55,6 +55,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 10**6
@@ -244,7 +245,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             continue
                         url = "local" if root == "local" else f"s3://{BUCKET}/{mode}-{scenario}-{size}"
                         env = {"PBT_ACTORS_CACHE_BYTES": "0"} if no_cache and root == "s3" else {}
-                        with _environ(env):
+                        with mock.patch.dict(os.environ, env):
                             case = run_case(url, Case(root, size, mode, scenario), population=population,
                                             trials=args.trials, train_s=train_s, keep=keep if after else 0,
                                             background=after)
@@ -253,19 +254,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         gc.collect()
     return out
 
-
-@contextlib.contextmanager
-def _environ(changes: dict[str, str]):  # type: ignore[no-untyped-def]
-    saved = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _print_case(case: Case, raw: Raw) -> None:

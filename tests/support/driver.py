@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.protocol import (
+    Done,
     Fail,
     Heartbeat,
     Reply,
     Report,
     RequestTrial,
     TrialAssignment,
+    Wait,
 )
 from pbt_actors.model.records import CheckpointRef, Trial, trial_checkpoint_prefix
 from pbt_actors.storage.trial_store import TrialStore
@@ -60,6 +63,34 @@ class Driver:
 def graph(store: TrialStore) -> list[dict]:
     """The trial graph minus wall-clock noise, for determinism comparisons."""
     return [t.to_dict() for t in store.iter_trials()]
+
+
+def drive_in_fixed_order(core: ControllerCore, score: Callable[[TrialAssignment], float],
+                         restart_after: int | None = None,
+                         reopen: Callable[[TrialStore], TrialStore] | None = None) -> ControllerCore:
+    """Three virtual workers and a fixed completion order, to the end of the run; after
+    ``restart_after`` reports the controller dies and a new core opens ``reopen(store)`` (a
+    restart must decide exactly as if it never happened). Returns the last core."""
+    d = Driver(core)
+    running: list[tuple[str, TrialAssignment]] = []
+    events = 0
+    while True:
+        for worker in ("w0", "w1", "w2"):
+            if any(w == worker for w, _ in running):
+                continue
+            reply = d.request(worker)
+            if isinstance(reply, TrialAssignment):
+                running.append((worker, reply))
+            else:
+                assert isinstance(reply, Done | Wait)
+        if not running:
+            return d.core
+        worker, spec = running.pop(events % len(running))
+        d.now += 1.0
+        d.report(worker, spec, score(spec))
+        events += 1
+        if events == restart_after and reopen is not None:
+            d.core = ControllerCore(reopen(d.core.store), d.core.experiment)
 
 
 def random_run(core: ControllerCore, choose, workers: int = 3, duplicate_prob: float = 0.0,

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 from tests.support.waiting import wait_until
 
@@ -160,16 +161,8 @@ def running_s3_server(timeout_s: float = 60) -> Iterator[S3Server]:
 @contextlib.contextmanager
 def pointed_at(server: S3Server) -> Iterator[None]:
     """This process's environment pointed at ``server`` (restored afterwards)."""
-    saved = {key: os.environ.get(key) for key in server.env}
-    os.environ.update(server.env)
-    try:
+    with mock.patch.dict(os.environ, server.env):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager

@@ -13,10 +13,11 @@ import pytest
 
 from pbt_actors.control.core import ControllerCore
 from pbt_actors.model.experiment import Experiment
-from pbt_actors.model.protocol import Done, TrialAssignment, Wait
+from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.space import Categorical, Discrete, Float
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
-from tests.support.driver import Driver, graph
+from pbt_actors.storage.trial_store import TrialStore
+from tests.support.driver import drive_in_fixed_order, graph
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,33 +31,17 @@ def experiment(policy: str, budget: bool) -> Experiment:
 
 def drive(store_dir: Path, policy: str, budget: bool, restart_after: int | None) -> list[dict]:
     """Three virtual workers, fixed completion order; optionally rebuild the core after N events."""
-    store = LmdbTrialStore(store_dir)
-    core = ControllerCore(store, experiment(policy, budget))
-    d = Driver(core)
-    running: list[tuple[str, TrialAssignment]] = []
-    events = 0
-    while True:
-        for worker in ("w0", "w1", "w2"):
-            if any(w == worker for w, _ in running):
-                continue
-            reply = d.request(worker)
-            if isinstance(reply, TrialAssignment):
-                running.append((worker, reply))
-            else:
-                assert isinstance(reply, Done | Wait)
-        if not running:
-            break
-        worker, spec = running.pop(events % len(running))
-        d.now += 1.0
-        score = float(spec.hparams["lr"]) * (1 + spec.end_step / 10) + (spec.trial_id % 7) / 100
-        d.report(worker, spec, score)
-        events += 1
-        if events == restart_after:  # the controller dies; a new one opens the same store
-            store.close()
-            store = LmdbTrialStore(store_dir)
-            d.core = ControllerCore(store, experiment(policy, budget))
-    result = graph(store)
-    store.close()
+    def reopen(store: TrialStore) -> TrialStore:  # the controller dies; a new one opens the same store
+        store.close()
+        return LmdbTrialStore(store_dir)
+
+    def score(spec: TrialAssignment) -> float:
+        return float(spec.hparams["lr"]) * (1 + spec.end_step / 10) + (spec.trial_id % 7) / 100
+
+    core = drive_in_fixed_order(ControllerCore(LmdbTrialStore(store_dir), experiment(policy, budget)), score,
+                                restart_after, reopen)
+    result = graph(core.store)
+    core.store.close()
     return result
 
 

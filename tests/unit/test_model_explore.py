@@ -25,13 +25,13 @@ from pbt_actors.control.policies.model_explore import (
 from pbt_actors.model.errors import ConfigError
 from pbt_actors.model.experiment import Experiment
 from pbt_actors.model.fitness import Objective
-from pbt_actors.model.protocol import Done, TrialAssignment, Wait
+from pbt_actors.model.protocol import TrialAssignment
 from pbt_actors.model.records import Origin, OriginKind, Trial, TrialStatus
 from pbt_actors.model.space import Categorical, Discrete, Fixed, Float, Int, SearchSpace
 from pbt_actors.storage.lmdb_store import LmdbTrialStore
 from pbt_actors.storage.memory import InMemoryTrialStore
 from pbt_actors.storage.trial_store import TrialStore
-from tests.support.driver import Driver, graph
+from tests.support.driver import drive_in_fixed_order, graph
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,29 +126,7 @@ def score(spec: TrialAssignment) -> float:
 def drive(store: TrialStore, exp: Experiment, restart_after: int | None = None,
           reopen: Callable[[TrialStore], TrialStore] | None = None) -> list[dict[str, Any]]:
     """Three virtual workers, a fixed completion order; optionally rebuild the core after N events."""
-    d = Driver(ControllerCore(store, exp))
-    running: list[tuple[str, TrialAssignment]] = []
-    events = 0
-    while True:
-        for worker in ("w0", "w1", "w2"):
-            if any(w == worker for w, _ in running):
-                continue
-            reply = d.request(worker)
-            if isinstance(reply, TrialAssignment):
-                running.append((worker, reply))
-            else:
-                assert isinstance(reply, Done | Wait)
-        if not running:
-            break
-        worker, spec = running.pop(events % len(running))
-        d.now += 1.0
-        d.report(worker, spec, score(spec))
-        events += 1
-        if events == restart_after and reopen is not None:  # the controller dies; a new one opens the store
-            store = reopen(store)
-            d.core = ControllerCore(store, exp)
-    result = graph(d.core.store)
-    return result
+    return graph(drive_in_fixed_order(ControllerCore(store, exp), score, restart_after, reopen).store)
 
 
 @pytest.mark.parametrize("policy", ["initiator", "truncation"])
