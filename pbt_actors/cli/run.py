@@ -199,7 +199,10 @@ def _outcome(store_dir: Path) -> int:
     reason = read_no_result_reason(store_dir)
     if reason is None:
         return 0
-    print(f"pbt-actors: {reason}", file=sys.stderr, flush=True)
+    # a finished store stays finished: after fixing the cause (a command not built, say), the
+    # same command only repeats this line, so say how to start again
+    print(f"pbt-actors: {reason}; to start again once fixed, remove {store_dir} or pass another --store",
+          file=sys.stderr, flush=True)
     return EXIT_NO_RESULT
 
 

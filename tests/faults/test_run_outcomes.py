@@ -53,3 +53,4 @@ def test_a_run_in_which_no_trial_completed_exits_non_zero_saying_why(tmp_path: P
     again = start("run", str(experiment), "--workers", "1", "--devices", "cpu", "--store", str(store), env=env)
     assert again.wait(120) == EXIT_NO_RESULT, again.output()
     assert "pbt-actors: the run ended with no completed trial" in again.output()
+    assert f"to start again once fixed, remove {store} or pass another --store" in again.output()
